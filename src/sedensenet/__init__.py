@@ -1,0 +1,44 @@
+"""sedensenet: DenseNet and Squeeze-and-Excitation DenseNet image classifiers in PyTorch.
+
+The public API: ``create_model``, ``list_models``, ``load_model``, ``summary``, ``train``, ``evaluate``,
+``predict``. Heavy parts (training, data) are imported on first use so ``import sedensenet`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from sedensenet.models import DenseNet, DenseNetConfig, SqueezeExcite, create_model, list_models
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "summary": "sedensenet.summary",
+    "load_model": "sedensenet.api",
+    "train": "sedensenet.api",
+    "evaluate": "sedensenet.api",
+    "predict": "sedensenet.api",
+    "TrainConfig": "sedensenet.config",
+}
+
+__all__ = [
+    "DenseNet",
+    "DenseNetConfig",
+    "SqueezeExcite",
+    "TrainConfig",
+    "__version__",
+    "create_model",
+    "evaluate",
+    "list_models",
+    "load_model",
+    "predict",
+    "summary",
+    "train",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sedensenet' has no attribute {name!r}")

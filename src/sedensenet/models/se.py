@@ -1,0 +1,67 @@
+"""Squeeze-and-Excitation channel attention (Hu et al., 2018)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def make_divisible(value: float, divisor: int = 1, min_value: int | None = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor``, never dropping more than 10% below it."""
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+class SqueezeExcite(nn.Module):
+    """Global average pool -> reduce -> activation -> expand -> gate -> scale the input's channels.
+
+    The squeeze width is either ``rd_channels`` (an absolute width: the tutorial's Keras layer is
+    ``rd_channels=16``) or ``make_divisible(channels * rd_ratio, rd_divisor)`` (the SE paper's
+    reduction ratio, r=16 by default). The two 1x1 convolutions are the paper's two fully connected
+    layers (both with bias) and work on channels_last tensors unchanged.
+
+    The last gate values are kept in ``last_gate`` when ``keep_gate`` is set, so the attention a
+    model learned can be read back (``sedensenet explain``).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        rd_ratio: float = 1 / 16,
+        rd_channels: int | None = None,
+        rd_divisor: int = 1,
+        act: Callable[[], nn.Module] = nn.ReLU,
+        gate: Callable[[], nn.Module] = nn.Sigmoid,
+    ) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"SqueezeExcite needs at least one channel, got {channels}")
+        if rd_channels is None:
+            if not 0 < rd_ratio <= 1:
+                raise ValueError(f"se rd_ratio must be in (0, 1], got {rd_ratio}")
+            rd_channels = make_divisible(channels * rd_ratio, rd_divisor)
+        if rd_channels < 1:
+            raise ValueError(f"se rd_channels must be at least 1, got {rd_channels}")
+        self.channels = channels
+        self.rd_channels = rd_channels
+        self.fc1 = nn.Conv2d(channels, rd_channels, kernel_size=1, bias=True)
+        self.act = act()
+        self.fc2 = nn.Conv2d(rd_channels, channels, kernel_size=1, bias=True)
+        self.gate = gate()
+        self.keep_gate = False
+        self.last_gate: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        g = self.gate(self.fc2(self.act(self.fc1(s))))  # (B, C, 1, 1)
+        if self.keep_gate:
+            self.last_gate = g.detach().flatten(1)
+        return x * g
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, rd_channels={self.rd_channels}"
