@@ -14,7 +14,7 @@ from sedensenet.models import DenseNet, DenseNetConfig, SqueezeExcite, create_mo
 __version__ = "0.1.0"
 
 _LAZY = {
-    "summary": "sedensenet.summary",
+    "summary": "sedensenet.model_summary",
     "load_model": "sedensenet.api",
     "train": "sedensenet.api",
     "evaluate": "sedensenet.api",

@@ -97,7 +97,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
     return tensors, meta
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[DenseNet, CheckpointMeta]:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[DenseNet, CheckpointMeta]:
     """Rebuild the model stored in ``path`` and load its weights; returns the model (eval mode) and metadata."""
     tensors, meta = read_checkpoint(path)
     try:

@@ -1,0 +1,176 @@
+"""The public Python API: ``train``, ``evaluate``, ``predict``, ``load_model``.
+
+Each function returns plain values and logs through ``logging``; the CLI is a thin shell over them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sedensenet import checkpoint as ckpt
+from sedensenet.config import TrainConfig, resolve_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the Keras-like history, the run folder and the final metrics."""
+
+    history: Any
+    run_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    best_epoch: int = 0
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.run_dir / "weights" / "best.safetensors"
+
+
+def training_config(
+    data: str | None = None, config: str | os.PathLike | None = None, **overrides: Any
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """Resolve the settings of a run: defaults < built-in data set's recommendation < YAML file < ``overrides``.
+
+    Returns the config and the recommendations that were applied (to show the user).
+    """
+    from sedensenet.config import load_yaml
+    from sedensenet.data import BUILTIN, is_builtin
+
+    if data is not None:
+        overrides["data"] = data
+    spec = overrides.get("data") or (load_yaml(config).get("data") if config else None)
+    if not spec:
+        raise ValueError("no data given: pass a folder of images (one sub-folder per class) or builtin:digits")
+    recommended: dict[str, Any] = {}
+    if is_builtin(str(spec)):
+        name = str(spec).split(":", 1)[1]
+        file_keys = set(load_yaml(config)) if config else set()
+        recommended = {k: v for k, v in BUILTIN[name].items() if k not in overrides and k not in file_keys}
+    return resolve_config(overrides, config_file=config, recommended=recommended), recommended
+
+
+def train(
+    data: str | None = None,
+    *,
+    config: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> TrainResult:
+    """Train a DenseNet / SE-DenseNet on a folder of images and write a run folder.
+
+    Args:
+        data: image folder or ``builtin:digits`` / ``builtin:faces``.
+        config: a YAML file of settings (e.g. a run folder's ``config.yaml``).
+        resume: a run folder to continue from its last completed epoch.
+        progress: show a progress bar per epoch (on a terminal).
+        **overrides: any :class:`~sedensenet.config.TrainConfig` field, e.g. ``epochs=10, model="se_densenet121"``.
+
+    Returns:
+        :class:`TrainResult`; ``result.history.history["val_accuracy"]`` as with Keras.
+    """
+    from sedensenet.engine import distributed as dist
+    from sedensenet.engine import session
+    from sedensenet.engine.trainer import fit, write_run_header
+
+    device = dist.init(overrides.get("device", "auto")) if dist.launched_by_torchrun() else None
+    try:
+        if resume:
+            ctx = session.resume(Path(resume), overrides, device=device)
+        else:
+            cfg, recommended = training_config(data, config, **overrides)
+            if recommended:
+                log.info("built-in data %s: recommended settings %s", cfg.data, recommended)
+            ctx = session.prepare(cfg, device=device)
+            if dist.is_main():
+                write_run_header(ctx)
+        log.info("run folder: %s", ctx.run_dir)
+        history = fit(ctx, progress=progress)
+        metrics = session.finish(ctx)
+        return TrainResult(history, ctx.run_dir, metrics, ctx.state.best_epoch)
+    finally:
+        dist.shutdown()
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A run folder means its ``weights/best.safetensors`` (or ``last`` when no best exists)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best", "last"):
+            candidate = path / "weights" / f"{name}.safetensors"
+            if candidate.is_file():
+                return candidate
+        raise ckpt.CheckpointError(f"{path} has no weights/best.safetensors or weights/last.safetensors")
+    return path
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> torch.nn.Module:
+    """Load a checkpoint (or a run folder's best one) as an eval-mode model carrying ``.classes`` and ``.meta``."""
+    model, _ = ckpt.load_checkpoint(resolve_checkpoint(path), map_location=device)
+    return model
+
+
+@dataclass
+class Prediction:
+    """One file's prediction: the top class, its probability and the top-k list; ``error`` when unreadable."""
+
+    path: str
+    label: str | None = None
+    probability: float | None = None
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+
+def predict(
+    model: str | os.PathLike | torch.nn.Module,
+    inputs: list[str | os.PathLike] | str | os.PathLike,
+    top_k: int = 1,
+    batch_size: int = 32,
+    device: str = "auto",
+) -> list[Prediction]:
+    """Classify image files (folders are searched recursively); unreadable files get an error entry."""
+    from sedensenet.engine.predictor import Predictor
+
+    predictor = Predictor.load(model, device=device)
+    return predictor.predict_files(inputs, top_k=top_k, batch_size=batch_size)
+
+
+def evaluate(
+    model: str | os.PathLike | torch.nn.Module,
+    data: str | os.PathLike,
+    split: str = "auto",
+    output: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+) -> Any:
+    """Evaluate a checkpoint on a labelled folder and write the reports to ``output``.
+
+    ``split``: ``auto`` (``test/`` if present, else ``val/``, else every image of a class-per-folder tree),
+    or ``train``, ``val``, ``test``, ``all``. Classes are matched by name with the checkpoint's.
+    """
+    from sedensenet.engine.predictor import Predictor
+
+    predictor = Predictor.load(model, device=device)
+    return predictor.evaluate_folder(data, split=split, output=output, batch_size=batch_size)
+
+
+def probabilities_to_rows(preds: list[Prediction]) -> list[dict[str, Any]]:
+    """Flat rows for CSV/JSON output: path, label, probability, top-k as ``class:prob`` pairs, error."""
+    return [
+        {
+            "path": p.path,
+            "label": p.label or "",
+            "probability": "" if p.probability is None else round(float(p.probability), 6),
+            "top_k": ";".join(f"{c}:{np.round(s, 6)}" for c, s in p.top_k),
+            "error": p.error or "",
+        }
+        for p in preds
+    ]

@@ -1,0 +1,237 @@
+"""The ``sedensenet`` command: a thin table of subcommands over the Python API.
+
+Each subcommand parses its flags, calls one API function and prints the result for a person;
+nothing else happens here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import dataclasses
+import inspect
+import io
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sedensenet import __version__
+
+log = logging.getLogger("sedensenet")
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, RuntimeError)
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The one-line docstrings under each dataclass field (used as the flags' help)."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
+    return docs
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; only flags the user gives override (default=SUPPRESS)."""
+    from sedensenet.config import CHOICES, TrainConfig
+
+    docs = _field_docs(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{docs.get(f.name, '')} (default: {f.default})"}
+        if f.type == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = {"int": int, "float": float}.get(str(f.type), str)
+            if f.name in CHOICES:
+                kw["choices"] = CHOICES[f.name]
+        parser.add_argument(flag, dest=f.name, **kw)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a DenseNet / SE-DenseNet on a folder of images (or builtin:digits, builtin:faces)."""
+    from sedensenet.api import train
+
+    overrides = {k: v for k, v in vars(args).items() if k not in _COMMON}
+    if args.devices and args.devices > 1:
+        from sedensenet.engine.launch import launch_torchrun
+
+        return launch_torchrun(args.devices, sys.argv[1:] if args.argv is None else args.argv)
+    result = train(config=args.config, resume=args.resume, progress=not args.quiet, **overrides)
+    h = result.history.history
+    best = result.best_epoch
+    print(f"\nRun folder: {result.run_dir}")
+    if h["val_accuracy"] and best:
+        i = result.history.epoch.index(best)
+        print(f"Best epoch {best}: val_accuracy {h['val_accuracy'][i]:.4f}, val_loss {h['val_loss'][i]:.4f}")
+    print(f"Checkpoint: {result.best_checkpoint}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint (or run folder) on a labelled image folder and write the reports."""
+    from sedensenet.api import evaluate, resolve_checkpoint
+
+    out = args.output or (resolve_checkpoint(args.checkpoint).parent.parent / f"eval_{args.split}")
+    report = evaluate(args.checkpoint, args.data, split=args.split, output=out, batch_size=args.batch_size,
+                      device=args.device)  # fmt: skip
+    print(report.format_table())
+    print(f"accuracy {report.accuracy:.4f}" + (f", ROC-AUC {report.roc_auc:.4f}" if report.roc_auc else ""))
+    print(f"Reports: {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Classify images or folders of images with a checkpoint (or run folder, or exported .onnx file)."""
+    from sedensenet.api import predict, probabilities_to_rows
+
+    preds = predict(args.checkpoint, args.images, top_k=args.top_k, batch_size=args.batch_size, device=args.device)
+    rows = probabilities_to_rows(preds)
+    if args.output:
+        _write_rows(Path(args.output), rows)
+        print(f"{len(rows)} predictions written to {args.output}")
+    for p in preds:
+        if p.error:
+            print(f"{p.path}\tERROR: {p.error}")
+        else:
+            print(f"{p.path}\t" + "  ".join(f"{c} {s:.4f}" for c, s in p.top_k))
+    return 1 if all(p.error for p in preds) else 0
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    from sedensenet.fileio import atomic_write_json, atomic_write_text
+
+    if path.suffix.lower() == ".json":
+        atomic_write_json(path, rows)
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["path"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    """Print a model's stages, output shapes, parameters and MACs/FLOPs (like Keras' model.summary())."""
+    from sedensenet import create_model
+    from sedensenet.model_summary import summary
+
+    model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans)
+    print(summary(model, args.image_size, title=f"{args.model} ({args.num_classes} classes)"))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the model presets with parameters and GFLOPs (MACs) at their default input size."""
+    import torch
+
+    from sedensenet.model_summary import count_macs
+    from sedensenet.models import create_model, get_preset, list_models
+
+    print(f"{'name':<24}{'params':>14}{'GMACs':>9}{'size':>6}  {'SE placement':<18}description")
+    for name in list_models(args.filter):
+        preset = get_preset(name)
+        model = create_model(name, num_classes=args.num_classes)
+        size = preset.default_image_size
+        macs = count_macs(model, torch.zeros(1, 3, size, size))
+        params = sum(p.numel() for p in model.parameters())
+        se = ",".join(model.config.se_placement) or "-"
+        print(f"{name:<24}{params:>14,}{macs / 1e9:>9.3f}{size:>6}  {se:<18}{preset.description}")
+    return 0
+
+
+_COMMON = {"command", "func", "config", "resume", "quiet", "verbose", "devices", "argv"}
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sedensenet",
+        description="DenseNet and SE-DenseNet image classification: train, evaluate, predict, export, explain.",
+    )
+    parser.add_argument("--version", action="version", version=f"sedensenet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        doc = (func.__doc__ or "").strip()
+        p = sub.add_parser(name, help=doc.splitlines()[0], description=doc)
+        p.set_defaults(func=func)
+        _add_common(p)
+        return p
+
+    p = command("train", cmd_train)
+    p.add_argument("--config", help="YAML file of settings (a run folder's config.yaml re-runs that run)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last completed epoch")
+    p.add_argument("--devices", type=int, default=0, help="processes to launch with torchrun (DDP), e.g. 2 GPUs")
+    p.set_defaults(argv=None)
+    add_train_flags(p)
+
+    p = command("evaluate", cmd_evaluate)
+    p.add_argument("checkpoint", help="checkpoint .safetensors or run folder")
+    p.add_argument("--data", required=True, help="labelled image folder (class sub-folders) or builtin:NAME")
+    p.add_argument("--split", default="auto", choices=("auto", "train", "val", "test", "all"))
+    p.add_argument("--output", help="folder for the reports (default: RUN/eval_SPLIT)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+
+    p = command("predict", cmd_predict)
+    p.add_argument("checkpoint", help="checkpoint .safetensors, run folder or exported .onnx")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--output", help="write predictions to a .csv or .json file")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+
+    p = command("summary", cmd_summary)
+    p.add_argument("model", help="preset name (see 'sedensenet models')")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--in-chans", type=int, default=3)
+
+    p = command("models", cmd_models)
+    p.add_argument("filter", nargs="?", default="", help="only names containing this")
+    p.add_argument("--num-classes", type=int, default=1000)
+    return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("sedensenet")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sedensenet`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if hasattr(args, "argv"):
+        args.argv = argv
+    _configure_logging(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `sedensenet models | head`
+        sys.stdout = None  # type: ignore[assignment]
+        return 0
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Every training setting as one dataclass (defaults live here, once), with YAML in and out.
+
+Precedence, lowest first: these defaults, a built-in data set's recommended settings, a ``--config``
+YAML file (or a run folder's ``config.yaml``), then the flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": ("adam", "adamw", "sgd"),
+    "scheduler": ("none", "cosine", "plateau"),
+    "augment": ("none", "light", "strong"),
+    "normalize": ("imagenet", "dataset"),
+    "class_weights": ("none", "auto"),
+    "amp": ("auto", "off", "bf16", "fp16"),
+    "compile": ("off", "on", "auto"),
+    "monitor": ("val_accuracy", "val_loss"),
+}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message says which and what to change."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run; the run folder's ``config.yaml`` holds them all, resolved."""
+
+    data: str = ""
+    """Image folder (one sub-folder per class, or train/ val/ [test/] inside) or ``builtin:digits|faces``."""
+    model: str = "keras_se_densenet201"
+    """Preset name (``sedensenet models`` lists them); the tutorial's model by default."""
+    image_size: int = 224
+    """Images are resized to this square size."""
+    in_chans: int = 3
+    """Image channels fed to the model: 1 keeps grayscale, 3 is RGB."""
+    epochs: int = 25
+    batch_size: int = 32
+    lr: float = 1e-3
+    """Learning rate (Keras' Adam default, as the tutorial uses)."""
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    """``cosine`` (per epoch, after ``warmup_epochs`` of linear warm-up) or ``plateau`` (on val_loss)."""
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    class_weights: str = "none"
+    """``auto`` weighs the loss by inverse class frequency, for imbalanced data."""
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value (0: off)."""
+    pretrained: bool = False
+    """Start from torchvision's ImageNet weights (through torch.hub's cache)."""
+    weights: str = ""
+    """Start from this file: torchvision ``.pth``/``.safetensors`` or a sedensenet checkpoint."""
+    freeze_epochs: int = 0
+    """Train only the classifier and SE layers for this many epochs, then everything."""
+    patience: int = 0
+    """Stop when the monitored metric has not improved for this many epochs (0: never)."""
+    monitor: str = "val_accuracy"
+    """Metric that picks ``best.safetensors`` and drives early stopping."""
+    seed: int = 123
+    """Seeds the split, the shuffling, augmentation and initialisation."""
+    val_split: float = 0.2
+    """Fraction of each class held out for validation when the folder has no val/."""
+    augment: str = "light"
+    vflip: bool = False
+    """Add vertical flips to augmentation (histology, satellite images)."""
+    normalize: str = "imagenet"
+    """``imagenet`` mean/std, or ``dataset``: computed from the training split."""
+    workers: int = -1
+    """DataLoader worker processes (-1: one per CPU core, at most 8)."""
+    device: str = "auto"
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    amp: str = "auto"
+    """Mixed precision: ``auto`` (bf16 on GPUs that have it, else fp16; off on CPU), ``off``, ``bf16``, ``fp16``."""
+    channels_last: bool = True
+    """Use the channels_last memory format on GPU."""
+    compile: str = "off"
+    """``torch.compile`` the model: ``on``, ``off`` or ``auto`` (only when the run is long enough to repay it)."""
+    memory_efficient: bool = False
+    """Recompute dense-layer concatenations in backward: less memory, a little more time."""
+    drop_rate: float = 0.0
+    """Dropout inside dense layers."""
+    head_drop_rate: float = 0.0
+    """Dropout before the classifier."""
+    sync_bn: bool = False
+    """Synchronise BatchNorm statistics across processes in distributed training."""
+    project: str = "runs"
+    """Folder that holds the run folders."""
+    name: str = "train"
+    """Run folder name; ``train2``, ``train3`` … when it exists, unless ``exist_ok``."""
+    exist_ok: bool = False
+    tensorboard: bool = False
+    """Also log to TensorBoard (needs the tensorboard package)."""
+    max_pixels: int = 89_478_485
+    """Images with more pixels are skipped (decompression-bomb guard; PIL's default)."""
+
+    def __post_init__(self) -> None:
+        for key, choices in CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is not valid; choose from {', '.join(choices)}")
+        positive = ("image_size", "in_chans", "epochs", "batch_size")
+        for key in positive:
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if not 0 <= self.val_split < 1:
+            raise ConfigError(f"val_split must be in [0, 1), got {self.val_split}: e.g. 0.2 holds out 20%")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for key in ("weight_decay", "grad_clip", "warmup_epochs", "freeze_epochs", "patience"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
+        if self.pretrained and self.weights:
+            raise ConfigError("give either --pretrained or --weights FILE, not both")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "settings") -> TrainConfig:
+        """Build from a dictionary; unknown keys are an error naming them and ``source``."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown setting(s) {unknown}; valid settings: {', '.join(sorted(names))}")
+        types = {f.name: f.type for f in fields(cls)}
+        return cls(**{k: _coerce(k, v, types[k], source) for k, v in d.items()})
+
+
+def _coerce(key: str, value: Any, type_name: Any, source: str) -> Any:
+    """YAML gives ints for floats (``lr: 1``) and strings for numbers (``lr: 1e-3``): accept both, refuse nonsense."""
+    kind = {"int": int, "float": float, "bool": bool, "str": str}.get(str(type_name))
+    if kind is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    try:
+        if kind is bool:
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+                return value.lower() in ("true", "yes", "1")
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {key}={value!r} is not a valid {kind.__name__}") from None
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader (no ``!!python`` tags: a config file is untrusted input)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML (only plain values are allowed, no !!python tags): {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, e.g. 'epochs: 10', not {type(data).__name__}")
+    return data
+
+
+def dump_yaml(config: TrainConfig) -> str:
+    """The config as YAML text, one setting per line in field order."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def resolve_config(
+    overrides: dict[str, Any] | None = None,
+    config_file: str | os.PathLike | None = None,
+    recommended: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Merge defaults < ``recommended`` (a built-in data set's) < ``config_file`` < ``overrides``."""
+    merged: dict[str, Any] = dict(recommended or {})
+    if config_file:
+        merged.update(load_yaml(config_file))
+    merged.update(overrides or {})
+    return TrainConfig.from_dict(merged, source=str(config_file) if config_file else "settings")

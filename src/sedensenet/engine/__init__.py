@@ -1,0 +1,1 @@
+"""Training and inference: joins data and models; writes through reports."""

@@ -1,0 +1,87 @@
+"""torchrun / DistributedDataParallel glue: process-group set-up, rank helpers, metric reduction.
+
+Launch with ``torchrun --nproc-per-node N -m sedensenet train ...``: torchrun sets RANK, WORLD_SIZE,
+LOCAL_RANK and the rendezvous address; every process runs the same training, DistributedSampler
+gives each a shard of the data, gradients are averaged by DDP, and only rank 0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+
+from sedensenet.engine.loop import EpochResult
+
+log = logging.getLogger(__name__)
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def is_distributed() -> bool:
+    return tdist.is_available() and tdist.is_initialized()
+
+
+def rank() -> int:
+    return tdist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return tdist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init(device_name: str) -> torch.device:
+    """Join the process group torchrun prepared; returns this process's device (cuda:LOCAL_RANK or cpu)."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    backend = "nccl" if use_cuda else "gloo"
+    if not is_distributed():
+        tdist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    log.info("distributed: rank %d of %d (%s)", rank(), world_size(), backend)
+    return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
+def shutdown() -> None:
+    if is_distributed():
+        tdist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        tdist.barrier()
+
+
+def reduce_epoch(res: EpochResult, device: torch.device) -> EpochResult:
+    """Loss and accuracy of a training epoch over all processes (sample-weighted means)."""
+    if not is_distributed():
+        return res
+    t = torch.tensor([res.loss * res.samples, res.accuracy * res.samples, res.samples], dtype=torch.float64)
+    t = t.to(device)
+    tdist.all_reduce(t)
+    loss_sum, correct, n = t.tolist()
+    return EpochResult(loss_sum / n, correct / n, int(n), res.seconds)
+
+
+def gather_eval(res: EpochResult, device: torch.device) -> EpochResult:
+    """Concatenate every process's evaluation outputs, so each sees the metrics of the whole split."""
+    if not is_distributed():
+        return res
+    parts: list = [None] * world_size()
+    tdist.all_gather_object(parts, (res.probs, res.targets, res.losses, res.seconds))
+    probs = np.concatenate([p[0] for p in parts])
+    targets = np.concatenate([p[1] for p in parts])
+    losses = np.concatenate([p[2] for p in parts])
+    accuracy = float((probs.argmax(1) == targets).mean()) if len(targets) else float("nan")
+    return EpochResult(float(losses.mean()), accuracy, len(targets), max(p[3] for p in parts), probs, targets, losses)

@@ -1,0 +1,150 @@
+"""One pass over a loader, for training or evaluation; returns losses, accuracy and (for evaluation) outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf."""
+
+
+@dataclass
+class EpochResult:
+    """Mean loss and accuracy of one pass; ``probs``/``targets`` are kept for evaluation passes."""
+
+    loss: float
+    accuracy: float
+    samples: int
+    seconds: float
+    probs: np.ndarray | None = None
+    targets: np.ndarray | None = None
+    losses: np.ndarray | None = field(default=None, repr=False)
+    """Per-sample loss (evaluation only), for the top-losses report."""
+
+    @property
+    def images_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class StepSettings:
+    """How a batch runs: device, precision, memory format."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        non_blocking = self.device.type == "cuda"
+        images = images.to(self.device, non_blocking=non_blocking, memory_format=fmt)
+        return images, labels.to(self.device, non_blocking=non_blocking)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    settings: StepSettings,
+    scaler: torch.amp.GradScaler | None = None,
+    grad_clip: float = 0.0,
+    progress: object | None = None,
+    epoch: int = 0,
+) -> EpochResult:
+    """Train ``model`` for one pass over ``loader``; raise NonFiniteLossError naming the step on NaN/Inf loss.
+
+    ``progress`` is an optional callable ``(batch_images, loss, correct)`` called after each step.
+    """
+    model.train()
+    total_loss = torch.zeros((), dtype=torch.float64, device=settings.device)
+    correct = torch.zeros((), dtype=torch.int64, device=settings.device)
+    seen = 0
+    start = time.perf_counter()
+    for step, (images, labels) in enumerate(loader, start=1):
+        images, labels = settings.to_device(images, labels)
+        with settings.autocast():
+            logits = model(images)
+            loss = criterion(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"the training loss became {loss.item()} at epoch {epoch}, step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        n = labels.shape[0]
+        seen += n
+        total_loss += loss.detach().double() * n
+        batch_correct = (logits.detach().argmax(1) == labels).sum()
+        correct += batch_correct
+        if progress is not None:
+            progress(n, loss, batch_correct)
+    seconds = time.perf_counter() - start
+    return EpochResult(_mean(total_loss, seen), _mean(correct, seen), seen, seconds)
+
+
+@torch.no_grad()
+def evaluate_loader(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    criterion: nn.Module,
+    settings: StepSettings,
+    progress: object | None = None,
+) -> EpochResult:
+    """Run ``model`` over ``loader`` in eval mode; keep class probabilities, targets and per-sample losses."""
+    model.eval()
+    probs, targets, losses = [], [], []
+    start = time.perf_counter()
+    for images, labels in loader:
+        images, labels = settings.to_device(images, labels)
+        with settings.autocast():
+            logits = model(images).float()
+        losses.append(nn.functional.cross_entropy(logits, labels, reduction="none").cpu())
+        probs.append(logits.softmax(1).cpu())
+        targets.append(labels.cpu())
+        if progress is not None:
+            progress(labels.shape[0], None, None)
+    seconds = time.perf_counter() - start
+    if not probs:
+        return EpochResult(math.nan, math.nan, 0, seconds, np.zeros((0, 0)), np.zeros(0, dtype=np.int64))
+    p = torch.cat(probs).numpy()
+    t = torch.cat(targets).numpy()
+    per_sample = torch.cat(losses).numpy()
+    weighted = _weighted_loss(criterion, torch.from_numpy(t), per_sample)
+    accuracy = float((p.argmax(1) == t).mean())
+    return EpochResult(weighted, accuracy, len(t), seconds, p, t, per_sample)
+
+
+def _weighted_loss(criterion: nn.Module, targets: torch.Tensor, per_sample: np.ndarray) -> float:
+    """Validation loss with the training criterion's class weights (as Keras reports ``val_loss``)."""
+    weight = getattr(criterion, "weight", None)
+    if weight is None:
+        return float(per_sample.mean())
+    w = weight.detach().cpu().double()[targets]
+    return float((torch.from_numpy(per_sample).double() * w).sum() / w.sum())
+
+
+def _mean(total: torch.Tensor, count: int) -> float:
+    return float(total.item()) / count if count else math.nan

@@ -1,0 +1,160 @@
+"""Inference with a checkpoint: classify files, evaluate a labelled folder. Batched, robust to bad files."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sedensenet import checkpoint as ckpt
+from sedensenet.data import (
+    IMG_EXTENSIONS,
+    DataError,
+    DataSplits,
+    ImageFolderDataset,
+    Sample,
+    build_transforms,
+    check_image,
+    resolve_data,
+    scan_folder,
+)
+from sedensenet.engine.loader import make_loader
+from sedensenet.engine.loop import EpochResult, StepSettings, evaluate_loader
+
+log = logging.getLogger(__name__)
+
+
+class Predictor:
+    """A model plus the preprocessing and class names its checkpoint carries."""
+
+    def __init__(self, model: nn.Module, meta: ckpt.CheckpointMeta, device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.meta = meta
+        self.device = device
+        self.classes = list(meta.classes)
+        self.transform = build_transforms(meta.image_size, False, "none", tuple(meta.mean), tuple(meta.std))
+
+    @classmethod
+    def load(cls, source: str | os.PathLike | nn.Module, device: str = "auto") -> Predictor:
+        """From a checkpoint, a run folder, or a model returned by :func:`sedensenet.load_model`."""
+        from sedensenet.api import resolve_checkpoint
+        from sedensenet.engine.trainer import select_device
+
+        dev = select_device(device)
+        if isinstance(source, nn.Module):
+            meta = getattr(source, "meta", None)
+            if meta is None:
+                raise ValueError("this model carries no classes or preprocessing: load it with sedensenet.load_model")
+            return cls(source, meta, dev)
+        path = resolve_checkpoint(source)
+        if path.suffix == ".onnx":
+            from sedensenet.export import OnnxModel
+
+            onnx_model = OnnxModel(path)
+            return cls(onnx_model, onnx_model.meta, torch.device("cpu"))
+        model, meta = ckpt.load_checkpoint(path)
+        return cls(model, meta, dev)
+
+    def _run(self, samples: list[Sample], batch_size: int) -> EpochResult:
+        in_chans = self.meta.in_chans
+        dataset = ImageFolderDataset(samples, transform=self.transform, in_chans=in_chans)
+        loader = make_loader(dataset, batch_size, 0, False, self.device, workers=-1)
+        criterion = nn.CrossEntropyLoss()
+        return evaluate_loader(self.model, loader, criterion, StepSettings(self.device))
+
+    def predict_files(
+        self, inputs: list[str | os.PathLike] | str | os.PathLike, top_k: int = 1, batch_size: int = 32
+    ) -> list[Any]:
+        """Predictions for every image file in ``inputs`` (folders searched recursively), in input order."""
+        from sedensenet.api import Prediction
+
+        files = expand_inputs(inputs)
+        errors = {f: check_image(f) for f in files}
+        good = [f for f in files if errors[f] is None]
+        out: dict[Path, Prediction] = {f: Prediction(str(f), error=errors[f]) for f in files if errors[f]}
+        if good:
+            res = self._run([Sample(f, 0) for f in good], batch_size)
+            k = max(1, min(top_k, len(self.classes)))
+            for f, probs in zip(good, res.probs, strict=True):
+                order = np.argsort(-probs, kind="stable")[:k]
+                top = [(self.classes[i], float(probs[i])) for i in order]
+                out[f] = Prediction(str(f), top[0][0], top[0][1], top)
+        bad = len(files) - len(good)
+        if bad:
+            log.warning("%d of %d files could not be read and were reported, not predicted", bad, len(files))
+        return [out[f] for f in files]
+
+    def evaluate_folder(
+        self,
+        data: str | os.PathLike,
+        split: str = "auto",
+        output: str | os.PathLike | None = None,
+        batch_size: int = 32,
+    ) -> Any:
+        """Metrics of the model on a labelled folder; reports written to ``output`` when given."""
+        from sedensenet.engine.evaluation import write_evaluation
+
+        samples, data_classes = self._labelled_samples(data, split)
+        res = self._run(samples, batch_size)
+        res.targets = np.asarray([s.label for s in samples])
+        if output is None:
+            from sedensenet.reports import compute_metrics
+
+            return compute_metrics(res.targets.tolist(), res.probs, self.classes, loss=res.loss)
+        out = Path(output)
+        extra = {"data": str(data), "split": split, "data_classes": data_classes}
+        return write_evaluation(out, res, self.classes, samples, self.meta.in_chans, extra)
+
+    def _labelled_samples(self, data: str | os.PathLike, split: str) -> tuple[list[Sample], list[str]]:
+        """The split's samples with labels mapped to the model's class indices by name."""
+        extra = self.meta.extra
+        val_split = float(extra.get("val_split", 0.2)) if split == "val" else 0.0
+        splits = scan_folder(resolve_data(str(data)), val_split=val_split, seed=int(extra.get("seed", 123)))
+        chosen = _choose_split(splits, split)
+        unknown = sorted(set(splits.classes) - set(self.classes))
+        if unknown:
+            raise DataError(
+                f"{data}: class folder(s) {unknown} are not classes of this model ({self.classes}); "
+                f"the folder names must match the classes the model was trained on"
+            )
+        index = {name: i for i, name in enumerate(self.classes)}
+        return [Sample(s.path, index[splits.classes[s.label]]) for s in chosen], splits.classes
+
+
+def _choose_split(splits: DataSplits, split: str) -> list[Sample]:
+    if split == "auto":
+        return splits.test or splits.val or splits.train
+    if split == "all":
+        return splits.train + splits.val + splits.test
+    chosen = {"train": splits.train, "val": splits.val, "test": splits.test}.get(split)
+    if chosen is None:
+        raise ValueError(f"unknown split {split!r}: choose auto, train, val, test or all")
+    if not chosen:
+        raise DataError(f"{splits.root} has no {split} split")
+    return chosen
+
+
+def expand_inputs(inputs: list[str | os.PathLike] | str | os.PathLike) -> list[Path]:
+    """Files as given, folders expanded to their image files (sorted, recursive, hidden files skipped)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS and not f.name.startswith(".")
+            )
+            files.extend(found)
+        else:
+            files.append(p)
+    if not files:
+        raise DataError(f"no image files found in {[str(i) for i in inputs]}")
+    return files

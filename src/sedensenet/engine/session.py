@@ -1,0 +1,166 @@
+"""Set a training run up (data, model, optimiser, run folder, resume) and finish it (final reports)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sedensenet import checkpoint as ckpt
+from sedensenet.config import TrainConfig
+from sedensenet.data import DataSplits, resolve_data, scan_folder
+from sedensenet.engine import distributed as dist
+from sedensenet.engine import trainer as tr
+from sedensenet.engine.evaluation import write_evaluation
+from sedensenet.engine.loader import make_loader
+from sedensenet.engine.loop import evaluate_loader
+from sedensenet.reports import check_writable, new_run_dir
+
+log = logging.getLogger(__name__)
+
+
+def scan(config: TrainConfig) -> DataSplits:
+    """Resolve ``config.data`` (a folder or ``builtin:NAME``) and check every file in it."""
+    root = resolve_data(config.data)
+    splits = scan_folder(root, val_split=config.val_split, seed=config.seed, max_pixels=config.max_pixels)
+    if len(splits.train) < 2:
+        raise ValueError(f"{root}: training needs at least 2 images, found {len(splits.train)}")
+    return splits
+
+
+def prepare(config: TrainConfig, run_dir: Path | None = None, device: torch.device | None = None) -> tr.RunContext:
+    """Everything a run needs, in order: device, data, model, optimiser, run folder.
+
+    ``run_dir`` given (resume) reuses that folder; otherwise a new ``project/name[N]`` is made on rank 0.
+    """
+    device = device or tr.select_device(config.device)
+    tr.seed_everything(config.seed)
+    splits = scan(config)
+    _check_batch(config, splits)
+    model = tr.build_model(config, num_classes=len(splits.classes)).to(device)
+    settings, scaler = tr.step_settings(config, device)
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    mean, std = tr.normalization(config, splits)
+    train_set, val_set = tr.make_datasets(config, splits, mean, std)
+    replicas, rank = dist.world_size(), dist.rank()
+    train_loader = make_loader(train_set, config.batch_size, config.seed, True, device, config.workers, replicas, rank)
+    val_loader = (
+        make_loader(val_set, config.batch_size, config.seed, False, device, config.workers, replicas, rank)
+        if val_set is not None
+        else None
+    )
+    weights = tr.class_weight_tensor(config, splits)
+    criterion = nn.CrossEntropyLoss(
+        weight=weights.to(device) if weights is not None else None, label_smoothing=config.label_smoothing
+    )
+    optimizer = tr.build_optimizer(config, model)
+    meta = ckpt.CheckpointMeta(
+        model=model.config.to_dict(), classes=splits.classes, image_size=config.image_size,
+        mean=list(mean), std=list(std), extra={"data": str(config.data)},
+    )  # fmt: skip
+    if run_dir is None:
+        run_dir = _new_run_dir(config)
+    ctx = tr.RunContext(
+        config, run_dir, splits, model, _wrap(model, config, device), optimizer, tr.build_scheduler(config, optimizer),
+        scaler, criterion, settings, train_loader, val_loader, meta, tr.History(), tr.TrainState(),
+    )  # fmt: skip
+    if config.tensorboard and dist.is_main():
+        ctx.writer = _tensorboard(run_dir)
+    return ctx
+
+
+def _check_batch(config: TrainConfig, splits: DataSplits) -> None:
+    if config.batch_size > len(splits.train):
+        raise ValueError(
+            f"--batch-size {config.batch_size} is larger than the training split ({len(splits.train)} images); "
+            f"use --batch-size {max(2, len(splits.train) // 2)} or fewer"
+        )
+
+
+def _new_run_dir(config: TrainConfig) -> Path:
+    """Rank 0 creates the folder and checks it can be written; other ranks learn its name."""
+    if dist.is_main():
+        run_dir = new_run_dir(config.project, config.name, config.exist_ok)
+        check_writable(run_dir)
+    else:
+        run_dir = None
+    if dist.is_distributed():
+        holder = [str(run_dir) if run_dir else None]
+        torch.distributed.broadcast_object_list(holder, src=0)
+        run_dir = Path(holder[0])
+    return Path(run_dir)
+
+
+def _wrap(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
+    """The module the training loop calls: SyncBN and DDP when distributed, torch.compile when asked."""
+    wrapped: nn.Module = model
+    if dist.is_distributed():
+        if config.sync_bn:
+            wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
+        ids = [device.index] if device.type == "cuda" else None
+        # Freezing epochs leave some parameters without gradients.
+        wrapped = nn.parallel.DistributedDataParallel(
+            wrapped, device_ids=ids, find_unused_parameters=bool(config.freeze_epochs)
+        )
+    if config.compile == "on":
+        log.info("compiling the model with torch.compile (the first steps are slow)")
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("--tensorboard needs the tensorboard package: pip install tensorboard; continuing without it")
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def resume(run_dir: Path, overrides: dict[str, Any] | None = None, device: torch.device | None = None) -> tr.RunContext:
+    """Rebuild a run from its folder (config.yaml, weights/last.safetensors, state/last.pt) to continue it."""
+    from sedensenet.config import resolve_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"{run_dir} is not a run folder (no config.yaml); pass the folder that train created")
+    allowed = {"epochs", "device", "workers", "patience"}
+    bad = sorted(set(overrides or {}) - allowed)
+    if bad:
+        raise ValueError(f"--resume continues the run as configured; only {sorted(allowed)} may change, not {bad}")
+    config = resolve_config(overrides, config_file=run_dir / "config.yaml")
+    ctx = prepare(config, run_dir=run_dir, device=device)
+    state = ckpt.load_state(run_dir / "state" / "last.pt")
+    tensors, _ = ckpt.read_checkpoint(run_dir / "weights" / "last.safetensors")
+    ctx.model.load_state_dict(tensors)
+    tr.restore(ctx, state)
+    log.info("resuming %s after epoch %d of %d", run_dir, ctx.state.epoch, config.epochs)
+    return ctx
+
+
+def finish(ctx: tr.RunContext) -> dict[str, Any]:
+    """Evaluate the best weights on val (and test) and write the reports; returns the metrics."""
+    best = ctx.run_dir / "weights" / "best.safetensors"
+    if best.is_file():
+        tensors, _ = ckpt.read_checkpoint(best)
+        ctx.model.load_state_dict(tensors)
+    results: dict[str, Any] = {}
+    from sedensenet.engine.trainer import make_datasets
+
+    c = ctx.config
+    for split, samples in (("val", ctx.splits.val), ("test", ctx.splits.test)):
+        if not samples:
+            continue
+        tf_splits = DataSplits(ctx.splits.root, ctx.splits.classes, [], samples, [], [])
+        _, dataset = make_datasets(c, tf_splits, tuple(ctx.meta.mean), tuple(ctx.meta.std))
+        loader = make_loader(dataset, c.batch_size, c.seed, False, ctx.settings.device, c.workers)
+        res = evaluate_loader(ctx.model, loader, ctx.criterion, ctx.settings)
+        out = ctx.run_dir if split == "val" else ctx.run_dir / "test"
+        extra = {"split": split, "best_epoch": ctx.state.best_epoch, "epochs_run": ctx.state.epoch}
+        if dist.is_main():
+            results[split] = write_evaluation(out, res, ctx.splits.classes, samples, c.in_chans, extra).to_dict()
+    return results

@@ -1,0 +1,214 @@
+"""Classification metrics from labels and predicted probabilities: one plain, JSON-ready report.
+
+Everything is computed with ``sklearn.metrics`` over the full label set ``range(C)``, so a class that
+is absent from a (small) evaluation split still has its row in the confusion matrix and the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassificationReport:
+    """Metrics of one evaluation pass; every field is a plain Python value."""
+
+    accuracy: float
+    balanced_accuracy: float
+    """Mean recall over the classes present in ``y_true`` (as ``sklearn.metrics.balanced_accuracy_score``)."""
+    loss: float | None
+    per_class: list[dict[str, Any]]
+    """One dict per class, in class order: ``class``, ``precision``, ``recall``, ``f1``, ``support``."""
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+    weighted_precision: float
+    weighted_recall: float
+    weighted_f1: float
+    confusion_matrix: list[list[int]]
+    """Rows are true classes, columns predicted classes."""
+    roc_auc: float | None
+    """Binary: AUC of class 1. Multi-class: macro one-vs-rest AUC when every class is present, else None."""
+    classes: list[str]
+    num_samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as a JSON-ready dict (non-finite floats become None)."""
+        return _finite_or_none(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClassificationReport:
+        """Rebuild a report from :meth:`to_dict` output (unknown keys, such as extras, are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def format_table(self, digits: int = 2) -> str:
+        """Return a fixed-width text table in the layout of ``sklearn.metrics.classification_report``."""
+        rows = [(p["class"], p["precision"], p["recall"], p["f1"], p["support"]) for p in self.per_class]
+        average_rows = [
+            ("macro avg", self.macro_precision, self.macro_recall, self.macro_f1, self.num_samples),
+            ("weighted avg", self.weighted_precision, self.weighted_recall, self.weighted_f1, self.num_samples),
+        ]
+        width = max([_display_width(str(name)) for name, *_ in rows + average_rows] + [len("accuracy")])
+        num_width = max(9, digits + 6)
+        head = " " * width + "".join(f"{h:>{num_width + 1}}" for h in ("precision", "recall", "f1-score", "support"))
+
+        def line(name: str, p: float, r: float, f: float, s: int) -> str:
+            cells = "".join(f"{v:>{num_width + 1}.{digits}f}" for v in (p, r, f))
+            return f"{_pad_left(name, width)}{cells}{s:>{num_width + 1}}"
+
+        lines = [head, ""]
+        lines += [line(str(name), *rest) for name, *rest in rows]
+        lines.append("")
+        blank = " " * (2 * (num_width + 1))
+        lines.append(
+            f"{_pad_left('accuracy', width)}{blank}{self.accuracy:>{num_width + 1}.{digits}f}"
+            f"{self.num_samples:>{num_width + 1}}"
+        )
+        lines += [line(*row) for row in average_rows]
+        lines.append("")
+        lines.append(f"balanced accuracy: {self.balanced_accuracy:.{digits + 2}f}")
+        if self.roc_auc is not None:
+            lines.append(f"ROC AUC: {self.roc_auc:.{digits + 2}f}")
+        if self.loss is not None:
+            lines.append(f"loss: {self.loss:.{digits + 2}f}")
+        return "\n".join(lines) + "\n"
+
+
+def compute_metrics(
+    y_true: Sequence[int],
+    probs: np.ndarray,
+    classes: list[str],
+    loss: float | None = None,
+) -> ClassificationReport:
+    """Compute accuracy, per-class precision/recall/F1, confusion matrix and ROC-AUC.
+
+    Args:
+        y_true: true class indices, length N, each in ``range(len(classes))``.
+        probs: (N, C) class probabilities (or any scores); the prediction is their argmax.
+        classes: the C class names, in index order.
+        loss: the mean loss of the pass, stored as is.
+
+    Returns:
+        A :class:`ClassificationReport`.
+
+    Raises:
+        ValueError: on empty input or shapes and labels that do not match ``classes``.
+    """
+    y, scores = _check_inputs(y_true, probs, classes)
+    num_classes = len(classes)
+    labels = list(range(num_classes))
+    y_pred = scores.argmax(axis=1)
+
+    cm = sk_confusion_matrix(y, y_pred, labels=labels)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, y_pred, labels=labels, average=None, zero_division=0
+    )
+    averages = {}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(y, y_pred, labels=labels, average=average, zero_division=0)
+        averages[average] = (float(p), float(r), float(f))
+    per_class = [
+        {
+            "class": name,
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(classes)
+    ]
+    present = support > 0
+    return ClassificationReport(
+        accuracy=float(np.trace(cm) / len(y)),
+        # sklearn's balanced_accuracy_score averages recall over the classes in y_true; computed here
+        # from the matrix to avoid its warning when a prediction names a class absent from y_true.
+        balanced_accuracy=float(recall[present].mean()),
+        loss=None if loss is None else float(loss),
+        per_class=per_class,
+        macro_precision=averages["macro"][0],
+        macro_recall=averages["macro"][1],
+        macro_f1=averages["macro"][2],
+        weighted_precision=averages["weighted"][0],
+        weighted_recall=averages["weighted"][1],
+        weighted_f1=averages["weighted"][2],
+        confusion_matrix=cm.astype(int).tolist(),
+        roc_auc=_roc_auc(y, scores, num_classes),
+        classes=list(classes),
+        num_samples=len(y),
+    )
+
+
+def normalize_confusion_matrix(cm: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
+    """Divide each row by its total (recall per true class); a row without samples stays all zeros."""
+    matrix = np.asarray(cm, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"confusion matrix must be square (C, C), got shape {matrix.shape}")
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+
+
+def _check_inputs(y_true: Sequence[int], probs: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true)
+    scores = np.asarray(probs, dtype=np.float64)
+    num_classes = len(classes)
+    if num_classes == 0:
+        raise ValueError("classes is empty: pass the class names in index order")
+    if y.ndim != 1 or len(y) == 0:
+        raise ValueError(f"y_true must be a non-empty 1-D sequence of class indices, got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.mod(y, 1) == 0):
+            raise ValueError("y_true must hold integer class indices")
+        y = y.astype(np.int64)
+    if scores.ndim != 2 or scores.shape != (len(y), num_classes):
+        raise ValueError(
+            f"probs must have shape (N, C) = ({len(y)}, {num_classes}) to match y_true and classes, got {scores.shape}"
+        )
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"y_true holds labels outside range(0, {num_classes}): min {y.min()}, max {y.max()}")
+    return y, scores
+
+
+def _roc_auc(y: np.ndarray, scores: np.ndarray, num_classes: int) -> float | None:
+    if num_classes < 2 or not np.all(np.isfinite(scores)):
+        if num_classes >= 2:
+            logger.warning("probabilities contain NaN or infinity: ROC AUC not computed")
+        return None
+    present = np.bincount(y, minlength=num_classes) > 0
+    if num_classes == 2:
+        return float(roc_auc_score(y, scores[:, 1])) if present.all() else None
+    if not present.all():
+        return None
+    # Macro one-vs-rest, class by class: equal to roc_auc_score(multi_class="ovr", average="macro") but
+    # without its requirement that each row sums to 1 (float32 softmax output can miss its tolerance).
+    return float(np.mean([roc_auc_score(y == c, scores[:, c]) for c in range(num_classes)]))
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _display_width(text: str) -> int:
+    # Wide (CJK) characters take two columns in a terminal; count them so the table stays aligned.
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad_left(text: str, width: int) -> str:
+    return " " * max(0, width - _display_width(text)) + text

@@ -1,0 +1,369 @@
+"""Figures for the run folder: training curves, confusion matrix, ROC, top losses, run comparison.
+
+Every figure is a ``matplotlib.figure.Figure`` drawn on its own ``FigureCanvasAgg``: pyplot is never
+imported, so there is no global figure registry, no backend switch in a user's notebook, and nothing
+to close. Files are written atomically as PNG.
+
+Class names may be Chinese or use other scripts: when a CJK-capable font is installed it is added as
+a fallback to every text; otherwise the missing glyphs render as boxes, without warnings.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from matplotlib import font_manager, rcParams
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from sedensenet.fileio import atomic_write
+from sedensenet.reports.metrics import normalize_confusion_matrix
+
+logger = logging.getLogger(__name__)
+
+DPI = 100
+"""Resolution of every figure: the curves figure (12 x 4 inches) is 1200 x 400 pixels."""
+
+CJK_FONTS = (
+    "Noto Sans CJK SC",
+    "Noto Sans CJK JP",
+    "Noto Sans CJK TC",
+    "Noto Sans SC",
+    "Source Han Sans SC",
+    "Source Han Sans CN",
+    "WenQuanYi Zen Hei",
+    "WenQuanYi Micro Hei",
+    "SimHei",
+    "Microsoft YaHei",
+    "PingFang SC",
+    "Heiti SC",
+    "Hiragino Sans GB",
+    "Arial Unicode MS",
+    "Droid Sans Fallback",
+    "AR PL UMing CN",
+)
+"""Font families tried, in order, as the fallback for CJK text."""
+
+_GLYPH_WARNING = r"Glyph \d+ .*missing from (current )?font"
+# warnings.catch_warnings swaps the process-wide filter list; the lock keeps two of our own plotting
+# threads from restoring each other's filters in the wrong order.
+_WARNINGS_LOCK = threading.Lock()
+_F = TypeVar("_F", bound=Callable[..., Path])
+
+
+@functools.lru_cache(maxsize=1)
+def find_cjk_font() -> str | None:
+    """Return the family name of an installed CJK-capable font, or None when there is none."""
+    installed = {entry.name for entry in font_manager.fontManager.ttflist}
+    for family in CJK_FONTS:
+        if family in installed:
+            logger.debug("using %s for CJK text", family)
+            return family
+    return None
+
+
+def _figure_writer(func: _F) -> _F:
+    """Run a plotting function with missing-glyph warnings silenced (only those)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Path:
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_GLYPH_WARNING, category=UserWarning)
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    family = find_cjk_font()
+    if family is not None:
+        _apply_font_fallback(fig, family)
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    finally:
+        fig.clear()
+
+
+def _apply_font_fallback(fig: Figure, family: str) -> None:
+    """Give every text the default font first and ``family`` as fallback (per character, matplotlib >= 3.6)."""
+    families = [*_default_families(), family]
+    for ax in fig.axes:
+        try:
+            ax.tick_params(which="both", labelfontfamily=families)  # also reaches ticks made at draw time
+        except (TypeError, ValueError):  # matplotlib < 3.8: set the tick labels that exist now
+            for label in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
+                label.set_fontfamily(families)
+    for text in fig.findobj(Text):
+        text.set_fontfamily(families)
+
+
+def _default_families() -> list[str]:
+    family = rcParams["font.family"]
+    return list(family) if isinstance(family, (list, tuple)) else [family]
+
+
+def _needs_markers(values: np.ndarray) -> bool:
+    """True when a finite point has no finite neighbour, so a line alone would not show it."""
+    finite = np.isfinite(values)
+    before = np.concatenate([[False], finite[:-1]])
+    after = np.concatenate([finite[1:], [False]])
+    return bool(np.any(finite & ~before & ~after))
+
+
+def _plot_series(ax: Axes, values: Sequence[float] | None, label: str) -> bool:
+    """Plot one per-epoch series (epochs from 1); skip it when missing or all NaN. Returns whether drawn."""
+    if values is None:
+        return False
+    y = np.asarray(list(values), dtype=np.float64).reshape(-1)
+    if not np.isfinite(y).any():
+        return False
+    x = np.arange(1, len(y) + 1)
+    ax.plot(x, y, label=label, marker="o" if _needs_markers(y) else None, markersize=4)
+    return True
+
+
+def _history_series(history: dict[str, Sequence[float]], key: str) -> Sequence[float] | None:
+    aliases = {"accuracy": "acc", "val_accuracy": "val_acc"}  # the names older Keras versions used
+    if key in history:
+        return history[key]
+    return history.get(aliases.get(key, key))
+
+
+@_figure_writer
+def plot_curves(
+    history: dict[str, Sequence[float]],
+    path: str | os.PathLike,
+    best_epoch: int | None = None,
+    title: str | None = None,
+) -> Path:
+    """Draw the tutorial's figure: accuracy (left) and loss (right), training vs validation, per epoch.
+
+    Args:
+        history: per-epoch lists under ``accuracy``, ``val_accuracy``, ``loss``, ``val_loss``; any may
+            be missing or hold NaN (not measured that epoch): what exists is drawn.
+        path: where the PNG goes (12 x 4 inches at :data:`DPI`).
+        best_epoch: 1-based epoch to mark with a dashed vertical line.
+        title: an optional title above both panels.
+
+    Returns:
+        The path written.
+    """
+    fig = _new_figure((12, 4))
+    panels = (
+        ("accuracy", "Accuracy", "lower right"),
+        ("loss", "Loss", "upper right"),
+    )
+    for index, (key, name, legend_loc) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, 2, index)
+        drawn = _plot_series(ax, _history_series(history, key), f"Training {name}")
+        drawn |= _plot_series(ax, _history_series(history, f"val_{key}"), f"Validation {name}")
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="0.4", linestyle="--", linewidth=1, label=f"best epoch {best_epoch}")
+            drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
+        else:
+            ax.legend(loc=legend_loc)
+        ax.set_title(f"Training and Validation {name}")
+        ax.set_xlabel("Epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+@_figure_writer
+def plot_confusion_matrix(
+    cm: np.ndarray | Sequence[Sequence[int]],
+    classes: Sequence[str],
+    path: str | os.PathLike,
+    normalize: bool = False,
+) -> Path:
+    """Draw a confusion matrix (rows: true class, columns: predicted) with the value in each cell.
+
+    Args:
+        cm: (C, C) counts.
+        classes: the C class names.
+        path: where the PNG goes.
+        normalize: show each row divided by its total (recall per true class; empty rows stay 0).
+
+    Returns:
+        The path written.
+    """
+    counts = np.asarray(cm)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] != len(classes):
+        raise ValueError(f"cm must be ({len(classes)}, {len(classes)}) to match classes, got shape {counts.shape}")
+    if len(classes) == 0:
+        raise ValueError("cannot plot a confusion matrix without classes")
+    values = normalize_confusion_matrix(counts) if normalize else counts.astype(np.float64)
+    n = len(classes)
+    side = min(4.0 + 0.45 * n, 24.0)
+    fig = _new_figure((side + 1.0, side))
+    ax = fig.add_subplot()
+    vmax = 1.0 if normalize else max(float(values.max()), 1.0)
+    image = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if n <= 40:  # beyond that the numbers are unreadable anyway
+        _annotate_cells(ax, values, image, normalize, fontsize=max(5.0, 11.0 - 0.15 * n))
+    rotate = n > 6 or max(len(str(c)) for c in classes) > 8
+    ax.set_xticks(range(n), [str(c) for c in classes], rotation=45 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_yticks(range(n), [str(c) for c in classes])
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    ax.set_title("Confusion matrix (normalized by true class)" if normalize else "Confusion matrix")
+    return _save(fig, path)
+
+
+def _annotate_cells(ax: Axes, values: np.ndarray, image: Any, normalize: bool, fontsize: float) -> None:
+    for (row, col), value in np.ndenumerate(values):
+        red, green, blue, _ = image.cmap(image.norm(value))
+        # Relative luminance of the cell colour decides between black and white text.
+        dark = 0.2126 * red + 0.7152 * green + 0.0722 * blue < 0.5
+        text = f"{value:.2f}" if normalize else f"{int(round(value))}"
+        ax.text(col, row, text, ha="center", va="center", fontsize=fontsize, color="white" if dark else "black")
+
+
+@_figure_writer
+def plot_roc(
+    y_true: Sequence[int],
+    scores_positive: Sequence[float],
+    path: str | os.PathLike,
+    pos_label_name: str,
+) -> Path:
+    """Draw the ROC curve of a two-class problem, with its AUC in the legend and the chance diagonal.
+
+    Args:
+        y_true: 0/1 labels, 1 being the positive class.
+        scores_positive: the score (probability) of the positive class per sample.
+        path: where the PNG goes.
+        pos_label_name: the positive class's name, for the legend.
+
+    Returns:
+        The path written.
+    """
+    y = np.asarray(y_true).reshape(-1)
+    scores = np.asarray(scores_positive, dtype=np.float64).reshape(-1)
+    if len(y) != len(scores):
+        raise ValueError(f"y_true has {len(y)} labels but scores_positive has {len(scores)} scores")
+    fig = _new_figure((5.5, 5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance (AUC = 0.500)")
+    if len(np.unique(y)) == 2 and np.all(np.isfinite(scores)):
+        fpr, tpr, _ = roc_curve(y, scores, pos_label=1)
+        auc = roc_auc_score(y, scores)
+        ax.plot(fpr, tpr, linewidth=2, label=f"{pos_label_name} (AUC = {auc:.3f})")
+    else:
+        ax.text(0.5, 0.3, "ROC undefined: both classes are needed", ha="center", transform=ax.transAxes)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("False positive rate")
+    ax.set_ylabel("True positive rate")
+    ax.set_title(f"ROC: {pos_label_name} vs rest")
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+@_figure_writer
+def plot_top_losses(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str],
+    path: str | os.PathLike,
+    ncols: int = 4,
+) -> Path:
+    """Draw a grid of images, each under its title (e.g. ``"true: cat\\npred: dog (0.97)\\nloss 3.51"``).
+
+    Args:
+        images: HxWxC (C = 1, 3 or 4) or HxW arrays, uint8 0-255 or float 0-1.
+        titles: one title per image.
+        path: where the PNG goes.
+        ncols: images per row.
+
+    Returns:
+        The path written; with no images the figure says so.
+    """
+    if len(images) != len(titles):
+        raise ValueError(f"got {len(images)} images but {len(titles)} titles")
+    if ncols < 1:
+        raise ValueError(f"ncols must be at least 1, got {ncols}")
+    if len(images) == 0:
+        fig = _new_figure((4, 2))
+        fig.text(0.5, 0.5, "No images to show", ha="center", va="center")
+        return _save(fig, path)
+    cols = min(ncols, len(images))
+    rows = math.ceil(len(images) / cols)
+    fig = _new_figure((2.8 * cols, 3.2 * rows))
+    for index, (image, title) in enumerate(zip(images, titles, strict=True)):
+        ax = fig.add_subplot(rows, cols, index + 1)
+        array = _displayable(image)
+        if array.ndim == 2:
+            vmax = 255 if array.dtype == np.uint8 else 1.0
+            ax.imshow(array, cmap="gray", vmin=0, vmax=vmax)
+        else:
+            ax.imshow(array)
+        ax.set_title(str(title), fontsize=9)
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def _displayable(image: np.ndarray) -> np.ndarray:
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(f"images must be HxW or HxWxC with C in (1, 3, 4), got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.integer):
+        return np.clip(array, 0, 255).astype(np.uint8)
+    return np.clip(array.astype(np.float64), 0.0, 1.0)
+
+
+@_figure_writer
+def plot_history_comparison(
+    curves: dict[str, Sequence[float]],
+    path: str | os.PathLike,
+    ylabel: str = "validation accuracy",
+) -> Path:
+    """Draw one line per run (label -> per-epoch values) on shared axes, epochs from 1.
+
+    Args:
+        curves: label -> per-epoch values (NaN allowed).
+        path: where the PNG goes.
+        ylabel: what the values are.
+
+    Returns:
+        The path written.
+    """
+    fig = _new_figure((8, 5))
+    ax = fig.add_subplot()
+    drawn = [_plot_series(ax, values, str(label)) for label, values in curves.items()]
+    if any(drawn):
+        ax.legend(loc="best")
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"Comparison: {ylabel}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
