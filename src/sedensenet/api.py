@@ -92,12 +92,39 @@ def train(
             ctx = session.prepare(cfg, device=device)
             if dist.is_main():
                 write_run_header(ctx)
-        log.info("run folder: %s", ctx.run_dir)
-        history = fit(ctx, progress=progress)
-        metrics = session.finish(ctx)
+        log_file = _log_to(ctx.run_dir / "train.log") if dist.is_main() else None
+        try:
+            log.info("run folder: %s  (%s)", ctx.run_dir, _data_summary(ctx.splits))
+            history = fit(ctx, progress=progress)
+            metrics = session.finish(ctx)
+        finally:
+            if log_file is not None:
+                logging.getLogger("sedensenet").removeHandler(log_file)
+                log_file.close()
         return TrainResult(history, ctx.run_dir, metrics, ctx.state.best_epoch)
     finally:
         dist.shutdown()
+
+
+def _log_to(path: Path) -> logging.Handler:
+    """Append the package's log records to the run's train.log (plain text, UTF-8)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("sedensenet")
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return handler
+
+
+def _data_summary(splits: Any) -> str:
+    counts = {k: sum(v.values()) for k, v in splits.counts().items()}
+    return (
+        f"{len(splits.classes)} classes; "
+        + ", ".join(f"{k} {n}" for k, n in counts.items() if n)
+        + (f"; {len(splits.skipped)} files skipped (see skipped.csv)" if splits.skipped else "")
+    )
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -35,7 +35,7 @@ def write_evaluation(
     assert result.probs is not None and result.targets is not None
     report = compute_metrics(result.targets.tolist(), result.probs, classes, loss=result.loss)
     write_metrics(report, out_dir / "metrics.json", extra=extra)
-    write_classification_table(report, out_dir)
+    write_classification_table(report, out_dir / "classification_report.txt")
     cm = np.asarray(report.confusion_matrix)
     plot_confusion_matrix(cm, classes, out_dir / "confusion_matrix.png")
     plot_confusion_matrix(cm, classes, out_dir / "confusion_matrix_normalized.png", normalize=True)

@@ -60,7 +60,8 @@ def prepare(config: TrainConfig, run_dir: Path | None = None, device: torch.devi
     optimizer = tr.build_optimizer(config, model)
     meta = ckpt.CheckpointMeta(
         model=model.config.to_dict(), classes=splits.classes, image_size=config.image_size,
-        mean=list(mean), std=list(std), extra={"data": str(config.data)},
+        mean=list(mean), std=list(std),
+        extra={"data": str(config.data), "val_split": config.val_split, "seed": config.seed},
     )  # fmt: skip
     if run_dir is None:
         run_dir = _new_run_dir(config)

@@ -25,7 +25,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Old torchvision checkpoints name dense-layer modules 'norm.1', 'conv.2', ...; today's name them 'norm1'.
-_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 
 
 class WeightsError(ValueError):
@@ -146,7 +148,13 @@ def load_state_dict_into(model: nn.Module, state_dict: dict[str, torch.Tensor], 
 
 
 def _may_be_new(key: str) -> bool:
-    return key.startswith("classifier.") or ".se" in key or key.startswith("features.se")
+    # Files older than PyTorch 0.4.1 have no BatchNorm num_batches_tracked; it is a counter, not a weight.
+    return (
+        key.endswith("num_batches_tracked")
+        or key.startswith("classifier.")
+        or ".se" in key
+        or key.startswith("features.se")
+    )
 
 
 def torchvision_weights_path(arch: str) -> Path:

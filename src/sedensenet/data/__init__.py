@@ -1,0 +1,57 @@
+"""Image folders in, checked and split samples and tensors out; the built-in demo sets.
+
+The data package knows nothing of models or training: it turns a folder (or ``"builtin:NAME"``) into
+:class:`DataSplits` and :class:`ImageFolderDataset` objects that the engine wraps in data loaders.
+"""
+
+from sedensenet.data.builtin import BUILTIN, default_cache_dir, is_builtin, resolve_data, write_builtin
+from sedensenet.data.folder import (
+    DEFAULT_MAX_PIXELS,
+    IMG_EXTENSIONS,
+    DataError,
+    DataSplits,
+    ImageFolderDataset,
+    Sample,
+    Skipped,
+    check_image,
+    find_classes,
+    is_image_file,
+    load_image,
+    scan_folder,
+    write_skipped_csv,
+)
+from sedensenet.data.transforms import (
+    AUGMENTS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_transforms,
+    compute_mean_std,
+    image_channels,
+)
+
+__all__ = [
+    "AUGMENTS",
+    "BUILTIN",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMG_EXTENSIONS",
+    "DataError",
+    "DataSplits",
+    "ImageFolderDataset",
+    "Sample",
+    "Skipped",
+    "build_transforms",
+    "check_image",
+    "compute_mean_std",
+    "default_cache_dir",
+    "find_classes",
+    "image_channels",
+    "is_builtin",
+    "is_image_file",
+    "load_image",
+    "resolve_data",
+    "scan_folder",
+    "write_builtin",
+    "write_skipped_csv",
+]

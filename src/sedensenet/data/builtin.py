@@ -1,0 +1,156 @@
+"""Demo data sets that ship inside installed packages, written out as ordinary PNG class folders.
+
+``builtin:digits`` is scikit-learn's handwritten digits (1,797 8x8 grayscale images, classes "0" to "9");
+``builtin:faces`` is scikit-image's LFW subset (200 25x25 grayscale images: 100 faces, then 100 non-faces).
+They are written once into a cache folder and then go through :func:`~sedensenet.data.scan_folder` like any
+user's data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sedensenet.data.folder import DataError
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "builtin:"
+MARKER = ".sedensenet-complete"  # written last: a folder without it is rebuilt
+
+# Settings the trainer applies to a built-in set unless the user gives their own.
+BUILTIN: dict[str, dict[str, Any]] = {
+    "digits": {
+        "model": "se_densenet_tiny",
+        "image_size": 32,
+        "epochs": 5,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "in_chans": 1,
+        "augment": "none",
+    },
+    "faces": {
+        "model": "se_densenet_tiny",
+        "image_size": 64,
+        "epochs": 5,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "in_chans": 1,
+        "augment": "light",
+    },
+}
+
+
+def _save_pngs(dest: Path, images: np.ndarray, labels: Sequence[int], classes: Sequence[str]) -> int:
+    for name in classes:
+        (dest / name).mkdir(parents=True, exist_ok=True)
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        Image.fromarray(image).save(dest / classes[label] / f"{i:04d}.png")
+    return len(images)
+
+
+def _write_digits(dest: Path) -> int:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Pixel values are counts 0..16 (of a 4x4 block); stretched to 0..255.
+    images = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)  # (1797, 8, 8)
+    return _save_pngs(dest, images, [int(t) for t in digits.target], [str(d) for d in range(10)])
+
+
+def _write_faces(dest: Path) -> int:
+    try:
+        from skimage.data import lfw_subset
+    except ImportError as exc:
+        raise DataError("builtin:faces needs scikit-image: pip install scikit-image") from exc
+    images = np.asarray(lfw_subset())  # (200, 25, 25): the first 100 are faces, the last 100 are not
+    if images.dtype.kind == "f":  # float in [0, 1] (the docstring says uint8; accept both)
+        images = np.rint(images * 255.0).clip(0, 255).astype(np.uint8)
+    labels = [0 if i < 100 else 1 for i in range(len(images))]
+    return _save_pngs(dest, images.astype(np.uint8), labels, ["face", "non_face"])
+
+
+_WRITERS: dict[str, Callable[[Path], int]] = {"digits": _write_digits, "faces": _write_faces}
+
+
+def is_builtin(spec: str | os.PathLike) -> bool:
+    """True for a ``"builtin:NAME"`` data spec (a path object never is one)."""
+    return isinstance(spec, str) and spec.startswith(PREFIX)
+
+
+def default_cache_dir() -> Path:
+    """``$SEDENSENET_HOME`` when set, else ``~/.cache/sedensenet``."""
+    home = os.environ.get("SEDENSENET_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "sedensenet"
+
+
+def _builtin_name(spec: str) -> str:
+    name = spec[len(PREFIX) :].strip().lower()
+    if name not in BUILTIN:
+        valid = ", ".join(PREFIX + n for n in BUILTIN)
+        raise DataError(f"unknown built-in data set {spec!r}; choose one of: {valid}")
+    return name
+
+
+def write_builtin(name: str, dest: str | os.PathLike) -> Path:
+    """Write the built-in set ``name`` as PNG class folders into ``dest`` (replacing an incomplete one).
+
+    The files are written into a temporary folder beside ``dest`` and renamed into place with the marker file
+    inside, so an interrupted write never looks complete. Several processes may call this at once.
+    """
+    name = _builtin_name(PREFIX + name)
+    dest = Path(dest)
+    if (dest / MARKER).is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        count = _WRITERS[name](tmp)
+        (tmp / MARKER).write_text(json.dumps({"name": name, "files": count}) + "\n", encoding="utf-8")
+        _move_into_place(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("wrote built-in data set %r (%d images) to %s", name, count, dest)
+    return dest
+
+
+def _move_into_place(tmp: Path, dest: Path) -> None:
+    error: OSError | None = None
+    for _ in range(3):
+        if (dest / MARKER).is_file():
+            return  # another process finished first; ours is discarded
+        try:
+            os.replace(tmp, dest)
+            return
+        except OSError as exc:  # dest exists: an interrupted earlier write, or another process's
+            error = exc
+            if not (dest / MARKER).is_file():
+                shutil.rmtree(dest, ignore_errors=True)
+    if not (dest / MARKER).is_file():
+        raise DataError(f"cannot write the built-in data set to {dest}: {error}")
+
+
+def resolve_data(spec: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder a data spec names: ``"builtin:NAME"`` is written once into the cache, a path is returned.
+
+    Args:
+        spec: ``"builtin:digits"``, ``"builtin:faces"`` or a folder path (``~`` is expanded).
+        cache_dir: where built-in sets go (as ``cache_dir/datasets/NAME``); default :func:`default_cache_dir`.
+
+    Raises:
+        DataError: an unknown built-in name, or scikit-image missing for ``builtin:faces``.
+    """
+    if not is_builtin(spec):
+        return Path(spec).expanduser()
+    name = _builtin_name(spec)
+    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return write_builtin(name, base / "datasets" / name)
