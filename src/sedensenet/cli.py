@@ -145,6 +145,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_keras(args: argparse.Namespace) -> int:
+    """Convert the tutorial's Keras model (.h5, .weights.h5 or .keras) into a sedensenet checkpoint."""
+    from sedensenet.keras_convert import convert_keras_file
+
+    out = convert_keras_file(
+        args.file,
+        args.output,
+        model=args.model,
+        num_classes=args.num_classes,
+        blocks=[int(b) for b in args.blocks.split(",")] if args.blocks else None,
+        classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
+        image_size=args.image_size,
+    )
+    print(f"Checkpoint written: {out}")
+    return 0
+
+
 _COMMON = {"command", "func", "config", "resume", "quiet", "verbose", "devices", "argv"}
 
 
@@ -196,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--in-chans", type=int, default=3)
+
+    p = command("convert-keras", cmd_convert_keras)
+    p.add_argument("file", help="Keras file: tf.keras 2 .h5 (model or weights), Keras 3 .weights.h5, or .keras")
+    p.add_argument("--output", required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--model", default="keras_se_densenet201", help="preset the Keras model corresponds to")
+    p.add_argument("--num-classes", type=int, help="classes of the Keras model (read from the file by default)")
+    p.add_argument("--blocks", help="the tutorial's block list, e.g. 6,12,48,32 (read from the file by default)")
+    p.add_argument("--classes", help="class names in index order, comma-separated (Keras files do not store them)")
+    p.add_argument("--image-size", type=int, help="input size (read from the file when it has a model config)")
 
     p = command("models", cmd_models)
     p.add_argument("filter", nargs="?", default="", help="only names containing this")

@@ -88,6 +88,8 @@ class KerasFile:
     config: dict[str, Any] | None = None
     """The model's JSON config, when the file carries one (full-model .h5, .keras)."""
     keras_version: str | None = None
+    container: str = "layers"
+    """Files keyed by order: the group holding the model's layers."""
 
 
 @dataclass(frozen=True)
@@ -171,8 +173,10 @@ def _read_h5(f: Any, path: Path) -> KerasFile:
     if "layer_names" in f.attrs:
         layers, absent = _read_named_layers(f)
         return KerasFile(path, "tf.keras 2 weights (.h5)", True, layers, absent, None, version)
-    if "layers" in f and hasattr(f["layers"], "keys"):
-        return KerasFile(path, "Keras 3 weights (.weights.h5)", False, _read_ordered_layers(f["layers"]))
+    for container in _CONTAINERS:
+        if container in f and hasattr(f[container], "keys"):
+            layers = _read_ordered_layers(f[container], container)
+            return KerasFile(path, "Keras 3 weights (.weights.h5)", False, layers, container=container)
     raise KerasConvertError(
         f"{path} is HDF5 but not a Keras model or weights file: no 'layer_names' (tf.keras 2) and no 'layers' "
         f"group (Keras 3); its top level holds {sorted(f.keys())[:10]}"
@@ -194,6 +198,8 @@ def _json_attr(value: Any) -> dict[str, Any] | None:
 
 
 _BN_ORDER = ("gamma", "beta", "moving_mean", "moving_variance")
+# Where Keras 3 (and tf.keras >= 2.14 ``.keras``) keep a functional model's layers; tf.keras 2.13 used the second.
+_CONTAINERS = ("layers", "_layer_checkpoint_dependencies")
 
 
 def _read_named_layers(group: Any) -> tuple[list[KerasLayer], list[str]]:
@@ -219,7 +225,7 @@ def _read_named_layers(group: Any) -> tuple[list[KerasLayer], list[str]]:
     return layers, absent
 
 
-def _read_ordered_layers(group: Any) -> list[KerasLayer]:
+def _read_ordered_layers(group: Any, container: str) -> list[KerasLayer]:
     """Keras 3 layout: ``layers/<type>[_<n>]/vars/<i>``, nested layers below their parent's group."""
     layers = []
     for key in group:
@@ -230,7 +236,7 @@ def _read_ordered_layers(group: Any) -> list[KerasLayer]:
         own = group[key].get("vars")
         name = _text(own.attrs.get("name")) if own is not None else None
         kind = _classify(arrays) if len(var_groups) == 1 or _classify(arrays) == "se" else "unknown"
-        layers.append(KerasLayer(f"layers/{key}", kind, arrays, name))
+        layers.append(KerasLayer(f"{container}/{key}", kind, arrays, name))
     return layers
 
 
@@ -277,10 +283,10 @@ def tutorial_layout(blocks: Sequence[int], se: bool = True) -> list[Slot]:
     return slots + [Slot("bn", "bn", "features.norm5"), Slot("fc1000", "dense", "classifier")]
 
 
-def _ordered_key(kind: str, index: int) -> str:
-    """Keras 3's key for the ``index``-th layer of a kind: ``conv2d``, ``conv2d_1``, ..."""
+def _ordered_key(kind: str, index: int, container: str = "layers") -> str:
+    """Keras 3's key for the ``index``-th layer of a kind: ``layers/conv2d``, ``layers/conv2d_1``, ..."""
     base = {"conv": "conv2d", "bn": "batch_normalization", "dense": "dense"}[kind]
-    return f"layers/{base}" if index == 0 else f"layers/{base}_{index}"
+    return f"{container}/{base}" if index == 0 else f"{container}/{base}_{index}"
 
 
 def _same_name(a: str, b: str) -> bool:
@@ -295,7 +301,7 @@ def _find(kf: KerasFile, slot: Slot, slots: Sequence[Slot] | None = None) -> Ker
     if kf.by_name:
         return next((layer for layer in kf.layers if _same_name(layer.key, slot.name)), None)
     order = [s for s in (slots or []) if s.kind == slot.kind]
-    key = _ordered_key(slot.kind, order.index(slot))
+    key = _ordered_key(slot.kind, order.index(slot), kf.container)
     return next((layer for layer in kf.layers if layer.key == key), None)
 
 
@@ -339,13 +345,26 @@ def _infer_blocks(kf: KerasFile) -> list[int] | None:
                 counts[int(m[1])] = max(counts.get(int(m[1]), 0), int(m[2]))
         ok = counts and sorted(counts) == list(range(2, 2 + len(counts)))
         return [counts[b] for b in sorted(counts)] if ok else None
-    convs = sorted((x for x in kf.layers if x.kind == "conv"), key=lambda x: _natural(x.key))
-    sizes = [x.arrays[0].shape[0] for x in convs[1:]]  # after the 7x7 stem: (1x1, 3x3) per layer, 1x1 transitions
+    sizes: dict[int, int] = {}  # position in creation order -> kernel size; a deleted layer leaves a gap
+    for layer in kf.layers:
+        m = re.fullmatch(rf"{kf.container}/conv2d(?:_(\d+))?", layer.key)
+        if m and layer.kind == "conv":
+            sizes[int(m[1] or 0)] = layer.arrays[0].shape[0]
+    return _blocks_from_kernel_sizes([sizes.get(i) for i in range(1, max(sizes, default=0) + 1)])
+
+
+def _blocks_from_kernel_sizes(sizes: list[int | None]) -> list[int] | None:
+    """Parse the convolutions after the stem: (1x1, 3x3) per dense layer, one 1x1 per transition.
+
+    ``None`` (a gap in the file's numbering, or the end of the list) matches either size, so one missing
+    layer still gives the block list and the error can name that layer.
+    """
     blocks, i = [0], 0
     while i < len(sizes):
-        if sizes[i] == 1 and i + 1 < len(sizes) and sizes[i + 1] == 3:
+        after = sizes[i + 1] if i + 1 < len(sizes) else None
+        if sizes[i] in (1, None) and after in (3, None):
             blocks[-1], i = blocks[-1] + 1, i + 2
-        elif sizes[i] == 1 and blocks[-1]:
+        elif sizes[i] in (1, None) and blocks[-1]:
             blocks, i = blocks + [0], i + 1
         else:
             return None
@@ -429,24 +448,32 @@ _KIND_WORDS = {
 
 
 @dataclass
-class _Match:
+class LayerMatch:
     """The outcome of matching the tutorial's layers against a file's."""
 
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Our state-dict entries converted from the file (every one whose shape fits)."""
     missing: list[str] = field(default_factory=list)
+    """Tutorial layers the file lacks."""
     unused: list[str] = field(default_factory=list)
+    """File layers with weights that no tutorial layer took."""
     disagree: list[str] = field(default_factory=list)
+    """Variables whose shape (or layer kind) differs from the model's, in Keras' layout."""
     renamed: list[str] = field(default_factory=list)
     """Keras 3 files that record names: layers whose name is not the tutorial's at that position."""
 
 
 def _label(slot: Slot, layer: KerasLayer, kf: KerasFile) -> str:
-    return layer.key if kf.by_name and slot.kind != "se" else f"{slot.name} ({layer.key})"
+    if kf.by_name and slot.kind != "se":
+        return layer.key
+    if slot.kind != "se" and layer.name and not _same_name(layer.name, slot.name):
+        return f"{slot.name} ({layer.key}, named {layer.name!r} in the file)"
+    return f"{slot.name} ({layer.key})"
 
 
-def match_layers(kf: KerasFile, slots: Sequence[Slot], expected: dict[str, torch.Tensor]) -> _Match:
+def match_layers(kf: KerasFile, slots: Sequence[Slot], expected: dict[str, torch.Tensor]) -> LayerMatch:
     """Pair each tutorial layer with the file's, convert its variables and check them against ``expected``."""
-    result, used = _Match(), set()
+    result, used = LayerMatch(), set()
     for slot in slots:
         layer = _find(kf, slot, slots)
         if layer is None:
@@ -479,7 +506,7 @@ def _missing_label(slot: Slot, slots: Sequence[Slot], kf: KerasFile) -> str:
     if kf.by_name:
         return slot.name
     order = [s for s in slots if s.kind == slot.kind]
-    return f"{slot.name} ({_ordered_key(slot.kind, order.index(slot))})"
+    return f"{slot.name} ({_ordered_key(slot.kind, order.index(slot), kf.container)})"
 
 
 # -------------------------------------------------------------------------------------------- conversion
@@ -570,11 +597,13 @@ def _settings(
     return out
 
 
-def _raise_on_problems(kf: KerasFile, match: _Match, model: str, config: dict[str, Any], found: dict[str, Any]) -> None:
+def _raise_on_problems(
+    kf: KerasFile, match: LayerMatch, model: str, config: dict[str, Any], found: dict[str, Any]
+) -> None:
     """Raise KerasConvertError listing what did not match; warn about Keras 3 names out of the tutorial's order."""
-    if match.renamed:
-        log.warning("%s: layer names differ from the tutorial's build order: %s", kf.path, _listing(match.renamed))
     if not (match.missing or match.unused or match.disagree):
+        if match.renamed:  # converted by position, as Keras itself loads: say so, since the names suggest otherwise
+            log.warning("%s: layer names differ from the tutorial's build order: %s", kf.path, _listing(match.renamed))
         return
     how = "name" if kf.by_name else "type and creation order"
     lines = [
@@ -591,10 +620,15 @@ def _raise_on_problems(kf: KerasFile, match: _Match, model: str, config: dict[st
         lines.append(f"  shapes disagree ({len(match.disagree)}):")
         lines += [f"    {d}" for d in match.disagree[:_MAX_LISTED]]
         lines += [f"    ... and {len(match.disagree) - _MAX_LISTED} more"] if len(match.disagree) > _MAX_LISTED else []
+    if "block_config" not in found:
+        lines.append("  the file's layers do not show its block list: give blocks (e.g. 6,12,48,32)")
     own = {k: found[k] for k in ("block_config", "num_classes") if k in found and found[k] != config[k]}
     if own:
         said = ", ".join(f"{k} {v}" for k, v in own.items())
-        lines.append(f"  the file itself looks like {said}: leave blocks / num_classes out to take them from the file")
+        lines.append(
+            f"  the file itself looks like {said}: leave blocks / num_classes (--blocks / --num-classes) out "
+            "to take them from the file"
+        )
     raise KerasConvertError("\n".join(lines))
 
 

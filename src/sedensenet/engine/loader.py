@@ -88,10 +88,12 @@ class SeededDataset(Dataset):
 
 
 def default_workers(device: torch.device) -> int:
-    """One loader process per core on GPU machines (at most 8); on CPU leave the cores to the model."""
+    """One loader process per core on GPU machines (at most 8). On CPU the model's threads already use every
+    core: loader processes only compete with them (measured on 2 cores: 8.7 s/epoch with none, 15-43 s with
+    one), so a CPU run gets one per four cores beyond the first two."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if device.type == "cpu":
-        return min(2, max(0, cores // 2))
+        return max(0, (cores - 2) // 4)
     return min(8, cores)
 
 

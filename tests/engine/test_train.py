@@ -1,0 +1,230 @@
+"""Training end to end: the run folder, skipped files, resume, history, evaluate and predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from imagegen import CLASSES, add_awkward_files, make_folder  # noqa: E402
+
+import sedensenet  # noqa: E402
+from sedensenet.cli import main  # noqa: E402
+from sedensenet.engine import trainer  # noqa: E402
+
+FAST = {"model": "se_densenet_tiny", "image_size": 16, "batch_size": 8, "augment": "light", "workers": 0}
+RUN_FILES = [
+    "config.yaml", "classes.json", "history.csv", "curves.png", "weights/best.safetensors",
+    "weights/last.safetensors", "state/last.pt", "metrics.json", "confusion_matrix.png",
+    "confusion_matrix_normalized.png", "roc.png", "train.log", "skipped.csv", "classification_report.txt",
+    "per_class.csv", "top_losses.png",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def awkward_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path], Path]:
+    data = make_folder(tmp_path_factory.mktemp("data") / "数据 集")
+    bad = add_awkward_files(data)
+    project = tmp_path_factory.mktemp("runs")
+    argv = ["train", "--data", str(data), "--epochs", "3", "--project", str(project), "-q"]
+    for k, v in FAST.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    assert main(argv) == 0
+    return project / "train", bad, data
+
+
+def test_run_folder_has_every_file(awkward_run: tuple) -> None:
+    run, _, _ = awkward_run
+    missing = [f for f in RUN_FILES if not (run / f).is_file()]
+    assert not missing
+    assert json.loads((run / "classes.json").read_text(encoding="utf-8")) == list(CLASSES)
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["classes"] == list(CLASSES)
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    assert config["model"] == "se_densenet_tiny" and config["epochs"] == 3
+
+
+def test_skipped_csv_names_the_three_bad_files(awkward_run: tuple) -> None:
+    run, bad, _ = awkward_run
+    with open(run / "skipped.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(p.name for p in bad.values())
+    reasons = {Path(r["path"]).name: r["reason"] for r in rows}
+    assert "empty" in reasons["empty.png"]
+    assert "not an image" in reasons["notes.png"] or "cannot identify" in reasons["notes.png"]
+
+
+def test_history_has_one_row_per_epoch(awkward_run: tuple) -> None:
+    run, _, _ = awkward_run
+    with open(run / "history.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert list(rows[0])[:7] == ["epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
+    assert all(0 <= float(r["val_accuracy"]) <= 1 for r in rows)
+
+
+def test_checkpoints_reload_and_predict_the_same(awkward_run: tuple) -> None:
+    run, _, data = awkward_run
+    model = sedensenet.load_model(run)
+    assert model.classes == list(CLASSES)
+    files = sorted((data / CLASSES[1]).glob("img*.png"))[:4] + [data / CLASSES[1] / "cmyk.jpg"]
+    a = sedensenet.predict(run, files, top_k=2, device="cpu")
+    b = sedensenet.predict(run / "weights" / "best.safetensors", files, top_k=2, device="cpu")
+    assert [p.label for p in a] == [p.label for p in b]
+    assert all(abs(x.probability - y.probability) < 1e-6 for x, y in zip(a, b, strict=True))
+    assert all(abs(sum(s for _, s in p.top_k) - 1) < 1e-5 for p in a)
+    # The weights in best.safetensors are those of the best epoch recorded in its metadata.
+    _, meta = sedensenet.checkpoint.read_checkpoint(run / "weights" / "best.safetensors")
+    assert meta.classes == list(CLASSES) and meta.image_size == 16 and meta.epoch in (1, 2, 3)
+
+
+def test_predict_cli_reports_bad_files_and_goes_on(awkward_run: tuple, tmp_path: Path, capsys) -> None:
+    run, bad, data = awkward_run
+    out = tmp_path / "preds.csv"
+    files = [str(data / CLASSES[0] / "img 0.png"), str(bad["truncated"]), str(bad["text"])]
+    assert main(["predict", str(run), *files, "--output", str(out), "--top-k", "2", "--device", "cpu", "-q"]) == 0
+    with open(out, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == files
+    assert rows[0]["label"] in CLASSES and not rows[0]["error"]
+    assert rows[1]["error"] and rows[2]["error"] and not rows[1]["label"]
+    assert "ERROR" in capsys.readouterr().out
+
+
+def test_training_is_deterministic_and_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_folder(tmp_path / "data", per_class=10)
+    common = dict(FAST, data=str(data), project=str(tmp_path / "runs"), epochs=4, scheduler="cosine", drop_rate=0.1)
+    straight = sedensenet.train(name="straight", **common)
+    again = sedensenet.train(name="again", **common)
+    assert straight.history.history == again.history.history
+
+    real_end = trainer._end_epoch
+
+    def stop_after_two(ctx, epoch, row, train):  # noqa: ANN001, ANN202 - Ctrl-C right after epoch 2 is saved
+        stop = real_end(ctx, epoch, row, train)
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return stop
+
+    monkeypatch.setattr(trainer, "_end_epoch", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        sedensenet.train(name="stopped", **common)
+    monkeypatch.setattr(trainer, "_end_epoch", real_end)
+    stopped = tmp_path / "runs" / "stopped"
+    assert len((stopped / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    resumed = sedensenet.train(resume=stopped)
+    assert resumed.history.history == straight.history.history
+    a = load_file(straight.run_dir / "weights" / "last.safetensors")
+    b = load_file(stopped / "weights" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_keras_style_history_runs_the_tutorials_plot_code(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "data", per_class=6)
+    result = sedensenet.train(data=str(data), epochs=2, project=str(tmp_path), **FAST)
+    history = result.history
+    acc, val_acc = history.history["accuracy"], history.history["val_accuracy"]
+    loss, val_loss = history.history["loss"], history.history["val_loss"]
+    assert len(acc) == len(val_acc) == len(loss) == len(val_loss) == len(history.history["lr"]) == 2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs_range = range(len(acc))
+    plt.figure(figsize=(12, 4))
+    plt.subplot(1, 2, 1)
+    plt.plot(epochs_range, acc, label="Training Accuracy")
+    plt.plot(epochs_range, val_acc, label="Validation Accuracy")
+    plt.subplot(1, 2, 2)
+    plt.plot(epochs_range, loss, label="Training Loss")
+    plt.plot(epochs_range, val_loss, label="Validation Loss")
+    plt.savefig(tmp_path / "tutorial.png")
+    plt.close("all")
+    assert (tmp_path / "tutorial.png").stat().st_size > 1000
+
+
+def test_evaluate_matches_hand_computed_metrics(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "data", per_class=5)
+    model = sedensenet.create_model("se_densenet_tiny", num_classes=2)
+    meta = sedensenet.checkpoint.CheckpointMeta(
+        model=model.config.to_dict(), classes=list(CLASSES), image_size=16, mean=[0.5] * 3, std=[0.25] * 3
+    )
+    ckpt = tmp_path / "m.safetensors"
+    sedensenet.checkpoint.save_checkpoint(ckpt, model, meta)
+    files = sorted(data.rglob("*.png"))
+    preds = sedensenet.predict(ckpt, files, device="cpu")
+    y_true = np.array([CLASSES.index(f.parent.name) for f in files])
+    y_pred = np.array([CLASSES.index(p.label) for p in preds])
+    report = sedensenet.evaluate(ckpt, data, split="all", output=tmp_path / "eval", device="cpu")
+    assert report.accuracy == pytest.approx(float((y_true == y_pred).mean()))
+    cm = [[int(((y_true == t) & (y_pred == p)).sum()) for p in range(2)] for t in range(2)]
+    assert report.confusion_matrix == cm
+    tp = cm[1][1]
+    precision = tp / (cm[0][1] + tp) if cm[0][1] + tp else 0.0
+    assert report.per_class[1]["precision"] == pytest.approx(precision)
+    assert report.per_class[1]["recall"] == pytest.approx(tp / 5)
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_evaluate_refuses_unknown_classes(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "data", per_class=3)
+    (data / "鸟").mkdir()
+    make_folder(tmp_path / "bird", per_class=3)
+    for f in (tmp_path / "bird" / CLASSES[0]).glob("*.png"):
+        f.rename(data / "鸟" / f.name)
+    model = sedensenet.create_model("se_densenet_tiny", num_classes=2)
+    meta = sedensenet.checkpoint.CheckpointMeta(model=model.config.to_dict(), classes=list(CLASSES), image_size=16)
+    sedensenet.checkpoint.save_checkpoint(tmp_path / "m.safetensors", model, meta)
+    with pytest.raises(ValueError, match=r"\['鸟'\] are not classes of this model"):
+        sedensenet.evaluate(tmp_path / "m.safetensors", data, split="all", device="cpu")
+
+
+def test_config_file_and_cli_precedence(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 7\nlr: 1e-2\nmodel: densenet121\n", encoding="utf-8")
+    config, _ = sedensenet.api.training_config(str(tmp_path), config=cfg, model="se_densenet_tiny")
+    assert (config.epochs, config.lr, config.model) == (7, 0.01, "se_densenet_tiny")
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("epochs: !!python/object/apply:os.system ['echo hi']\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"evil\.yaml is not valid YAML"):
+        sedensenet.api.training_config(str(tmp_path), config=evil)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("epoch: 3\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['epoch'\]"):
+        sedensenet.api.training_config(str(tmp_path), config=typo)
+    with pytest.raises(ValueError, match="val_split must be in"):
+        sedensenet.api.training_config(str(tmp_path), val_split=1.5)
+
+
+def test_builtin_recommendations_yield_to_flags() -> None:
+    config, rec = sedensenet.api.training_config("builtin:digits", epochs=1)
+    assert config.epochs == 1 and "epochs" not in rec
+    assert config.model == rec["model"] == "se_densenet_bc_100" and config.in_chans == 1
+
+
+def test_cli_user_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["train", "--data", str(tmp_path / "nope"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "nope" in err and "Traceback" not in err
+    data = make_folder(tmp_path / "d", per_class=3)
+    assert main(["train", "--data", str(data), "--model", "se_densenet_tiny", "--batch-size", "64", "-q",
+                 "--project", str(tmp_path / "r")]) == 2  # fmt: skip
+    assert "--batch-size 64 is larger than the training split" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_builtin_digits_reaches_97_percent(tmp_path: Path) -> None:
+    result = sedensenet.train(data="builtin:digits", project=str(tmp_path))
+    assert max(result.history.history["val_accuracy"]) >= 0.97
+    assert (result.run_dir / "curves.png").is_file()
