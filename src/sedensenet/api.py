@@ -5,8 +5,12 @@ Each function returns plain values and logs through ``logging``; the CLI is a th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ import numpy as np
 import torch
 
 from sedensenet import checkpoint as ckpt
-from sedensenet.config import TrainConfig, resolve_config
+from sedensenet.config import ConfigError, TrainConfig, resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +80,28 @@ def train(
 
     Returns:
         :class:`TrainResult`; ``result.history.history["val_accuracy"]`` as with Keras.
+
+    Raises:
+        TrainingInterrupted: on Ctrl-C (SIGINT) or SIGTERM, after the current step; the run folder keeps the
+            last complete epoch and ``exc.command`` continues the run. A second signal aborts at once.
     """
     from sedensenet.engine import distributed as dist
     from sedensenet.engine import session
     from sedensenet.engine.trainer import fit, write_run_header
+    from sedensenet.fileio import remove_stale_temporaries
 
     device = dist.init(overrides.get("device", "auto")) if dist.launched_by_torchrun() else None
+    if not dist.is_main():
+        logging.getLogger("sedensenet").setLevel(logging.WARNING)  # one voice: rank 0 reports
     try:
         if resume:
+            if dist.is_main():  # files a killed run was writing when it died
+                for stale in remove_stale_temporaries(resume):
+                    log.info("removed %s, left by an interrupted write", stale)
             ctx = session.resume(Path(resume), overrides, device=device)
         else:
             cfg, recommended = training_config(data, config, **overrides)
+            _check_image_size(cfg)
             if recommended:
                 log.info("built-in data %s: recommended settings %s", cfg.data, recommended)
             ctx = session.prepare(cfg, device=device)
@@ -95,7 +110,8 @@ def train(
         log_file = _log_to(ctx.run_dir / "train.log") if dist.is_main() else None
         try:
             log.info("run folder: %s  (%s)", ctx.run_dir, _data_summary(ctx.splits))
-            history = fit(ctx, progress=progress)
+            with _stop_on_signals(enabled=not dist.is_distributed()) as interrupt:
+                history = fit(ctx, progress=progress, interrupt=interrupt)
             metrics = session.finish(ctx)
         finally:
             if log_file is not None:
@@ -104,6 +120,57 @@ def train(
         return TrainResult(history, ctx.run_dir, metrics, ctx.state.best_epoch)
     finally:
         dist.shutdown()
+
+
+def _check_image_size(cfg: TrainConfig) -> None:
+    """Refuse an image size the model's downsampling cannot take, before any file is read."""
+    from sedensenet.models.registry import get_preset, model_config
+
+    smallest = model_config(cfg.model).min_input_size()
+    if cfg.image_size < smallest:
+        usual = get_preset(cfg.model).default_image_size
+        raise ConfigError(
+            f"--image-size {cfg.image_size} is too small for {cfg.model}: its downsampling needs at least "
+            f"{smallest}x{smallest} pixels (it is made for {usual}); use --image-size {max(smallest, min(usual, 64))} "
+            f"or more, or a model for small images (se_densenet_bc_100 takes 32x32)"
+        )
+
+
+@contextlib.contextmanager
+def _stop_on_signals(enabled: bool = True) -> Iterator[Any]:
+    """While training, SIGINT and SIGTERM ask the loop to stop after the current step; a second one aborts.
+
+    Handlers can only be installed from the main thread; elsewhere (and when ``enabled`` is False, e.g. under
+    torchrun, where each process would see the signal at a different step) the default behaviour stays.
+    The previous handlers are restored on the way out.
+    """
+    from sedensenet.engine.trainer import StopRequest
+
+    stop = StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a forked DataLoader worker inherited this handler: the main process decides
+            return
+        if stop:
+            raise KeyboardInterrupt  # the second signal: abort now (files on disk stay whole: atomic writes)
+        stop.signum = signum
+        log.warning(
+            "%s: stopping after this step; the last complete epoch is kept (press Ctrl-C again to abort now)",
+            signal.Signals(signum).name,
+        )
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            if h is not None:  # None: a handler installed outside Python, which cannot be put back
+                signal.signal(s, h)
 
 
 def _log_to(path: Path) -> logging.Handler:

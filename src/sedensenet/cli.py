@@ -145,6 +145,55 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Train several models on the same split, settings and seeds; write a table and the validation curves."""
+    from sedensenet.compare import compare
+
+    overrides = {k: v for k, v in vars(args).items() if k not in _COMMON | {"models", "seeds", "model", "data"}}
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    result = compare(args.data, models, seeds=args.seeds, **overrides)
+    print(result.markdown())
+    print(f"\nTable, CSV and val_curves.png in {result.out_dir}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a checkpoint to ONNX or TorchScript, verified against the eager model on the spot."""
+    from sedensenet.export import export_model
+
+    res = export_model(args.checkpoint, format=args.format, output=args.output, opset=args.opset,
+                       image_size=args.image_size)  # fmt: skip
+    diff = "not verified" if res.max_abs_diff is None else f"max abs difference vs eager {res.max_abs_diff:.2e}"
+    print(f"{res.format} written: {res.path} ({diff}, {res.seconds:.1f} s)")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Grad-CAM heat-maps for images, and the SE channel weights each class receives on a data folder."""
+    from sedensenet.api import resolve_checkpoint
+    from sedensenet.explain import explain_images, se_channel_weights
+
+    if not args.images and not args.data:
+        raise ValueError("give image files or folders for Grad-CAM, and/or --data DIR for the SE channel weights")
+    out = Path(args.output) if args.output else resolve_checkpoint(args.checkpoint).parent.parent / "explain"
+    if args.images:
+        res = explain_images(args.checkpoint, args.images, out, target=args.target, method=args.method,
+                             device=args.device)  # fmt: skip
+        for item in res.images:
+            print(f"{item.source}\tpred {item.predicted} ({item.probability:.3f})\t-> {item.output}")
+        for path, reason in res.skipped:
+            print(f"{path}\tSKIPPED: {reason}")
+        print(f"Grid: {res.grid}")
+    if args.data:
+        se = se_channel_weights(args.checkpoint, args.data, out, split=args.split, se_layer=args.se_layer,
+                                device=args.device)  # fmt: skip
+        print(f"SE layer {se.layer}: {se.matrix.shape[1]} channels x {len(se.classes)} classes")
+        for d in se.distances:
+            print("  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items()))
+        print("Files: " + ", ".join(str(p) for p in se.paths.values()))
+    return 0
+
+
 def cmd_convert_keras(args: argparse.Namespace) -> int:
     """Convert the tutorial's Keras model (.h5, .weights.h5 or .keras) into a sedensenet checkpoint."""
     from sedensenet.keras_convert import convert_keras_file
@@ -213,6 +262,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--in-chans", type=int, default=3)
+
+    p = command("export", cmd_export)
+    p.add_argument("checkpoint", help="checkpoint .safetensors or run folder")
+    p.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
+    p.add_argument("--output", help="file to write (default: beside the checkpoint)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
+    p.add_argument("--image-size", type=int, help="size of the example input (default: the checkpoint's)")
+
+    p = command("explain", cmd_explain)
+    p.add_argument("checkpoint", help="checkpoint .safetensors or run folder")
+    p.add_argument("images", nargs="*", help="images or folders to explain with Grad-CAM")
+    p.add_argument("--method", default="gradcam", choices=("gradcam",))
+    p.add_argument("--target", help="class name (or index) to explain; default: the predicted class")
+    p.add_argument("--data", help="labelled folder: mean SE gate per channel for each class (se_weights.png)")
+    p.add_argument("--split", default="all", choices=("auto", "train", "val", "test", "all"))
+    p.add_argument("--se-layer", help="SE module to read (default: the last one, e.g. features.se_head)")
+    p.add_argument("--output", help="folder for the outputs (default: RUN/explain)")
+    p.add_argument("--device", default="auto")
+
+    p = command("compare", cmd_compare)
+    p.add_argument("--models", required=True, help="comma-separated presets, e.g. densenet121,keras_se_densenet121")
+    p.add_argument("--seeds", type=int, default=3, help="runs per model (seed, seed+1, ...); the split stays fixed")
+    add_train_flags(p)
+    p.set_defaults(name="compare")
 
     p = command("convert-keras", cmd_convert_keras)
     p.add_argument("file", help="Keras file: tf.keras 2 .h5 (model or weights), Keras 3 .weights.h5, or .keras")

@@ -71,6 +71,8 @@ class TrainConfig:
     """Seeds the split, the shuffling, augmentation and initialisation."""
     val_split: float = 0.2
     """Fraction of each class held out for validation when the folder has no val/."""
+    split_seed: int = -1
+    """Seed of the train/val split (-1: the same as ``seed``); ``compare`` fixes it across seeds."""
     augment: str = "light"
     vflip: bool = False
     """Add vertical flips to augmentation (histology, satellite images)."""
@@ -123,6 +125,11 @@ class TrainConfig:
                 raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
         if self.pretrained and self.weights:
             raise ConfigError("give either --pretrained or --weights FILE, not both")
+
+    @property
+    def data_split_seed(self) -> int:
+        """The seed that draws the train/val split."""
+        return self.seed if self.split_seed < 0 else self.split_seed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -58,6 +58,17 @@ def shutdown() -> None:
         tdist.destroy_process_group()
 
 
+def local_batch_size(global_batch: int) -> int:
+    """``--batch-size`` is the global batch: each of the N processes takes ``global_batch / N`` images a step,
+    so a run gives the same optimisation whatever the number of GPUs (as with Ultralytics and Keras)."""
+    n = world_size()
+    if global_batch % n:
+        raise ValueError(
+            f"--batch-size {global_batch} must be divisible by the {n} processes; try {global_batch // n * n}"
+        )
+    return global_batch // n
+
+
 def barrier() -> None:
     if is_distributed():
         tdist.barrier()

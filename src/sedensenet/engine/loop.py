@@ -67,9 +67,9 @@ def train_one_epoch(
 ) -> EpochResult:
     """Train ``model`` for one pass over ``loader``; raise NonFiniteLossError naming the step on NaN/Inf loss.
 
+    The caller puts the model in training mode (so it can keep frozen BatchNorm layers in eval mode).
     ``progress`` is an optional callable ``(batch_images, loss, correct)`` called after each step.
     """
-    model.train()
     total_loss = torch.zeros((), dtype=torch.float64, device=settings.device)
     correct = torch.zeros((), dtype=torch.int64, device=settings.device)
     seen = 0

@@ -60,7 +60,7 @@ class Predictor:
         model, meta = ckpt.load_checkpoint(path)
         return cls(model, meta, dev)
 
-    def _run(self, samples: list[Sample], batch_size: int) -> EpochResult:
+    def run_samples(self, samples: list[Sample], batch_size: int) -> EpochResult:
         in_chans = self.meta.in_chans
         dataset = ImageFolderDataset(samples, transform=self.transform, in_chans=in_chans)
         loader = make_loader(dataset, batch_size, 0, False, self.device, workers=-1)
@@ -78,7 +78,7 @@ class Predictor:
         good = [f for f in files if errors[f] is None]
         out: dict[Path, Prediction] = {f: Prediction(str(f), error=errors[f]) for f in files if errors[f]}
         if good:
-            res = self._run([Sample(f, 0) for f in good], batch_size)
+            res = self.run_samples([Sample(f, 0) for f in good], batch_size)
             k = max(1, min(top_k, len(self.classes)))
             for f, probs in zip(good, res.probs, strict=True):
                 order = np.argsort(-probs, kind="stable")[:k]
@@ -99,8 +99,8 @@ class Predictor:
         """Metrics of the model on a labelled folder; reports written to ``output`` when given."""
         from sedensenet.engine.evaluation import write_evaluation
 
-        samples, data_classes = self._labelled_samples(data, split)
-        res = self._run(samples, batch_size)
+        samples, data_classes = self.labelled_samples(data, split)
+        res = self.run_samples(samples, batch_size)
         res.targets = np.asarray([s.label for s in samples])
         if output is None:
             from sedensenet.reports import compute_metrics
@@ -110,7 +110,7 @@ class Predictor:
         extra = {"data": str(data), "split": split, "data_classes": data_classes}
         return write_evaluation(out, res, self.classes, samples, self.meta.in_chans, extra)
 
-    def _labelled_samples(self, data: str | os.PathLike, split: str) -> tuple[list[Sample], list[str]]:
+    def labelled_samples(self, data: str | os.PathLike, split: str) -> tuple[list[Sample], list[str]]:
         """The split's samples with labels mapped to the model's class indices by name."""
         extra = self.meta.extra
         val_split = float(extra.get("val_split", 0.2)) if split == "val" else 0.0

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def scan(config: TrainConfig) -> DataSplits:
     """Resolve ``config.data`` (a folder or ``builtin:NAME``) and check every file in it."""
     root = resolve_data(config.data)
-    splits = scan_folder(root, val_split=config.val_split, seed=config.seed, max_pixels=config.max_pixels)
+    splits = scan_folder(root, val_split=config.val_split, seed=config.data_split_seed, max_pixels=config.max_pixels)
     if len(splits.train) < 2:
         raise ValueError(f"{root}: training needs at least 2 images, found {len(splits.train)}")
     return splits
@@ -47,9 +47,10 @@ def prepare(config: TrainConfig, run_dir: Path | None = None, device: torch.devi
     mean, std = tr.normalization(config, splits)
     train_set, val_set = tr.make_datasets(config, splits, mean, std)
     replicas, rank = dist.world_size(), dist.rank()
-    train_loader = make_loader(train_set, config.batch_size, config.seed, True, device, config.workers, replicas, rank)
+    batch = dist.local_batch_size(config.batch_size)
+    train_loader = make_loader(train_set, batch, config.seed, True, device, config.workers, replicas, rank)
     val_loader = (
-        make_loader(val_set, config.batch_size, config.seed, False, device, config.workers, replicas, rank)
+        make_loader(val_set, batch, config.seed, False, device, config.workers, replicas, rank)
         if val_set is not None
         else None
     )
@@ -61,7 +62,7 @@ def prepare(config: TrainConfig, run_dir: Path | None = None, device: torch.devi
     meta = ckpt.CheckpointMeta(
         model=model.config.to_dict(), classes=splits.classes, image_size=config.image_size,
         mean=list(mean), std=list(std),
-        extra={"data": str(config.data), "val_split": config.val_split, "seed": config.seed},
+        extra={"data": str(config.data), "val_split": config.val_split, "seed": config.data_split_seed},
     )  # fmt: skip
     if run_dir is None:
         run_dir = _new_run_dir(config)
@@ -144,7 +145,9 @@ def resume(run_dir: Path, overrides: dict[str, Any] | None = None, device: torch
 
 
 def finish(ctx: tr.RunContext) -> dict[str, Any]:
-    """Evaluate the best weights on val (and test) and write the reports; returns the metrics."""
+    """Evaluate the best weights on val (and test) and write the reports (rank 0); returns the metrics."""
+    if not dist.is_main():
+        return {}
     best = ctx.run_dir / "weights" / "best.safetensors"
     if best.is_file():
         tensors, _ = ckpt.read_checkpoint(best)
@@ -162,6 +165,5 @@ def finish(ctx: tr.RunContext) -> dict[str, Any]:
         res = evaluate_loader(ctx.model, loader, ctx.criterion, ctx.settings)
         out = ctx.run_dir if split == "val" else ctx.run_dir / "test"
         extra = {"split": split, "best_epoch": ctx.state.best_epoch, "epochs_run": ctx.state.epoch}
-        if dist.is_main():
-            results[split] = write_evaluation(out, res, ctx.splits.classes, samples, c.in_chans, extra).to_dict()
+        results[split] = write_evaluation(out, res, ctx.splits.classes, samples, c.in_chans, extra).to_dict()
     return results

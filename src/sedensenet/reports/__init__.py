@@ -10,8 +10,10 @@ from sedensenet.reports.plots import (
     find_cjk_font,
     plot_confusion_matrix,
     plot_curves,
+    plot_gradcam_grid,
     plot_history_comparison,
     plot_roc,
+    plot_se_weights,
     plot_top_losses,
 )
 from sedensenet.reports.run import (
@@ -38,8 +40,10 @@ __all__ = [
     "normalize_confusion_matrix",
     "plot_confusion_matrix",
     "plot_curves",
+    "plot_gradcam_grid",
     "plot_history_comparison",
     "plot_roc",
+    "plot_se_weights",
     "plot_top_losses",
     "read_history_csv",
     "write_classification_table",

@@ -367,3 +367,103 @@ def plot_history_comparison(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def _thumbnail(image: np.ndarray, max_side: int = 256) -> np.ndarray:
+    """Every ``step``-th pixel so the longer side is at most ``max_side`` (keeps the figure's memory small)."""
+    array = _displayable(image)
+    step = max(1, math.ceil(max(array.shape[:2]) / max_side))
+    return array[::step, ::step]
+
+
+@_figure_writer
+def plot_gradcam_grid(
+    images: Sequence[np.ndarray],
+    overlays: Sequence[np.ndarray],
+    titles: Sequence[str],
+    path: str | os.PathLike,
+    ncols: int = 3,
+) -> Path:
+    """Draw each input beside its Grad-CAM overlay, the pair under one title (e.g. ``"pred: cat (0.93)"``).
+
+    Args:
+        images: the inputs, HxWxC (C = 1, 3 or 4) or HxW arrays, uint8 or float 0-1.
+        overlays: one heat-map overlay per input, same formats.
+        titles: one title per pair.
+        path: where the PNG goes.
+        ncols: pairs per row.
+
+    Returns:
+        The path written; with no images the figure says so.
+    """
+    if not len(images) == len(overlays) == len(titles):
+        raise ValueError(f"got {len(images)} images, {len(overlays)} overlays and {len(titles)} titles")
+    if ncols < 1:
+        raise ValueError(f"ncols must be at least 1, got {ncols}")
+    if len(images) == 0:
+        fig = _new_figure((4, 2))
+        fig.text(0.5, 0.5, "No images to show", ha="center", va="center")
+        return _save(fig, path)
+    cols = min(ncols, len(images))
+    rows = math.ceil(len(images) / cols)
+    fig = _new_figure((4.4 * cols, 2.6 * rows))
+    cells = fig.subfigures(rows, cols, squeeze=False)
+    for index, (image, overlay, title) in enumerate(zip(images, overlays, titles, strict=True)):
+        cell = cells[index // cols][index % cols]
+        for ax, array in zip(cell.subplots(1, 2), (image, overlay), strict=True):
+            shown = _thumbnail(array)
+            ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None)
+            ax.axis("off")
+        cell.suptitle(str(title), fontsize=9)
+    for index in range(len(images), rows * cols):  # empty cells of the last row
+        cells[index // cols][index % cols].set_visible(False)
+    return _save(fig, path)
+
+
+@_figure_writer
+def plot_se_weights(
+    matrix: np.ndarray | Sequence[Sequence[float]],
+    classes: Sequence[str],
+    path: str | os.PathLike,
+    order: Sequence[int] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Draw mean SE gate values per class (rows) and channel (columns), and each class's deviation from the mean.
+
+    The top panel shows the gates (0-1); the bottom panel the same cells minus the mean over classes, on a
+    diverging scale, so small differences between classes stay visible next to large common gate values.
+
+    Args:
+        matrix: (num_classes, channels) mean gate values.
+        classes: the row names.
+        path: where the PNG goes.
+        order: the channel order of the columns (e.g. most class-discriminative first); default 0..C-1.
+        title: an optional title above both panels.
+
+    Returns:
+        The path written.
+    """
+    values = np.asarray(matrix, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] != len(classes) or values.shape[0] == 0:
+        raise ValueError(f"matrix must be (len(classes)={len(classes)}, channels), got shape {values.shape}")
+    columns = np.arange(values.shape[1]) if order is None else np.asarray(order, dtype=np.int64)
+    shown = values[:, columns]
+    deviation = shown - shown.mean(axis=0, keepdims=True)
+    n = len(classes)
+    fig = _new_figure((12, 2.0 + 0.7 * n))
+    limit = max(float(np.abs(deviation).max()), 1e-6)
+    panels = (
+        (shown, "viridis", 0.0, 1.0, "mean gate"),
+        (deviation, "RdBu_r", -limit, limit, "gate - mean over classes"),
+    )
+    for index, (data, cmap, vmin, vmax, label) in enumerate(panels, start=1):
+        ax = fig.add_subplot(2, 1, index)
+        image = ax.imshow(data, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01, label=label)
+        ax.set_yticks(range(n), [str(c) for c in classes])
+        if len(columns) <= 48:
+            ax.set_xticks(range(len(columns)), [str(c) for c in columns], fontsize=7)
+        ax.set_xlabel("channel" if order is None else "channel (in the given order)")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

@@ -1,0 +1,326 @@
+"""ONNX and TorchScript export, verified against the eager model; :class:`OnnxModel` runs an exported file.
+
+ONNX goes through PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): it runs
+offline, needs only the ``onnx`` package, exports a DenseNet in well under a second and handles a dynamic
+batch axis with ``dynamic_axes``. The newer ``torch.export``-based exporter (the default since PyTorch 2.9)
+needs ``onnxscript`` on top; it is used only when the TorchScript-based one is gone or fails and
+``onnxscript`` is installed.
+
+An exported ``.onnx`` file carries everything :class:`~sedensenet.engine.predictor.Predictor` needs in its
+``metadata_props``: the full checkpoint metadata as JSON under ``sedensenet``, plus ``classes``,
+``image_size``, ``mean``, ``std``, ``in_chans``, ``resize``, ``model_config`` and ``sedensenet_version`` as
+separate keys for other runtimes. A TorchScript file carries the same JSON as the extra file ``sedensenet.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sedensenet.checkpoint import FORMAT_VERSION, CheckpointError, CheckpointMeta, load_checkpoint
+from sedensenet.fileio import atomic_path
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript")
+MIN_OPSET = 17
+VERIFY_ATOL = 1e-4
+"""Largest absolute difference in logits between the exported and the eager model that passes verification."""
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+TORCHSCRIPT_META = "sedensenet.json"
+_META_KEY = "sedensenet"
+_SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+class ExportError(ValueError):
+    """An export that cannot be made or that does not reproduce the eager model; the message says why."""
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote and how closely it matches the eager model."""
+
+    path: Path
+    format: str
+    max_abs_diff: float | None
+    """Largest absolute logit difference to the eager model on random input (None without verification)."""
+    seconds: float
+    """Wall time of export plus verification."""
+
+
+@contextlib.contextmanager
+def _quiet_deprecations() -> Iterator[None]:
+    # torch.jit and the TorchScript-based ONNX exporter warn that they are deprecated on every call;
+    # they are still the offline, dependency-free path, so keep those warnings out of the user's log.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.* is deprecated")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message="The feature will be removed")
+        yield
+
+
+def _meta_json(meta: CheckpointMeta) -> str:
+    return json.dumps({"format": "sedensenet-export", "version": FORMAT_VERSION, **asdict(meta)}, ensure_ascii=False)
+
+
+def _meta_from_json(raw: str | bytes, source: Path) -> CheckpointMeta:
+    try:
+        d = json.loads(raw)
+        d.pop("format", None)
+        d.pop("version", None)
+        return CheckpointMeta(**d)
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{source}: its sedensenet metadata is malformed ({e})") from None
+
+
+def _random_batch(batch: int, meta: CheckpointMeta, image_size: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, meta.in_chans, image_size, image_size, generator=generator)  # (B, C, S, S)
+
+
+def _max_abs_diff(reference: torch.Tensor, other: torch.Tensor | np.ndarray) -> float:
+    other = torch.as_tensor(other)
+    if other.shape != reference.shape:
+        raise ExportError(f"the exported model returned shape {tuple(other.shape)}, eager {tuple(reference.shape)}")
+    return float((reference.double() - other.double()).abs().max())
+
+
+def _check_diff(diff: float, fmt: str) -> None:
+    if not diff <= VERIFY_ATOL:  # also catches NaN
+        raise ExportError(
+            f"the {fmt} export differs from the eager model by up to {diff:.3g} (tolerance {VERIFY_ATOL:g}); "
+            "nothing was written"
+        )
+
+
+def export_model(
+    checkpoint: str | os.PathLike,
+    format: str = "onnx",
+    output: str | os.PathLike | None = None,
+    opset: int = MIN_OPSET,
+    image_size: int | None = None,
+    verify: bool = True,
+) -> ExportResult:
+    """Export a checkpoint to ONNX or TorchScript, checked against the eager model on random input.
+
+    Args:
+        checkpoint: a ``.safetensors`` checkpoint or a run folder (its best checkpoint).
+        format: ``"onnx"`` or ``"torchscript"``.
+        output: the file to write; default beside the checkpoint as ``.onnx`` / ``.torchscript.pt``.
+        opset: ONNX opset (17 or newer).
+        image_size: input side the graph is built for; default the checkpoint's image size.
+        verify: run the written model on a random batch and compare with the eager model.
+
+    Returns:
+        The path written, the largest absolute logit difference and the time taken.
+
+    Raises:
+        ExportError: an unknown format, a too-old opset, or outputs that differ by more than 1e-4
+            (the file is not written then).
+    """
+    from sedensenet.api import resolve_checkpoint
+
+    if format not in FORMATS:
+        raise ExportError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if format == "onnx" and opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
+    start = time.perf_counter()
+    source = resolve_checkpoint(checkpoint)
+    model, meta = load_checkpoint(source)
+    size = int(image_size or meta.image_size)
+    if size != meta.image_size:
+        meta = CheckpointMeta(**{**asdict(meta), "image_size": size})
+    try:
+        model.check_input(_random_batch(1, meta, size, 0))
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    path = Path(output) if output is not None else source.with_suffix(_SUFFIXES[format])
+    writer = _write_onnx if format == "onnx" else _write_torchscript
+    with atomic_path(path) as tmp:
+        diff = writer(model, meta, tmp, opset, verify)
+    seconds = time.perf_counter() - start
+    if diff is None:
+        logger.info("exported %s to %s (%s, not verified) in %.1fs", source, path, format, seconds)
+    else:
+        logger.info("exported %s to %s (%s) in %.1fs; max abs diff to eager %.3g", source, path, format, seconds, diff)
+    return ExportResult(path, format, diff, seconds)
+
+
+def _onnx_export(model: nn.Module, example: torch.Tensor, opset: int) -> bytes:
+    """The ONNX bytes of ``model`` with a dynamic batch axis (TorchScript-based exporter, see the module doc)."""
+    kwargs: dict[str, Any] = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": opset}
+    buffer = io.BytesIO()
+    try:
+        with _quiet_deprecations(), torch.no_grad():
+            dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+            torch.onnx.export(model, (example,), buffer, dynamic_axes=dynamic, dynamo=False, **kwargs)
+        return buffer.getvalue()
+    except Exception as legacy_error:  # removed in a future PyTorch, or an operator it cannot handle
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise ExportError(f"ONNX export failed: {legacy_error}") from legacy_error
+        logger.info("TorchScript-based ONNX export failed (%s); trying the torch.export-based exporter", legacy_error)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=({0: batch},), **kwargs)
+    return program.model_proto.SerializeToString()
+
+
+def _onnx_metadata(meta: CheckpointMeta) -> dict[str, str]:
+    from sedensenet import __version__
+
+    return {
+        _META_KEY: _meta_json(meta),
+        "classes": json.dumps(meta.classes, ensure_ascii=False),
+        "image_size": str(meta.image_size),
+        "mean": json.dumps(list(meta.mean)),
+        "std": json.dumps(list(meta.std)),
+        "in_chans": str(meta.in_chans),
+        "resize": meta.resize,
+        "input_layout": "NCHW float32, RGB scaled to [0, 1] then (x - mean) / std",
+        "model_config": json.dumps(meta.model, ensure_ascii=False),
+        "sedensenet_version": __version__,
+    }
+
+
+def _write_onnx(model: nn.Module, meta: CheckpointMeta, tmp: Path, opset: int, verify: bool) -> float | None:
+    import onnx
+
+    proto = onnx.load_model_from_string(_onnx_export(model, _random_batch(2, meta, meta.image_size, 1), opset))
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, _onnx_metadata(meta))
+    proto.producer_name = "sedensenet"
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(tmp))
+    if not verify:
+        return None
+    # A batch size other than the traced one, so a batch dimension baked into the graph would show up.
+    x = _random_batch(3, meta, meta.image_size, 2)
+    with torch.no_grad():
+        expected = model(x)
+    diff = _max_abs_diff(expected, OnnxModel(tmp)(x))
+    _check_diff(diff, "onnx")
+    return diff
+
+
+def _write_torchscript(model: nn.Module, meta: CheckpointMeta, tmp: Path, opset: int, verify: bool) -> float | None:
+    del opset  # ONNX only
+    with _quiet_deprecations(), torch.no_grad():
+        traced = torch.jit.trace(model, _random_batch(2, meta, meta.image_size, 1))
+        torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_META: _meta_json(meta)})
+    if not verify:
+        return None
+    loaded, _ = load_torchscript(tmp)
+    x = _random_batch(3, meta, meta.image_size, 2)
+    with torch.no_grad():
+        diff = _max_abs_diff(model(x), loaded(x))
+    _check_diff(diff, "torchscript")
+    return diff
+
+
+def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, CheckpointMeta]:
+    """Load a TorchScript file written by :func:`export_model`, with its metadata (CPU, eval mode)."""
+    path = Path(path)
+    extra = {TORCHSCRIPT_META: ""}
+    try:
+        with _quiet_deprecations():
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable TorchScript file: {e}") from None
+    if not extra[TORCHSCRIPT_META]:
+        raise CheckpointError(f"{path} has no sedensenet metadata: export it with `sedensenet export`")
+    return module.eval(), _meta_from_json(extra[TORCHSCRIPT_META], path)
+
+
+class OnnxModel(nn.Module):
+    """An exported ``.onnx`` file run by ONNX Runtime, usable where a model is expected.
+
+    Calling it on a float tensor batch ``(B, C, H, W)`` (normalised as the metadata says) returns the logits
+    as a tensor on the input's device; ``.to()``, ``.eval()`` and ``.train()`` work as on any module (there
+    are no parameters to move), so :class:`~sedensenet.engine.predictor.Predictor` uses it unchanged.
+
+    Attributes:
+        meta: the checkpoint metadata rebuilt from the file.
+        classes: the class names, in output order.
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"ONNX file not found: {self.path}")
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable files
+            raise CheckpointError(f"{self.path} is not a readable ONNX model: {e}") from None
+        raw = self.session.get_modelmeta().custom_metadata_map.get(_META_KEY)
+        if raw is None:
+            raise CheckpointError(
+                f"{self.path} has no sedensenet metadata (classes, preprocessing): "
+                "only files written by `sedensenet export` can be used for prediction"
+            )
+        self.meta = _meta_from_json(raw, self.path)
+        self.classes = list(self.meta.classes)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.meta.image_size
+        expected = (self.meta.in_chans, size, size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"{self.path.name} takes (B, {', '.join(map(str, expected))}) input, got {tuple(x.shape)}")
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        (logits,) = self.session.run([self.output_name], {self.input_name: array})
+        return torch.from_numpy(logits).to(x.device)  # (B, num_classes)
+
+    def extra_repr(self) -> str:
+        return f"path={str(self.path)!r}, classes={len(self.classes)}"
+
+
+@dataclass
+class SpeedResult:
+    """Inference throughput of the eager model and the exported ONNX model on the same random batches."""
+
+    batch_size: int
+    eager_images_per_second: float
+    onnxruntime_images_per_second: float
+
+    @property
+    def speedup(self) -> float:
+        return self.onnxruntime_images_per_second / self.eager_images_per_second
+
+
+def compare_speed(
+    checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, batch_size: int = 8, repeats: int = 10
+) -> SpeedResult:
+    """Time eager PyTorch against ONNX Runtime (CPU) on ``repeats`` batches after one warm-up each."""
+    from sedensenet.api import resolve_checkpoint
+
+    model, _ = load_checkpoint(resolve_checkpoint(checkpoint))
+    runtime = OnnxModel(onnx_path)
+    x = _random_batch(batch_size, runtime.meta, runtime.meta.image_size, 0)
+    rates = []
+    for run in (model, runtime):
+        with torch.inference_mode():
+            run(x)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                run(x)
+        rates.append(batch_size * repeats / (time.perf_counter() - start))
+    return SpeedResult(batch_size, rates[0], rates[1])
