@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,14 +88,50 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
         )
     try:
         d = json.loads(raw)
+        if not isinstance(d, dict):
+            raise TypeError(f"a JSON {type(d).__name__}, not an object")
         d.pop("format", None)
         version = d.pop("version", None)
         meta = CheckpointMeta(**d)
-    except (json.JSONDecodeError, TypeError) as e:
+        _check_meta(meta)
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its metadata is malformed ({e})") from None
     if version is not None and version > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer sedensenet (format {version}); please upgrade")
     return tensors, meta
+
+
+def _check_meta(meta: CheckpointMeta) -> None:
+    """The metadata fields that preprocessing and predictions rely on have the right types."""
+    if not isinstance(meta.model, dict):
+        raise TypeError(f"model settings must be an object, got {type(meta.model).__name__}")
+    if not isinstance(meta.classes, list) or not all(isinstance(c, str) for c in meta.classes):
+        raise TypeError("classes must be a list of names")
+    if isinstance(meta.image_size, bool) or not isinstance(meta.image_size, int) or meta.image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {meta.image_size!r}")
+    for key in ("mean", "std"):
+        values = getattr(meta, key)
+        if not isinstance(values, list) or not all(isinstance(v, int | float) for v in values):
+            raise TypeError(f"{key} must be a list of numbers")
+
+
+def check_state_dict(source: str | os.PathLike, tensors: dict[str, Any], expected: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`CheckpointError` naming ``source`` unless ``tensors`` has exactly ``expected``'s keys,
+    shapes and dtypes."""
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise CheckpointError(f"{source}: the weights are not a mapping of names to tensors")
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [
+        f"{k}: file {tuple(tensors[k].shape)} {tensors[k].dtype} vs model {tuple(v.shape)} {v.dtype}"
+        for k, v in expected.items()
+        if k in tensors and (tensors[k].shape != v.shape or tensors[k].dtype != v.dtype)
+    ]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{source}: weights do not match the stored architecture: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape/dtype {wrong[:5]}"
+        )
 
 
 def load_checkpoint(
@@ -106,20 +143,12 @@ def load_checkpoint(
         config = DenseNetConfig.from_dict(dict(meta.model))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: the stored model settings are invalid ({e})") from None
+    # The stored settings are checked against the stored tensors on the meta device first (no memory used),
+    # so metadata that claims an enormous network cannot make us allocate it.
+    with torch.device("meta"):
+        skeleton = DenseNet(config)
+    check_state_dict(path, tensors, skeleton.state_dict())
     model = DenseNet(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = [
-        f"{k}: file {tuple(tensors[k].shape)} {tensors[k].dtype} vs model {tuple(v.shape)} {v.dtype}"
-        for k, v in expected.items()
-        if k in tensors and (tensors[k].shape != v.shape or tensors[k].dtype != v.dtype)
-    ]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{path}: weights do not match the stored architecture: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape/dtype {wrong[:5]}"
-        )
     model.load_state_dict(tensors)
     model.classes = list(meta.classes)  # type: ignore[attr-defined]
     model.meta = meta  # type: ignore[attr-defined]
@@ -135,13 +164,32 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """Read resume state with ``weights_only=True``: only tensors and plain containers, never code."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"resume state not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f"refused to load {path}: it holds Python objects that could run code when unpickled "
-            f"({str(e).splitlines()[0]})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable resume state (truncated or corrupt?): {e}") from None
+            f"resume state not found: {path} (a run folder gets one when its first epoch is complete; "
+            "a run stopped before that has nothing to resume: start it again)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if code:
+            raise CheckpointError(
+                f"refused to load {path}: it holds Python objects ({code.group(1)}) that would run code when "
+                "unpickled; a sedensenet resume state holds only tensors and plain values"
+            ) from None
+        reason = f"corrupt, or not a state file: {_brief(e)}"
+        raise CheckpointError(f"{path} is not a readable resume state ({reason})") from None
+    except Exception as e:  # torch.load raises RuntimeError, EOFError, KeyError, ... on damaged files
+        raise CheckpointError(f"{path} is not a readable resume state (truncated or corrupt?): {_brief(e)}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a sedensenet resume state (it holds a {type(state).__name__})")
+    return state
+
+
+def _brief(error: BaseException) -> str:
+    """The informative line of a (often many-line) torch.load error."""
+    text = str(error)
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    line = detail.group(1) if detail else next((ln for ln in text.splitlines() if ln.strip()), "")
+    line = line.split(". This is an internal", 1)[0].strip()
+    return f"{type(error).__name__}: {line[:200]}" if line else type(error).__name__

@@ -78,6 +78,9 @@ class TrainConfig:
     """Add vertical flips to augmentation (histology, satellite images)."""
     normalize: str = "imagenet"
     """``imagenet`` mean/std, or ``dataset``: computed from the training split."""
+    cache: bool = False
+    """Decode every image once into a memory-mapped uint8 cache at the training size, reused across epochs and
+    runs (rebuilt when files change); augmentation then works on the resized image."""
     workers: int = -1
     """DataLoader worker processes (-1: one per CPU core, at most 8)."""
     device: str = "auto"

@@ -9,10 +9,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+TEMP_SUFFIX = ".tmp"
+"""Temporary files are ``.<name>.<random>.tmp`` beside their target; a killed process can leave one behind."""
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; a finished file gets the mode an ordinary file would
+# (0o666 less the umask, read once here: changing the umask later is not thread-safe), or keeps the old one's.
+_NEW_FILE_MODE = 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -20,13 +35,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            mode = _NEW_FILE_MODE
+        os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     finally:
@@ -40,6 +60,20 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files that :func:`atomic_path` leaves when its process is killed.
+
+    Only call this on a folder no other process is writing to (e.g. a run folder being resumed).
+    Returns the files removed.
+    """
+    removed = []
+    for candidate in Path(directory).rglob(f".*{TEMP_SUFFIX}"):
+        if candidate.is_file() and not candidate.is_symlink():
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:

@@ -77,7 +77,11 @@ def test_default_cache_dir_and_plain_paths(tmp_path: Path, monkeypatch) -> None:
     assert is_builtin("builtin:faces") and not is_builtin("faces") and not is_builtin(Path("builtin:faces"))
 
 
-def test_builtin_settings_have_the_keys_the_trainer_reads() -> None:
-    keys = {"model", "image_size", "epochs", "batch_size", "lr", "in_chans", "augment"}
+def test_builtin_settings_are_valid_training_settings() -> None:
+    from sedensenet import list_models
+    from sedensenet.config import TrainConfig
+
     assert set(BUILTIN) == {"digits", "faces"}
-    assert all(set(settings) == keys for settings in BUILTIN.values())
+    for settings in BUILTIN.values():
+        config = TrainConfig.from_dict(settings)
+        assert config.model in list_models() and config.in_chans == 1  # both sets are grayscale

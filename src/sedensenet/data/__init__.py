@@ -27,6 +27,7 @@ from sedensenet.data.transforms import (
     build_transforms,
     compute_mean_std,
     image_channels,
+    normalize_batch,
 )
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "is_builtin",
     "is_image_file",
     "load_image",
+    "normalize_batch",
     "resolve_data",
     "scan_folder",
     "write_builtin",

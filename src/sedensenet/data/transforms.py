@@ -51,6 +51,7 @@ def build_transforms(
     vflip: bool = False,
     *,
     in_chans: int | None = None,
+    normalize: bool = True,
 ) -> v2.Compose:
     """The pipeline from a PIL image (as :func:`load_image` returns it) to a normalised float32 tensor.
 
@@ -70,6 +71,8 @@ def build_transforms(
         std: per-channel standard deviation, as ``mean``.
         vflip: also flip vertically (for images with no up and down: cells, satellite tiles).
         in_chans: channels the model takes; when ``None`` it is taken from ``len(mean)`` (1, 3 or 4).
+        normalize: ``False`` stops at a uint8 tensor (the loader then ships a quarter of the bytes and
+            :func:`normalize_batch` converts whole batches, on the GPU when there is one).
 
     Raises:
         ValueError: an unknown ``augment``, a bad ``image_size`` or mean/std that do not fit the channels.
@@ -95,10 +98,21 @@ def build_transforms(
                 steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2))
             elif channels == 3:  # torchvision's colour functions take 1 or 3 channels only
                 steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2))
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    steps.append(v2.ToImage())
+    if normalize:
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     if train and augment == "strong":
         steps.append(v2.RandomErasing(p=0.25))
     return v2.Compose(steps)
+
+
+def normalize_batch(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, C, H, W)`` -> float32 normalised, the arithmetic of ``ToDtype(scale=True)`` + ``Normalize``.
+
+    ``mean`` and ``std`` are per-channel tensors (broadcast as ``(1, C, 1, 1)``) on the images' device.
+    """
+    x = images.to(torch.float32).div_(255.0)
+    return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
 
 
 def compute_mean_std(

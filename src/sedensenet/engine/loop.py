@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sedensenet.data import normalize_batch
+
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or Inf."""
@@ -41,6 +43,9 @@ class StepSettings:
     device: torch.device
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
+    mean: torch.Tensor | None = None
+    """Per-channel mean/std for batches that arrive as uint8 (the decoded-image cache's); on ``device``."""
+    std: torch.Tensor | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -50,8 +55,12 @@ class StepSettings:
     def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         non_blocking = self.device.type == "cuda"
-        images = images.to(self.device, non_blocking=non_blocking, memory_format=fmt)
-        return images, labels.to(self.device, non_blocking=non_blocking)
+        images = images.to(self.device, non_blocking=non_blocking)
+        if images.dtype == torch.uint8:
+            if self.mean is None or self.std is None:
+                raise ValueError("uint8 batches need StepSettings.mean and .std to be normalised")
+            images = normalize_batch(images, self.mean, self.std)
+        return images.contiguous(memory_format=fmt), labels.to(self.device, non_blocking=non_blocking)
 
 
 def train_one_epoch(

@@ -37,7 +37,9 @@ class Predictor:
         self.meta = meta
         self.device = device
         self.classes = list(meta.classes)
-        self.transform = build_transforms(meta.image_size, False, "none", tuple(meta.mean), tuple(meta.std))
+        self.transform = build_transforms(
+            meta.image_size, False, "none", tuple(meta.mean), tuple(meta.std), in_chans=meta.in_chans
+        )
 
     @classmethod
     def load(cls, source: str | os.PathLike | nn.Module, device: str = "auto") -> Predictor:

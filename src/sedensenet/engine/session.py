@@ -45,6 +45,7 @@ def prepare(config: TrainConfig, run_dir: Path | None = None, device: torch.devi
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     mean, std = tr.normalization(config, splits)
+    settings.mean, settings.std = _channel_stats(mean, std, config.in_chans, device)
     train_set, val_set = tr.make_datasets(config, splits, mean, std)
     replicas, rank = dist.world_size(), dist.rank()
     batch = dist.local_batch_size(config.batch_size)
@@ -73,6 +74,16 @@ def prepare(config: TrainConfig, run_dir: Path | None = None, device: torch.devi
     if config.tensorboard and dist.is_main():
         ctx.writer = _tensorboard(run_dir)
     return ctx
+
+
+def _channel_stats(
+    mean: tuple[float, ...], std: tuple[float, ...], in_chans: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel tensors for normalising uint8 batches (one value repeated when given fewer than channels)."""
+    m, s = list(mean), list(std)
+    m = [m[c % len(m)] for c in range(in_chans)]
+    s = [s[c % len(s)] for c in range(in_chans)]
+    return torch.tensor(m, device=device), torch.tensor(s, device=device)
 
 
 def _check_batch(config: TrainConfig, splits: DataSplits) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shlex
+import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +18,7 @@ import torch
 from torch import nn
 
 from sedensenet import checkpoint as ckpt
-from sedensenet.config import TrainConfig, dump_yaml
+from sedensenet.config import ConfigError, TrainConfig, dump_yaml, load_yaml
 from sedensenet.data import DataSplits, ImageFolderDataset, build_transforms, compute_mean_std
 from sedensenet.engine import distributed as dist
 from sedensenet.engine.loop import EpochResult, NonFiniteLossError, StepSettings, evaluate_loader, train_one_epoch
@@ -167,6 +170,7 @@ def _load_initial_weights(model: DenseNet, path: Path) -> None:
         except ckpt.CheckpointError:
             tensors = None  # not ours: try it as torchvision weights below
         if tensors is not None:
+            _check_same_body(path, meta, model)
             own = model.state_dict()
             keep = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
             skipped = sorted(set(own) - set(keep))
@@ -176,6 +180,24 @@ def _load_initial_weights(model: DenseNet, path: Path) -> None:
             log.info("initialised from %s; %d keys kept fresh: %s", path, len(skipped), skipped[:4])
             return
     load_pretrained(model, path, arch=None)
+
+
+_BODY = ("growth_rate", "block_config", "num_init_features", "bn_size", "compression", "stem")
+"""The settings that make two DenseNets the same architecture apart from SE layers, classifier and channels."""
+
+
+def _check_same_body(path: Path, meta: ckpt.CheckpointMeta, model: DenseNet) -> None:
+    ours = {k: getattr(model.config, k) for k in _BODY}
+    theirs = {k: meta.model.get(k) for k in _BODY}
+    if isinstance(theirs["block_config"], list):
+        theirs["block_config"] = tuple(theirs["block_config"])
+    diff = [f"{k} {theirs[k]} vs {ours[k]}" for k in _BODY if theirs[k] != ours[k]]
+    if diff:
+        raise ckpt.CheckpointError(
+            f"{path} is a checkpoint of another architecture ({meta.preset or 'unknown preset'}: "
+            f"{', '.join(diff)} in the file vs --model {model.config.extra.get('preset', '')}); --weights needs the "
+            "same DenseNet body (SE layers and the classifier may differ)"
+        )
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -267,8 +289,21 @@ class RunContext:
 
 
 def make_datasets(config: TrainConfig, splits: DataSplits, mean: tuple, std: tuple) -> tuple[Any, Any]:
-    train_tf = build_transforms(config.image_size, True, config.augment, mean, std, vflip=config.vflip)
-    eval_tf = build_transforms(config.image_size, False, "none", mean, std)
+    train_tf = build_transforms(
+        config.image_size, True, config.augment, mean, std, vflip=config.vflip, in_chans=config.in_chans
+    )
+    eval_tf = build_transforms(config.image_size, False, "none", mean, std, in_chans=config.in_chans)
+    if config.cache:
+        from sedensenet.data.cache import CachedImageDataset, ImageCache
+
+        # uint8 all the way to the device: StepSettings.to_device normalises whole batches.
+        cache = ImageCache.build(splits.train + splits.val + splits.test, config.image_size, config.in_chans)
+        kw = {"in_chans": config.in_chans, "normalize": False}
+        train_tf = build_transforms(config.image_size, True, config.augment, mean, std, vflip=config.vflip, **kw)
+        eval_tf = build_transforms(config.image_size, False, "none", mean, std, **kw)
+        train = CachedImageDataset(splits.train, cache, train_tf, config.in_chans)
+        val = CachedImageDataset(splits.val, cache, eval_tf, config.in_chans) if splits.val else None
+        return train, val
     train = ImageFolderDataset(splits.train, transform=train_tf, in_chans=config.in_chans)
     val = ImageFolderDataset(splits.val, transform=eval_tf, in_chans=config.in_chans) if splits.val else None
     return train, val
@@ -286,31 +321,86 @@ def normalization(config: TrainConfig, splits: DataSplits) -> tuple[tuple[float,
     return (mean,) * config.in_chans, (std,) * config.in_chans
 
 
-def fit(ctx: RunContext, progress: bool = False) -> History:
-    """Train from ``ctx.state.epoch`` to ``config.epochs``; every epoch leaves a complete, resumable run folder."""
+class StopRequest:
+    """Set by a signal handler (Ctrl-C, SIGTERM); :func:`fit` checks it after every training step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on a signal; the run folder holds the last complete epoch and ``command`` continues it.
+
+    ``exit_code`` is 128 + the signal number (130 for SIGINT, 143 for SIGTERM), as a shell reports it.
+    """
+
+    def __init__(self, message: str, run_dir: Path, epoch: int, signum: int, command: str) -> None:
+        super().__init__(message)
+        self.run_dir, self.epoch, self.signum, self.command = run_dir, epoch, signum, command
+        self.exit_code = 128 + signum
+
+
+class RunWriteError(RuntimeError):
+    """A file of the run folder could not be written (disk full, permissions); the message names it."""
+
+
+class TrainingOutOfMemoryError(RuntimeError):
+    """The device ran out of memory during training; the message says which settings to change."""
+
+
+class _Abandon(Exception):
+    """Raised after a step when a stop was requested: the partial epoch is dropped, the last complete one kept."""
+
+
+def fit(ctx: RunContext, progress: bool = False, interrupt: StopRequest | None = None) -> History:
+    """Train from ``ctx.state.epoch`` to ``config.epochs``; every epoch leaves a complete, resumable run folder.
+
+    When ``interrupt`` is set (by a signal handler) the current step finishes, the partial epoch is dropped and
+    :class:`TrainingInterrupted` is raised: the last complete epoch on disk is where ``--resume`` continues,
+    which keeps a resumed run identical to one never stopped.
+    """
+    interrupt = interrupt if interrupt is not None else StopRequest()
+    try:
+        return _epochs(ctx, progress, interrupt)
+    except _Abandon:
+        raise _interrupted(ctx, interrupt) from None
+    except (TrainingInterrupted, RunWriteError, NonFiniteLossError):
+        raise
+    except torch.OutOfMemoryError:
+        raise TrainingOutOfMemoryError(_oom_advice(ctx)) from None
+    except Exception:
+        if interrupt:  # e.g. a DataLoader worker that the same Ctrl-C (sent to the process group) ended
+            raise _interrupted(ctx, interrupt) from None
+        raise
+
+
+def _epochs(ctx: RunContext, progress: bool, interrupt: StopRequest) -> History:
     c = ctx.config
+    if c.patience and ctx.state.bad_epochs >= c.patience:  # resuming a run that had already stopped early
+        log.info("the run stopped early after epoch %d (patience %d): nothing to train", ctx.state.epoch, c.patience)
+        return ctx.history
     for epoch in range(ctx.state.epoch + 1, c.epochs + 1):
         frozen = epoch <= c.freeze_epochs
         set_frozen(ctx.model, frozen)
         ctx.train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
         lr = ctx.optimizer.param_groups[0]["lr"]
         bar = EpochProgress(len(ctx.train_loader), f"epoch {epoch}/{c.epochs}", enabled=progress and dist.is_main())
+        ctx.train_model.train()
         if frozen:
-            ctx.train_model.train()
             _freeze_bn_stats(ctx.model)
         try:
             train = train_one_epoch(
                 ctx.train_model, ctx.train_loader, ctx.criterion, ctx.optimizer, ctx.settings, ctx.scaler,
-                c.grad_clip, bar.update, epoch,
+                c.grad_clip, _after_step(bar, interrupt), epoch,
             )  # fmt: skip
         except NonFiniteLossError as e:
-            raise NonFiniteLossError(
-                f"{e}. The weights of epoch {ctx.state.epoch} in {ctx.run_dir / 'weights'} are kept. Likely causes: "
-                f"a learning rate too high (--lr {c.lr:g}; try {c.lr / 10:g}), fp16 overflow (--amp bf16 or off), "
-                f"or bad input values."
-            ) from None
+            raise NonFiniteLossError(f"{e}. {_nan_advice(ctx)}") from None
         finally:
             bar.close()
+        _check_finite_weights(ctx, epoch)
         train = dist.reduce_epoch(train, ctx.settings.device)
         val = _validate(ctx)
         row = {
@@ -324,9 +414,91 @@ def fit(ctx: RunContext, progress: bool = False) -> History:
         ctx.history.append(epoch, row)
         _step_scheduler(ctx, row["val_loss"])
         stop = _end_epoch(ctx, epoch, row, train)
+        if interrupt:  # asked during validation or the writes: this epoch is saved, stop here
+            raise _interrupted(ctx, interrupt)
         if stop:
             break
     return ctx.history
+
+
+def _after_step(bar: EpochProgress, interrupt: StopRequest) -> Any:
+    """The loop's per-step callback: advance the bar, then leave the epoch when a stop was requested."""
+
+    def update(n: int, loss: torch.Tensor | None, correct: torch.Tensor | None) -> None:
+        bar.update(n, loss, correct)
+        if interrupt:
+            raise _Abandon
+
+    return update
+
+
+def _nan_advice(ctx: RunContext) -> str:
+    c, saved = ctx.config, ctx.state.epoch
+    kept = (
+        f"The checkpoint of epoch {saved} in {ctx.run_dir / 'weights'} is kept (not overwritten)"
+        if saved
+        else "No epoch was complete, so no checkpoint was written"
+    )
+    amp = ctx.settings.amp_dtype
+    better = "--amp bf16 or --amp off" if amp == torch.float16 else "--amp off"
+    overflow = f"overflow in mixed precision (--amp {c.amp}; try {better}), " if amp is not None else ""
+    return (
+        f"{kept}. Likely causes: a learning rate too high (--lr {c.lr:g}; try {c.lr / 10:g}), {overflow}"
+        f"or bad input values"
+    )
+
+
+def _check_finite_weights(ctx: RunContext, epoch: int) -> None:
+    """A finite loss can still leave NaN/Inf weights after the last step: never save those."""
+    bad = [k for k, v in ctx.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteLossError(
+            f"the weights became NaN or Inf during epoch {epoch} ({len(bad)} tensors, e.g. {bad[0]}). "
+            + _nan_advice(ctx)
+        )
+
+
+def _oom_advice(ctx: RunContext) -> str:
+    c = ctx.config
+    kept = f"the checkpoint of epoch {ctx.state.epoch} is kept" if ctx.state.epoch else "no epoch was complete"
+    options = [f"--batch-size {max(1, c.batch_size // 2)}"]
+    if not c.memory_efficient:
+        options.append("--memory-efficient (recomputes features in backward: less memory, a little slower)")
+    options.append(f"a smaller --image-size (e.g. {max(1, c.image_size * 3 // 4)})")
+    if ctx.settings.device.type == "cuda" and ctx.settings.amp_dtype is None:
+        options.append("--amp bf16")
+    return (
+        f"{ctx.settings.device.type.upper()} ran out of memory in epoch {ctx.state.epoch + 1} "
+        f"(model {c.model}, --batch-size {c.batch_size}, --image-size {c.image_size}); {kept}. "
+        f"Start again with less memory per step: " + ", ".join(options)
+    )
+
+
+def resume_command(ctx: RunContext) -> str:
+    """The command that continues this run, with the resume-time changes (e.g. ``--epochs``) it was given."""
+    run = shlex.quote(str(ctx.run_dir))
+    if not ctx.state.epoch:
+        return f"sedensenet train --config {shlex.quote(str(ctx.run_dir / 'config.yaml'))}"
+    try:
+        saved = load_yaml(ctx.run_dir / "config.yaml")
+    except ConfigError:
+        saved = {}
+    changed = [k for k in ("epochs", "patience", "device", "workers") if saved.get(k) != getattr(ctx.config, k)]
+    flags = "".join(f" --{k} {shlex.quote(str(getattr(ctx.config, k)))}" for k in changed)
+    return f"sedensenet train --resume {run}{flags}"
+
+
+def _interrupted(ctx: RunContext, interrupt: StopRequest) -> TrainingInterrupted:
+    signum = interrupt.signum or signal.SIGINT
+    name, done, command = signal.Signals(signum).name, ctx.state.epoch, resume_command(ctx)
+    if done:
+        message = (
+            f"stopped by {name} after epoch {done} of {ctx.config.epochs}; its checkpoint is saved in "
+            f"{ctx.run_dir}. Continue with: {command}"
+        )
+    else:
+        message = f"stopped by {name} before the first epoch was complete (nothing to resume); start again: {command}"
+    return TrainingInterrupted(message, ctx.run_dir, done, signum, command)
 
 
 def _validate(ctx: RunContext) -> EpochResult | None:
@@ -376,17 +548,45 @@ def _end_epoch(ctx: RunContext, epoch: int, row: dict[str, float], train: EpochR
 
 
 def _write_epoch(ctx: RunContext, epoch: int, row: dict[str, float], is_best: bool) -> None:
-    """Weights first, then the resume state, then history and curves: each written atomically."""
+    """Weights, history and curves, then the resume state: each file is written atomically.
+
+    ``state/last.pt`` (which carries the weights too) is written last: it is the commit point. A run stopped
+    between two of these writes resumes from the previous epoch, and redoing the epoch rewrites the same files.
+    """
     meta = ctx.meta
     meta.epoch = epoch
     meta.metrics = {k: float(v) for k, v in row.items()}
     weights = ctx.run_dir / "weights"
-    ckpt.save_checkpoint(weights / "last.safetensors", ctx.model, meta)
+    best_epoch = ctx.state.best_epoch or None
+    save_weights = lambda p: ckpt.save_checkpoint(p, ctx.model, meta)  # noqa: E731
+    writes: list[tuple[Path, Any]] = [(weights / "last.safetensors", save_weights)]
     if is_best:
-        ckpt.save_checkpoint(weights / "best.safetensors", ctx.model, meta)
-    ckpt.save_state(ctx.run_dir / "state" / "last.pt", resume_state(ctx))
-    write_history_csv(ctx.history.rows(), ctx.run_dir / "history.csv")
-    plot_curves(ctx.history.history, ctx.run_dir / "curves.png", best_epoch=ctx.state.best_epoch or None)
+        writes.append((weights / "best.safetensors", save_weights))
+    writes += [
+        (ctx.run_dir / "history.csv", lambda p: write_history_csv(ctx.history.rows(), p)),
+        (ctx.run_dir / "curves.png", lambda p: plot_curves(ctx.history.history, p, best_epoch=best_epoch)),
+        (ctx.run_dir / "state" / "last.pt", lambda p: ckpt.save_state(p, resume_state(ctx))),
+    ]  # fmt: skip
+    for path, write in writes:
+        try:
+            write(path)
+        except Exception as e:  # OSError, or what safetensors / torch.save / matplotlib make of one
+            raise RunWriteError(_write_failure(ctx, path, epoch, e)) from e
+
+
+def _write_failure(ctx: RunContext, path: Path, epoch: int, error: Exception) -> str:
+    reason = f"{type(error).__name__}: {error}" if not isinstance(error, OSError) else (error.strerror or str(error))
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free on its disk"
+    except OSError:
+        free = ""
+    kept = (
+        f"The last complete checkpoint is epoch {epoch - 1} (weights and state/last.pt in {ctx.run_dir}); "
+        f"make room and continue with: sedensenet train --resume {shlex.quote(str(ctx.run_dir))}"
+        if epoch > 1
+        else "No epoch has been saved yet"
+    )
+    return f"could not write {path} after epoch {epoch} ({reason}{free}). {kept}"
 
 
 def resume_state(ctx: RunContext) -> dict[str, Any]:
@@ -394,6 +594,7 @@ def resume_state(ctx: RunContext) -> dict[str, Any]:
     sched = ctx.scheduler.state_dict() if ctx.scheduler is not None else None
     return {
         "epoch": ctx.state.epoch,
+        "model": {k: v.detach().to("cpu") for k, v in ctx.model.state_dict().items()},
         "best": ctx.state.best,
         "best_epoch": ctx.state.best_epoch,
         "bad_epochs": ctx.state.bad_epochs,
@@ -407,15 +608,30 @@ def resume_state(ctx: RunContext) -> dict[str, Any]:
 
 
 def restore(ctx: RunContext, state: dict[str, Any]) -> None:
-    """Load a resume state saved by :func:`resume_state` into ``ctx`` (weights are loaded by the caller)."""
-    ctx.optimizer.load_state_dict(state["optimizer"])
-    if ctx.scheduler is not None and state.get("scheduler") is not None:
-        ctx.scheduler.load_state_dict(state["scheduler"])
-    if ctx.scaler is not None and state.get("scaler") is not None:
-        ctx.scaler.load_state_dict(state["scaler"])
-    ctx.state = TrainState(state["epoch"], state["best"], state["best_epoch"], state["bad_epochs"])
-    ctx.history = History.from_rows(state["history"])
-    set_rng_state(state["rng"])
+    """Load a resume state saved by :func:`resume_state` into ``ctx``.
+
+    The state's own copy of the weights wins over ``weights/last.safetensors`` (loaded by the caller): the
+    two are written one after the other, and only the state is guaranteed to belong to the same epoch.
+    A state that is not a sedensenet resume state is a :class:`~sedensenet.checkpoint.CheckpointError`.
+    """
+    source = ctx.run_dir / "state" / "last.pt"
+    try:
+        if "model" in state:
+            ckpt.check_state_dict(source, state["model"], ctx.model.state_dict())
+            ctx.model.load_state_dict(state["model"])
+        ctx.optimizer.load_state_dict(state["optimizer"])
+        if ctx.scheduler is not None and state.get("scheduler") is not None:
+            ctx.scheduler.load_state_dict(state["scheduler"])
+        if ctx.scaler is not None and state.get("scaler") is not None:
+            ctx.scaler.load_state_dict(state["scaler"])
+        ctx.state = TrainState(int(state["epoch"]), state["best"], int(state["best_epoch"]), int(state["bad_epochs"]))
+        ctx.history = History.from_rows(state["history"])
+        set_rng_state(state["rng"])
+    except ckpt.CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+        what = f"missing entry {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ckpt.CheckpointError(f"{source} is not a usable sedensenet resume state ({what})") from None
 
 
 def write_run_header(ctx: RunContext) -> None:
