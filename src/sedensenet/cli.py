@@ -22,7 +22,8 @@ from sedensenet import __version__
 
 log = logging.getLogger("sedensenet")
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, RuntimeError)
+# Errors that are the user's to fix (bad data, settings, files, a full disk, NaN loss): one line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FloatingPointError, OSError)
 
 
 def _field_docs(cls: type) -> dict[str, str]:
@@ -306,6 +307,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(level)  # on the handler: train.log's file handler may lower the logger to INFO
     root = logging.getLogger("sedensenet")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -328,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = None  # type: ignore[assignment]
         return 0
     except USER_ERRORS as e:
+        exit_code = getattr(e, "exit_code", None)
+        if isinstance(exit_code, int):  # TrainingInterrupted: saved; the message says how to resume (130/143)
+            print(f"\n{e}", file=sys.stderr)
+            return exit_code
         print(f"error: {e}", file=sys.stderr)
         return 2
 

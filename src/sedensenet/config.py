@@ -6,6 +6,7 @@ YAML file (or a run folder's ``config.yaml``), then the flags given on the comma
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -23,6 +24,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "compile": ("off", "on", "auto"),
     "monitor": ("val_accuracy", "val_loss"),
 }
+
+
+RESUME_MAY_CHANGE = frozenset(
+    {"epochs", "device", "workers", "patience", "batch_size", "memory_efficient", "amp", "cache"}
+)
+"""Settings a resumed run may change: more epochs, another device, and what it takes to fit in memory
+(a different ``batch_size`` changes the results from there on; the others do not)."""
 
 
 class ConfigError(ValueError):
@@ -110,6 +118,10 @@ class TrainConfig:
     """Images with more pixels are skipped (decompression-bomb guard; PIL's default)."""
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
         for key, choices in CHOICES.items():
             if getattr(self, key) not in choices:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not valid; choose from {', '.join(choices)}")
@@ -141,11 +153,15 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any], source: str = "settings") -> TrainConfig:
         """Build from a dictionary; unknown keys are an error naming them and ``source``."""
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(str(k) for k in set(d) - names)
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {unknown}; valid settings: {', '.join(sorted(names))}")
         types = {f.name: f.type for f in fields(cls)}
-        return cls(**{k: _coerce(k, v, types[k], source) for k, v in d.items()})
+        values = {k: _coerce(k, v, types[k], source) for k, v in d.items()}
+        try:
+            return cls(**values)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
 
 def _coerce(key: str, value: Any, type_name: Any, source: str) -> Any:
@@ -158,8 +174,11 @@ def _coerce(key: str, value: Any, type_name: Any, source: str) -> Any:
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
                 return value.lower() in ("true", "yes", "1")
             raise ValueError
-        return kind(value)
-    except (TypeError, ValueError):
+        out = kind(value)
+        if kind is float and not math.isfinite(out):
+            raise ValueError
+        return out
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{source}: {key}={value!r} is not a valid {kind.__name__}") from None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -122,10 +123,15 @@ def make_loader(
         persistent_workers=workers > 0,
         drop_last=drop_last,
         worker_init_fn=_quiet_worker if workers > 0 else None,
+        # The loader draws its workers' base seed from this generator, not from the global RNG, so the
+        # number of workers cannot change the model's random stream (dropout) and resume stays exact.
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
 def _quiet_worker(_worker_id: int) -> None:
     # Each worker decodes images; one intra-op thread apiece keeps them from oversubscribing the cores.
     torch.set_num_threads(1)
+    # Ctrl-C goes to the whole process group: the main process handles it and shuts the workers down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     np.random.seed(torch.initial_seed() % 2**32)

@@ -136,20 +136,24 @@ def _tensorboard(run_dir: Path) -> Any:
 
 def resume(run_dir: Path, overrides: dict[str, Any] | None = None, device: torch.device | None = None) -> tr.RunContext:
     """Rebuild a run from its folder (config.yaml, weights/last.safetensors, state/last.pt) to continue it."""
-    from sedensenet.config import resolve_config
+    from sedensenet.config import RESUME_MAY_CHANGE, resolve_config
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"{run_dir} is not a run folder (no config.yaml); pass the folder that train created")
-    allowed = {"epochs", "device", "workers", "patience"}
-    bad = sorted(set(overrides or {}) - allowed)
+    bad = sorted(set(overrides or {}) - RESUME_MAY_CHANGE)
     if bad:
-        raise ValueError(f"--resume continues the run as configured; only {sorted(allowed)} may change, not {bad}")
+        raise ValueError(
+            f"--resume continues the run as configured; only {sorted(RESUME_MAY_CHANGE)} may change, not {bad}"
+        )
     config = resolve_config(overrides, config_file=run_dir / "config.yaml")
     ctx = prepare(config, run_dir=run_dir, device=device)
     state = ckpt.load_state(run_dir / "state" / "last.pt")
-    tensors, _ = ckpt.read_checkpoint(run_dir / "weights" / "last.safetensors")
-    ctx.model.load_state_dict(tensors)
+    if "model" not in state:  # a state written before it carried its own copy of the weights
+        last = run_dir / "weights" / "last.safetensors"
+        tensors, _ = ckpt.read_checkpoint(last)
+        ckpt.check_state_dict(last, tensors, ctx.model.state_dict())
+        ctx.model.load_state_dict(tensors)
     tr.restore(ctx, state)
     log.info("resuming %s after epoch %d of %d", run_dir, ctx.state.epoch, config.epochs)
     return ctx
@@ -162,6 +166,7 @@ def finish(ctx: tr.RunContext) -> dict[str, Any]:
     best = ctx.run_dir / "weights" / "best.safetensors"
     if best.is_file():
         tensors, _ = ckpt.read_checkpoint(best)
+        ckpt.check_state_dict(best, tensors, ctx.model.state_dict())
         ctx.model.load_state_dict(tensors)
     results: dict[str, Any] = {}
     from sedensenet.engine.trainer import make_datasets

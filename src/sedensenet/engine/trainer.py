@@ -18,14 +18,13 @@ import torch
 from torch import nn
 
 from sedensenet import checkpoint as ckpt
-from sedensenet.config import ConfigError, TrainConfig, dump_yaml, load_yaml
+from sedensenet.config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, dump_yaml, load_yaml
 from sedensenet.data import DataSplits, ImageFolderDataset, build_transforms, compute_mean_std
 from sedensenet.engine import distributed as dist
 from sedensenet.engine.loop import EpochResult, NonFiniteLossError, StepSettings, evaluate_loader, train_one_epoch
 from sedensenet.engine.progress import EpochProgress
 from sedensenet.fileio import atomic_write_json, atomic_write_text
 from sedensenet.models import DenseNet, create_model
-from sedensenet.models.se import SqueezeExcite
 from sedensenet.reports import plot_curves, write_history_csv
 
 log = logging.getLogger(__name__)
@@ -483,9 +482,16 @@ def resume_command(ctx: RunContext) -> str:
         saved = load_yaml(ctx.run_dir / "config.yaml")
     except ConfigError:
         saved = {}
-    changed = [k for k in ("epochs", "patience", "device", "workers") if saved.get(k) != getattr(ctx.config, k)]
-    flags = "".join(f" --{k} {shlex.quote(str(getattr(ctx.config, k)))}" for k in changed)
+    changed = sorted(k for k in RESUME_MAY_CHANGE if saved.get(k) != getattr(ctx.config, k))
+    flags = "".join(_flag(k, getattr(ctx.config, k)) for k in changed)
     return f"sedensenet train --resume {run}{flags}"
+
+
+def _flag(key: str, value: Any) -> str:
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return f" {flag}" if value else f" --no-{key.replace('_', '-')}"
+    return f" {flag} {shlex.quote(str(value))}"
 
 
 def _interrupted(ctx: RunContext, interrupt: StopRequest) -> TrainingInterrupted:
@@ -641,11 +647,3 @@ def write_run_header(ctx: RunContext) -> None:
     atomic_write_text(ctx.run_dir / "config.yaml", dump_yaml(ctx.config))
     atomic_write_json(ctx.run_dir / "classes.json", ctx.splits.classes)
     write_skipped_csv(ctx.splits.skipped, ctx.run_dir / "skipped.csv")
-
-
-def se_gates_enabled(model: nn.Module, on: bool) -> list[SqueezeExcite]:
-    """Turn on/off keeping SE gate values (for the explain report)."""
-    mods = [m for m in model.modules() if isinstance(m, SqueezeExcite)]
-    for m in mods:
-        m.keep_gate = on
-    return mods
