@@ -20,11 +20,18 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True)
-def _restore_package_logger() -> Iterator[None]:
-    """Tests call the CLI in-process, and ``cli.main`` points the package logger at that test's (captured,
-    then closed) stderr with propagation off: put it back so later tests' caplog sees records."""
+def _reset_package_logger() -> None:
     logger = logging.getLogger("sedensenet")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
+    logger.handlers.clear()
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
+
+
+@pytest.fixture(autouse=True)
+def _clean_package_logger() -> Iterator[None]:
+    """Tests call the CLI in-process (module-scoped fixtures too), and ``cli.main`` points the package logger
+    at that test's captured stderr with propagation off: every test starts and ends with the default logger,
+    so caplog sees the records."""
+    _reset_package_logger()
     yield
-    logger.handlers[:], logger.level, logger.propagate = saved
+    _reset_package_logger()

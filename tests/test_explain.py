@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,6 @@ from sedensenet.models import DenseNet, create_model
 
 CLASSES = ["left", "右"]
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny models on a shared 2-core machine run far faster (and steadier) on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _pattern(label: int, h: int, w: int, rng: np.random.Generator) -> np.ndarray:

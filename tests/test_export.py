@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +20,6 @@ from sedensenet.models import create_model
 CLASSES = ["猫", "狗", "bird"]
 MEAN = [0.5, 0.45, 0.4]
 STD = [0.25, 0.2, 0.3]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny models on a shared 2-core machine run far faster (and steadier) on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _randomise(model: torch.nn.Module) -> torch.nn.Module:

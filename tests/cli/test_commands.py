@@ -108,3 +108,16 @@ def test_devices_flag_builds_a_torchrun_command() -> None:
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"]
     assert "--nproc-per-node=4" in cmd and "--devices" not in cmd
     assert cmd[-5:] == ["train", "--data", "d", "--epochs", "2"]
+
+
+@pytest.mark.slow
+def test_compare_on_builtin_faces(tmp_path: Path) -> None:
+    from sedensenet.compare import compare
+
+    result = compare("builtin:faces", ["densenet_bc_100", "se_densenet_bc_100"], seeds=2, epochs=2,
+                     project=str(tmp_path), workers=0)  # fmt: skip
+    assert [r.model for r in result.rows] == ["densenet_bc_100", "se_densenet_bc_100"]
+    assert all(len(r.val_accuracy) == len(r.roc_auc) == 2 for r in result.rows)
+    assert result.rows[1].params - result.rows[0].params == 32_724  # the three SE layers (see test_densenet)
+    with open(result.out_dir / "compare.csv", encoding="utf-8") as f:
+        assert len(list(csv.DictReader(f))) == 4

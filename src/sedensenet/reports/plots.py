@@ -283,6 +283,19 @@ def plot_roc(
     return _save(fig, path)
 
 
+def _grid_figure(count: int, ncols: int, cell: tuple[float, float]) -> tuple[Figure, int, int]:
+    """A figure sized for ``count`` cells in rows of ``ncols``; with no cells, one saying so (rows = 0)."""
+    if ncols < 1:
+        raise ValueError(f"ncols must be at least 1, got {ncols}")
+    if count == 0:
+        fig = _new_figure((4, 2))
+        fig.text(0.5, 0.5, "No images to show", ha="center", va="center")
+        return fig, 0, 0
+    cols = min(ncols, count)
+    rows = math.ceil(count / cols)
+    return _new_figure((cell[0] * cols, cell[1] * rows)), rows, cols
+
+
 @_figure_writer
 def plot_top_losses(
     images: Sequence[np.ndarray],
@@ -303,15 +316,9 @@ def plot_top_losses(
     """
     if len(images) != len(titles):
         raise ValueError(f"got {len(images)} images but {len(titles)} titles")
-    if ncols < 1:
-        raise ValueError(f"ncols must be at least 1, got {ncols}")
-    if len(images) == 0:
-        fig = _new_figure((4, 2))
-        fig.text(0.5, 0.5, "No images to show", ha="center", va="center")
+    fig, rows, cols = _grid_figure(len(images), ncols, (2.8, 3.2))
+    if not rows:
         return _save(fig, path)
-    cols = min(ncols, len(images))
-    rows = math.ceil(len(images) / cols)
-    fig = _new_figure((2.8 * cols, 3.2 * rows))
     for index, (image, title) in enumerate(zip(images, titles, strict=True)):
         ax = fig.add_subplot(rows, cols, index + 1)
         array = _displayable(image)
@@ -398,15 +405,9 @@ def plot_gradcam_grid(
     """
     if not len(images) == len(overlays) == len(titles):
         raise ValueError(f"got {len(images)} images, {len(overlays)} overlays and {len(titles)} titles")
-    if ncols < 1:
-        raise ValueError(f"ncols must be at least 1, got {ncols}")
-    if len(images) == 0:
-        fig = _new_figure((4, 2))
-        fig.text(0.5, 0.5, "No images to show", ha="center", va="center")
+    fig, rows, cols = _grid_figure(len(images), ncols, (4.4, 2.6))
+    if not rows:
         return _save(fig, path)
-    cols = min(ncols, len(images))
-    rows = math.ceil(len(images) / cols)
-    fig = _new_figure((4.4 * cols, 2.6 * rows))
     cells = fig.subfigures(rows, cols, squeeze=False)
     for index, (image, overlay, title) in enumerate(zip(images, overlays, titles, strict=True)):
         cell = cells[index // cols][index % cols]
