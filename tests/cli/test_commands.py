@@ -78,8 +78,7 @@ def test_compare_writes_table_for_every_model_and_seed(tmp_path: Path, capsys: p
     ]  # fmt: skip
     assert (out / "val_curves.png").is_file()
     # the split is the same for every run: the same validation files
-    splits = {(out / r["run"]).name: (Path(r["run"]) / "metrics.json") for r in rows}
-    supports = {json.loads(p.read_text(encoding="utf-8"))["num_samples"] for p in splits.values()}
+    supports = {json.loads((Path(r["run"]) / "metrics.json").read_text(encoding="utf-8"))["num_samples"] for r in rows}
     assert len(supports) == 1
 
 

@@ -510,9 +510,7 @@ def _interrupted(ctx: RunContext, interrupt: StopRequest) -> TrainingInterrupted
 def _validate(ctx: RunContext) -> EpochResult | None:
     if ctx.val_loader is None:
         return None
-    res = evaluate_loader(
-        ctx.model if not dist.is_distributed() else ctx.model, ctx.val_loader, ctx.criterion, ctx.settings
-    )
+    res = evaluate_loader(ctx.model, ctx.val_loader, ctx.criterion, ctx.settings)
     return dist.gather_eval(res, ctx.settings.device)
 
 
