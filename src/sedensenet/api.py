@@ -229,11 +229,16 @@ def predict(
     top_k: int = 1,
     batch_size: int = 32,
     device: str = "auto",
+    backend: str = "auto",
 ) -> list[Prediction]:
-    """Classify image files (folders are searched recursively); unreadable files get an error entry."""
+    """Classify image files (folders are searched recursively); unreadable files get an error entry.
+
+    ``backend``: how batches run (``auto``, ``onnxruntime``, ``eager``, ``compile`` or ``reference``, the
+    unoptimised modules); see :data:`sedensenet.engine.predictor.INFERENCE_BACKENDS`.
+    """
     from sedensenet.engine.predictor import Predictor
 
-    predictor = Predictor.load(model, device=device)
+    predictor = Predictor.load(model, device=device, backend=backend)
     return predictor.predict_files(inputs, top_k=top_k, batch_size=batch_size)
 
 
@@ -244,15 +249,17 @@ def evaluate(
     output: str | os.PathLike | None = None,
     batch_size: int = 32,
     device: str = "auto",
+    backend: str = "auto",
 ) -> Any:
     """Evaluate a checkpoint on a labelled folder and write the reports to ``output``.
 
     ``split``: ``auto`` (``test/`` if present, else ``val/``, else every image of a class-per-folder tree),
-    or ``train``, ``val``, ``test``, ``all``. Classes are matched by name with the checkpoint's.
+    or ``train``, ``val``, ``test``, ``all``. Classes are matched by name with the checkpoint's. ``backend`` as
+    for :func:`predict`.
     """
     from sedensenet.engine.predictor import Predictor
 
-    predictor = Predictor.load(model, device=device)
+    predictor = Predictor.load(model, device=device, backend=backend)
     return predictor.evaluate_folder(data, split=split, output=output, batch_size=batch_size)
 
 

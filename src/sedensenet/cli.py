@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sedensenet import __version__
+from sedensenet.config import INFERENCE_BACKENDS
 
 log = logging.getLogger("sedensenet")
 
@@ -80,7 +81,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = args.output or (resolve_checkpoint(args.checkpoint).parent.parent / f"eval_{args.split}")
     report = evaluate(args.checkpoint, args.data, split=args.split, output=out, batch_size=args.batch_size,
-                      device=args.device)  # fmt: skip
+                      device=args.device, backend=args.backend)  # fmt: skip
     print(report.format_table())
     print(f"accuracy {report.accuracy:.4f}" + (f", ROC-AUC {report.roc_auc:.4f}" if report.roc_auc else ""))
     print(f"Reports: {out}")
@@ -91,7 +92,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Classify images or folders of images with a checkpoint (or run folder, or exported .onnx file)."""
     from sedensenet.api import predict, probabilities_to_rows
 
-    preds = predict(args.checkpoint, args.images, top_k=args.top_k, batch_size=args.batch_size, device=args.device)
+    preds = predict(
+        args.checkpoint, args.images, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
+        backend=args.backend,
+    )  # fmt: skip
     rows = probabilities_to_rows(preds)
     if args.output:
         _write_rows(Path(args.output), rows)
@@ -249,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="folder for the reports (default: RUN/eval_SPLIT)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--backend", default="auto", choices=INFERENCE_BACKENDS,
+        help="auto: ONNX Runtime on CPU for 256+ images when installed, else the eager fast path; "
+        "reference: the unoptimised modules",
+    )  # fmt: skip
 
     p = command("predict", cmd_predict)
     p.add_argument("checkpoint", help="checkpoint .safetensors, run folder or exported .onnx")
@@ -257,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write predictions to a .csv or .json file")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--backend", default="auto", choices=INFERENCE_BACKENDS,
+        help="auto: ONNX Runtime on CPU for 256+ images when installed, else the eager fast path; "
+        "reference: the unoptimised modules",
+    )  # fmt: skip
 
     p = command("summary", cmd_summary)
     p.add_argument("model", help="preset name (see 'sedensenet models')")
@@ -321,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "argv"):
         args.argv = argv
     _configure_logging(args)
+    if args.command in ("train", "evaluate", "predict", "compare", "explain"):
+        from sedensenet.inference import tune_malloc
+
+        log.debug("%s", tune_malloc())  # 1.3-1.5x faster CPU steps under glibc
     try:
         return args.func(args)
     except KeyboardInterrupt:

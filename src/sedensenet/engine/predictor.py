@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sedensenet import checkpoint as ckpt
+from sedensenet.config import INFERENCE_BACKENDS
 from sedensenet.data import (
     IMG_EXTENSIONS,
     DataError,
@@ -25,6 +26,7 @@ from sedensenet.data import (
 )
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import EpochResult, StepSettings, evaluate_loader
+from sedensenet.models import set_fast
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +34,28 @@ log = logging.getLogger(__name__)
 class Predictor:
     """A model plus the preprocessing and class names its checkpoint carries."""
 
-    def __init__(self, model: nn.Module, meta: ckpt.CheckpointMeta, device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, meta: ckpt.CheckpointMeta, device: torch.device, backend: str = "auto"
+    ) -> None:
+        if backend not in INFERENCE_BACKENDS:
+            raise ValueError(f"unknown inference backend {backend!r}: choose from {list(INFERENCE_BACKENDS)}")
         self.model = model.to(device).eval()
         self.meta = meta
         self.device = device
+        self.backend = backend
+        self._runner: tuple[str, nn.Module] | None = None
         self.classes = list(meta.classes)
         self.transform = build_transforms(
             meta.image_size, False, "none", tuple(meta.mean), tuple(meta.std), in_chans=meta.in_chans
         )
 
     @classmethod
-    def load(cls, source: str | os.PathLike | nn.Module, device: str = "auto") -> Predictor:
-        """From a checkpoint, a run folder, or a model returned by :func:`sedensenet.load_model`."""
+    def load(cls, source: str | os.PathLike | nn.Module, device: str = "auto", backend: str = "auto") -> Predictor:
+        """From a checkpoint, a run folder, or a model returned by :func:`sedensenet.load_model`.
+
+        ``backend`` picks how batches run (see :data:`INFERENCE_BACKENDS`); the default, ``auto``, uses ONNX
+        Runtime on CPU for jobs of 256 images or more when it is installed, else the model's eager fast path.
+        """
         from sedensenet.api import resolve_checkpoint
         from sedensenet.engine.trainer import select_device
 
@@ -52,22 +64,43 @@ class Predictor:
             meta = getattr(source, "meta", None)
             if meta is None:
                 raise ValueError("this model carries no classes or preprocessing: load it with sedensenet.load_model")
-            return cls(source, meta, dev)
+            return cls(source, meta, dev, backend)
         path = resolve_checkpoint(source)
         if path.suffix == ".onnx":
             from sedensenet.export import OnnxModel
 
             onnx_model = OnnxModel(path)
-            return cls(onnx_model, onnx_model.meta, torch.device("cpu"))
+            predictor = cls(onnx_model, onnx_model.meta, torch.device("cpu"), "reference")
+            predictor._runner = ("onnxruntime (exported file)", onnx_model)
+            return predictor
         model, meta = ckpt.load_checkpoint(path)
-        return cls(model, meta, dev)
+        return cls(model, meta, dev, backend)
 
     def run_samples(self, samples: list[Sample], batch_size: int) -> EpochResult:
         in_chans = self.meta.in_chans
         dataset = ImageFolderDataset(samples, transform=self.transform, in_chans=in_chans)
         loader = make_loader(dataset, batch_size, 0, False, self.device, workers=-1)
         criterion = nn.CrossEntropyLoss()
-        return evaluate_loader(self.model, loader, criterion, StepSettings(self.device))
+        return evaluate_loader(self.runner(len(samples)), loader, criterion, StepSettings(self.device))
+
+    def runner(self, images: int | None = None) -> nn.Module:
+        """The module batches go through: the model itself for ``reference``, else what
+        :func:`~sedensenet.inference.optimize_for_inference` chose for a job of ``images`` images (kept for
+        later calls once ONNX Runtime is set up, so a predictor exports at most once)."""
+        from sedensenet.inference import describe, optimize_for_inference
+
+        if self.backend == "reference":
+            set_fast(self.model, False)
+            self._runner = self._runner or ("reference", self.model)
+            return self.model
+        if self._runner is not None and (self._runner[0] != "eager" or self.backend == "eager"):
+            return self._runner[1]
+        size = self.meta.image_size
+        example = torch.zeros(2, self.meta.in_chans, size, size, device=self.device).uniform_(-2, 2)
+        module = optimize_for_inference(self.model, example, self.backend, images=images)
+        self._runner = (describe(module), module)
+        log.debug("inference backend for %s images: %s", images, self._runner[0])
+        return module
 
     def predict_files(
         self, inputs: list[str | os.PathLike] | str | os.PathLike, top_k: int = 1, batch_size: int = 32
@@ -109,7 +142,8 @@ class Predictor:
 
             return compute_metrics(res.targets.tolist(), res.probs, self.classes, loss=res.loss)
         out = Path(output)
-        extra = {"data": str(data), "split": split, "data_classes": data_classes}
+        used = self._runner[0] if self._runner is not None else self.backend
+        extra = {"data": str(data), "split": split, "data_classes": data_classes, "inference_backend": used}
         return write_evaluation(out, res, self.classes, samples, self.meta.in_chans, extra)
 
     def labelled_samples(self, data: str | os.PathLike, split: str) -> tuple[list[Sample], list[str]]:

@@ -67,8 +67,9 @@ def prepare(config: TrainConfig, run_dir: Path | None = None, device: torch.devi
     )  # fmt: skip
     if run_dir is None:
         run_dir = _new_run_dir(config)
+    wrapped = _wrap(model, config, device, len(train_loader))
     ctx = tr.RunContext(
-        config, run_dir, splits, model, _wrap(model, config, device), optimizer, tr.build_scheduler(config, optimizer),
+        config, run_dir, splits, model, wrapped, optimizer, tr.build_scheduler(config, optimizer),
         scaler, criterion, settings, train_loader, val_loader, meta, tr.History(), tr.TrainState(),
     )  # fmt: skip
     if config.tensorboard and dist.is_main():
@@ -108,7 +109,7 @@ def _new_run_dir(config: TrainConfig) -> Path:
     return Path(run_dir)
 
 
-def _wrap(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
+def _wrap(model: nn.Module, config: TrainConfig, device: torch.device, steps_per_epoch: int) -> nn.Module:
     """The module the training loop calls: SyncBN and DDP when distributed, torch.compile when asked."""
     wrapped: nn.Module = model
     if dist.is_distributed():
@@ -119,7 +120,13 @@ def _wrap(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Mod
         wrapped = nn.parallel.DistributedDataParallel(
             wrapped, device_ids=ids, find_unused_parameters=bool(config.freeze_epochs)
         )
-    if config.compile == "on":
+    compile_now = config.compile == "on"
+    if config.compile == "auto":
+        from sedensenet.inference import should_compile
+
+        compile_now, reason = should_compile(device.type, steps_per_epoch, config.epochs)
+        log.info("--compile auto: %s", reason)
+    if compile_now:
         log.info("compiling the model with torch.compile (the first steps are slow)")
         wrapped = torch.compile(wrapped)
     return wrapped

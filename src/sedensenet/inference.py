@@ -1,0 +1,254 @@
+"""Fast inference and run-time choices: ONNX Runtime in memory, the compile decision, the CPU allocator.
+
+- :func:`optimize_for_inference` turns a model into a module that computes the same logits (within
+  ``1e-4``) faster: ONNX Runtime on CPU when it is installed (exported in memory, verified against the eager
+  model), else the eager model's own fast path (channels_last, BN folding, one buffer per dense block).
+- :func:`should_compile` decides ``--compile auto``: compile only when the run is long enough to repay it.
+- :func:`tune_malloc` keeps glibc from handing large tensors back to the kernel after every use.
+
+Measured on a 2-core CPU VM (``benchmarks/README.md`` has the table), DenseNet-121 + SE inference at 224 px,
+batch 32, against torchvision's eager model: ONNX Runtime 3.4-3.7x under glibc's default allocator (1.8x when
+both run with jemalloc), the eager fast path 2.1x (1.6x). Compiling a training step takes about two minutes
+on that CPU and the compiled step was no faster than the eager fast path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import io
+import logging
+import os
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnxruntime", "eager", "compile")
+
+# --compile auto: what compiling costs and what it gains, per device type (measured, see benchmarks/README.md).
+COMPILE_SECONDS = {"cpu": 127.0, "cuda": 60.0}
+"""First-compile time of a DenseNet-121 training step: measured on CPU (2 cores), an estimate for CUDA."""
+COMPILE_SPEEDUP = {"cpu": 0.93, "cuda": 1.35}
+"""Speed of a compiled training step relative to the eager fast path: measured on CPU (slower: compiling
+never pays there), an estimate for CUDA with AMP until ``bench.py --device cuda`` measures it."""
+SECONDS_PER_STEP = {"cpu": 1.5, "cuda": 0.15}
+"""A training step's time when the caller has no measurement (DenseNet-121, 224 px, batch 16 / 64)."""
+
+
+class OnnxRuntimeModule(nn.Module):
+    """A model exported to ONNX in memory and run by ONNX Runtime on CPU; call it like the model (eval mode).
+
+    Takes a float tensor ``(B, C, H, W)`` (any batch size and image size the network accepts) and returns the
+    logits as a tensor on the input's device. It holds a snapshot of the weights: optimise again after training.
+    """
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, threads: int | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        onnx_bytes = _export_onnx(model, example)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        (logits,) = self.session.run([self.output_name], {self.input_name: array})
+        return torch.from_numpy(logits).to(x.device)
+
+
+class EagerInference(nn.Module):
+    """The model in eval mode under ``torch.inference_mode``: its own fast path, no autograd bookkeeping."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(x)
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
+    """``model`` (eval mode) as ONNX bytes with dynamic batch, height and width (TorchScript-based exporter)."""
+    buffer = io.BytesIO()
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example,), buffer, input_names=["images"], output_names=["logits"], dynamic_axes=axes,
+            opset_version=17, dynamo=False,
+        )  # fmt: skip
+    return buffer.getvalue()
+
+
+def _default_example(model: nn.Module, device: torch.device) -> torch.Tensor:
+    config = getattr(model, "config", None)
+    in_chans = getattr(config, "in_chans", 3)
+    size = max(64, config.min_input_size()) if config is not None else 224
+    return torch.randn(2, in_chans, size, size, device=device)
+
+
+ONNX_MIN_IMAGES = 256
+"""``auto`` uses ONNX Runtime for jobs of at least this many images: exporting, optimising and verifying the
+graph takes 5-13 s for DenseNet-121, which 3x faster batches repay after a few hundred images."""
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    example: torch.Tensor | None = None,
+    backend: str = "auto",
+    atol: float = 1e-4,
+    images: int | None = None,
+) -> nn.Module:
+    """A module computing ``model(x)`` in eval mode, faster; the model itself is put in eval mode.
+
+    Args:
+        model: a DenseNet (or any module ONNX can export when ``backend`` is ``onnxruntime``).
+        example: an input batch for export and verification; default random ``(2, C, 64, 64)`` images.
+        backend: ``auto`` (ONNX Runtime on CPU when installed, else ``eager``), ``onnxruntime``, ``eager``
+            (the model's fast path under inference mode) or ``compile`` (``torch.compile`` with frozen weights:
+            tens of seconds to compile, worth it for long runs only).
+        atol: the largest absolute logit difference to the eager model that is accepted; a backend that
+            differs more is not used (a warning says so) and the eager module is returned.
+        images: how many images the caller will run, when known: ``auto`` keeps the eager path (no set-up
+            time) for fewer than :data:`ONNX_MIN_IMAGES`.
+
+    Returns:
+        A module to call on image batches; ONNX Runtime and compiled modules hold a snapshot of the weights.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown inference backend {backend!r}: choose from {list(BACKENDS)}")
+    model.eval()
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    eager = EagerInference(model)
+    if backend == "auto":
+        big = images is None or images >= ONNX_MIN_IMAGES
+        backend = "onnxruntime" if device.type == "cpu" and big and _has_onnxruntime() else "eager"
+    if backend == "eager":
+        return eager
+    example = _default_example(model, device) if example is None else example.to(device)
+    try:
+        fast = _build(model, example, backend)
+        with torch.inference_mode():
+            diff = (fast(example).float() - eager(example).float()).abs().max().item()
+    except Exception as e:  # an exporter or runtime failure must not stop inference: fall back, loudly
+        log.warning("inference backend %s failed (%s: %s); using the eager model", backend, type(e).__name__, e)
+        return eager
+    if not diff <= atol:
+        log.warning(
+            "inference backend %s differs from the eager model by %.2e > %.0e; using eager", backend, diff, atol
+        )
+        return eager
+    log.info("inference backend: %s (max |logit difference| to eager %.1e)", backend, diff)
+    return fast
+
+
+def _build(model: nn.Module, example: torch.Tensor, backend: str) -> nn.Module:
+    if backend == "onnxruntime":
+        if example.device.type != "cpu":
+            raise ValueError("the onnxruntime backend runs on CPU; use backend='eager' or 'compile' on a GPU")
+        return OnnxRuntimeModule(model, example)
+    frozen = copy.deepcopy(model).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    compiled = torch.compile(frozen, options={"freezing": True})
+    return EagerInference(compiled)
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def should_compile(
+    device_type: str, steps_per_epoch: int, epochs: int, seconds_per_step_estimate: float | None = None
+) -> tuple[bool, str]:
+    """Decide ``--compile auto``: compile when the time it saves exceeds the time it costs.
+
+    Args:
+        device_type: ``"cpu"`` or ``"cuda"`` (others are never compiled).
+        steps_per_epoch: training steps per epoch.
+        epochs: epochs planned.
+        seconds_per_step_estimate: a measured eager step time (e.g. from the first steps); a per-device
+            default for DenseNet-121 otherwise.
+
+    Returns:
+        ``(compile, reason)``, the reason being a sentence for the log.
+    """
+    if device_type not in COMPILE_SECONDS:
+        return False, f"not compiling: no compile estimate for device {device_type!r}"
+    steps = max(0, steps_per_epoch) * max(0, epochs)
+    per_step = seconds_per_step_estimate if seconds_per_step_estimate else SECONDS_PER_STEP[device_type]
+    speedup = COMPILE_SPEEDUP[device_type]
+    cost = COMPILE_SECONDS[device_type]
+    if speedup <= 1:
+        return False, (
+            f"not compiling: on {device_type} a compiled step measured {speedup:.2f}x the eager fast path's speed, "
+            f"and compiling costs ~{cost:,.0f} s"
+        )
+    saved = steps * per_step * (1 - 1 / speedup)
+    verdict = "compiling" if saved > cost else "not compiling"
+    reason = (
+        f"{verdict}: {steps:,} steps x {per_step:.2f} s at an expected {speedup:.2f}x would save ~{saved:,.0f} s, "
+        f"compiling costs ~{cost:,.0f} s on {device_type}"
+    )
+    return saved > cost, reason
+
+
+def tune_malloc() -> str:
+    """Make glibc keep freed memory for reuse instead of returning large blocks to the kernel each time.
+
+    PyTorch frees and reallocates tensors of tens of megabytes every step; glibc serves those with fresh
+    ``mmap`` calls whose pages the kernel must fault in and zero each time (17-35% of CPU time measured
+    here). Turning off ``mmap`` for allocations and trimming (``mallopt``) made DenseNet training and inference
+    as fast as with jemalloc. Does nothing when another allocator is preloaded, off glibc, or when the
+    environment sets ``SEDENSENET_MALLOC=default``. Affects the whole process: call it from applications
+    (the CLI), not from library code.
+
+    Returns:
+        What was done, for the log.
+    """
+    if os.environ.get("SEDENSENET_MALLOC", "").lower() in ("default", "off", "0"):
+        return "allocator left as is (SEDENSENET_MALLOC)"
+    preload = os.environ.get("LD_PRELOAD", "")
+    if any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc")):
+        return f"allocator left as is ({os.path.basename(preload.split(':')[0])} preloaded)"
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        if libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1):
+            return "glibc malloc tuned: no mmap for large blocks, no trimming"
+    return "allocator left as is (not glibc)"
+
+
+def allocator_name() -> str:
+    """Which allocator this process runs with: ``jemalloc``, ``tcmalloc``, ``mimalloc`` or ``glibc``."""
+    with contextlib.suppress(OSError), open("/proc/self/maps") as maps:
+        text = maps.read()
+        for name in ("jemalloc", "tcmalloc", "mimalloc"):
+            if name in text:
+                return name
+    return "glibc"
+
+
+def describe(obj: Any) -> str:
+    """A short name for what :func:`optimize_for_inference` returned."""
+    if isinstance(obj, OnnxRuntimeModule):
+        return "onnxruntime"
+    if isinstance(obj, EagerInference):
+        return "compile" if hasattr(obj.model, "_orig_mod") else "eager"
+    return type(obj).__name__

@@ -1,0 +1,108 @@
+"""predict/evaluate run through the inference fast path by default; every backend gives the same answers;
+``--compile auto`` says what it chose."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from imagegen import CLASSES, make_folder  # noqa: E402
+
+import sedensenet  # noqa: E402
+from sedensenet.cli import main  # noqa: E402
+from sedensenet.engine.predictor import Predictor  # noqa: E402
+from sedensenet.inference import ONNX_MIN_IMAGES, OnnxRuntimeModule  # noqa: E402
+
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+needs_ort = pytest.mark.skipif(not HAS_ORT, reason="onnxruntime and onnx are not installed")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A checkpoint whose BatchNorm running statistics have moved (so folding them is not a no-op)."""
+    root = tmp_path_factory.mktemp("backends")
+    data = make_folder(root / "数据", per_class=6)
+    model = sedensenet.create_model("se_densenet_tiny", num_classes=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(8, 3, 24, 24) * 2 + 0.5).logsumexp(1).mean().backward()
+        opt.step()
+    meta = sedensenet.checkpoint.CheckpointMeta(
+        model=model.config.to_dict(), classes=list(CLASSES), image_size=24, mean=[0.5] * 3, std=[0.25] * 3
+    )
+    path = root / "模型.safetensors"
+    sedensenet.checkpoint.save_checkpoint(path, model, meta)
+    return path, data
+
+
+def _probabilities(path: Path, data: Path, backend: str) -> torch.Tensor:
+    preds = sedensenet.predict(path, data, top_k=2, device="cpu", backend=backend)
+    return torch.tensor([[dict(p.top_k)[c] for c in CLASSES] for p in preds], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("backend", ["auto", "eager", pytest.param("onnxruntime", marks=needs_ort)])
+def test_every_backend_predicts_what_the_reference_modules_do(checkpoint: tuple[Path, Path], backend: str) -> None:
+    path, data = checkpoint
+    reference = _probabilities(path, data, "reference")
+    assert reference.shape == (12, 2)
+    assert (_probabilities(path, data, backend) - reference).abs().max() <= 1e-4
+
+
+def test_auto_uses_onnxruntime_for_large_jobs_only(checkpoint: tuple[Path, Path]) -> None:
+    predictor = Predictor.load(checkpoint[0], device="cpu")
+    small = predictor.runner(images=10)
+    assert not isinstance(small, OnnxRuntimeModule)
+    large = predictor.runner(images=ONNX_MIN_IMAGES)
+    assert isinstance(large, OnnxRuntimeModule) is HAS_ORT
+    assert predictor.runner(images=ONNX_MIN_IMAGES) is large  # exported once, then reused
+
+
+def test_reference_backend_runs_the_unoptimised_modules(checkpoint: tuple[Path, Path]) -> None:
+    predictor = Predictor.load(checkpoint[0], device="cpu", backend="reference")
+    runner = predictor.runner(images=ONNX_MIN_IMAGES)
+    assert runner is predictor.model
+    assert not any(getattr(m, "fast", False) for m in runner.modules())
+
+
+def test_evaluate_cli_takes_a_backend(checkpoint: tuple[Path, Path], tmp_path: Path) -> None:
+    path, data = checkpoint
+    for backend in ("reference", "eager"):
+        out = tmp_path / backend
+        argv = ["evaluate", str(path), "--data", str(data), "--split", "all", "--output", str(out)]
+        assert main([*argv, "--backend", backend, "--device", "cpu", "-q"]) == 0
+        assert (out / "metrics.json").is_file()
+    ref, eager = (
+        json.loads((tmp_path / b / "metrics.json").read_text(encoding="utf-8")) for b in ("reference", "eager")
+    )
+    assert (ref["inference_backend"], eager["inference_backend"]) == ("reference", "eager")
+    assert ref["accuracy"] == eager["accuracy"]
+    assert ref["loss"] == pytest.approx(eager["loss"], abs=1e-5)
+
+
+def test_unknown_backend_is_refused_by_name(checkpoint: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["predict", str(checkpoint[0]), str(checkpoint[1]), "--backend", "tensorrt"])
+    assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown inference backend 'tensorrt'"):
+        Predictor.load(checkpoint[0], device="cpu", backend="tensorrt")
+
+
+def test_compile_auto_logs_its_decision(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = make_folder(tmp_path / "data", per_class=4)
+    caplog.set_level(logging.INFO, logger="sedensenet")
+    sedensenet.train(
+        data=str(data), model="se_densenet_tiny", image_size=16, batch_size=4, epochs=1, compile="auto",
+        project=str(tmp_path / "runs"), device="cpu", workers=0,
+    )  # fmt: skip
+    decision = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--compile auto:")]
+    assert len(decision) == 1
+    assert decision[0].startswith("--compile auto: not compiling: on cpu a compiled step measured")
+    assert not any("compiling the model with torch.compile" in r.getMessage() for r in caplog.records)
