@@ -209,6 +209,19 @@ def should_compile(
     return saved > cost, reason
 
 
+MALLOC_TUNING_ALLOWED = False
+"""Set by applications (the command-line tool) to let training call :func:`tune_malloc` when the run is not in
+memory-efficient mode (tuning trades 5-20% more peak memory for speed, the wrong trade in that mode)."""
+
+
+def tune_malloc_for_training(memory_efficient: bool) -> str | None:
+    """:func:`tune_malloc` when the application allowed it (:data:`MALLOC_TUNING_ALLOWED`) and the run is not
+    memory-efficient; ``None`` when nothing was tried."""
+    if not MALLOC_TUNING_ALLOWED or memory_efficient:
+        return None
+    return tune_malloc()
+
+
 def tune_malloc() -> str:
     """Make glibc keep freed memory for reuse instead of returning large blocks to the kernel each time.
 

@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 import torch
 
-from sedensenet import create_model
+from sedensenet import create_model, inference
 from sedensenet.inference import (
     COMPILE_SECONDS,
     EagerInference,
@@ -120,3 +120,14 @@ def test_tune_malloc_respects_the_opt_out(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("SEDENSENET_MALLOC", "default")
     assert "left as is" in tune_malloc()
     assert allocator_name() in ("glibc", "jemalloc", "tcmalloc", "mimalloc")
+
+
+def test_training_tunes_malloc_only_when_the_app_allows_and_not_memory_efficient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SEDENSENET_MALLOC", "default")  # exercise the decision without changing this process
+    monkeypatch.setattr(inference, "MALLOC_TUNING_ALLOWED", False)
+    assert inference.tune_malloc_for_training(memory_efficient=False) is None  # library use: never
+    monkeypatch.setattr(inference, "MALLOC_TUNING_ALLOWED", True)
+    assert inference.tune_malloc_for_training(memory_efficient=True) is None  # the user asked for less memory
+    assert inference.tune_malloc_for_training(memory_efficient=False) == "allocator left as is (SEDENSENET_MALLOC)"

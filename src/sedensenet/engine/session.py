@@ -17,6 +17,7 @@ from sedensenet.engine import trainer as tr
 from sedensenet.engine.evaluation import write_evaluation
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import evaluate_loader
+from sedensenet.inference import tune_malloc_for_training
 from sedensenet.reports import check_writable, new_run_dir
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ def prepare(config: TrainConfig, run_dir: Path | None = None, device: torch.devi
     ``run_dir`` given (resume) reuses that folder; otherwise a new ``project/name[N]`` is made on rank 0.
     """
     device = device or tr.select_device(config.device)
+    tuned = tune_malloc_for_training(config.memory_efficient)
+    if tuned:
+        log.debug("%s", tuned)
     tr.seed_everything(config.seed)
     splits = scan(config)
     _check_batch(config, splits)
