@@ -224,6 +224,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug output")
 
 
+def _add_inference_flags(p: argparse.ArgumentParser) -> None:
+    """Batch size, device and inference backend: the flags evaluate and predict share."""
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--backend", default="auto", choices=INFERENCE_BACKENDS,
+        help="auto: ONNX Runtime on CPU for 256+ images when installed, else the eager fast path; "
+        "reference: the unoptimised modules",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sedensenet",
@@ -251,26 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="labelled image folder (class sub-folders) or builtin:NAME")
     p.add_argument("--split", default="auto", choices=("auto", "train", "val", "test", "all"))
     p.add_argument("--output", help="folder for the reports (default: RUN/eval_SPLIT)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--backend", default="auto", choices=INFERENCE_BACKENDS,
-        help="auto: ONNX Runtime on CPU for 256+ images when installed, else the eager fast path; "
-        "reference: the unoptimised modules",
-    )  # fmt: skip
+    _add_inference_flags(p)
 
     p = command("predict", cmd_predict)
     p.add_argument("checkpoint", help="checkpoint .safetensors, run folder or exported .onnx")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--output", help="write predictions to a .csv or .json file")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--backend", default="auto", choices=INFERENCE_BACKENDS,
-        help="auto: ONNX Runtime on CPU for 256+ images when installed, else the eager fast path; "
-        "reference: the unoptimised modules",
-    )  # fmt: skip
+    _add_inference_flags(p)
 
     p = command("summary", cmd_summary)
     p.add_argument("model", help="preset name (see 'sedensenet models')")

@@ -392,23 +392,36 @@ def transition_forward(transition: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return transition.conv(pooled)  # (B, C_out, H/2, W/2): pooling first is exact for a 1x1 convolution
 
 
+def _bn_relu_forward(owner: nn.Module, bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:  # fmt: skip
+    """Training BN (batch statistics, running averages updated) + ReLU of ``x`` into the owner's scratch.
+
+    Returns the activation and ``(mean, invstd, scale, shift)``, which :func:`_bn_relu_again` needs.
+    """
+    mean, var = _batch_stats(x)
+    _update_running(bn, mean, var, x.shape[0] * x.shape[2] * x.shape[3])
+    invstd = (var + bn.eps).rsqrt()
+    scale = weight * invstd
+    shift = bias - mean * scale
+    return _bn_relu_again(owner, x, scale, shift), (mean, invstd, scale, shift)
+
+
+def _bn_relu_again(owner: nn.Module, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``relu(x * scale + shift)`` per channel into the owner's scratch (the forward's values, recomputed)."""
+    act = _scratch(owner, tuple(x.shape), x, preferred_format(x))
+    return torch.addcmul(_v(shift), x, _v(scale), out=act).relu_()
+
+
 class _BNReLUPool(torch.autograd.Function):
     """A transition's BN + ReLU + average pooling; BN + ReLU are recomputed in backward into the scratch."""
 
     @staticmethod
     def forward(ctx: Any, owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        bn, pool = owner.norm, owner.pool
-        fmt = preferred_format(x)
-        mean, var = _batch_stats(x)
-        _update_running(bn, mean, var, x.shape[0] * x.shape[2] * x.shape[3])
-        invstd = (var + bn.eps).rsqrt()
-        scale = weight * invstd
-        shift = bias - mean * scale
-        act = _scratch(owner, tuple(x.shape), x, fmt)
-        torch.addcmul(_v(shift), x, _v(scale), out=act).relu_()  # (B, C, H, W)
+        pool = owner.pool
+        act, stats = _bn_relu_forward(owner, owner.norm, x, weight, bias)  # (B, C, H, W)
         pooled = F.avg_pool2d(act, pool.kernel_size, pool.stride, 0, False, pool.count_include_pad)
-        ctx.owner, ctx.fmt = owner, fmt
-        ctx.save_for_backward(x, weight, mean, invstd, scale, shift)
+        ctx.owner = owner
+        ctx.save_for_backward(x, weight, *stats)
         return pooled
 
     @staticmethod
@@ -417,8 +430,7 @@ class _BNReLUPool(torch.autograd.Function):
         x, weight, mean, invstd, scale, shift = ctx.saved_tensors
         owner = ctx.owner
         pool = owner.pool
-        act = _scratch(owner, tuple(x.shape), x, ctx.fmt)
-        torch.addcmul(_v(shift), x, _v(scale), out=act).relu_()
+        act = _bn_relu_again(owner, x, scale, shift)
         kernel, stride = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
         d_act = _aten.avg_pool2d_backward(grad, act, kernel, stride, [0, 0], False, pool.count_include_pad, None)
         d_act = _aten.threshold_backward.grad_input(d_act, act, 0, grad_input=d_act)
@@ -430,7 +442,7 @@ class _BNReLUPool(torch.autograd.Function):
         if d_x is not None:
             # Hand the gradient to the dense block before us in the scratch slot its backward accumulates in,
             # so it need not keep a second copy alive (the engine holds the one we return).
-            d_x = _scratch(owner, tuple(x.shape), x, ctx.fmt, slot=1).copy_(d_x)
+            d_x = _scratch(owner, tuple(x.shape), x, preferred_format(x), slot=1).copy_(d_x)
         return None, d_x, d_w, d_b
 
 
@@ -464,18 +476,10 @@ class _BNReLUMaxPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        bn = owner.norm0
-        fmt = preferred_format(x)
-        mean, var = _batch_stats(x)
-        _update_running(bn, mean, var, x.shape[0] * x.shape[2] * x.shape[3])
-        invstd = (var + bn.eps).rsqrt()
-        scale = weight * invstd
-        shift = bias - mean * scale
-        act = _scratch(owner, tuple(x.shape), x, fmt)
-        torch.addcmul(_v(shift), x, _v(scale), out=act).relu_()
+        act, stats = _bn_relu_forward(owner, owner.norm0, x, weight, bias)
         pooled = _max_pool(owner.pool0, act)[0]
-        ctx.owner, ctx.fmt = owner, fmt
-        ctx.save_for_backward(x, weight, mean, invstd, scale, shift)
+        ctx.owner = owner
+        ctx.save_for_backward(x, weight, *stats)
         return pooled
 
     @staticmethod
@@ -484,8 +488,7 @@ class _BNReLUMaxPool(torch.autograd.Function):
         x, weight, mean, invstd, scale, shift = ctx.saved_tensors
         owner = ctx.owner
         pool = owner.pool0
-        act = _scratch(owner, tuple(x.shape), x, ctx.fmt)
-        torch.addcmul(_v(shift), x, _v(scale), out=act).relu_()
+        act = _bn_relu_again(owner, x, scale, shift)
         _, indices = _max_pool(pool, act)
         d_act = _aten.max_pool2d_with_indices_backward(
             grad, act, _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding),
