@@ -326,12 +326,16 @@ def cuda_settings(args: argparse.Namespace) -> list[Setting]:
         cands.append(Config("ours AMP bf16 + channels_last + compile", "ours",
                             {"amp": True, "channels_last": True, "compile": True}))  # fmt: skip
     steps, warm = args.steps or 10, args.warmup or 3
-    settings = [Setting("train", 224, batch, "caching", tv, cands, steps, warm) for batch in (64, 128)]
+    sizes = ((224, 64), (224, 128), (128, 128))  # both image sizes, the batches a GPU trains with
+    settings = [Setting("train", size, batch, "caching", tv, cands, steps, warm) for size, batch in sizes]
     inf = [
         Config("torchvision AMP bf16 eager", "torchvision", {"amp": True}),
         Config("ours AMP bf16 + channels_last", "ours", {"amp": True, "channels_last": True, "backend": "plain"}),
     ]
-    settings.append(Setting("infer", 224, 128, "caching", tv, inf, steps, warm))
+    if args.compile:
+        inf.append(Config("ours AMP bf16 + channels_last + compile", "ours",
+                          {"amp": True, "channels_last": True, "backend": "plain", "compile": True}))  # fmt: skip
+    settings += [Setting("infer", size, 128, "caching", tv, inf, steps, warm) for size in (224, 128)]
     return settings
 
 
