@@ -7,7 +7,7 @@ candidate step (alternating which goes first), and a candidate's speed ratio is 
 
     python benchmarks/bench.py                 # full run (CPU: about 12-15 minutes on 2 cores)
     python benchmarks/bench.py --quick         # fewer steps and configurations, no compile
-    python benchmarks/bench.py --device cuda   # AMP bf16 + channels_last + compile, batch 64/128
+    python benchmarks/bench.py --device cuda   # AMP bf16 + channels_last + compile, 224 and 128 px
 
 See benchmarks/README.md for what each row means and the latest table.
 """
