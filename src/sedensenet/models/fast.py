@@ -388,7 +388,8 @@ def transition_supported(transition: nn.Module, x: torch.Tensor) -> bool:
 
 def transition_forward(transition: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """BN-ReLU-AvgPool as one node that keeps nothing but its (already kept) input, then the 1x1 convolution."""
-    pooled = _BNReLUPool.apply(transition, x, transition.norm.weight, transition.norm.bias)
+    norm = transition.norm
+    pooled = _BNReLUPool.apply(transition, norm, transition.pool, True, x, norm.weight, norm.bias)
     return transition.conv(pooled)  # (B, C_out, H/2, W/2): pooling first is exact for a 1x1 convolution
 
 
@@ -413,37 +414,52 @@ def _bn_relu_again(owner: nn.Module, x: torch.Tensor, scale: torch.Tensor, shift
 
 
 class _BNReLUPool(torch.autograd.Function):
-    """A transition's BN + ReLU + average pooling; BN + ReLU are recomputed in backward into the scratch."""
+    """BN + ReLU + pooling (a transition's average pooling or the stem's max pooling) as one node that keeps only
+    its input: BN + ReLU, and max pooling's indices, are recomputed in backward into the owner's scratch."""
 
     @staticmethod
-    def forward(ctx: Any, owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        pool = owner.pool
-        act, stats = _bn_relu_forward(owner, owner.norm, x, weight, bias)  # (B, C, H, W)
-        pooled = F.avg_pool2d(act, pool.kernel_size, pool.stride, 0, False, pool.count_include_pad)
-        ctx.owner = owner
+    def forward(
+        ctx: Any, owner: nn.Module, bn: nn.BatchNorm2d, pool: nn.Module, handoff: bool, x: torch.Tensor,
+        weight: torch.Tensor, bias: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        act, stats = _bn_relu_forward(owner, bn, x, weight, bias)  # (B, C, H, W)
+        ctx.owner, ctx.bn, ctx.pool, ctx.handoff = owner, bn, pool, handoff
         ctx.save_for_backward(x, weight, *stats)
-        return pooled
+        return _pool_forward(pool, act)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, mean, invstd, scale, shift = ctx.saved_tensors
-        owner = ctx.owner
-        pool = owner.pool
-        act = _bn_relu_again(owner, x, scale, shift)
-        kernel, stride = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
-        d_act = _aten.avg_pool2d_backward(grad, act, kernel, stride, [0, 0], False, pool.count_include_pad, None)
+        act = _bn_relu_again(ctx.owner, x, scale, shift)
+        d_act = _pool_backward(ctx.pool, grad, act)
         d_act = _aten.threshold_backward.grad_input(d_act, act, 0, grad_input=d_act)
-        want = ctx.needs_input_grad
+        want = ctx.needs_input_grad[4:]
         d_x, d_w, d_b = _aten.native_batch_norm_backward(
-            d_act, x, weight, None, None, mean, invstd, True, owner.norm.eps, [want[1], want[2], want[3]]
+            d_act, x, weight, None, None, mean, invstd, True, ctx.bn.eps, list(want)
         )
         del d_act
-        if d_x is not None:
+        if d_x is not None and ctx.handoff:
             # Hand the gradient to the dense block before us in the scratch slot its backward accumulates in,
             # so it need not keep a second copy alive (the engine holds the one we return).
-            d_x = _scratch(owner, tuple(x.shape), x, preferred_format(x), slot=1).copy_(d_x)
-        return None, d_x, d_w, d_b
+            d_x = _scratch(ctx.owner, tuple(x.shape), x, preferred_format(x), slot=1).copy_(d_x)
+        return None, None, None, None, d_x, d_w, d_b
+
+
+def _pool_forward(pool: nn.Module, act: torch.Tensor) -> torch.Tensor:
+    if isinstance(pool, nn.MaxPool2d):
+        return _max_pool(pool, act)[0]
+    return F.avg_pool2d(act, pool.kernel_size, pool.stride, 0, False, pool.count_include_pad)
+
+
+def _pool_backward(pool: nn.Module, grad: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    kernel, stride = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
+    if isinstance(pool, nn.MaxPool2d):
+        _, indices = _max_pool(pool, act)
+        return _aten.max_pool2d_with_indices_backward(
+            grad, act, kernel, stride, _pair(pool.padding), _pair(pool.dilation), False, indices
+        )
+    return _aten.avg_pool2d_backward(grad, act, kernel, stride, [0, 0], False, pool.count_include_pad, None)
 
 
 def _pair(v: int | tuple[int, ...]) -> list[int]:
@@ -468,39 +484,8 @@ def stem_supported(features: nn.Module, x: torch.Tensor) -> bool:
 def stem_forward(features: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """conv0, then BN-ReLU-max-pool as one node that keeps only conv0's output (indices recomputed)."""
     y = features.conv0(x)  # (B, 64, H/2, W/2)
-    return _BNReLUMaxPool.apply(features, y, features.norm0.weight, features.norm0.bias)
-
-
-class _BNReLUMaxPool(torch.autograd.Function):
-    """The stem's BN + ReLU + max pooling; BN + ReLU and the pooling indices are recomputed in backward."""
-
-    @staticmethod
-    def forward(ctx: Any, owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        act, stats = _bn_relu_forward(owner, owner.norm0, x, weight, bias)
-        pooled = _max_pool(owner.pool0, act)[0]
-        ctx.owner = owner
-        ctx.save_for_backward(x, weight, *stats)
-        return pooled
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, mean, invstd, scale, shift = ctx.saved_tensors
-        owner = ctx.owner
-        pool = owner.pool0
-        act = _bn_relu_again(owner, x, scale, shift)
-        _, indices = _max_pool(pool, act)
-        d_act = _aten.max_pool2d_with_indices_backward(
-            grad, act, _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding),
-            _pair(pool.dilation), False, indices,
-        )  # fmt: skip
-        del indices
-        d_act = _aten.threshold_backward.grad_input(d_act, act, 0, grad_input=d_act)
-        want = ctx.needs_input_grad
-        d_x, d_w, d_b = _aten.native_batch_norm_backward(
-            d_act, x, weight, None, None, mean, invstd, True, owner.norm0.eps, [want[1], want[2], want[3]]
-        )
-        return None, d_x, d_w, d_b
+    norm = features.norm0
+    return _BNReLUPool.apply(features, norm, features.pool0, False, y, norm.weight, norm.bias)
 
 
 def _max_pool(pool: nn.MaxPool2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
