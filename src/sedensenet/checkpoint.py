@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sedensenet.errors import UserError
 from sedensenet.fileio import atomic_write
 from sedensenet.models.densenet import DenseNet, DenseNetConfig
 
@@ -25,7 +26,7 @@ FORMAT_VERSION = 1
 _META_KEY = "sedensenet"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint or resume-state file that cannot be used; the message names the file and the problem."""
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from sedensenet.errors import UserError
+
 INFERENCE_BACKENDS = ("auto", "onnxruntime", "eager", "compile", "reference")
 """How predict and evaluate run batches: ``auto`` (ONNX Runtime on CPU for 256+ images when installed, else
 ``eager``), ``onnxruntime``, ``eager`` (the model's fast path: one buffer per dense block, BN folded, channels_last
@@ -38,7 +40,7 @@ RESUME_MAY_CHANGE = frozenset(
 (a different ``batch_size`` changes the results from there on; the others do not)."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A setting that cannot work; the message says which and what to change."""
 
 

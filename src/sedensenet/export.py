@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from sedensenet.checkpoint import FORMAT_VERSION, CheckpointError, CheckpointMeta, load_checkpoint
+from sedensenet.errors import UserError
 from sedensenet.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ _META_KEY = "sedensenet"
 _SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export that cannot be made or that does not reproduce the eager model; the message says why."""
 
 

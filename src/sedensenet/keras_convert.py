@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from sedensenet.checkpoint import CheckpointMeta, save_checkpoint
+from sedensenet.errors import UserError
 from sedensenet.models.densenet import DenseNet
 from sedensenet.models.registry import get_preset, model_config
 
@@ -54,7 +55,7 @@ KERAS_STD = [1 / 255, 1 / 255, 1 / 255]
 _MAX_LISTED = 12  # names shown per category in an error message
 
 
-class KerasConvertError(ValueError):
+class KerasConvertError(UserError, ValueError):
     """A Keras file that cannot be converted; the message names the file, the layers and the shapes involved."""
 
 

@@ -33,6 +33,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from sedensenet.errors import UserError
 from sedensenet.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ _IGNORED_DIRS = {"__macosx"}
 _VAL_NAMES = ("val", "validation")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A problem with the user's data: the message names the folder or file and says what to do."""
 
 

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from sedensenet.data import normalize_batch
+from sedensenet.errors import UserError
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or Inf."""
 
 

@@ -23,6 +23,7 @@ from sedensenet.data import DataSplits, ImageFolderDataset, build_transforms, co
 from sedensenet.engine import distributed as dist
 from sedensenet.engine.loop import EpochResult, NonFiniteLossError, StepSettings, evaluate_loader, train_one_epoch
 from sedensenet.engine.progress import EpochProgress
+from sedensenet.errors import UserError
 from sedensenet.fileio import atomic_write_json, atomic_write_text
 from sedensenet.models import DenseNet, create_model
 from sedensenet.reports import plot_curves, write_history_csv
@@ -330,7 +331,7 @@ class StopRequest:
         return self.signum is not None
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(UserError, RuntimeError):
     """Training stopped on a signal; the run folder holds the last complete epoch and ``command`` continues it.
 
     ``exit_code`` is 128 + the signal number (130 for SIGINT, 143 for SIGTERM), as a shell reports it.
@@ -342,11 +343,11 @@ class TrainingInterrupted(RuntimeError):
         self.exit_code = 128 + signum
 
 
-class RunWriteError(RuntimeError):
+class RunWriteError(UserError, RuntimeError):
     """A file of the run folder could not be written (disk full, permissions); the message names it."""
 
 
-class TrainingOutOfMemoryError(RuntimeError):
+class TrainingOutOfMemoryError(UserError, RuntimeError):
     """The device ran out of memory during training; the message says which settings to change."""
 
 

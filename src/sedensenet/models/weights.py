@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sedensenet.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # torchvision's published files (torchvision.models.DenseNet121_Weights.IMAGENET1K_V1 and friends).
@@ -30,7 +32,7 @@ _OLD_KEY = re.compile(
 )
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A weights file that cannot be used: unreadable, unsafe, or for another architecture."""
 
 

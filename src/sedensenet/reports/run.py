@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from sedensenet.errors import UserError
 from sedensenet.fileio import atomic_write_json, atomic_write_text
 from sedensenet.reports.metrics import ClassificationReport
 
@@ -62,7 +63,7 @@ _REASONS = {
 }
 
 
-class RunDirError(OSError):
+class RunDirError(UserError, OSError):
     """A run folder that cannot be created or written; the message names it and says why.
 
     ``errno`` and ``filename`` carry the underlying error's code and the folder, when known.

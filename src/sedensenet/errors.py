@@ -1,0 +1,13 @@
+"""The one base class of errors a user can act on.
+
+The CLI prints such an error's message and exits with status 2 (or the error's ``exit_code``), without a
+traceback: the message names the problem and what to change. Any other exception is a bug and is shown with its
+traceback under ``-v``. Subclasses keep their standard base too (``ValueError``, ``OSError`` ...), so callers that
+catch those still do.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input, files or machine, with a message that says what to do about it."""
