@@ -162,14 +162,15 @@ def _expected_gates(checkpoint: Path, data: Path, layer: str) -> np.ndarray:
     """Per-class mean gates computed directly, without the code under test."""
     model, meta = load_checkpoint(checkpoint)
     se = model.se_modules()[layer]
-    se.keep_gate = True
+    seen: list[torch.Tensor] = []
+    se.gate.register_forward_hook(lambda module, inputs, output: seen.append(output.flatten(1)))
     transform = build_transforms(16, False, "none", MEAN, STD, in_chans=3)
     rows = []
     for name in CLASSES:
         x = torch.stack([transform(load_image(p)) for p in sorted((data / name).iterdir())])
         with torch.no_grad():
             model(x)
-        rows.append(se.last_gate.mean(0).numpy())
+        rows.append(seen.pop().mean(0).numpy())
     return np.stack(rows)
 
 

@@ -9,7 +9,7 @@ path (recomputing inside the block) only runs in training mode; Grad-CAM runs in
 same maps for both.
 
 SE channel weights: for every image of a labelled folder the gate vector of one SE layer is recorded
-(through :attr:`SqueezeExcite.keep_gate`), averaged per true class and compared between classes.
+(by a forward hook on its ``gate`` submodule), averaged per true class and compared between classes.
 """
 
 from __future__ import annotations
@@ -292,20 +292,16 @@ def _collect_gates(predictor: Any, module: SqueezeExcite, samples: list[Any], ba
     """Gate vectors ``(N, C)`` of ``module`` for every sample and the labels they belong to ``(N,)``."""
     gates: list[torch.Tensor] = []
 
-    def hook(mod: SqueezeExcite, inputs: Any, output: Any) -> None:
-        gates.append(mod.last_gate.float().cpu())  # (B, C)
+    def hook(gate: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        gates.append(output.detach().flatten(1).float().cpu())  # (B, C)
 
-    keep = module.keep_gate
-    module.keep_gate = True
-    handle = module.register_forward_hook(hook)
+    handle = module.gate.register_forward_hook(hook)
     try:
         # The predictor's own loop: same preprocessing, channel handling and bad-file policy as `evaluate`;
         # its targets come from the loader, so they stay aligned with the gates even if a file is replaced.
         result = predictor.run_samples(samples, batch_size)
     finally:
         handle.remove()
-        module.keep_gate = keep
-        module.last_gate = None
     return torch.cat(gates).numpy().astype(np.float64), np.asarray(result.targets)
 
 

@@ -215,9 +215,11 @@ def test_squeeze_excite() -> None:
     assert SqueezeExcite(1920).rd_channels == 120  # the paper's r=16
     assert make_divisible(21.375, 8) == 24 and make_divisible(21.375) == 21
     x = torch.rand(2, 64, 5, 5)
-    se.keep_gate = True
+    seen: list[torch.Tensor] = []
+    se.gate.register_forward_hook(lambda module, inputs, output: seen.append(output.flatten(1)))
     y = se(x)
-    gate = se.last_gate
+    gate = seen[0]
+    assert not hasattr(se, "last_gate") and set(dict(se.named_children())) == {"fc1", "act", "fc2", "gate"}
     assert gate.shape == (2, 64) and ((gate > 0) & (gate < 1)).all()
     assert_close(y, x * gate[:, :, None, None])
     with pytest.raises(ValueError, match="rd_ratio"):

@@ -25,8 +25,8 @@ class SqueezeExcite(nn.Module):
     reduction ratio, r=16 by default). The two 1x1 convolutions are the paper's two fully connected
     layers (both with bias) and work on channels_last tensors unchanged.
 
-    The last gate values are kept in ``last_gate`` when ``keep_gate`` is set, so the attention a
-    model learned can be read back (``sedensenet explain``).
+    The gate is a submodule of its own (as in timm's ``SEModule``), so the attention a model learned can be
+    read back with a forward hook on ``se.gate`` (``sedensenet explain`` does); the module keeps no state.
     """
 
     def __init__(
@@ -53,15 +53,10 @@ class SqueezeExcite(nn.Module):
         self.act = act()
         self.fc2 = nn.Conv2d(rd_channels, channels, kernel_size=1, bias=True)
         self.gate = gate()
-        self.keep_gate = False
-        self.last_gate: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
-        g = self.gate(self.fc2(self.act(self.fc1(s))))  # (B, C, 1, 1)
-        if self.keep_gate:
-            self.last_gate = g.detach().flatten(1)
-        return x * g
+        return x * self.gate(self.fc2(self.act(self.fc1(s))))  # gate: (B, C, 1, 1)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, rd_channels={self.rd_channels}"
