@@ -5,18 +5,13 @@ The data package knows nothing of models or training: it turns a folder (or ``"b
 """
 
 from sedensenet.data.builtin import BUILTIN, default_cache_dir, is_builtin, resolve_data, write_builtin
-from sedensenet.data.folder import (
-    DEFAULT_MAX_PIXELS,
+from sedensenet.data.images import DEFAULT_MAX_PIXELS, DataError, ImageFolderDataset, Sample, check_image, load_image
+from sedensenet.data.scan import (
     IMG_EXTENSIONS,
-    DataError,
     DataSplits,
-    ImageFolderDataset,
-    Sample,
     Skipped,
-    check_image,
     find_classes,
     is_image_file,
-    load_image,
     scan_folder,
     write_skipped_csv,
 )

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sedensenet.data.folder import DataError
+from sedensenet.data.images import DataError
 
 logger = logging.getLogger(__name__)
 

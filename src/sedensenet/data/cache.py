@@ -23,7 +23,7 @@ from numpy.lib.format import open_memmap
 from torchvision.transforms.v2 import functional as TF
 
 from sedensenet.data.builtin import default_cache_dir
-from sedensenet.data.folder import ImageFolderDataset, Sample, load_image
+from sedensenet.data.images import ImageFolderDataset, Sample, load_image
 from sedensenet.data.transforms import image_channels
 
 logger = logging.getLogger(__name__)

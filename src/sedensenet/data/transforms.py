@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torchvision.transforms import v2
 
-from sedensenet.data.folder import DataError, Sample, load_image
+from sedensenet.data.images import DataError, Sample, load_image
 
 logger = logging.getLogger(__name__)
 

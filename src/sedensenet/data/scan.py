@@ -1,4 +1,4 @@
-"""Scan a class-per-folder image tree, check every file up front, split it, and load images.
+"""Scan a class-per-folder image tree, check every file up front, and split it into train / val / test.
 
 Two layouts are understood (class names are the sorted sub-folder names, as torchvision's ``ImageFolder`` and
 Keras' ``image_dataset_from_directory`` do):
@@ -14,49 +14,30 @@ Every file with an image extension is decoded once before training; files that c
 from __future__ import annotations
 
 import csv
-import errno
 import hashlib
 import logging
 import math
 import os
-import re
-import stat
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset
+from PIL import Image
 
-from sedensenet.errors import UserError
+from sedensenet.data.images import DEFAULT_MAX_PIXELS, DataError, Sample, check_image
 from sedensenet.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-DEFAULT_MAX_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: 1024 * 1024 * 1024 // 4 // 3
 SPLITS = ("train", "val", "test")
 
 _IGNORED_FILES = {"thumbs.db", "desktop.ini"}
 _IGNORED_DIRS = {"__macosx"}
 _VAL_NAMES = ("val", "validation")
-
-
-class DataError(UserError, ValueError):
-    """A problem with the user's data: the message names the folder or file and says what to do."""
-
-
-@dataclass
-class Sample:
-    """One usable image and its class index."""
-
-    path: Path
-    label: int
 
 
 @dataclass
@@ -137,63 +118,6 @@ def find_classes(directory: str | os.PathLike) -> list[str]:
             "(or train/<class>/ and val/<class>/ folders)"
         )
     return classes
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Checking one file
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _unreadable(exc: OSError) -> str:
-    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
-        return "unreadable: permission denied"
-    if isinstance(exc, FileNotFoundError):
-        return "unreadable: file not found (deleted, or a broken link)"
-    return f"unreadable: {exc.strerror or exc}"
-
-
-def _too_large(exc: Exception, max_pixels: int) -> str:
-    match = re.search(r"\((\d+) pixels\)", str(exc))
-    if match is None:
-        return f"too large: {exc}"
-    pixels = int(match.group(1))
-    if pixels > max_pixels:
-        return f"too large: {pixels} pixels > limit {max_pixels}"
-    # The caller allowed more than PIL does: PIL's own limit refused it while opening.
-    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-    return f"too large: {pixels} pixels > PIL limit {limit} (raise PIL.Image.MAX_IMAGE_PIXELS as well)"
-
-
-def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
-    """Decode ``path`` fully and return ``None`` when it is usable, else a short reason to skip it.
-
-    The pixel count is read from the header and checked before any pixel is decoded, so a decompression
-    bomb costs nothing. Never raises; special files (pipes, devices) are refused without being opened.
-    """
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        return _unreadable(exc)
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    if st.st_size == 0:
-        return "empty file (0 bytes)"
-    try:
-        with Image.open(path) as im:  # reads only the header
-            pixels = im.width * im.height
-            if pixels > max_pixels:
-                return f"too large: {pixels} pixels > limit {max_pixels}"
-            im.load()  # full decode: catches truncated and corrupt data
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return _too_large(exc, max_pixels)
-    except UnidentifiedImageError:
-        return "not an image (cannot identify image file)"
-    except (PermissionError, FileNotFoundError) as exc:
-        return _unreadable(exc)
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error... on bad data
-        detail = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
-        return f"truncated or corrupt image: {detail}"
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -447,127 +371,3 @@ def write_skipped_csv(skipped: Iterable[Skipped], path: str | os.PathLike) -> Pa
             for item in skipped:
                 writer.writerow([os.fspath(item.path), item.reason])
     return Path(path)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _target_mode(in_chans: int) -> str:
-    if not isinstance(in_chans, int) or in_chans < 1:
-        raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
-    return {1: "L", 3: "RGB", 4: "RGBA"}.get(in_chans, "RGB")
-
-
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer and float images to 8-bit ``L`` by scaling, never by clipping."""
-    arr = np.asarray(im)
-    if arr.dtype.kind == "f":
-        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        in_unit = arr.size == 0 or (arr.min() >= 0 and arr.max() <= 1)
-        lo, hi = (0.0, 1.0) if in_unit else (float(arr.min()), float(arr.max()))
-    elif im.mode.startswith("I;16") or (arr.size and arr.min() >= 0 and arr.max() <= 65535):
-        lo, hi = 0.0, 65535.0  # the full 16-bit range: the same as dividing by 257
-    else:
-        lo, hi = float(arr.min()), float(arr.max())
-    scaled = (arr.astype(np.float64) - lo) * (255.0 / max(hi - lo, 1e-12))
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
-
-
-def _convert(im: Image.Image, mode: str) -> Image.Image:
-    if im.mode.startswith("I") or im.mode == "F":
-        im = _to_8bit(im)
-    elif im.mode in ("P", "PA"):
-        # Palette transparency is expanded first (PIL warns when it is dropped by a direct convert).
-        has_alpha = im.mode == "PA" or "transparency" in im.info
-        im = im.convert("RGBA" if has_alpha else "RGB")
-    if im.mode == mode:
-        return im
-    try:
-        return im.convert(mode)
-    except ValueError:  # a conversion PIL has no direct path for (e.g. LAB to L): go through RGB
-        return im.convert("RGB").convert(mode)
-
-
-def load_image(path: str | os.PathLike, in_chans: int = 3) -> Image.Image:
-    """Open an image as the model will see it.
-
-    The EXIF orientation is applied; an animated GIF/WebP/TIFF gives its first frame. Every mode is converted
-    to ``L`` for ``in_chans=1``, ``RGB`` for 3 and ``RGBA`` for 4; other counts get ``RGB`` and
-    :class:`ImageFolderDataset` repeats its channels. RGBA to RGB drops the alpha channel (as torchvision's
-    and Keras' loaders do), 16-bit images are scaled to 8 bits (divided by 257), float images from [0, 1]
-    (or their own range), CMYK and palette images converted by PIL.
-
-    Raises:
-        OSError, ValueError, PIL.Image.DecompressionBombError: the file cannot be decoded.
-    """
-    mode = _target_mode(in_chans)
-    with Image.open(path) as im:
-        im.load()  # the pixels stay in memory after the file is closed
-        try:
-            ImageOps.exif_transpose(im, in_place=True)
-        except Exception as exc:  # malformed EXIF: use the pixels as stored
-            logger.debug("ignoring bad EXIF orientation in %s: %s", path, exc)
-        return _convert(im, mode)
-
-
-class ImageFolderDataset(Dataset):
-    """Samples from :func:`scan_folder` as ``(tensor C x H x W float32, label)`` pairs.
-
-    Without a transform, images become tensors in [0, 1] at their own size. When ``in_chans`` is not 1, 3 or
-    4, the RGB channels are repeated in turn (R, G, B, R, ...) to ``in_chans`` after the transform.
-
-    A file that passed the scan but fails to load later (changed or deleted on disk) does not stop an epoch:
-    a warning is logged once for it, its index is remembered as bad, and the next good sample is returned in
-    its place (so the batch keeps its size; the label is that sample's). With ``DataLoader`` workers each
-    worker keeps its own set of bad indices.
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        transform: Callable[[Image.Image], torch.Tensor] | None = None,
-        in_chans: int = 3,
-    ) -> None:
-        _target_mode(in_chans)
-        self.samples = list(samples)
-        self.transform = transform
-        self.in_chans = in_chans
-        self.bad: set[int] = set()
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    @property
-    def targets(self) -> list[int]:
-        """The label of every sample, in order."""
-        return [s.label for s in self.samples]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        n = len(self.samples)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} samples")
-        for step in range(n):
-            i = (index + step) % n
-            if i in self.bad:
-                continue
-            sample = self.samples[i]
-            try:
-                image = load_image(sample.path, self.in_chans)
-            except Exception as exc:  # any decode failure: the file changed after the scan
-                self.bad.add(i)
-                logger.warning("cannot load %s (%s); using the next image instead", sample.path, exc)
-                continue
-            return self._to_tensor(image), sample.label
-        raise DataError(f"none of the {n} images could be loaded: were they moved or deleted after the scan?")
-
-    def _to_tensor(self, image: Image.Image) -> torch.Tensor:
-        if self.transform is not None:
-            x = self.transform(image)
-        else:
-            x = torch.from_numpy(np.array(image, dtype=np.float32, copy=True) / 255.0)
-            x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1).contiguous()  # (C, H, W)
-        if isinstance(x, torch.Tensor) and x.ndim == 3 and x.shape[0] != self.in_chans:
-            x = x[[c % x.shape[0] for c in range(self.in_chans)]]  # (in_chans, H, W)
-        return x
