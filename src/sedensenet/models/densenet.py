@@ -22,7 +22,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import nn
 
-from sedensenet.models import fast as _fast
+from sedensenet.models import fast
+from sedensenet.models.fast_storage import ScratchKey
 from sedensenet.models.se import SqueezeExcite
 
 SE_PLACEMENTS = ("head", "block", "transition", "layer")
@@ -181,11 +182,9 @@ class DenseLayer(nn.Module):
 class DenseBlock(nn.ModuleDict):
     """``num_layers`` dense layers, each fed the concatenation of the block input and all earlier outputs.
 
-    Training runs the concatenating path below (in channels_last on CPU it was the fastest we measured), except
-    with ``memory_efficient``, where :mod:`sedensenet.models.fast` keeps one shared feature buffer and recomputes
-    BN + ReLU in backward instead of checkpointing; inference without autograd also uses a buffer there, with
-    ``norm2`` folded into ``conv1``. ``fast = False`` (or :func:`set_fast`) always selects the reference path,
-    as torch.compile, tracing and export do.
+    Memory-efficient training and inference without autograd take the fast paths of :mod:`sedensenet.models.fast`
+    where they apply; ``fast = False`` (or :func:`set_fast`) always runs the reference path below.
+    ``scratch_key`` names the scratch storage the fast paths share with the rest of the network.
     """
 
     fast: bool = True
@@ -200,8 +199,10 @@ class DenseBlock(nn.ModuleDict):
         norm_eps: float = 1e-5,
         memory_efficient: bool = False,
         se_config: DenseNetConfig | None = None,
+        scratch_key: ScratchKey | None = None,
     ) -> None:
         super().__init__()
+        self.scratch_key = scratch_key if scratch_key is not None else ScratchKey()
         for i in range(num_layers):
             layer = DenseLayer(
                 num_input_features + i * growth_rate,
@@ -215,8 +216,8 @@ class DenseBlock(nn.ModuleDict):
             self.add_module(f"denselayer{i + 1}", layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast and _fast.block_supported(self, x):
-            return _fast.dense_block_forward(self, x)
+        if self.fast and fast.block_applies(self, x):
+            return fast.forward_block(self, x)
         features = [x]
         for layer in self.values():
             features.append(layer(features))
@@ -226,18 +227,25 @@ class DenseBlock(nn.ModuleDict):
 class Transition(nn.Sequential):
     """BN-ReLU-Conv1x1(compression * C)-[SE]-AvgPool2x2: halves the resolution between dense blocks.
 
-    Without SE the fast path pools before the 1x1 convolution: both are linear per pixel and channel, so
-    they commute exactly (up to rounding), and the convolution then runs on a quarter of the pixels.
+    Without SE the fast path pools before the 1x1 convolution (both are linear per pixel and channel, so they
+    commute exactly, up to rounding); ``memory_efficient`` recomputes BN + ReLU in backward instead of keeping them.
     """
 
     fast: bool = True
-    memory_efficient: bool = False
-    """Set by :class:`DenseNet` from its config: recompute BN + ReLU in backward instead of keeping them."""
 
     def __init__(
-        self, num_input_features: int, num_output_features: int, norm_eps: float = 1e-5, se: nn.Module | None = None
+        self,
+        num_input_features: int,
+        num_output_features: int,
+        norm_eps: float = 1e-5,
+        se: nn.Module | None = None,
+        *,
+        memory_efficient: bool = False,
+        scratch_key: ScratchKey | None = None,
     ) -> None:
         super().__init__()
+        self.memory_efficient = memory_efficient
+        self.scratch_key = scratch_key if scratch_key is not None else ScratchKey()
         self.add_module("norm", nn.BatchNorm2d(num_input_features, eps=norm_eps))
         self.add_module("relu", nn.ReLU(inplace=True))
         self.add_module("conv", nn.Conv2d(num_input_features, num_output_features, kernel_size=1, bias=False))
@@ -246,12 +254,8 @@ class Transition(nn.Sequential):
         self.add_module("pool", nn.AvgPool2d(kernel_size=2, stride=2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.conv
-        plain = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.bias is None and conv.padding == (0, 0)
-        if self.fast and plain and "se" not in self._modules and _fast.rewrites_ok() and not _fast.has_hooks(self):
-            if self.memory_efficient and _fast.transition_supported(self, x):
-                return _fast.transition_forward(self, x)
-            return self.conv(self.pool(self.relu(self.norm(x))))  # pool first: conv1x1 on H/2 x W/2
+        if self.fast and fast.transition_applies(self, x):
+            return fast.forward_transition(self, x)
         return super().forward(x)
 
 
@@ -262,7 +266,8 @@ class DenseNet(nn.Module):
     (``H/4`` for the CIFAR stem with three blocks), ``forward_head`` pools and classifies it.
 
     On CPU the fast path runs the network in ``channels_last`` layout (oneDNN's preferred one); the values
-    are the same, and ``fast = False`` (or :func:`set_fast`) keeps the caller's layout.
+    are the same, and ``fast = False`` (or :func:`set_fast`) keeps the caller's layout. ``scratch_key`` names the
+    one scratch storage its parts' fast paths share (:mod:`sedensenet.models.fast`).
     """
 
     fast: bool = True
@@ -274,6 +279,7 @@ class DenseNet(nn.Module):
         elif overrides:
             config = DenseNetConfig.from_dict({**config.to_dict(), **overrides})
         self.config = config
+        self.scratch_key = ScratchKey()  # one scratch storage for the fast paths of the stem, blocks and transitions
         c = config
         placement = set(c.se_placement)
         if c.stem == "imagenet":
@@ -298,6 +304,7 @@ class DenseNet(nn.Module):
                 norm_eps=c.norm_eps,
                 memory_efficient=c.memory_efficient,
                 se_config=c if "layer" in placement else None,
+                scratch_key=self.scratch_key,
             )
             self.features.add_module(f"denseblock{i}", block)
             num_features += num_layers * c.growth_rate
@@ -306,8 +313,10 @@ class DenseNet(nn.Module):
             if i != len(c.block_config):
                 out_features = int(num_features * c.compression)
                 se = _se(out_features, c) if "transition" in placement else None
-                transition = Transition(num_features, out_features, c.norm_eps, se)
-                transition.memory_efficient = c.memory_efficient
+                transition = Transition(
+                    num_features, out_features, c.norm_eps, se,
+                    memory_efficient=c.memory_efficient, scratch_key=self.scratch_key,
+                )  # fmt: skip
                 self.features.add_module(f"transition{i}", transition)
                 num_features = out_features
         if "head" in placement:
@@ -320,11 +329,6 @@ class DenseNet(nn.Module):
         self.classifier: nn.Module = nn.Linear(num_features, c.num_classes) if c.num_classes else nn.Identity()
         self._min_size = c.min_input_size()
         self._init_weights()
-        key = _fast.ScratchKey()  # one scratch storage for the fast paths of the stem, blocks and transitions
-        self.features.scratch_key = key
-        for m in self.features.children():
-            if isinstance(m, (DenseBlock, Transition)):
-                m.scratch_key = key
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -362,14 +366,8 @@ class DenseNet(nn.Module):
         """Image batch -> final feature map after norm5 and ReLU."""
         if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
             self.check_input(x)
-            if self.fast and x.device.type == "cpu" and _fast.plain_eager():
-                x = x.contiguous(memory_format=torch.channels_last)
-        if self.fast and self.config.memory_efficient and self.training and _fast.stem_supported(self.features, x):
-            x = _fast.stem_forward(self.features, x)  # conv0 + norm0/relu0/pool0 keeping only conv0's output
-            for name, module in self.features.named_children():
-                if name not in ("conv0", "norm0", "relu0", "pool0"):
-                    x = module(x)
-            return x
+        if self.fast and fast.features_applies(self, x):
+            return fast.forward_features(self, x)
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
