@@ -37,7 +37,8 @@ shared scratch, and ``norm2`` folded into ``conv1`` (it directly follows it).
 Results equal the reference path up to float rounding (tests/perf compare outputs, gradients and running
 statistics, exactly in float64). The fast paths step aside whenever their assumptions do not hold: tracing,
 scripting, ``torch.compile``, dispatch modes (FLOP counting), autocast, hooks on the layers, per-layer SE,
-dropout in training, BN without affine parameters, and gradients through a block in eval mode.
+dropout in training, BN without affine parameters, any normalisation other than a plain ``nn.BatchNorm2d``
+(``SyncBatchNorm`` must gather its statistics across processes itself), and gradients through a block in eval mode.
 Not thread-safe per network (the scratch storage is shared): run one forward or backward of a model at a time.
 """
 
@@ -100,8 +101,9 @@ def has_hooks(module: nn.Module) -> bool:
 
 
 def _plain_bn(norm: nn.Module) -> bool:
-    """BatchNorm with affine parameters, whose statistics the fast paths compute themselves."""
-    return norm.affine
+    """Exactly ``nn.BatchNorm2d`` with affine parameters: the fast paths compute its statistics themselves, which
+    would silently bypass a subclass such as ``SyncBatchNorm`` (statistics gathered over every process)."""
+    return type(norm) is nn.BatchNorm2d and norm.affine
 
 
 def _usable_input(x: torch.Tensor) -> bool:
