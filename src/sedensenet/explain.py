@@ -210,7 +210,7 @@ def explain_images(
     """
     from sedensenet.api import resolve_checkpoint
     from sedensenet.engine.predictor import expand_inputs
-    from sedensenet.engine.trainer import select_device
+    from sedensenet.engine.device import select_device
     from sedensenet.reports import plot_gradcam_grid
 
     if method not in METHODS:
@@ -375,7 +375,7 @@ def se_channel_weights(
     """
     from sedensenet.api import resolve_checkpoint
     from sedensenet.engine.predictor import Predictor
-    from sedensenet.engine.trainer import select_device
+    from sedensenet.engine.device import select_device
 
     source = resolve_checkpoint(checkpoint)
     dev = select_device(device)

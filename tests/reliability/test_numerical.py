@@ -16,7 +16,7 @@ import sedensenet
 from sedensenet.cli import main
 from sedensenet.engine import trainer
 from sedensenet.engine.loop import NonFiniteLossError
-from sedensenet.engine.trainer import TrainingOutOfMemoryError
+from sedensenet.engine.faults import TrainingOutOfMemoryError
 
 SETTINGS = dict(FAST, epochs=3)
 KEPT = ("weights/last.safetensors", "weights/best.safetensors", "state/last.pt", "history.csv", "curves.png")
