@@ -81,18 +81,8 @@ def _epochs(ctx: RunContext, progress: bool, interrupt: StopRequest) -> History:
         raise
 
 
-def open_tensorboard(run_dir: Path) -> Any:
-    """A SummaryWriter logging to ``run_dir/tensorboard``; None (with a warning) without the tensorboard package."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.warning("--tensorboard needs the tensorboard package: pip install 'sedensenet[tensorboard]'; "
-                    "continuing without it")  # fmt: skip
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-
 def _train_epochs(ctx: RunContext, progress: bool, interrupt: StopRequest) -> History:
+    """Each epoch: train, validate, step the schedule, record; stop early, on request, or after the last."""
     c = ctx.config
     if c.patience and ctx.state.bad_epochs >= c.patience:  # resuming a run that had already stopped early
         log.info("the run stopped early after epoch %d (patience %d): nothing to train", ctx.state.epoch, c.patience)
@@ -226,6 +216,17 @@ def _write_epoch(ctx: RunContext, epoch: int, row: dict[str, float], is_best: bo
             write(path)
         except Exception as e:  # OSError, or what safetensors / torch.save / matplotlib make of one
             raise RunWriteError(write_failure(ctx, path, epoch, e)) from e
+
+
+def open_tensorboard(run_dir: Path) -> Any:
+    """A SummaryWriter logging to ``run_dir/tensorboard``; None (with a warning) without the tensorboard package."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("--tensorboard needs the tensorboard package: pip install 'sedensenet[tensorboard]'; "
+                    "continuing without it")  # fmt: skip
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
 def write_run_header(ctx: RunContext) -> None:
