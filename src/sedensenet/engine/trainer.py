@@ -223,7 +223,7 @@ def open_tensorboard(run_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        log.warning("--tensorboard needs the tensorboard package: pip install 'sedensenet[tensorboard]'; "
+        log.warning("--tensorboard needs the tensorboard package: pip install tensorboard (the extra [tensorboard]); "
                     "continuing without it")  # fmt: skip
         return None
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
