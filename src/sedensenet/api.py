@@ -5,12 +5,8 @@ Each function returns plain values and logs through ``logging``; the CLI is a th
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +83,7 @@ def train(
     """
     from sedensenet.engine import distributed as dist
     from sedensenet.engine import session
+    from sedensenet.engine.faults import stop_on_signals
     from sedensenet.engine.trainer import fit, write_run_header
     from sedensenet.fileio import remove_stale_temporaries
 
@@ -110,7 +107,7 @@ def train(
         log_file = _log_to(ctx.run_dir / "train.log") if dist.is_main() else None
         try:
             log.info("run folder: %s  (%s)", ctx.run_dir, _data_summary(ctx.splits))
-            with _stop_on_signals(enabled=not dist.is_distributed()) as interrupt:
+            with stop_on_signals(enabled=not dist.is_distributed()) as interrupt:
                 history = fit(ctx, progress=progress, interrupt=interrupt)
             metrics = session.finish(ctx)
         finally:
@@ -134,43 +131,6 @@ def _check_image_size(cfg: TrainConfig) -> None:
             f"{smallest}x{smallest} pixels (it is made for {usual}); use --image-size {max(smallest, min(usual, 64))} "
             f"or more, or a model for small images (se_densenet_bc_100 takes 32x32)"
         )
-
-
-@contextlib.contextmanager
-def _stop_on_signals(enabled: bool = True) -> Iterator[Any]:
-    """While training, SIGINT and SIGTERM ask the loop to stop after the current step; a second one aborts.
-
-    Handlers can only be installed from the main thread; elsewhere (and when ``enabled`` is False, e.g. under
-    torchrun, where each process would see the signal at a different step) the default behaviour stays.
-    The previous handlers are restored on the way out.
-    """
-    from sedensenet.engine.trainer import StopRequest
-
-    stop = StopRequest()
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    owner = os.getpid()
-
-    def handler(signum: int, frame: Any) -> None:
-        if os.getpid() != owner:  # a forked DataLoader worker inherited this handler: the main process decides
-            return
-        if stop:
-            raise KeyboardInterrupt  # the second signal: abort now (files on disk stay whole: atomic writes)
-        stop.signum = signum
-        log.warning(
-            "%s: stopping after this step; the last complete epoch is kept (press Ctrl-C again to abort now)",
-            signal.Signals(signum).name,
-        )
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, h in previous.items():
-            if h is not None:  # None: a handler installed outside Python, which cannot be put back
-                signal.signal(s, h)
 
 
 def _log_to(path: Path) -> logging.Handler:

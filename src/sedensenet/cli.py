@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sedensenet import __version__
-from sedensenet.config import INFERENCE_BACKENDS
+from sedensenet.config import DEFAULT_MODEL, INFERENCE_BACKENDS
 
 log = logging.getLogger("sedensenet")
 
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("convert-keras", cmd_convert_keras)
     p.add_argument("file", help="Keras file: tf.keras 2 .h5 (model or weights), Keras 3 .weights.h5, or .keras")
     p.add_argument("--output", required=True, help="checkpoint to write (.safetensors)")
-    p.add_argument("--model", default="keras_se_densenet201", help="preset the Keras model corresponds to")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="preset the Keras model corresponds to")
     p.add_argument("--num-classes", type=int, help="classes of the Keras model (read from the file by default)")
     p.add_argument("--blocks", help="the tutorial's block list, e.g. 6,12,48,32 (read from the file by default)")
     p.add_argument("--classes", help="class names in index order, comma-separated (Keras files do not store them)")

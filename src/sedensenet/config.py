@@ -40,6 +40,10 @@ RESUME_MAY_CHANGE = frozenset(
 (a different ``batch_size`` changes the results from there on; the others do not)."""
 
 
+DEFAULT_MODEL = "keras_se_densenet201"
+"""The preset used when none is named: the tutorial's model."""
+
+
 class ConfigError(UserError, ValueError):
     """A setting that cannot work; the message says which and what to change."""
 
@@ -50,7 +54,7 @@ class TrainConfig:
 
     data: str = ""
     """Image folder (one sub-folder per class, or train/ val/ [test/] inside) or ``builtin:digits|faces``."""
-    model: str = "keras_se_densenet201"
+    model: str = DEFAULT_MODEL
     """Preset name (``sedensenet models`` lists them); the tutorial's model by default."""
     image_size: int = 224
     """Images are resized to this square size."""
@@ -97,7 +101,8 @@ class TrainConfig:
     """Decode every image once into a memory-mapped uint8 cache at the training size, reused across epochs and
     runs (rebuilt when files change); augmentation then works on the resized image."""
     workers: int = -1
-    """DataLoader worker processes (-1: one per CPU core, at most 8)."""
+    """DataLoader worker processes (-1: on a GPU one per CPU core, at most 8; on the CPU one per four cores beyond
+    the first two, since loader processes compete with the model's own threads there)."""
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
     amp: str = "auto"

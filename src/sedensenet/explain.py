@@ -209,8 +209,8 @@ def explain_images(
         ValueError: an unknown method or target class (the message lists the classes).
     """
     from sedensenet.api import resolve_checkpoint
+    from sedensenet.engine.device import select_device
     from sedensenet.engine.predictor import expand_inputs
-    from sedensenet.engine.trainer import select_device
     from sedensenet.reports import plot_gradcam_grid
 
     if method not in METHODS:
@@ -370,8 +370,8 @@ def se_channel_weights(
         ValueError: the model has no SE layers, or an unknown ``se_layer`` (the message lists them).
     """
     from sedensenet.api import resolve_checkpoint
+    from sedensenet.engine.device import select_device
     from sedensenet.engine.predictor import Predictor
-    from sedensenet.engine.trainer import select_device
 
     source = resolve_checkpoint(checkpoint)
     dev = select_device(device)

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from sedensenet.checkpoint import CheckpointMeta, save_checkpoint
+from sedensenet.config import DEFAULT_MODEL
 from sedensenet.errors import UserError
 from sedensenet.models.densenet import DenseNet
 from sedensenet.models.registry import get_preset, model_config
@@ -515,7 +516,7 @@ def _missing_label(slot: Slot, slots: Sequence[Slot], kf: KerasFile) -> str:
 
 def convert_keras(
     path: str | os.PathLike,
-    model: str = "keras_se_densenet201",
+    model: str = DEFAULT_MODEL,
     num_classes: int | None = None,
     blocks: Sequence[int] | None = None,
     classes: Sequence[str] | None = None,
@@ -641,7 +642,7 @@ def _listing(items: Sequence[str]) -> str:
 def convert_keras_file(
     path: str | os.PathLike,
     output: str | os.PathLike,
-    model: str = "keras_se_densenet201",
+    model: str = DEFAULT_MODEL,
     num_classes: int | None = None,
     blocks: Sequence[int] | None = None,
     classes: Sequence[str] | None = None,

@@ -15,8 +15,8 @@ from torch import nn
 import sedensenet
 from sedensenet.cli import main
 from sedensenet.engine import trainer
+from sedensenet.engine.faults import TrainingOutOfMemoryError
 from sedensenet.engine.loop import NonFiniteLossError
-from sedensenet.engine.trainer import TrainingOutOfMemoryError
 
 SETTINGS = dict(FAST, epochs=3)
 KEPT = ("weights/last.safetensors", "weights/best.safetensors", "state/last.pt", "history.csv", "curves.png")

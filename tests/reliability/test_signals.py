@@ -21,7 +21,7 @@ from torch import nn
 import sedensenet
 from sedensenet import checkpoint as ckpt
 from sedensenet.cli import main
-from sedensenet.engine.trainer import TrainingInterrupted
+from sedensenet.engine.faults import TrainingInterrupted
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 SETTINGS = dict(FAST, epochs=8, drop_rate=0.1, scheduler="cosine")

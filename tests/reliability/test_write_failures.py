@@ -18,7 +18,7 @@ import sedensenet
 from sedensenet import checkpoint as ckpt
 from sedensenet.cli import main
 from sedensenet.engine import trainer
-from sedensenet.engine.trainer import RunWriteError
+from sedensenet.engine.faults import RunWriteError
 from sedensenet.fileio import atomic_write_text, remove_stale_temporaries
 from sedensenet.reports import run as run_module
 from sedensenet.reports.run import RunDirError

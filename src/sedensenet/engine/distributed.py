@@ -14,8 +14,9 @@ import os
 import numpy as np
 import torch
 import torch.distributed as tdist
+from torch import nn
 
-from sedensenet.engine.loop import EpochResult
+from sedensenet.engine.loop import EpochResult, weighted_loss
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,12 @@ def reduce_epoch(res: EpochResult, device: torch.device) -> EpochResult:
     return EpochResult(loss_sum / n, correct / n, int(n), res.seconds)
 
 
-def gather_eval(res: EpochResult, device: torch.device) -> EpochResult:
-    """Concatenate every process's evaluation outputs, so each sees the metrics of the whole split."""
+def gather_eval(res: EpochResult, device: torch.device, criterion: nn.Module | None) -> EpochResult:
+    """Concatenate every process's evaluation outputs, so each sees the metrics of the whole split.
+
+    The loss is :func:`~sedensenet.engine.loop.weighted_loss` with ``criterion``'s class weights, as one process
+    computes it.
+    """
     if not is_distributed():
         return res
     parts: list = [None] * world_size()
@@ -95,4 +100,5 @@ def gather_eval(res: EpochResult, device: torch.device) -> EpochResult:
     targets = np.concatenate([p[1] for p in parts])
     losses = np.concatenate([p[2] for p in parts])
     accuracy = float((probs.argmax(1) == targets).mean()) if len(targets) else float("nan")
-    return EpochResult(float(losses.mean()), accuracy, len(targets), max(p[3] for p in parts), probs, targets, losses)
+    loss = weighted_loss(criterion, targets, losses)
+    return EpochResult(loss, accuracy, len(targets), max(p[3] for p in parts), probs, targets, losses)

@@ -142,17 +142,20 @@ def evaluate_loader(
     p = torch.cat(probs).numpy()
     t = torch.cat(targets).numpy()
     per_sample = torch.cat(losses).numpy()
-    weighted = _weighted_loss(criterion, torch.from_numpy(t), per_sample)
+    weighted = weighted_loss(criterion, t, per_sample)
     accuracy = float((p.argmax(1) == t).mean())
     return EpochResult(weighted, accuracy, len(t), seconds, p, t, per_sample)
 
 
-def _weighted_loss(criterion: nn.Module, targets: torch.Tensor, per_sample: np.ndarray) -> float:
-    """Validation loss with the training criterion's class weights (as Keras reports ``val_loss``)."""
+def weighted_loss(criterion: nn.Module | None, targets: np.ndarray, per_sample: np.ndarray) -> float:
+    """Validation loss with the training criterion's class weights (as Keras reports ``val_loss``).
+
+    The one definition of ``val_loss``: one process and the gathered outputs of several give the same number.
+    """
     weight = getattr(criterion, "weight", None)
     if weight is None:
-        return float(per_sample.mean())
-    w = weight.detach().cpu().double()[targets]
+        return float(per_sample.mean()) if len(per_sample) else math.nan
+    w = weight.detach().cpu().double()[torch.as_tensor(targets, dtype=torch.long)]
     return float((torch.from_numpy(per_sample).double() * w).sum() / w.sum())
 
 

@@ -57,7 +57,7 @@ class Predictor:
         Runtime on CPU for jobs of 256 images or more when it is installed, else the model's eager fast path.
         """
         from sedensenet.api import resolve_checkpoint
-        from sedensenet.engine.trainer import select_device
+        from sedensenet.engine.device import select_device
 
         dev = select_device(device)
         if isinstance(source, nn.Module):

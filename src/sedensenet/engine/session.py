@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from sedensenet import checkpoint as ckpt
 from sedensenet.config import TrainConfig
 from sedensenet.data import DataSplits, resolve_data, scan_folder
+from sedensenet.engine import build
 from sedensenet.engine import distributed as dist
-from sedensenet.engine import trainer as tr
+from sedensenet.engine.device import seed_everything, select_device, step_settings
 from sedensenet.engine.evaluation import write_evaluation
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import evaluate_loader
+from sedensenet.engine.state import RunContext, restore
 from sedensenet.inference import tune_malloc_for_training
 from sedensenet.reports import check_writable, new_run_dir
 
@@ -32,38 +36,30 @@ def scan(config: TrainConfig) -> DataSplits:
     return splits
 
 
-def prepare(config: TrainConfig, run_dir: Path | None = None, device: torch.device | None = None) -> tr.RunContext:
+def prepare(
+    config: TrainConfig, run_dir: Path | None = None, device: torch.device | None = None, epochs_done: int = 0
+) -> RunContext:
     """Everything a run needs, in order: device, data, model, optimiser, run folder.
 
     ``run_dir`` given (resume) reuses that folder; otherwise a new ``project/name[N]`` is made on rank 0.
+    ``epochs_done``: the epochs a resumed run has behind it (``--compile auto`` weighs the remaining ones).
     """
-    device = device or tr.select_device(config.device)
+    device = device or select_device(config.device)
     tuned = tune_malloc_for_training(config.memory_efficient)
     if tuned:
         log.debug("%s", tuned)
-    tr.seed_everything(config.seed)
+    seed_everything(config.seed)
     splits = scan(config)
     _check_batch(config, splits)
-    model = tr.build_model(config, num_classes=len(splits.classes)).to(device)
-    settings, scaler = tr.step_settings(config, device)
+    model = build.build_model(config, num_classes=len(splits.classes)).to(device)
+    settings, scaler = step_settings(config, device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    mean, std = tr.normalization(config, splits)
+    mean, std = build.normalization(config, splits)
     settings.mean, settings.std = _channel_stats(mean, std, config.in_chans, device)
-    train_set, val_set = tr.make_datasets(config, splits, mean, std)
-    replicas, rank = dist.world_size(), dist.rank()
-    batch = dist.local_batch_size(config.batch_size)
-    train_loader = make_loader(train_set, batch, config.seed, True, device, config.workers, replicas, rank)
-    val_loader = (
-        make_loader(val_set, batch, config.seed, False, device, config.workers, replicas, rank)
-        if val_set is not None
-        else None
-    )
-    weights = tr.class_weight_tensor(config, splits)
-    criterion = nn.CrossEntropyLoss(
-        weight=weights.to(device) if weights is not None else None, label_smoothing=config.label_smoothing
-    )
-    optimizer = tr.build_optimizer(config, model)
+    cache = build.open_cache(config, splits)
+    train_loader, val_loader = _loaders(config, splits, mean, std, cache, device)
+    optimizer = build.build_optimizer(config, model)
     meta = ckpt.CheckpointMeta(
         model=model.config.to_dict(), classes=splits.classes, image_size=config.image_size,
         mean=list(mean), std=list(std),
@@ -71,14 +67,49 @@ def prepare(config: TrainConfig, run_dir: Path | None = None, device: torch.devi
     )  # fmt: skip
     if run_dir is None:
         run_dir = _new_run_dir(config)
-    wrapped = _wrap(model, config, device, len(train_loader))
-    ctx = tr.RunContext(
-        config, run_dir, splits, model, wrapped, optimizer, tr.build_scheduler(config, optimizer),
-        scaler, criterion, settings, train_loader, val_loader, meta, tr.History(), tr.TrainState(),
-    )  # fmt: skip
-    if config.tensorboard and dist.is_main():
-        ctx.writer = _tensorboard(run_dir)
-    return ctx
+    return RunContext(
+        config=config,
+        run_dir=run_dir,
+        splits=splits,
+        model=model,
+        train_model=_wrap(model, config, device, len(train_loader), config.epochs - epochs_done),
+        optimizer=optimizer,
+        scheduler=build.build_scheduler(config, optimizer),
+        scaler=scaler,
+        criterion=_criterion(config, splits, device),
+        settings=settings,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        meta=meta,
+        cache=cache,
+    )
+
+
+def _loaders(
+    config: TrainConfig,
+    splits: DataSplits,
+    mean: Sequence[float],
+    std: Sequence[float],
+    cache: Any,
+    device: torch.device,
+) -> tuple[DataLoader, DataLoader | None]:
+    """This process's shard of the training split (shuffled) and of the validation split (None when empty)."""
+    replicas, rank = dist.world_size(), dist.rank()
+    batch = dist.local_batch_size(config.batch_size)
+    train_set = build.make_dataset(config, splits.train, mean, std, train=True, cache=cache)
+    train_loader = make_loader(train_set, batch, config.seed, True, device, config.workers, replicas, rank)
+    if not splits.val:
+        return train_loader, None
+    val_set = build.make_dataset(config, splits.val, mean, std, train=False, cache=cache)
+    return train_loader, make_loader(val_set, batch, config.seed, False, device, config.workers, replicas, rank)
+
+
+def _criterion(config: TrainConfig, splits: DataSplits, device: torch.device) -> nn.Module:
+    """Cross-entropy with the run's label smoothing and (``class_weights='auto'``) class weights."""
+    weights = build.class_weight_tensor(config, splits)
+    return nn.CrossEntropyLoss(
+        weight=weights.to(device) if weights is not None else None, label_smoothing=config.label_smoothing
+    )
 
 
 def _channel_stats(
@@ -113,8 +144,13 @@ def _new_run_dir(config: TrainConfig) -> Path:
     return Path(run_dir)
 
 
-def _wrap(model: nn.Module, config: TrainConfig, device: torch.device, steps_per_epoch: int) -> nn.Module:
-    """The module the training loop calls: SyncBN and DDP when distributed, torch.compile when asked."""
+def _wrap(
+    model: nn.Module, config: TrainConfig, device: torch.device, steps_per_epoch: int, epochs_left: int
+) -> nn.Module:
+    """The module the training loop calls: SyncBN and DDP when distributed, torch.compile when asked.
+
+    ``--compile auto`` weighs the cost of compiling against the ``epochs_left`` this process will train.
+    """
     wrapped: nn.Module = model
     if dist.is_distributed():
         if config.sync_bn:
@@ -128,7 +164,7 @@ def _wrap(model: nn.Module, config: TrainConfig, device: torch.device, steps_per
     if config.compile == "auto":
         from sedensenet.inference import should_compile
 
-        compile_now, reason = should_compile(device.type, steps_per_epoch, config.epochs)
+        compile_now, reason = should_compile(device.type, steps_per_epoch, epochs_left)
         log.info("--compile auto: %s", reason)
     if compile_now:
         log.info("compiling the model with torch.compile (the first steps are slow)")
@@ -136,16 +172,7 @@ def _wrap(model: nn.Module, config: TrainConfig, device: torch.device, steps_per
     return wrapped
 
 
-def _tensorboard(run_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.warning("--tensorboard needs the tensorboard package: pip install tensorboard; continuing without it")
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-
-def resume(run_dir: Path, overrides: dict[str, Any] | None = None, device: torch.device | None = None) -> tr.RunContext:
+def resume(run_dir: Path, overrides: dict[str, Any] | None = None, device: torch.device | None = None) -> RunContext:
     """Rebuild a run from its folder (config.yaml, weights/last.safetensors, state/last.pt) to continue it."""
     from sedensenet.config import RESUME_MAY_CHANGE, resolve_config
 
@@ -158,19 +185,27 @@ def resume(run_dir: Path, overrides: dict[str, Any] | None = None, device: torch
             f"--resume continues the run as configured; only {sorted(RESUME_MAY_CHANGE)} may change, not {bad}"
         )
     config = resolve_config(overrides, config_file=run_dir / "config.yaml")
-    ctx = prepare(config, run_dir=run_dir, device=device)
     state = ckpt.load_state(run_dir / "state" / "last.pt")
+    ctx = prepare(config, run_dir=run_dir, device=device, epochs_done=_epochs_done(state))
     if "model" not in state:  # a state written before it carried its own copy of the weights
         last = run_dir / "weights" / "last.safetensors"
         tensors, _ = ckpt.read_checkpoint(last)
         ckpt.check_state_dict(last, tensors, ctx.model.state_dict())
         ctx.model.load_state_dict(tensors)
-    tr.restore(ctx, state)
+    restore(ctx, state)
     log.info("resuming %s after epoch %d of %d", run_dir, ctx.state.epoch, config.epochs)
     return ctx
 
 
-def finish(ctx: tr.RunContext) -> dict[str, Any]:
+def _epochs_done(state: dict[str, Any]) -> int:
+    """The completed epochs a resume state records; 0 when unreadable (:func:`restore` then names the problem)."""
+    try:
+        return max(0, int(state["epoch"]))
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+def finish(ctx: RunContext) -> dict[str, Any]:
     """Evaluate the best weights on val (and test) and write the reports (rank 0); returns the metrics."""
     if not dist.is_main():
         return {}
@@ -180,14 +215,11 @@ def finish(ctx: tr.RunContext) -> dict[str, Any]:
         ckpt.check_state_dict(best, tensors, ctx.model.state_dict())
         ctx.model.load_state_dict(tensors)
     results: dict[str, Any] = {}
-    from sedensenet.engine.trainer import make_datasets
-
-    c = ctx.config
+    c, mean, std = ctx.config, ctx.meta.mean, ctx.meta.std
     for split, samples in (("val", ctx.splits.val), ("test", ctx.splits.test)):
         if not samples:
             continue
-        tf_splits = DataSplits(ctx.splits.root, ctx.splits.classes, [], samples, [], [])
-        _, dataset = make_datasets(c, tf_splits, tuple(ctx.meta.mean), tuple(ctx.meta.std))
+        dataset = build.make_dataset(c, samples, mean, std, train=False, cache=ctx.cache)
         loader = make_loader(dataset, c.batch_size, c.seed, False, ctx.settings.device, c.workers)
         res = evaluate_loader(ctx.model, loader, ctx.criterion, ctx.settings)
         out = ctx.run_dir if split == "val" else ctx.run_dir / "test"

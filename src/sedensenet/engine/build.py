@@ -1,0 +1,176 @@
+"""What a run is made of: model, optimiser, scheduler, class weights, normalisation and datasets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sedensenet import checkpoint as ckpt
+from sedensenet.config import TrainConfig
+from sedensenet.data import DataSplits, ImageFolderDataset, Sample, build_transforms, compute_mean_std
+from sedensenet.models import DenseNet, create_model
+
+log = logging.getLogger(__name__)
+
+
+def build_model(config: TrainConfig, num_classes: int) -> DenseNet:
+    """The preset with this run's classes and channels; ImageNet or user weights loaded when asked."""
+    model = create_model(
+        config.model,
+        num_classes=num_classes,
+        in_chans=config.in_chans,
+        pretrained=config.pretrained,
+        memory_efficient=config.memory_efficient,
+        drop_rate=config.drop_rate,
+        head_drop_rate=config.head_drop_rate,
+    )
+    if config.weights:
+        _load_initial_weights(model, Path(config.weights))
+    return model
+
+
+def _load_initial_weights(model: DenseNet, path: Path) -> None:
+    from sedensenet.models.weights import load_pretrained
+
+    if path.suffix == ".safetensors":
+        try:
+            tensors, meta = ckpt.read_checkpoint(path)
+        except ckpt.CheckpointError:
+            tensors = None  # not ours: try it as torchvision weights below
+        if tensors is not None:
+            _check_same_body(path, meta, model)
+            own = model.state_dict()
+            keep = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
+            skipped = sorted(set(own) - set(keep))
+            if not any(k.startswith("features.") for k in keep):
+                raise ckpt.CheckpointError(f"{path} is a checkpoint of another architecture ({meta.preset})")
+            model.load_state_dict(keep, strict=False)
+            log.info("initialised from %s; %d keys kept fresh: %s", path, len(skipped), skipped[:4])
+            return
+    load_pretrained(model, path, arch=None)
+
+
+_BODY = ("growth_rate", "block_config", "num_init_features", "bn_size", "compression", "stem")
+"""The settings that make two DenseNets the same architecture apart from SE layers, classifier and channels."""
+
+
+def _check_same_body(path: Path, meta: ckpt.CheckpointMeta, model: DenseNet) -> None:
+    ours = {k: getattr(model.config, k) for k in _BODY}
+    theirs = {k: meta.model.get(k) for k in _BODY}
+    if isinstance(theirs["block_config"], list):
+        theirs["block_config"] = tuple(theirs["block_config"])
+    diff = [f"{k} {theirs[k]} vs {ours[k]}" for k in _BODY if theirs[k] != ours[k]]
+    if diff:
+        raise ckpt.CheckpointError(
+            f"{path} is a checkpoint of another architecture ({meta.preset or 'unknown preset'}: "
+            f"{', '.join(diff)} in the file vs --model {model.config.extra.get('preset', '')}); --weights needs the "
+            "same DenseNet body (SE layers and the classifier may differ)"
+        )
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam (the tutorial's), AdamW or SGD with Nesterov momentum; no weight decay on BN and biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
+    """Per-epoch schedule: cosine after linear warm-up, or reduce-on-plateau of val_loss, or none."""
+    if config.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=max(1, config.patience // 2))
+    if config.scheduler == "cosine":
+        warm = min(config.warmup_epochs, config.epochs - 1)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs - warm))
+        if warm == 0:
+            return cosine
+        linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warm + 1), total_iters=warm)
+        return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warm])
+    if config.warmup_epochs:
+        return torch.optim.lr_scheduler.LinearLR(
+            optimizer, start_factor=1.0 / (config.warmup_epochs + 1), total_iters=config.warmup_epochs
+        )
+    return None
+
+
+def class_weight_tensor(config: TrainConfig, splits: DataSplits) -> torch.Tensor | None:
+    """Inverse-frequency weights (scikit-learn's 'balanced') when ``class_weights='auto'``."""
+    if config.class_weights != "auto":
+        return None
+    counts = np.bincount([s.label for s in splits.train], minlength=len(splits.classes)).astype(np.float64)
+    weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    log.info("class weights: %s", dict(zip(splits.classes, np.round(weights, 3).tolist(), strict=True)))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def set_frozen(model: DenseNet, frozen: bool) -> None:
+    """Freeze everything but the classifier and SE layers (new when starting from ImageNet weights)."""
+    trainable = {id(p) for p in model.classifier.parameters()}
+    for se in model.se_modules().values():
+        trainable |= {id(p) for p in se.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(not frozen or id(p) in trainable)
+
+
+def freeze_bn_stats(model: nn.Module) -> None:
+    """Put frozen BatchNorm layers (plain or synchronised) in eval mode: their statistics stay fixed too, as
+    Keras advises for fine-tuning."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.requires_grad:
+            m.eval()
+
+
+def normalization(config: TrainConfig, splits: DataSplits) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet statistics (per channel, averaged for grayscale) or those of the training split."""
+    from sedensenet.data import IMAGENET_MEAN, IMAGENET_STD
+
+    if config.normalize == "dataset":
+        return compute_mean_std(splits.train, config.image_size, in_chans=config.in_chans)
+    if config.in_chans == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    mean, std = float(np.mean(IMAGENET_MEAN)), float(np.mean(IMAGENET_STD))
+    return (mean,) * config.in_chans, (std,) * config.in_chans
+
+
+def open_cache(config: TrainConfig, splits: DataSplits) -> Any:
+    """The decoded-image cache of every split (``--cache``), decoded once and shared by all datasets; else None."""
+    if not config.cache:
+        return None
+    from sedensenet.data.cache import ImageCache
+
+    return ImageCache.build(splits.train + splits.val + splits.test, config.image_size, config.in_chans)
+
+
+def make_dataset(
+    config: TrainConfig,
+    samples: Sequence[Sample],
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    train: bool,
+    cache: Any = None,
+) -> ImageFolderDataset:
+    """A dataset over ``samples``: augmented when ``train``; read from ``cache`` (see :func:`open_cache`) if given."""
+    augment = config.augment if train else "none"
+    vflip = config.vflip and train
+    # From the cache, uint8 goes all the way to the device: StepSettings.to_device normalises whole batches.
+    tf = build_transforms(
+        config.image_size, train, augment, mean, std, vflip=vflip, in_chans=config.in_chans, normalize=cache is None
+    )
+    if cache is not None:
+        from sedensenet.data.cache import CachedImageDataset
+
+        return CachedImageDataset(samples, cache, tf, config.in_chans)
+    return ImageFolderDataset(samples, transform=tf, in_chans=config.in_chans)
