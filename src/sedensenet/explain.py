@@ -208,7 +208,7 @@ def explain_images(
     Raises:
         ValueError: an unknown method or target class (the message lists the classes).
     """
-    from sedensenet.api import resolve_checkpoint
+    from sedensenet.checkpoint import resolve_checkpoint
     from sedensenet.engine.predictor import expand_inputs
     from sedensenet.engine.trainer import select_device
     from sedensenet.reports import plot_gradcam_grid
@@ -373,7 +373,7 @@ def se_channel_weights(
     Raises:
         ValueError: the model has no SE layers, or an unknown ``se_layer`` (the message lists them).
     """
-    from sedensenet.api import resolve_checkpoint
+    from sedensenet.checkpoint import resolve_checkpoint
     from sedensenet.engine.predictor import Predictor
     from sedensenet.engine.trainer import select_device
 
