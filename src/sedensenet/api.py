@@ -56,7 +56,7 @@ def training_config(
         overrides["data"] = data
     spec = overrides.get("data") or (load_yaml(config).get("data") if config else None)
     if not spec:
-        raise ValueError("no data given: pass a folder of images (one sub-folder per class) or builtin:digits")
+        raise ConfigError("no data given: pass a folder of images (one sub-folder per class) or builtin:digits")
     recommended: dict[str, Any] = {}
     if is_builtin(str(spec)):
         name = str(spec).split(":", 1)[1]

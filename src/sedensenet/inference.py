@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from sedensenet.checkpoint import CheckpointError, CheckpointMeta, meta_from_json
-from sedensenet.config import INFERENCE_BACKENDS
+from sedensenet.config import INFERENCE_BACKENDS, ConfigError
 from sedensenet.models import set_fast
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ def optimize_for_inference(
         A module to call on image batches; ONNX Runtime and compiled modules hold a snapshot of the weights.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown inference backend {backend!r}: choose from {list(BACKENDS)}")
+        raise ConfigError(f"unknown inference backend {backend!r}: choose from {list(BACKENDS)}")
     model.eval()
     if backend == "reference":
         set_fast(model, False)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from sedensenet import checkpoint as ckpt
+from sedensenet.config import ConfigError
 from sedensenet.data import (
     IMG_EXTENSIONS,
     DataError,
@@ -63,7 +64,7 @@ class Predictor:
         self, model: nn.Module, meta: ckpt.CheckpointMeta, device: torch.device, backend: str = "auto"
     ) -> None:
         if backend not in BACKENDS:
-            raise ValueError(f"unknown inference backend {backend!r}: choose from {list(BACKENDS)}")
+            raise ConfigError(f"unknown inference backend {backend!r}: choose from {list(BACKENDS)}")
         self.model = model.to(device).eval()
         self.meta = meta
         self.device = device
@@ -187,7 +188,7 @@ def _choose_split(splits: DataSplits, split: str) -> list[Sample]:
         return splits.train + splits.val + splits.test
     chosen = {"train": splits.train, "val": splits.val, "test": splits.test}.get(split)
     if chosen is None:
-        raise ValueError(f"unknown split {split!r}: choose auto, train, val, test or all")
+        raise ConfigError(f"unknown split {split!r}: choose auto, train, val, test or all")
     if not chosen:
         raise DataError(f"{splits.root} has no {split} split")
     return chosen
