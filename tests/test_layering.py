@@ -175,3 +175,14 @@ def test_the_checks_see_the_cycle_this_file_was_written_for(tmp_path: Path, monk
     }
     assert find_cycles(graph) == [["sedensenet.api", "sedensenet.engine.predictor", "sedensenet.api"]]
     assert upward_imports(graph) == ["sedensenet.engine.predictor (layer 4) imports sedensenet.api (layer 6)"]
+
+
+def test_names_that_moved_down_stay_importable_from_their_old_homes() -> None:
+    from sedensenet import api, checkpoint, export, inference
+    from sedensenet.engine import predictor
+
+    assert api.resolve_checkpoint is checkpoint.resolve_checkpoint
+    assert api.Prediction is predictor.Prediction
+    assert api.probabilities_to_rows is predictor.probabilities_to_rows
+    assert export.OnnxModel is inference.OnnxModel
+    assert inference.BACKENDS == ("auto", "onnxruntime", "eager", "compile", "reference")
