@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from sedensenet import checkpoint as ckpt
+from sedensenet.checkpoint import resolve_checkpoint
 from sedensenet.config import ConfigError, TrainConfig, resolve_config
+from sedensenet.engine.predictor import Prediction, probabilities_to_rows
+
+__all__ = ["Prediction", "TrainResult", "evaluate", "load_model", "predict", "probabilities_to_rows",
+           "resolve_checkpoint", "train", "training_config"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ def training_config(
         overrides["data"] = data
     spec = overrides.get("data") or (load_yaml(config).get("data") if config else None)
     if not spec:
-        raise ValueError("no data given: pass a folder of images (one sub-folder per class) or builtin:digits")
+        raise ConfigError("no data given: pass a folder of images (one sub-folder per class) or builtin:digits")
     recommended: dict[str, Any] = {}
     if is_builtin(str(spec)):
         name = str(spec).split(":", 1)[1]
@@ -154,33 +158,10 @@ def _data_summary(splits: Any) -> str:
     )
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A run folder means its ``weights/best.safetensors`` (or ``last`` when no best exists)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best", "last"):
-            candidate = path / "weights" / f"{name}.safetensors"
-            if candidate.is_file():
-                return candidate
-        raise ckpt.CheckpointError(f"{path} has no weights/best.safetensors or weights/last.safetensors")
-    return path
-
-
 def load_model(path: str | os.PathLike, device: str = "cpu") -> torch.nn.Module:
     """Load a checkpoint (or a run folder's best one) as an eval-mode model carrying ``.classes`` and ``.meta``."""
     model, _ = ckpt.load_checkpoint(resolve_checkpoint(path), map_location=device)
     return model
-
-
-@dataclass
-class Prediction:
-    """One file's prediction: the top class, its probability and the top-k list; ``error`` when unreadable."""
-
-    path: str
-    label: str | None = None
-    probability: float | None = None
-    top_k: list[tuple[str, float]] = field(default_factory=list)
-    error: str | None = None
 
 
 def predict(
@@ -194,7 +175,7 @@ def predict(
     """Classify image files (folders are searched recursively); unreadable files get an error entry.
 
     ``backend``: how batches run (``auto``, ``onnxruntime``, ``eager``, ``compile`` or ``reference``, the
-    unoptimised modules); see :data:`sedensenet.engine.predictor.INFERENCE_BACKENDS`.
+    unoptimised modules); see :data:`sedensenet.inference.BACKENDS`.
     """
     from sedensenet.engine.predictor import Predictor
 
@@ -221,17 +202,3 @@ def evaluate(
 
     predictor = Predictor.load(model, device=device, backend=backend)
     return predictor.evaluate_folder(data, split=split, output=output, batch_size=batch_size)
-
-
-def probabilities_to_rows(preds: list[Prediction]) -> list[dict[str, Any]]:
-    """Flat rows for CSV/JSON output: path, label, probability, top-k as ``class:prob`` pairs, error."""
-    return [
-        {
-            "path": p.path,
-            "label": p.label or "",
-            "probability": "" if p.probability is None else round(float(p.probability), 6),
-            "top_k": ";".join(f"{c}:{np.round(s, 6)}" for c, s in p.top_k),
-            "error": p.error or "",
-        }
-        for p in preds
-    ]

@@ -66,7 +66,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: CheckpointM
 
     model = _unwrap(model)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    header = {_META_KEY: json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **asdict(meta)}, ensure_ascii=False)}
+    header = {_META_KEY: meta_to_json(meta)}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
 
@@ -87,6 +87,17 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
         raise CheckpointError(
             f"{path} has no sedensenet metadata; for plain torchvision weights use create_model(..., pretrained=FILE)"
         )
+    return tensors, meta_from_json(raw, path)
+
+
+def meta_to_json(meta: CheckpointMeta, kind: str = FORMAT) -> str:
+    """``meta`` as the JSON text stored in checkpoints (``kind`` = :data:`FORMAT`) and exported files."""
+    return json.dumps({"format": kind, "version": FORMAT_VERSION, **asdict(meta)}, ensure_ascii=False)
+
+
+def meta_from_json(raw: str | bytes, source: str | os.PathLike) -> CheckpointMeta:
+    """Rebuild the metadata stored by :func:`meta_to_json`; :class:`CheckpointError` naming ``source`` when it is
+    malformed or written by a newer sedensenet."""
     try:
         d = json.loads(raw)
         if not isinstance(d, dict):
@@ -95,11 +106,23 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
         version = d.pop("version", None)
         meta = CheckpointMeta(**d)
         _check_meta(meta)
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: its metadata is malformed ({e})") from None
-    if version is not None and version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer sedensenet (format {version}); please upgrade")
-    return tensors, meta
+    except (json.JSONDecodeError, TypeError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise CheckpointError(f"{source}: its metadata is malformed ({e})") from None
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise CheckpointError(f"{source} was written by a newer sedensenet (format {version}); please upgrade")
+    return meta
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A run folder means its ``weights/best.safetensors`` (or ``last`` when no best exists); a file is itself."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best", "last"):
+            candidate = path / "weights" / f"{name}.safetensors"
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{path} has no weights/best.safetensors or weights/last.safetensors")
+    return path
 
 
 def _check_meta(meta: CheckpointMeta) -> None:

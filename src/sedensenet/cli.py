@@ -8,23 +8,27 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import csv
 import dataclasses
 import inspect
 import io
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sedensenet import __version__
-from sedensenet.config import DEFAULT_MODEL, INFERENCE_BACKENDS
+from sedensenet.config import DEFAULT_MODEL, INFERENCE_BACKENDS, ConfigError
+from sedensenet.errors import UserError
 
 log = logging.getLogger("sedensenet")
 
-# Errors that are the user's to fix (bad data, settings, files, a full disk, NaN loss): one line, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FloatingPointError, OSError)
+REPORT_BUGS_AT = "the sedensenet issue tracker"
+"""Where a bug is reported when the package's metadata names no ``Project-URL: Issues`` (pyproject's
+``[project.urls]``)."""
 
 
 def _field_docs(cls: type) -> dict[str, str]:
@@ -175,11 +179,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Grad-CAM heat-maps for images, and the SE channel weights each class receives on a data folder."""
-    from sedensenet.api import resolve_checkpoint
+    from sedensenet.checkpoint import resolve_checkpoint
     from sedensenet.explain import explain_images, se_channel_weights
 
     if not args.images and not args.data:
-        raise ValueError("give image files or folders for Grad-CAM, and/or --data DIR for the SE channel weights")
+        raise ConfigError("give image files or folders for Grad-CAM, and/or --data DIR for the SE channel weights")
     out = Path(args.output) if args.output else resolve_checkpoint(args.checkpoint).parent.parent / "explain"
     if args.images:
         res = explain_images(args.checkpoint, args.images, out, target=args.target, method=args.method,
@@ -208,12 +212,20 @@ def cmd_convert_keras(args: argparse.Namespace) -> int:
         args.output,
         model=args.model,
         num_classes=args.num_classes,
-        blocks=[int(b) for b in args.blocks.split(",")] if args.blocks else None,
+        blocks=_int_list("--blocks", args.blocks) if args.blocks else None,
         classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
         image_size=args.image_size,
     )
     print(f"Checkpoint written: {out}")
     return 0
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    """``"6,12,24,16"`` as integers; a :class:`ConfigError` naming the flag otherwise."""
+    try:
+        return [int(b) for b in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated whole numbers, e.g. 6,12,24,16; got {text!r}") from None
 
 
 _COMMON = {"command", "func", "config", "resume", "quiet", "verbose", "devices", "argv"}
@@ -348,13 +360,43 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `sedensenet models | head`
         sys.stdout = None  # type: ignore[assignment]
         return 0
-    except USER_ERRORS as e:
+    except UserError as e:  # the user's to fix (data, settings, files, a full disk, NaN loss): one line
         exit_code = getattr(e, "exit_code", None)
         if isinstance(exit_code, int):  # TrainingInterrupted: saved; the message says how to resume (130/143)
             print(f"\n{e}", file=sys.stderr)
             return exit_code
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno is None:
+            return _report_bug(e, verbose=args.verbose)
+        print(f"error: {e}", file=sys.stderr)  # a full disk, a missing file, no permission: the machine's state
+        return 2
+    except Exception as e:  # anything else is a bug of ours: say so, and how to report it
+        return _report_bug(e, verbose=args.verbose)
+
+
+def _report_bug(error: Exception, *, verbose: bool) -> int:
+    """Print an unexpected error as a bug: its traceback under ``-v``, else one line; with where to report it."""
+    if verbose:
+        traceback.print_exception(error)
+    else:
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+    hint = "" if verbose else "run again with -v for the traceback and "
+    print(f"this is a bug in sedensenet; {hint}report it at {_issues_url()}", file=sys.stderr)
+    return 1
+
+
+def _issues_url() -> str:
+    """The issue tracker named in the installed package's metadata, else :data:`REPORT_BUGS_AT`."""
+    from importlib import metadata
+
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        for entry in metadata.metadata("sedensenet").get_all("Project-URL") or []:
+            label, _, url = entry.partition(",")
+            if label.strip().lower() in ("issues", "bug tracker", "tracker") and url.strip():
+                return url.strip()
+    return REPORT_BUGS_AT
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from sedensenet.config import ConfigError
 from sedensenet.fileio import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,9 @@ def compare(
     from sedensenet.reports import new_run_dir, plot_history_comparison
 
     if not models:
-        raise ValueError("give at least one model to compare")
+        raise ConfigError("give at least one model to compare")
     if seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     base, _ = training_config(data, **overrides)
     out_dir = new_run_dir(project, name, exist_ok=False)
     seed_list = [base.seed + i for i in range(seeds)]

@@ -11,3 +11,11 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A problem with the user's input, files or machine, with a message that says what to do about it."""
+
+
+class DeviceError(UserError, RuntimeError):
+    """A device that was asked for and is not available here (no CUDA GPU, too few GPUs, no Apple MPS)."""
+
+
+class MissingDependencyError(UserError, ImportError):
+    """An optional package a feature needs is not installed; the message says what to install."""

@@ -30,6 +30,7 @@ from PIL import Image
 from torch import nn
 
 from sedensenet.checkpoint import CheckpointMeta, load_checkpoint
+from sedensenet.config import ConfigError
 from sedensenet.data import build_transforms, check_image, load_image
 from sedensenet.fileio import atomic_write, atomic_write_json, atomic_write_text
 from sedensenet.models.se import SqueezeExcite
@@ -122,7 +123,7 @@ def _resolve_target(target: str | int | None, classes: list[str]) -> int | None:
     text = str(target).strip()
     if text.isdigit() and int(text) < len(classes):
         return int(text)
-    raise ValueError(f"unknown target class {target!r}; choose one of {classes} or an index 0..{len(classes) - 1}")
+    raise ConfigError(f"unknown target class {target!r}; choose one of {classes} or an index 0..{len(classes) - 1}")
 
 
 @dataclass
@@ -208,13 +209,13 @@ def explain_images(
     Raises:
         ValueError: an unknown method or target class (the message lists the classes).
     """
-    from sedensenet.api import resolve_checkpoint
+    from sedensenet.checkpoint import resolve_checkpoint
     from sedensenet.engine.device import select_device
     from sedensenet.engine.predictor import expand_inputs
     from sedensenet.reports import plot_gradcam_grid
 
     if method not in METHODS:
-        raise ValueError(f"unknown explain method {method!r}; choose one of: {', '.join(METHODS)}")
+        raise ConfigError(f"unknown explain method {method!r}; choose one of: {', '.join(METHODS)}")
     dev = select_device(device)
     model, meta = load_checkpoint(resolve_checkpoint(checkpoint), map_location=dev)
     classes = list(meta.classes)
@@ -280,11 +281,13 @@ def _se_layer(model: nn.Module, se_layer: str | None, source: Any) -> tuple[str,
     layers = model.se_modules() if hasattr(model, "se_modules") else {}
     if not layers:
         preset = getattr(getattr(model, "meta", None), "preset", None)
-        raise ValueError(f"{source}: this model (preset {preset}) has no SE layers, so it has no channel gates to show")
+        raise ConfigError(
+            f"{source}: this model (preset {preset}) has no SE layers, so it has no channel gates to show"
+        )
     if se_layer is None:
         return next(reversed(layers.items()))  # registration order is forward order: the last SE layer
     if se_layer not in layers:
-        raise ValueError(f"unknown SE layer {se_layer!r}; this model has: {', '.join(layers)}")
+        raise ConfigError(f"unknown SE layer {se_layer!r}; this model has: {', '.join(layers)}")
     return se_layer, layers[se_layer]
 
 
@@ -369,7 +372,7 @@ def se_channel_weights(
     Raises:
         ValueError: the model has no SE layers, or an unknown ``se_layer`` (the message lists them).
     """
-    from sedensenet.api import resolve_checkpoint
+    from sedensenet.checkpoint import resolve_checkpoint
     from sedensenet.engine.device import select_device
     from sedensenet.engine.predictor import Predictor
 

@@ -1,10 +1,8 @@
 """ONNX and TorchScript export, verified against the eager model; :class:`OnnxModel` runs an exported file.
 
-ONNX goes through PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): it runs
-offline, needs only the ``onnx`` package, exports a DenseNet in well under a second and handles a dynamic
-batch axis with ``dynamic_axes``. The newer ``torch.export``-based exporter (the default since PyTorch 2.9)
-needs ``onnxscript`` on top; it is used only when the TorchScript-based one is gone or fails and
-``onnxscript`` is installed.
+ONNX goes through :func:`sedensenet.inference.export_onnx`, the package's one ONNX exporter (TorchScript-based,
+offline; the ``torch.export``-based one only as a fallback when ``onnxscript`` is installed); the file runner
+:class:`OnnxModel` lives in :mod:`sedensenet.inference` too and is re-exported here.
 
 An exported ``.onnx`` file carries everything :class:`~sedensenet.engine.predictor.Predictor` needs in its
 ``metadata_props``: the full checkpoint metadata as JSON under ``sedensenet``, plus ``classes``,
@@ -14,36 +12,48 @@ separate keys for other runtimes. A TorchScript file carries the same JSON as th
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import os
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from sedensenet.checkpoint import FORMAT_VERSION, CheckpointError, CheckpointMeta, load_checkpoint
+from sedensenet.checkpoint import (
+    CheckpointError,
+    CheckpointMeta,
+    load_checkpoint,
+    meta_from_json,
+    meta_to_json,
+    resolve_checkpoint,
+)
 from sedensenet.errors import UserError
 from sedensenet.fileio import atomic_path
+from sedensenet.inference import (
+    INPUT_NAME,
+    MIN_OPSET,
+    ONNX_META_KEY,
+    OUTPUT_NAME,
+    OnnxExportError,
+    OnnxModel,
+    export_onnx,
+    quiet_deprecations,
+)
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["FORMATS", "INPUT_NAME", "MIN_OPSET", "OUTPUT_NAME", "ExportError", "ExportResult", "OnnxModel",
+           "SpeedResult", "compare_speed", "export_model", "load_torchscript"]  # fmt: skip
+
 FORMATS = ("onnx", "torchscript")
-MIN_OPSET = 17
+EXPORT_FORMAT = "sedensenet-export"
 VERIFY_ATOL = 1e-4
 """Largest absolute difference in logits between the exported and the eager model that passes verification."""
-INPUT_NAME = "images"
-OUTPUT_NAME = "logits"
 TORCHSCRIPT_META = "sedensenet.json"
-_META_KEY = "sedensenet"
 _SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 
@@ -61,31 +71,6 @@ class ExportResult:
     """Largest absolute logit difference to the eager model on random input (None without verification)."""
     seconds: float
     """Wall time of export plus verification."""
-
-
-@contextlib.contextmanager
-def _quiet_deprecations() -> Iterator[None]:
-    # torch.jit and the TorchScript-based ONNX exporter warn that they are deprecated on every call;
-    # they are still the offline, dependency-free path, so keep those warnings out of the user's log.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.* is deprecated")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message="The feature will be removed")
-        yield
-
-
-def _meta_json(meta: CheckpointMeta) -> str:
-    return json.dumps({"format": "sedensenet-export", "version": FORMAT_VERSION, **asdict(meta)}, ensure_ascii=False)
-
-
-def _meta_from_json(raw: str | bytes, source: Path) -> CheckpointMeta:
-    try:
-        d = json.loads(raw)
-        d.pop("format", None)
-        d.pop("version", None)
-        return CheckpointMeta(**d)
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{source}: its sedensenet metadata is malformed ({e})") from None
 
 
 def _random_batch(batch: int, meta: CheckpointMeta, image_size: int, seed: int) -> torch.Tensor:
@@ -133,8 +118,6 @@ def export_model(
         ExportError: an unknown format, a too-old opset, or outputs that differ by more than 1e-4
             (the file is not written then).
     """
-    from sedensenet.api import resolve_checkpoint
-
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
     if format == "onnx" and opset < MIN_OPSET:
@@ -161,31 +144,11 @@ def export_model(
     return ExportResult(path, format, diff, seconds)
 
 
-def _onnx_export(model: nn.Module, example: torch.Tensor, opset: int) -> bytes:
-    """The ONNX bytes of ``model`` with a dynamic batch axis (TorchScript-based exporter, see the module doc)."""
-    kwargs: dict[str, Any] = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": opset}
-    buffer = io.BytesIO()
-    try:
-        with _quiet_deprecations(), torch.no_grad():
-            dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-            torch.onnx.export(model, (example,), buffer, dynamic_axes=dynamic, dynamo=False, **kwargs)
-        return buffer.getvalue()
-    except Exception as legacy_error:  # removed in a future PyTorch, or an operator it cannot handle
-        try:
-            import onnxscript  # noqa: F401
-        except ImportError:
-            raise ExportError(f"ONNX export failed: {legacy_error}") from legacy_error
-        logger.info("TorchScript-based ONNX export failed (%s); trying the torch.export-based exporter", legacy_error)
-    batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=({0: batch},), **kwargs)
-    return program.model_proto.SerializeToString()
-
-
 def _onnx_metadata(meta: CheckpointMeta) -> dict[str, str]:
     from sedensenet import __version__
 
     return {
-        _META_KEY: _meta_json(meta),
+        ONNX_META_KEY: meta_to_json(meta, EXPORT_FORMAT),
         "classes": json.dumps(meta.classes, ensure_ascii=False),
         "image_size": str(meta.image_size),
         "mean": json.dumps(list(meta.mean)),
@@ -201,7 +164,11 @@ def _onnx_metadata(meta: CheckpointMeta) -> dict[str, str]:
 def _write_onnx(model: nn.Module, meta: CheckpointMeta, tmp: Path, opset: int, verify: bool) -> float | None:
     import onnx
 
-    proto = onnx.load_model_from_string(_onnx_export(model, _random_batch(2, meta, meta.image_size, 1), opset))
+    try:
+        onnx_bytes = export_onnx(model, _random_batch(2, meta, meta.image_size, 1), opset)
+    except OnnxExportError as e:
+        raise ExportError(str(e)) from e
+    proto = onnx.load_model_from_string(onnx_bytes)
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, _onnx_metadata(meta))
     proto.producer_name = "sedensenet"
@@ -220,9 +187,9 @@ def _write_onnx(model: nn.Module, meta: CheckpointMeta, tmp: Path, opset: int, v
 
 def _write_torchscript(model: nn.Module, meta: CheckpointMeta, tmp: Path, opset: int, verify: bool) -> float | None:
     del opset  # ONNX only
-    with _quiet_deprecations(), torch.no_grad():
+    with quiet_deprecations(), torch.no_grad():
         traced = torch.jit.trace(model, _random_batch(2, meta, meta.image_size, 1))
-        torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_META: _meta_json(meta)})
+        torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_META: meta_to_json(meta, EXPORT_FORMAT)})
     if not verify:
         return None
     loaded, _ = load_torchscript(tmp)
@@ -238,60 +205,13 @@ def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, C
     path = Path(path)
     extra = {TORCHSCRIPT_META: ""}
     try:
-        with _quiet_deprecations():
+        with quiet_deprecations():
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except (RuntimeError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable TorchScript file: {e}") from None
     if not extra[TORCHSCRIPT_META]:
         raise CheckpointError(f"{path} has no sedensenet metadata: export it with `sedensenet export`")
-    return module.eval(), _meta_from_json(extra[TORCHSCRIPT_META], path)
-
-
-class OnnxModel(nn.Module):
-    """An exported ``.onnx`` file run by ONNX Runtime, usable where a model is expected.
-
-    Calling it on a float tensor batch ``(B, C, H, W)`` (normalised as the metadata says) returns the logits
-    as a tensor on the input's device; ``.to()``, ``.eval()`` and ``.train()`` work as on any module (there
-    are no parameters to move), so :class:`~sedensenet.engine.predictor.Predictor` uses it unchanged.
-
-    Attributes:
-        meta: the checkpoint metadata rebuilt from the file.
-        classes: the class names, in output order.
-    """
-
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
-        super().__init__()
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise CheckpointError(f"ONNX file not found: {self.path}")
-        try:
-            self.session = ort.InferenceSession(str(self.path), providers=providers or ["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for unreadable files
-            raise CheckpointError(f"{self.path} is not a readable ONNX model: {e}") from None
-        raw = self.session.get_modelmeta().custom_metadata_map.get(_META_KEY)
-        if raw is None:
-            raise CheckpointError(
-                f"{self.path} has no sedensenet metadata (classes, preprocessing): "
-                "only files written by `sedensenet export` can be used for prediction"
-            )
-        self.meta = _meta_from_json(raw, self.path)
-        self.classes = list(self.meta.classes)
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = self.meta.image_size
-        expected = (self.meta.in_chans, size, size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"{self.path.name} takes (B, {', '.join(map(str, expected))}) input, got {tuple(x.shape)}")
-        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        (logits,) = self.session.run([self.output_name], {self.input_name: array})
-        return torch.from_numpy(logits).to(x.device)  # (B, num_classes)
-
-    def extra_repr(self) -> str:
-        return f"path={str(self.path)!r}, classes={len(self.classes)}"
+    return module.eval(), meta_from_json(extra[TORCHSCRIPT_META], path)
 
 
 @dataclass
@@ -311,8 +231,6 @@ def compare_speed(
     checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, batch_size: int = 8, repeats: int = 10
 ) -> SpeedResult:
     """Time eager PyTorch against ONNX Runtime (CPU) on ``repeats`` batches after one warm-up each."""
-    from sedensenet.api import resolve_checkpoint
-
     model, _ = load_checkpoint(resolve_checkpoint(checkpoint))
     runtime = OnnxModel(onnx_path)
     x = _random_batch(batch_size, runtime.meta, runtime.meta.image_size, 0)

@@ -1,4 +1,7 @@
-"""Fast inference and run-time choices: ONNX Runtime in memory, the compile decision, the CPU allocator.
+"""Fast inference and run-time choices: the ONNX stack, the compile decision, the CPU allocator.
+
+- :func:`export_onnx` is the one ONNX exporter (used in memory here and for files by :mod:`sedensenet.export`);
+  :class:`OnnxRuntimeModule` runs a model exported in memory, :class:`OnnxModel` an exported ``.onnx`` file.
 
 - :func:`optimize_for_inference` turns a model into a module that computes the same logits (within
   ``1e-4``) faster: ONNX Runtime on CPU when it is installed (exported in memory, verified against the eager
@@ -21,14 +24,26 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from sedensenet.checkpoint import CheckpointError, CheckpointMeta, meta_from_json
+from sedensenet.config import INFERENCE_BACKENDS, ConfigError
+from sedensenet.models import set_fast
+
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "onnxruntime", "eager", "compile")
+BACKENDS = INFERENCE_BACKENDS
+"""The one list of inference backends (defined in :mod:`sedensenet.config`, so the CLI can offer it without torch)."""
+MIN_OPSET = 17
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+ONNX_META_KEY = "sedensenet"
+"""The ``metadata_props`` key of an exported ``.onnx`` file that holds the checkpoint metadata as JSON."""
 
 # --compile auto: what compiling costs and what it gains, per device type (measured, see benchmarks/README.md).
 COMPILE_SECONDS = {"cpu": 127.0, "cuda": 60.0}
@@ -40,7 +55,66 @@ SECONDS_PER_STEP = {"cpu": 1.5, "cuda": 0.15}
 """A training step's time when the caller has no measurement (DenseNet-121, 224 px, batch 16 / 64)."""
 
 
-class OnnxRuntimeModule(nn.Module):
+class OnnxExportError(RuntimeError):
+    """PyTorch could not export the model to ONNX (the message carries the exporter's reason)."""
+
+
+@contextlib.contextmanager
+def quiet_deprecations() -> Iterator[None]:
+    """Keep torch.jit's and the TorchScript-based ONNX exporter's per-call deprecation warnings out of the log:
+    they are still the offline, dependency-free path."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.* is deprecated")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message="The feature will be removed")
+        yield
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, opset: int = MIN_OPSET, dynamic_size: bool = False) -> bytes:
+    """``model`` (eval mode) as ONNX bytes with a dynamic batch axis (and height and width with ``dynamic_size``).
+
+    PyTorch's TorchScript-based exporter (``dynamo=False``) runs offline, needs only ``onnx`` and exports a
+    DenseNet in well under a second; the ``torch.export``-based one (which needs ``onnxscript``) is tried only
+    when that fails and ``onnxscript`` is installed.
+    """
+    kwargs: dict[str, Any] = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": opset}
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
+    buffer = io.BytesIO()
+    try:
+        with quiet_deprecations(), torch.no_grad():
+            dynamic = {INPUT_NAME: axes, OUTPUT_NAME: {0: "batch"}}
+            torch.onnx.export(model, (example,), buffer, dynamic_axes=dynamic, dynamo=False, **kwargs)
+        return buffer.getvalue()
+    except Exception as legacy_error:  # removed in a future PyTorch, or an operator it cannot handle
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise OnnxExportError(f"ONNX export failed: {legacy_error}") from legacy_error
+        log.info("TorchScript-based ONNX export failed (%s); trying the torch.export-based exporter", legacy_error)
+    shapes = {i: torch.export.Dim.AUTO for i in axes}
+    program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=(shapes,), **kwargs)
+    return program.model_proto.SerializeToString()
+
+
+class _OrtRunner(nn.Module):
+    """An ONNX Runtime session called like a model: a float batch ``(B, C, H, W)`` in, logits on its device out."""
+
+    session: Any
+
+    def _start(self, source: str | bytes, options: Any = None, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        (logits,) = self.session.run([self.output_name], {self.input_name: array})
+        return torch.from_numpy(logits).to(x.device)  # (B, num_classes)
+
+
+class OnnxRuntimeModule(_OrtRunner):
     """A model exported to ONNX in memory and run by ONNX Runtime on CPU; call it like the model (eval mode).
 
     Takes a float tensor ``(B, C, H, W)`` (any batch size and image size the network accepts) and returns the
@@ -51,19 +125,55 @@ class OnnxRuntimeModule(nn.Module):
         super().__init__()
         import onnxruntime as ort
 
-        onnx_bytes = _export_onnx(model, example)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onnx_bytes = export_onnx(model, example, dynamic_size=True)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
+        self._start(onnx_bytes, options)
+
+
+class OnnxModel(_OrtRunner):
+    """An exported ``.onnx`` file run by ONNX Runtime, usable where a model is expected.
+
+    Calling it on a float tensor batch ``(B, C, H, W)`` (normalised as the metadata says) returns the logits
+    as a tensor on the input's device; ``.to()``, ``.eval()`` and ``.train()`` work as on any module (there
+    are no parameters to move), so :class:`~sedensenet.engine.predictor.Predictor` uses it unchanged.
+
+    Attributes:
+        meta: the checkpoint metadata rebuilt from the file.
+        classes: the class names, in output order.
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"ONNX file not found: {self.path}")
+        try:
+            self._start(str(self.path), providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable files
+            raise CheckpointError(f"{self.path} is not a readable ONNX model: {e}") from None
+        raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY)
+        if raw is None:
+            raise CheckpointError(
+                f"{self.path} has no sedensenet metadata (classes, preprocessing): "
+                "only files written by `sedensenet export` can be used for prediction"
+            )
+        self.meta: CheckpointMeta = meta_from_json(raw, self.path)
+        self.classes = list(self.meta.classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        (logits,) = self.session.run([self.output_name], {self.input_name: array})
-        return torch.from_numpy(logits).to(x.device)
+        size = self.meta.image_size
+        expected = (self.meta.in_chans, size, size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"{self.path.name} takes (B, {', '.join(map(str, expected))}) input, got {tuple(x.shape)}")
+        return super().forward(x)
+
+    def extra_repr(self) -> str:
+        return f"path={str(self.path)!r}, classes={len(self.classes)}"
 
 
 class EagerInference(nn.Module):
@@ -76,19 +186,6 @@ class EagerInference(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.model(x)
-
-
-def _export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
-    """``model`` (eval mode) as ONNX bytes with dynamic batch, height and width (TorchScript-based exporter)."""
-    buffer = io.BytesIO()
-    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (example,), buffer, input_names=["images"], output_names=["logits"], dynamic_axes=axes,
-            opset_version=17, dynamo=False,
-        )  # fmt: skip
-    return buffer.getvalue()
 
 
 def _default_example(model: nn.Module, device: torch.device) -> torch.Tensor:
@@ -116,8 +213,9 @@ def optimize_for_inference(
         model: a DenseNet (or any module ONNX can export when ``backend`` is ``onnxruntime``).
         example: an input batch for export and verification; default random ``(2, C, 64, 64)`` images.
         backend: ``auto`` (ONNX Runtime on CPU when installed, else ``eager``), ``onnxruntime``, ``eager``
-            (the model's fast path under inference mode) or ``compile`` (``torch.compile`` with frozen weights:
-            tens of seconds to compile, worth it for long runs only).
+            (the model's fast path under inference mode), ``compile`` (``torch.compile`` with frozen weights:
+            tens of seconds to compile, worth it for long runs only) or ``reference`` (the model itself, its
+            fast paths switched off).
         atol: the largest absolute logit difference to the eager model that is accepted; a backend that
             differs more is not used (a warning says so) and the eager module is returned.
         images: how many images the caller will run, when known: ``auto`` keeps the eager path (no set-up
@@ -127,8 +225,11 @@ def optimize_for_inference(
         A module to call on image batches; ONNX Runtime and compiled modules hold a snapshot of the weights.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown inference backend {backend!r}: choose from {list(BACKENDS)}")
+        raise ConfigError(f"unknown inference backend {backend!r}: choose from {list(BACKENDS)}")
     model.eval()
+    if backend == "reference":
+        set_fast(model, False)
+        return model
     device = next(iter(model.parameters()), torch.empty(0)).device
     eager = EagerInference(model)
     if backend == "auto":
@@ -262,6 +363,8 @@ def describe(obj: Any) -> str:
     """A short name for what :func:`optimize_for_inference` returned."""
     if isinstance(obj, OnnxRuntimeModule):
         return "onnxruntime"
+    if isinstance(obj, OnnxModel):
+        return "onnxruntime (exported file)"
     if isinstance(obj, EagerInference):
         return "compile" if hasattr(obj.model, "_orig_mod") else "eager"
     return type(obj).__name__

@@ -43,7 +43,7 @@ import torch
 
 from sedensenet.checkpoint import CheckpointMeta, save_checkpoint
 from sedensenet.config import DEFAULT_MODEL
-from sedensenet.errors import UserError
+from sedensenet.errors import MissingDependencyError, UserError
 from sedensenet.models.densenet import DenseNet
 from sedensenet.models.registry import get_preset, model_config
 
@@ -110,7 +110,7 @@ def _h5py() -> Any:
     try:
         import h5py
     except ImportError:
-        raise ImportError(
+        raise MissingDependencyError(
             "reading Keras files needs h5py: pip install h5py (or pip install 'sedensenet[keras]')"
         ) from None
     return h5py

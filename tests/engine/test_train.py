@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from imagegen import CLASSES, add_awkward_files, make_folder  # noqa: E402
 
 import sedensenet  # noqa: E402
 from sedensenet.cli import main  # noqa: E402
-from sedensenet.engine import trainer  # noqa: E402
+from sedensenet.engine import session, trainer  # noqa: E402
 
 FAST = {"model": "se_densenet_tiny", "image_size": 16, "batch_size": 8, "augment": "light", "workers": 0}
 RUN_FILES = [
@@ -29,6 +31,10 @@ RUN_FILES = [
 ]  # fmt: skip
 
 
+IN_MEMORY: dict[str, Any] = {}
+"""What the training process held when ``awkward_run`` finished: the last epoch's weights and the final model."""
+
+
 @pytest.fixture(scope="module")
 def awkward_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path], Path]:
     data = make_folder(tmp_path_factory.mktemp("data") / "数据 集")
@@ -37,7 +43,18 @@ def awkward_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
     argv = ["train", "--data", str(data), "--epochs", "3", "--project", str(project), "-q"]
     for k, v in FAST.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
-    assert main(argv) == 0
+    real_finish = session.finish
+
+    def finish_and_keep(ctx: Any) -> dict[str, Any]:  # the model in memory, before and after finish
+        IN_MEMORY["end_of_training"] = {k: v.detach().cpu().clone() for k, v in ctx.model.state_dict().items()}
+        metrics = real_finish(ctx)
+        IN_MEMORY["model"] = copy.deepcopy(ctx.model).cpu().eval()
+        IN_MEMORY["model"].meta = ctx.meta  # the classes and preprocessing predict needs
+        return metrics
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(session, "finish", finish_and_keep)
+        assert main(argv) == 0
     return project / "train", bad, data
 
 
@@ -71,19 +88,36 @@ def test_history_has_one_row_per_epoch(awkward_run: tuple) -> None:
     assert all(0 <= float(r["val_accuracy"]) <= 1 for r in rows)
 
 
-def test_checkpoints_reload_and_predict_the_same(awkward_run: tuple) -> None:
+def test_the_best_checkpoint_reproduces_the_runs_own_metrics(awkward_run: tuple) -> None:
     run, _, data = awkward_run
-    model = sedensenet.load_model(run)
-    assert model.classes == list(CLASSES)
-    files = sorted((data / CLASSES[1]).glob("img*.png"))[:4] + [data / CLASSES[1] / "cmyk.jpg"]
-    a = sedensenet.predict(run, files, top_k=2, device="cpu")
-    b = sedensenet.predict(run / "weights" / "best.safetensors", files, top_k=2, device="cpu")
-    assert [p.label for p in a] == [p.label for p in b]
-    assert all(abs(x.probability - y.probability) < 1e-6 for x, y in zip(a, b, strict=True))
-    assert all(abs(sum(s for _, s in p.top_k) - 1) < 1e-5 for p in a)
-    # The weights in best.safetensors are those of the best epoch recorded in its metadata.
+    assert sedensenet.load_model(run).classes == list(CLASSES)
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     _, meta = sedensenet.checkpoint.read_checkpoint(run / "weights" / "best.safetensors")
-    assert meta.classes == list(CLASSES) and meta.image_size == 16 and meta.epoch in (1, 2, 3)
+    assert meta.classes == list(CLASSES) and meta.image_size == 16
+    assert metrics["split"] == "val" and meta.epoch == metrics["best_epoch"] in (1, 2, 3)
+    # The reloaded checkpoint, on the run's own validation split, gives the numbers the run recorded.
+    report = sedensenet.evaluate(run, data, split="val", device="cpu", backend="reference")
+    assert report.num_samples == metrics["num_samples"] > 0
+    assert report.confusion_matrix == metrics["confusion_matrix"]
+    assert report.accuracy == pytest.approx(metrics["accuracy"], abs=1e-9)
+    assert report.loss == pytest.approx(metrics["loss"], rel=1e-4, abs=1e-6)
+    with open(run / "history.csv", encoding="utf-8") as f:
+        best_row = next(r for r in csv.DictReader(f) if int(r["epoch"]) == meta.epoch)
+    assert float(best_row["val_accuracy"]) == pytest.approx(metrics["accuracy"], abs=1e-4)
+
+
+def test_checkpoints_hold_the_weights_the_training_process_had(awkward_run: tuple) -> None:
+    run, _, data = awkward_run
+    last = load_file(run / "weights" / "last.safetensors")
+    assert last.keys() == IN_MEMORY["end_of_training"].keys()
+    assert all(torch.equal(last[k], v) for k, v in IN_MEMORY["end_of_training"].items())
+    # After training the process holds the best weights; the reloaded checkpoint predicts exactly as it did.
+    files = sorted((data / CLASSES[1]).glob("img*.png"))[:4] + [data / CLASSES[1] / "cmyk.jpg"]
+    from_disk = sedensenet.predict(run / "weights" / "best.safetensors", files, top_k=2, device="cpu")
+    in_memory = sedensenet.predict(IN_MEMORY["model"], files, top_k=2, device="cpu")
+    assert [p.label for p in from_disk] == [p.label for p in in_memory]
+    assert all(abs(x.probability - y.probability) < 1e-6 for x, y in zip(from_disk, in_memory, strict=True))
+    assert all(abs(sum(s for _, s in p.top_k) - 1) < 1e-5 for p in from_disk)
 
 
 def test_predict_cli_reports_bad_files_and_goes_on(awkward_run: tuple, tmp_path: Path, capsys) -> None:

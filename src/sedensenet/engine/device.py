@@ -9,6 +9,7 @@ import torch
 
 from sedensenet.config import TrainConfig
 from sedensenet.engine.loop import StepSettings
+from sedensenet.errors import DeviceError
 
 
 def select_device(name: str) -> torch.device:
@@ -19,13 +20,16 @@ def select_device(name: str) -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:  # torch names the valid device types
+        raise DeviceError(f"--device {name}: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu or auto")
+        raise DeviceError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu or auto")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise RuntimeError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError(f"--device {name}: Apple MPS is not available here")
+        raise DeviceError(f"--device {name}: Apple MPS is not available here")
     return device
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from sedensenet.config import ConfigError
 from sedensenet.engine.loop import EpochResult, weighted_loss
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def local_batch_size(global_batch: int) -> int:
     so a run gives the same optimisation whatever the number of GPUs (as with Ultralytics and Keras)."""
     n = world_size()
     if global_batch % n:
-        raise ValueError(
+        raise ConfigError(
             f"--batch-size {global_batch} must be divisible by the {n} processes; try {global_batch // n * n}"
         )
     return global_batch // n

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from sedensenet import checkpoint as ckpt
-from sedensenet.config import INFERENCE_BACKENDS
+from sedensenet.config import ConfigError
 from sedensenet.data import (
     IMG_EXTENSIONS,
     DataError,
@@ -26,9 +27,34 @@ from sedensenet.data import (
 )
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import EpochResult, StepSettings, evaluate_loader
-from sedensenet.models import set_fast
+from sedensenet.inference import BACKENDS, OnnxModel, describe, optimize_for_inference
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """One file's prediction: the top class, its probability and the top-k list; ``error`` when unreadable."""
+
+    path: str
+    label: str | None = None
+    probability: float | None = None
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+
+def probabilities_to_rows(preds: list[Prediction]) -> list[dict[str, Any]]:
+    """Flat rows for CSV/JSON output: path, label, probability, top-k as ``class:prob`` pairs, error."""
+    return [
+        {
+            "path": p.path,
+            "label": p.label or "",
+            "probability": "" if p.probability is None else round(float(p.probability), 6),
+            "top_k": ";".join(f"{c}:{np.round(s, 6)}" for c, s in p.top_k),
+            "error": p.error or "",
+        }
+        for p in preds
+    ]
 
 
 class Predictor:
@@ -37,8 +63,8 @@ class Predictor:
     def __init__(
         self, model: nn.Module, meta: ckpt.CheckpointMeta, device: torch.device, backend: str = "auto"
     ) -> None:
-        if backend not in INFERENCE_BACKENDS:
-            raise ValueError(f"unknown inference backend {backend!r}: choose from {list(INFERENCE_BACKENDS)}")
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown inference backend {backend!r}: choose from {list(BACKENDS)}")
         self.model = model.to(device).eval()
         self.meta = meta
         self.device = device
@@ -53,10 +79,9 @@ class Predictor:
     def load(cls, source: str | os.PathLike | nn.Module, device: str = "auto", backend: str = "auto") -> Predictor:
         """From a checkpoint, a run folder, or a model returned by :func:`sedensenet.load_model`.
 
-        ``backend`` picks how batches run (see :data:`INFERENCE_BACKENDS`); the default, ``auto``, uses ONNX
+        ``backend`` picks how batches run (see :data:`sedensenet.inference.BACKENDS`); the default, ``auto``, uses ONNX
         Runtime on CPU for jobs of 256 images or more when it is installed, else the model's eager fast path.
         """
-        from sedensenet.api import resolve_checkpoint
         from sedensenet.engine.device import select_device
 
         dev = select_device(device)
@@ -65,10 +90,8 @@ class Predictor:
             if meta is None:
                 raise ValueError("this model carries no classes or preprocessing: load it with sedensenet.load_model")
             return cls(source, meta, dev, backend)
-        path = resolve_checkpoint(source)
+        path = ckpt.resolve_checkpoint(source)
         if path.suffix == ".onnx":
-            from sedensenet.export import OnnxModel
-
             onnx_model = OnnxModel(path)
             predictor = cls(onnx_model, onnx_model.meta, torch.device("cpu"), "reference")
             predictor._runner = ("onnxruntime (exported file)", onnx_model)
@@ -87,12 +110,10 @@ class Predictor:
         """The module batches go through: the model itself for ``reference``, else what
         :func:`~sedensenet.inference.optimize_for_inference` chose for a job of ``images`` images (kept for
         later calls once ONNX Runtime is set up, so a predictor exports at most once)."""
-        from sedensenet.inference import describe, optimize_for_inference
-
         if self.backend == "reference":
-            set_fast(self.model, False)
-            self._runner = self._runner or ("reference", self.model)
-            return self.model
+            module = optimize_for_inference(self.model, backend="reference")
+            self._runner = self._runner or ("reference", module)
+            return module
         if self._runner is not None and (self._runner[0] != "eager" or self.backend == "eager"):
             return self._runner[1]
         size = self.meta.image_size
@@ -104,10 +125,8 @@ class Predictor:
 
     def predict_files(
         self, inputs: list[str | os.PathLike] | str | os.PathLike, top_k: int = 1, batch_size: int = 32
-    ) -> list[Any]:
+    ) -> list[Prediction]:
         """Predictions for every image file in ``inputs`` (folders searched recursively), in input order."""
-        from sedensenet.api import Prediction
-
         files = expand_inputs(inputs)
         errors = {f: check_image(f) for f in files}
         good = [f for f in files if errors[f] is None]
@@ -169,7 +188,7 @@ def _choose_split(splits: DataSplits, split: str) -> list[Sample]:
         return splits.train + splits.val + splits.test
     chosen = {"train": splits.train, "val": splits.val, "test": splits.test}.get(split)
     if chosen is None:
-        raise ValueError(f"unknown split {split!r}: choose auto, train, val, test or all")
+        raise ConfigError(f"unknown split {split!r}: choose auto, train, val, test or all")
     if not chosen:
         raise DataError(f"{splits.root} has no {split} split")
     return chosen

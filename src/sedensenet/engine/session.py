@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sedensenet import checkpoint as ckpt
-from sedensenet.config import TrainConfig
-from sedensenet.data import DataSplits, resolve_data, scan_folder
+from sedensenet.config import ConfigError, TrainConfig
+from sedensenet.data import DataError, DataSplits, resolve_data, scan_folder
 from sedensenet.engine import build
 from sedensenet.engine import distributed as dist
 from sedensenet.engine.device import seed_everything, select_device, step_settings
@@ -32,7 +32,7 @@ def scan(config: TrainConfig) -> DataSplits:
     root = resolve_data(config.data)
     splits = scan_folder(root, val_split=config.val_split, seed=config.data_split_seed, max_pixels=config.max_pixels)
     if len(splits.train) < 2:
-        raise ValueError(f"{root}: training needs at least 2 images, found {len(splits.train)}")
+        raise DataError(f"{root}: training needs at least 2 images, found {len(splits.train)}")
     return splits
 
 
@@ -124,7 +124,7 @@ def _channel_stats(
 
 def _check_batch(config: TrainConfig, splits: DataSplits) -> None:
     if config.batch_size > len(splits.train):
-        raise ValueError(
+        raise ConfigError(
             f"--batch-size {config.batch_size} is larger than the training split ({len(splits.train)} images); "
             f"use --batch-size {max(2, len(splits.train) // 2)} or fewer"
         )
@@ -178,10 +178,10 @@ def resume(run_dir: Path, overrides: dict[str, Any] | None = None, device: torch
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
-        raise ValueError(f"{run_dir} is not a run folder (no config.yaml); pass the folder that train created")
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); pass the folder that train created")
     bad = sorted(set(overrides or {}) - RESUME_MAY_CHANGE)
     if bad:
-        raise ValueError(
+        raise ConfigError(
             f"--resume continues the run as configured; only {sorted(RESUME_MAY_CHANGE)} may change, not {bad}"
         )
     config = resolve_config(overrides, config_file=run_dir / "config.yaml")

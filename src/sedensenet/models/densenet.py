@@ -22,12 +22,17 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import nn
 
+from sedensenet.errors import UserError
 from sedensenet.models import fast
 from sedensenet.models.fast_storage import ScratchKey
 from sedensenet.models.se import SqueezeExcite
 
 SE_PLACEMENTS = ("head", "block", "transition", "layer")
 STEMS = ("imagenet", "cifar")
+
+
+class ModelConfigError(UserError, ValueError):
+    """Model settings (a preset name, a DenseNet setting) that do not describe a network; the message says why."""
 
 
 @dataclass
@@ -76,24 +81,24 @@ class DenseNetConfig:
         placement = tuple(self.se_placement)
         unknown = [p for p in placement if p not in SE_PLACEMENTS]
         if unknown:
-            raise ValueError(f"unknown se_placement {unknown}: choose from {list(SE_PLACEMENTS)}")
+            raise ModelConfigError(f"unknown se_placement {unknown}: choose from {list(SE_PLACEMENTS)}")
         self.se_placement = tuple(p for p in SE_PLACEMENTS if p in placement)
         if not self.block_config or any(b < 1 for b in self.block_config):
-            raise ValueError(f"block_config needs one or more positive layer counts, got {self.block_config}")
+            raise ModelConfigError(f"block_config needs one or more positive layer counts, got {self.block_config}")
         for name in ("growth_rate", "num_init_features", "bn_size", "in_chans"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ModelConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_classes < 0:
-            raise ValueError(f"num_classes must be 0 (no classifier) or more, got {self.num_classes}")
+            raise ModelConfigError(f"num_classes must be 0 (no classifier) or more, got {self.num_classes}")
         if not 0 < self.compression <= 1:
-            raise ValueError(f"compression must be in (0, 1], got {self.compression}")
+            raise ModelConfigError(f"compression must be in (0, 1], got {self.compression}")
         for name in ("drop_rate", "head_drop_rate"):
             if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+                raise ModelConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.stem not in STEMS:
-            raise ValueError(f"unknown stem {self.stem!r}: choose from {list(STEMS)}")
+            raise ModelConfigError(f"unknown stem {self.stem!r}: choose from {list(STEMS)}")
         if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
+            raise ModelConfigError(f"norm_eps must be positive, got {self.norm_eps}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-ready dictionary (tuples as lists)."""
@@ -108,7 +113,7 @@ class DenseNetConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown DenseNet setting(s) {unknown}; valid: {sorted(names)}")
+            raise ModelConfigError(f"unknown DenseNet setting(s) {unknown}; valid: {sorted(names)}")
         return cls(**d)
 
     def min_input_size(self) -> int:

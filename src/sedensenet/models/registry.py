@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sedensenet.models.densenet import DenseNet, DenseNetConfig
+from sedensenet.models.densenet import DenseNet, DenseNetConfig, ModelConfigError
 
 _IMAGENET = {"growth_rate": 32, "num_init_features": 64}
 _DEPTHS = {
@@ -69,11 +69,12 @@ def list_models(filter: str = "") -> list[str]:
 
 
 def get_preset(name: str) -> Preset:
-    """The preset called ``name``; an unknown name raises ValueError listing the valid ones."""
+    """The preset called ``name``; an unknown name raises :class:`ModelConfigError` (a ValueError) listing the
+    valid ones."""
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}") from None
+        raise ModelConfigError(f"unknown model {name!r}; available models: {', '.join(list_models())}") from None
 
 
 def model_config(name: str, num_classes: int = 1000, in_chans: int = 3, **overrides: Any) -> DenseNetConfig:

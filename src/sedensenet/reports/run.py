@@ -63,6 +63,10 @@ _REASONS = {
 }
 
 
+class RunNameError(UserError, ValueError):
+    """A run name that is not a plain folder name (empty, ``.``, ``..`` or with a path separator)."""
+
+
 class RunDirError(UserError, OSError):
     """A run folder that cannot be created or written; the message names it and says why.
 
@@ -98,11 +102,11 @@ def new_run_dir(project: str | os.PathLike = "runs", name: str = "train", exist_
         The run folder's path.
 
     Raises:
-        ValueError: for an empty name or one with a path separator.
+        RunNameError: (a ValueError) for an empty name or one with a path separator.
         RunDirError: when the folder cannot be created.
     """
     if not name or name in (".", "..") or "/" in name or os.sep in name or (os.altsep and os.altsep in name):
-        raise ValueError(f"run name must be a plain folder name without path separators, got {name!r}")
+        raise RunNameError(f"run name must be a plain folder name without path separators, got {name!r}")
     root = Path(project)
     try:
         root.mkdir(parents=True, exist_ok=True)
