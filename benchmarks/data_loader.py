@@ -75,7 +75,9 @@ def main() -> None:
     build_start = time.perf_counter()
     cache = ImageCache.build(splits.train, args.size, 3, root=root.parent / f"{root.name}-cache")
     build = time.perf_counter() - build_start
-    ours_ds = CachedImageDataset(splits.train, cache, build_transforms(args.size, True, "light", normalize=False), 3)
+    ours_ds = CachedImageDataset(
+        splits.train, cache, build_transforms(args.size, train=True, augment="light", normalize=False), 3
+    )
     ours_loader = DataLoader(ours_ds, **kw)
     mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
     ours = [epoch_seconds(ours_loader, lambda x: normalize_batch(x, mean, std)) for _ in range(args.epochs)]

@@ -164,7 +164,7 @@ def _expected_gates(checkpoint: Path, data: Path, layer: str) -> np.ndarray:
     se = model.se_modules()[layer]
     seen: list[torch.Tensor] = []
     se.gate.register_forward_hook(lambda module, inputs, output: seen.append(output.flatten(1)))
-    transform = build_transforms(16, False, "none", MEAN, STD, in_chans=3)
+    transform = build_transforms(16, train=False, augment="none", mean=MEAN, std=STD, in_chans=3)
     rows = []
     for name in CLASSES:
         x = torch.stack([transform(load_image(p)) for p in sorted((data / name).iterdir())])

@@ -220,7 +220,9 @@ def explain_images(
     model, meta = load_checkpoint(resolve_checkpoint(checkpoint), map_location=dev)
     classes = list(meta.classes)
     target_index = _resolve_target(target, classes)
-    transform = build_transforms(meta.image_size, False, "none", meta.mean, meta.std, in_chans=meta.in_chans)
+    transform = build_transforms(
+        meta.image_size, train=False, augment="none", mean=meta.mean, std=meta.std, in_chans=meta.in_chans
+    )
     loaded, skipped = _load_inputs(expand_inputs(images), meta)
     out_dir = Path(output_dir)
     used: set[str] = {"gradcam_grid.png"}

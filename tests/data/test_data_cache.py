@@ -18,7 +18,7 @@ from sedensenet.data.cache import CachedImageDataset, ImageCache  # noqa: E402
 @pytest.mark.parametrize("in_chans", [1, 3, 5])
 def test_cached_eval_tensors_equal_decoded_ones(tmp_path: Path, in_chans: int) -> None:
     splits = scan_folder(make_folder(tmp_path / "d", per_class=4, size=40), val_split=0.25)
-    tf = build_transforms(16, False, "none", mean=(0.5,), std=(0.25,), in_chans=in_chans)
+    tf = build_transforms(16, train=False, augment="none", mean=(0.5,), std=(0.25,), in_chans=in_chans)
     cache = ImageCache.build(splits.train + splits.val, 16, in_chans, root=tmp_path / "c")
     plain = ImageFolderDataset(splits.val, tf, in_chans)
     cached = CachedImageDataset(splits.val, cache, tf, in_chans)
@@ -26,11 +26,16 @@ def test_cached_eval_tensors_equal_decoded_ones(tmp_path: Path, in_chans: int) -
         (a, la), (b, lb) = plain[i], cached[i]
         assert a.shape == b.shape == (in_chans, 16, 16) and la == lb
         torch.testing.assert_close(a, b, atol=0, rtol=0)
-    train = CachedImageDataset(splits.train, cache, build_transforms(16, True, "strong", in_chans=in_chans), in_chans)
+    train = CachedImageDataset(
+        splits.train, cache, build_transforms(16, train=True, augment="strong", in_chans=in_chans), in_chans
+    )
     assert train[0][0].shape == (in_chans, 16, 16)
     # uint8 to the loader, normalised by batch: the same numbers as the float pipeline
     u8 = CachedImageDataset(
-        splits.val, cache, build_transforms(16, False, "none", in_chans=in_chans, normalize=False), in_chans
+        splits.val,
+        cache,
+        build_transforms(16, train=False, augment="none", in_chans=in_chans, normalize=False),
+        in_chans,
     )
     batch = torch.stack([u8[i][0] for i in range(len(u8))])
     assert batch.dtype == torch.uint8

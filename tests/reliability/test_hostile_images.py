@@ -139,7 +139,7 @@ def hang_guard(seconds: int = HANG_SECONDS) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-EVAL = build_transforms(16, False, "none", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+EVAL = build_transforms(16, train=False, augment="none", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
 @FUZZ

@@ -44,12 +44,12 @@ def _stats(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[
 
 def build_transforms(
     image_size: int,
+    *,
     train: bool,
     augment: str = "light",
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     vflip: bool = False,
-    *,
     in_chans: int | None = None,
     normalize: bool = True,
 ) -> v2.Compose:

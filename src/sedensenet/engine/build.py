@@ -167,7 +167,14 @@ def make_dataset(
     vflip = config.vflip and train
     # From the cache, uint8 goes all the way to the device: StepSettings.to_device normalises whole batches.
     tf = build_transforms(
-        config.image_size, train, augment, mean, std, vflip=vflip, in_chans=config.in_chans, normalize=cache is None
+        config.image_size,
+        train=train,
+        augment=augment,
+        mean=mean,
+        std=std,
+        vflip=vflip,
+        in_chans=config.in_chans,
+        normalize=cache is None,
     )
     if cache is not None:
         from sedensenet.data.cache import CachedImageDataset

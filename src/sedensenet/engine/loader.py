@@ -101,6 +101,7 @@ def default_workers(device: torch.device) -> int:
 def make_loader(
     dataset: Dataset,
     batch_size: int,
+    *,
     seed: int,
     train: bool,
     device: torch.device,

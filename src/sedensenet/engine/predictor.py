@@ -72,7 +72,12 @@ class Predictor:
         self._runner: tuple[str, nn.Module] | None = None
         self.classes = list(meta.classes)
         self.transform = build_transforms(
-            meta.image_size, False, "none", tuple(meta.mean), tuple(meta.std), in_chans=meta.in_chans
+            meta.image_size,
+            train=False,
+            augment="none",
+            mean=tuple(meta.mean),
+            std=tuple(meta.std),
+            in_chans=meta.in_chans,
         )
 
     @classmethod
@@ -102,7 +107,7 @@ class Predictor:
     def run_samples(self, samples: list[Sample], batch_size: int) -> EpochResult:
         in_chans = self.meta.in_chans
         dataset = ImageFolderDataset(samples, transform=self.transform, in_chans=in_chans)
-        loader = make_loader(dataset, batch_size, 0, False, self.device, workers=-1)
+        loader = make_loader(dataset, batch_size, seed=0, train=False, device=self.device, workers=-1)
         criterion = nn.CrossEntropyLoss()
         return evaluate_loader(self.runner(len(samples)), loader, criterion, StepSettings(self.device))
 
