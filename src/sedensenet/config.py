@@ -119,7 +119,7 @@ class TrainConfig:
     head_drop_rate: float = 0.0
     """Dropout before the classifier."""
     sync_bn: bool = False
-    """Synchronise BatchNorm statistics across processes in distributed training."""
+    """Synchronise BatchNorm statistics across processes in distributed training (CUDA GPUs only)."""
     project: str = "runs"
     """Folder that holds the run folders."""
     name: str = "train"

@@ -69,3 +69,15 @@ def test_only_rank_zero_writes(runs: dict[str, Path]) -> None:
     assert (runs["full2"] / "metrics.json").is_file()
     log = (runs["full2"] / "train.log").read_text(encoding="utf-8")
     assert log.count("epoch 2/2") == 1
+
+
+def test_sync_bn_on_cpu_is_refused_before_training(tmp_path: Path) -> None:
+    # PyTorch's SyncBatchNorm has GPU kernels only: a CPU run must say so up front, not crash in the first step.
+    data = make_folder(tmp_path / "data", per_class=4)
+    argv = ["--data", str(data), "--model", "se_densenet_tiny", "--image-size", "16", "--batch-size", "4",
+            "--epochs", "1", "--workers", "0", "--project", str(tmp_path / "runs"), "--sync-bn"]  # fmt: skip
+    proc = _train(argv, 2, tmp_path)
+    assert proc.returncode != 0
+    assert "--sync-bn needs CUDA GPUs" in proc.stderr
+    assert "error: --sync-bn" in proc.stderr  # the CLI's one-line user error, from the ranks themselves
+    assert not list((tmp_path / "runs").glob("*/weights/*.safetensors"))

@@ -45,6 +45,9 @@ def prepare(
     ``epochs_done``: the epochs a resumed run has behind it (``--compile auto`` weighs the remaining ones).
     """
     device = device or select_device(config.device)
+    if config.sync_bn and dist.is_distributed() and device.type != "cuda":
+        # PyTorch's SyncBatchNorm has kernels for GPUs only: fail here, not in the first forward pass.
+        raise ConfigError(f"--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no {device.type} kernels); drop it")
     tuned = tune_malloc_for_training(config.memory_efficient)
     if tuned:
         log.debug("%s", tuned)
@@ -97,11 +100,29 @@ def _loaders(
     replicas, rank = dist.world_size(), dist.rank()
     batch = dist.local_batch_size(config.batch_size)
     train_set = build.make_dataset(config, splits.train, mean, std, train=True, cache=cache)
-    train_loader = make_loader(train_set, batch, config.seed, True, device, config.workers, replicas, rank)
+    train_loader = make_loader(
+        train_set,
+        batch,
+        seed=config.seed,
+        train=True,
+        device=device,
+        workers=config.workers,
+        num_replicas=replicas,
+        rank=rank,
+    )
     if not splits.val:
         return train_loader, None
     val_set = build.make_dataset(config, splits.val, mean, std, train=False, cache=cache)
-    return train_loader, make_loader(val_set, batch, config.seed, False, device, config.workers, replicas, rank)
+    return train_loader, make_loader(
+        val_set,
+        batch,
+        seed=config.seed,
+        train=False,
+        device=device,
+        workers=config.workers,
+        num_replicas=replicas,
+        rank=rank,
+    )
 
 
 def _criterion(config: TrainConfig, splits: DataSplits, device: torch.device) -> nn.Module:
@@ -220,7 +241,9 @@ def finish(ctx: RunContext) -> dict[str, Any]:
         if not samples:
             continue
         dataset = build.make_dataset(c, samples, mean, std, train=False, cache=ctx.cache)
-        loader = make_loader(dataset, c.batch_size, c.seed, False, ctx.settings.device, c.workers)
+        loader = make_loader(
+            dataset, c.batch_size, seed=c.seed, train=False, device=ctx.settings.device, workers=c.workers
+        )
         res = evaluate_loader(ctx.model, loader, ctx.criterion, ctx.settings)
         out = ctx.run_dir if split == "val" else ctx.run_dir / "test"
         extra = {"split": split, "best_epoch": ctx.state.best_epoch, "epochs_run": ctx.state.epoch}
