@@ -265,10 +265,10 @@ def test_uppercase_extensions_count(tmp_path: Path, make_image) -> None:
 
 def test_chinese_names_and_spaces(tmp_path: Path, make_image) -> None:
     root = tmp_path / "我的 数据"
-    make_image(root / "猫" / "小 猫 1.jpg")
-    make_image(root / "猫" / "小 猫 2.png")
-    make_image(root / "狗" / "my dog.png")
-    make_image(root / "狗" / "狗 2.png")
+    make_image(root / "猫" / "小 猫 1.jpg", value=1)  # distinct pixels: copies would stay on one side
+    make_image(root / "猫" / "小 猫 2.png", value=2)
+    make_image(root / "狗" / "my dog.png", value=3)
+    make_image(root / "狗" / "狗 2.png", value=4)
     (root / "狗" / "坏 图.png").write_bytes(b"")
     splits = scan_folder(root, val_split=0.5)
     assert splits.classes == sorted(["猫", "狗"])

@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from sedensenet.data.dedupe import Fingerprint, fingerprint_image
 from sedensenet.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -73,30 +74,46 @@ def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -
     The pixel count is read from the header and checked before any pixel is decoded, so a decompression
     bomb costs nothing. Never raises; special files (pipes, devices) are refused without being opened.
     """
+    return inspect_image(path, max_pixels, fingerprint=False)[0]
+
+
+def _fingerprint(im: Image.Image, path: str | os.PathLike) -> Fingerprint | None:
+    """The duplicate search's fingerprint; a usable image whose mode it cannot hash is only left out of it."""
+    try:
+        return fingerprint_image(im, path)
+    except Exception as exc:  # e.g. a mode PIL cannot turn into grayscale directly: the file itself is fine
+        logger.debug("no duplicate fingerprint for %s: %s", path, exc)
+        return None
+
+
+def inspect_image(
+    path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, fingerprint: bool = True
+) -> tuple[str | None, Fingerprint | None]:
+    """:func:`check_image`'s reason, and the file's :class:`Fingerprint` from the same decode when usable."""
     try:
         st = os.stat(path)
     except OSError as exc:
-        return _unreadable(exc)
+        return _unreadable(exc), None
     if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
+        return "not a regular file", None
     if st.st_size == 0:
-        return "empty file (0 bytes)"
+        return "empty file (0 bytes)", None
     try:
         with Image.open(path) as im:  # reads only the header
             pixels = im.width * im.height
             if pixels > max_pixels:
-                return f"too large: {pixels} pixels > limit {max_pixels}"
+                return f"too large: {pixels} pixels > limit {max_pixels}", None
             im.load()  # full decode: catches truncated and corrupt data
+            return None, _fingerprint(im, path) if fingerprint else None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return _too_large(exc, max_pixels)
+        return _too_large(exc, max_pixels), None
     except UnidentifiedImageError:
-        return "not an image (cannot identify image file)"
+        return "not an image (cannot identify image file)", None
     except (PermissionError, FileNotFoundError) as exc:
-        return _unreadable(exc)
+        return _unreadable(exc), None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error... on bad data
         detail = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
-        return f"truncated or corrupt image: {detail}"
-    return None
+        return f"truncated or corrupt image: {detail}", None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from sedensenet.data.images import DEFAULT_MAX_PIXELS, DataError, Sample, check_image
+from sedensenet.data.dedupe import DEFAULT_NEAR_DISTANCE, Fingerprint, check_near_distance, clusters, find_pairs
+from sedensenet.data.groups import read_groups, split_units
+from sedensenet.data.images import DEFAULT_MAX_PIXELS, DataError, Sample, inspect_image
 from sedensenet.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,10 @@ class DataSplits:
     val: list[Sample]
     test: list[Sample] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    fingerprints: dict[Path, Fingerprint] = field(default_factory=dict, repr=False, compare=False)
+    """Every usable file's fingerprint (hashes, size, mode, format), from the file check's own decode."""
+    groups: dict[Path, str] = field(default_factory=dict, repr=False, compare=False)
+    """Each file's group from a ``--groups`` CSV (empty without one)."""
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per split and class: ``{"train": {"cats": 80, ...}, "val": {...}, "test": {...}}``.
@@ -204,12 +210,14 @@ def _list_images(class_dir: Path, skipped: list[Skipped]) -> tuple[list[Path], i
     return sorted(files), ignored
 
 
-def _check_all(paths: Sequence[Path], max_pixels: int, workers: int | None) -> list[str | None]:
-    """:func:`check_image` over ``paths`` in a thread pool (PIL releases the GIL while decoding)."""
+def _check_all(
+    paths: Sequence[Path], max_pixels: int, workers: int | None
+) -> list[tuple[str | None, Fingerprint | None]]:
+    """:func:`inspect_image` over ``paths`` in a thread pool (PIL releases the GIL while decoding)."""
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
 
-    def check(path: Path) -> str | None:
-        return check_image(path, max_pixels)
+    def check(path: Path) -> tuple[str | None, Fingerprint | None]:
+        return inspect_image(path, max_pixels)
 
     start = time.perf_counter()
     # Our own pixel check reports large images; PIL's warning for them would only add noise. The filter is
@@ -239,21 +247,6 @@ def _n_val(n: int, val_split: float) -> int:
     return min(max(math.floor(n * val_split + 0.5), 1), n - 1)
 
 
-def _split_class(
-    paths: list[Path], class_dir: Path, label: int, val_split: float, seed: int
-) -> tuple[list[Sample], list[Sample]]:
-    if val_split > 0 and len(paths) < 2:
-        raise DataError(
-            f"{class_dir} has only {len(paths)} readable image; with val_split={val_split} every class needs at "
-            "least 2 (one to train on, one to validate): add images, or use val_split=0"
-        )
-    ordered = sorted(paths, key=lambda p: _split_key(seed, class_dir, p))
-    n_val = _n_val(len(paths), val_split)
-    val = sorted(ordered[:n_val])
-    train = sorted(ordered[n_val:])
-    return [Sample(p, label) for p in train], [Sample(p, label) for p in val]
-
-
 def _gather(
     dirs: dict[str, Path | None], classes: list[str]
 ) -> tuple[dict[tuple[str, int], list[Path]], list[Skipped], int]:
@@ -279,7 +272,7 @@ def _keep_readable(
     for (split, label), paths in found.items():
         good[split, label] = []
         for path in paths:
-            reason = next(reasons)
+            reason, _ = next(reasons)
             if reason is None:
                 good[split, label].append(path)
             else:
@@ -300,6 +293,8 @@ def scan_folder(
     seed: int = 123,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int | None = None,
+    groups: str | os.PathLike | None = None,
+    near_distance: int = DEFAULT_NEAR_DISTANCE,
 ) -> DataSplits:
     """Find the classes and images under ``root``, check every image, and split them.
 
@@ -310,39 +305,110 @@ def scan_folder(
         seed: the split depends only on this seed and the file names (relative to their class folder).
         max_pixels: images with more pixels (width * height, read from the header) are skipped.
         workers: threads that decode files; default ``min(8, os.cpu_count())``, 0 or 1 for none.
+        groups: a CSV of ``file,group`` (e.g. a patient id): each group stays on one side of the split.
+        near_distance: perceptual-hash bits within which two images may be near duplicates; clusters of exact
+            and near duplicates always stay on one side of the split.
 
     Returns:
-        The classes (sorted folder names), train / val / test samples sorted by class and path, and the
-        files that were skipped with their reasons.
+        The classes (sorted folder names), train / val / test samples sorted by class and path, the files that
+        were skipped with their reasons, and every usable file's fingerprint.
 
     Raises:
         DataError: a missing folder, a bad layout, train/val/test folders with different classes, a class
             without readable images (or too few to split), fewer than two classes, or a bad ``val_split``.
+        GroupsError: a groups file that misses images or names unknown files.
     """
     _check_val_split(val_split)
+    check_near_distance(near_distance)
     root = Path(os.path.abspath(os.path.expanduser(root)))
     dirs = _layout(root)
     classes = _common_classes(dirs)
     found, skipped, ignored = _gather(dirs, classes)
     paths = [p for group in found.values() for p in group]
+    group_of = read_groups(groups, root, paths) if groups else {}
     logger.info("checking %d image files in %d classes under %s", len(paths), len(classes), root)
-    good, bad = _keep_readable(found, dirs, classes, _check_all(paths, max_pixels, workers))
+    checked = _check_all(paths, max_pixels, workers)
+    fingerprints = {p: fp for p, (_, fp) in zip(paths, checked, strict=True) if fp is not None}
+    good, bad = _keep_readable(found, dirs, classes, checked)
     skipped.extend(bad)
 
     splits: dict[str, list[Sample]] = {split: [] for split in SPLITS}
     for (split, label), split_paths in good.items():
-        if split == "train" and dirs["val"] is None:
-            train, val = _split_class(split_paths, dirs["train"] / classes[label], label, val_split, seed)
-            splits["train"] += train
-            splits["val"] += val
-        else:
+        if split != "train" or dirs["val"] is not None:
             splits[split] += [Sample(p, label) for p in split_paths]
-    if dirs["val"] is not None:
+    if dirs["val"] is None:
+        train_paths = {label: ps for (split, label), ps in good.items() if split == "train"}
+        units = _units(train_paths, fingerprints, near_distance, group_of) if val_split > 0 else {}
+        splits["train"], splits["val"] = _split(train_paths, dirs["train"], classes, val_split, seed, units)
+    else:
         logger.info("validation images come from %s (val_split is not used)", dirs["val"])
 
-    result = DataSplits(root, classes, splits["train"], splits["val"], splits["test"], skipped)
+    result = DataSplits(root, classes, splits["train"], splits["val"], splits["test"], skipped, fingerprints,
+                        group_of)  # fmt: skip
     _log_summary(result, ignored)
     return result
+
+
+def _units(
+    per_class: dict[int, list[Path]],
+    fingerprints: dict[Path, Fingerprint],
+    near_distance: int,
+    group_of: dict[Path, str],
+) -> dict[Path, str]:
+    """The files that must share a side of the split: joined by a group or by being copies (exact or near)."""
+    files = [p for label in sorted(per_class) for p in per_class[label]]
+    pairs = find_pairs([fingerprints.get(p) for p in files], "near", near_distance)
+    links = [(p.a, p.b) for p in pairs]
+    first: dict[str, int] = {}
+    for i, path in enumerate(files):
+        if path in group_of:
+            links.append((first.setdefault(group_of[path], i), i))
+    roots = clusters(len(files), links)
+    linked = {i for link in links for i in link}
+    if pairs:
+        copies = len({i for p in pairs for i in (p.a, p.b)})
+        logger.info("%d files have copies among the training images: each cluster stays on one side", copies)
+    return {files[i]: f"\0unit{roots[i]}" for i in linked}
+
+
+def _split(
+    per_class: dict[int, list[Path]],
+    train_dir: Path,
+    classes: list[str],
+    val_split: float,
+    seed: int,
+    unit_of: dict[Path, str],
+) -> tuple[list[Sample], list[Sample]]:
+    """Stratified, seeded train/val split that keeps each group and duplicate cluster on one side."""
+    n_val = {}
+    keyed = {}
+    for label, paths in per_class.items():
+        class_dir = train_dir / classes[label]
+        if val_split > 0 and len(paths) < 2:
+            raise DataError(
+                f"{class_dir} has only {len(paths)} readable image; with val_split={val_split} every class needs "
+                "at least 2 (one to train on, one to validate): add images, or use val_split=0"
+            )
+        n_val[label] = _n_val(len(paths), val_split)
+        keyed[label] = [(p, _split_key(seed, class_dir, p)) for p in paths]
+    val_files, differs = split_units(keyed, n_val, unit_of)
+    for label, count in differs.items():
+        level = logging.WARNING if count == 0 else logging.INFO
+        logger.log(level, "%s: %d validation images instead of %d, to keep groups and duplicates on one side",
+                   classes[label], count, n_val[label])  # fmt: skip
+    train: list[Sample] = []
+    val: list[Sample] = []
+    for label in sorted(per_class):
+        paths = sorted(per_class[label])
+        kept = [Sample(p, label) for p in paths if p not in val_files]
+        if not kept:
+            raise DataError(
+                f"every image of {train_dir / classes[label]} went to validation with its group or duplicate "
+                "cluster: add images of this class from other groups, or use a train/ and val/ folder"
+            )
+        train += kept
+        val += [Sample(p, label) for p in paths if p in val_files]
+    return train, val
 
 
 def _log_summary(splits: DataSplits, ignored: int) -> None:
