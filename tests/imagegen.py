@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 CLASSES = ("狗", "猫")  # Chinese class names: dog, cat
 
@@ -46,3 +46,76 @@ def add_awkward_files(root: Path) -> dict[str, Path]:
     rgba.putalpha(128)
     rgba.save(cat / "rgba.png")
     return files
+
+
+def lookalike_image(rng: np.random.Generator, size: int = 128) -> Image.Image:
+    """A gray "chest X-ray": one anatomy (body, two lungs, spine, ribs) for all, drawn with a different pose,
+    rib phase, low-frequency density, 0-3 nodules and noise each time: distinct images that share a structure."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    dx, dy = rng.uniform(-0.03, 0.03, 2)
+    scale = rng.uniform(0.95, 1.05)
+    xx, yy = (x - 0.5 - dx) / scale, (y - 0.5 - dy) / scale
+    img = 40.0 + 110 * (((xx / 0.45) ** 2 + (yy / 0.48) ** 2) < 1)
+    for side in (-1, 1):
+        img -= 70 * ((((xx - side * 0.2) / 0.15) ** 2 + ((yy + 0.02) / 0.32) ** 2) < 1)
+    img += 60 * (np.abs(xx) < 0.04)
+    img += 12 * np.sin(yy * 40 + rng.uniform(0, 2 * np.pi) + 6 * xx**2)
+    low = Image.fromarray(rng.normal(0, 1, (8, 8)).astype(np.float32), mode="F")
+    img += 10 * np.asarray(low.resize((size, size), Image.Resampling.BICUBIC))
+    for _ in range(rng.integers(0, 4)):
+        cx, cy, r = rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.3), rng.uniform(0.02, 0.06)
+        img += 35 * (((xx - cx) ** 2 + (yy - cy) ** 2) < r * r)
+    img += rng.normal(0, 6, img.shape) + rng.uniform(-10, 10)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
+
+
+def contrast(im: Image.Image, factor: float) -> Image.Image:
+    """Stretch (factor > 1) or flatten the gray levels around their mean."""
+    arr = np.asarray(im, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint((arr - arr.mean()) * factor + arr.mean()), 0, 255).astype(np.uint8))
+
+
+def jpeg(im: Image.Image, path: Path, quality: int) -> Path:
+    im.save(path, format="JPEG", quality=quality)
+    return path
+
+
+PLANTED_CLASSES = ("normal", "肺炎")  # Chinese: pneumonia
+
+
+def make_planted_folder(root: Path, per_split: dict[str, int] | None = None, seed: int = 0) -> list[tuple[str, str]]:
+    """root/{train,val,test}/<class>/ of distinct look-alikes, plus planted copies; returns the planted pairs
+    (paths relative to root) a duplicate search must find."""
+    per_split = per_split or {"train": 12, "val": 5, "test": 5}
+    rng = np.random.default_rng(seed)
+    originals: dict[str, Image.Image] = {}
+    for split, n in per_split.items():
+        for name in PLANTED_CLASSES:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                rel = f"{split}/{name}/{i:03d}.png"
+                originals[rel] = lookalike_image(rng)
+                originals[rel].save(root / rel)
+    a, b = PLANTED_CLASSES
+    tr = f"train/{a}"
+    planted = [
+        (f"{tr}/000.png", f"test/{a}/copy_exact.png"),  # identical file, train -> test
+        (f"{tr}/001.png", f"val/{a}/copy_q60.jpg"),  # JPEG quality 60, train -> val
+        (f"{tr}/002.png", f"test/{a}/copy_80pct.png"),  # resized to 80%, train -> test
+        (f"{tr}/003.png", f"val/{a}/copy_contrast_up.png"),  # contrast +10%
+        (f"{tr}/004.png", f"{tr}/copy_contrast_down.png"),  # contrast -10%, within a class
+        (f"{tr}/005.png", f"{tr}/copy_same.png"),  # exact copy within a class
+        (f"{tr}/006.png", f"train/{b}/copy_other_class.png"),  # one image under two classes
+        (f"val/{b}/000.png", f"test/{b}/copy_q60.jpg"),  # val -> test, re-encoded
+    ]
+    for src, dst in planted:
+        im = originals[src]
+        if dst.endswith("copy_exact.png") or dst.endswith("copy_same.png") or dst.endswith("other_class.png"):
+            (root / dst).write_bytes((root / src).read_bytes())
+        elif dst.endswith("q60.jpg"):
+            jpeg(im, root / dst, 60)
+        elif dst.endswith("80pct.png"):
+            im.resize((im.width * 4 // 5, im.height * 4 // 5), Image.Resampling.LANCZOS).save(root / dst)
+        else:
+            contrast(im, 1.1 if "up" in dst else 0.9).save(root / dst)
+    return planted

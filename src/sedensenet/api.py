@@ -18,8 +18,8 @@ from sedensenet.checkpoint import resolve_checkpoint
 from sedensenet.config import ConfigError, TrainConfig, resolve_config
 from sedensenet.engine.predictor import Prediction, probabilities_to_rows
 
-__all__ = ["Prediction", "TrainResult", "evaluate", "load_model", "predict", "probabilities_to_rows",
-           "resolve_checkpoint", "train", "training_config"]  # fmt: skip
+__all__ = ["DataCheckResult", "Prediction", "TrainResult", "check_data", "evaluate", "load_model", "predict",
+           "probabilities_to_rows", "resolve_checkpoint", "train", "training_config"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -191,14 +191,74 @@ def evaluate(
     batch_size: int = 32,
     device: str = "auto",
     backend: str = "auto",
+    dedupe: str = "off",
 ) -> Any:
     """Evaluate a checkpoint on a labelled folder and write the reports to ``output``.
 
     ``split``: ``auto`` (``test/`` if present, else ``val/``, else every image of a class-per-folder tree),
     or ``train``, ``val``, ``test``, ``all``. Classes are matched by name with the checkpoint's. ``backend`` as
-    for :func:`predict`.
+    for :func:`predict`. ``dedupe`` (``exact`` or ``near``) leaves out val/test images that duplicate training images.
     """
     from sedensenet.engine.predictor import Predictor
 
     predictor = Predictor.load(model, device=device, backend=backend)
-    return predictor.evaluate_folder(data, split=split, output=output, batch_size=batch_size)
+    return predictor.evaluate_folder(data, split=split, output=output, batch_size=batch_size, dedupe=dedupe)
+
+
+@dataclass
+class DataCheckResult:
+    """What :func:`check_data` returns: the findings and the report files written."""
+
+    check: Any
+    output: Path
+    files: dict[str, Path]
+
+
+def check_data(
+    data: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    near_distance: int | None = None,
+    project: str | os.PathLike = "runs",
+    montage_per_class: int = 6,
+    groups: str | os.PathLike | None = None,
+) -> DataCheckResult:
+    """Check a data folder before training and write ``data_report.md``, ``data_report.json`` and a montage.
+
+    Args:
+        data: an image folder (class sub-folders, or train/ val/ test/) or ``builtin:NAME``.
+        output: the report folder; default ``project/check-data/<folder name>`` (numbered when it exists).
+        near_distance: perceptual-hash bits (0-32) within which images are compared as near duplicates.
+        project: the folder that holds run folders.
+        montage_per_class: images per class in ``montage.png`` (0: no montage).
+        groups: a ``file,group`` CSV (e.g. patient ids): groups with images in two splits are reported.
+
+    Raises:
+        ValueError: ``near_distance`` out of range; DataError: a missing, empty or badly laid out folder.
+    """
+    import numpy as np
+
+    from sedensenet.data import load_image, resolve_data
+    from sedensenet.data.check import check_data as run_check
+    from sedensenet.data.dedupe import DEFAULT_NEAR_DISTANCE, check_near_distance
+    from sedensenet.reports import new_run_dir
+    from sedensenet.reports.data_report import write_data_report
+
+    distance = DEFAULT_NEAR_DISTANCE if near_distance is None else near_distance
+    check_near_distance(distance)
+    root = resolve_data(str(data))
+    check = run_check(root, near_distance=distance, groups=groups)
+    if output is None:
+        name = str(data).split(":", 1)[1] if str(data).startswith("builtin:") else Path(root).name or "data"
+        out = new_run_dir(Path(project) / "check-data", name)
+    else:
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+    montage = []
+    for label in check.classes:
+        for ref in [f for f in check.files if f.label == label][:montage_per_class]:
+            image = load_image(Path(check.root) / ref.path, 3)
+            image.thumbnail((128, 128))
+            montage.append((label, np.asarray(image)))
+    files = write_data_report(check, out, montage)
+    log.info("data report written to %s", out)
+    return DataCheckResult(check, out, files)

@@ -92,6 +92,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_data(args: argparse.Namespace) -> int:
+    """Check a data folder before training: counts, image properties, unusable files, duplicates and leaks."""
+    from sedensenet.api import check_data
+
+    result = check_data(args.data, output=args.output, near_distance=args.near_distance, project=args.project)
+    check = result.check
+    print(f"{check.root}: {len(check.files)} usable images in {len(check.classes)} classes, "
+          f"{len(check.skipped)} files skipped, {len(check.pairs)} duplicate pairs")  # fmt: skip
+    for verdict in check.verdicts:
+        print(f"- {verdict.message}")
+    print(f"Report: {result.files['data_report.md']}")
+    return 1 if any(v.problem != "none" for v in check.verdicts) and args.strict else 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Classify images or folders of images with a checkpoint (or run folder, or exported .onnx file)."""
     from sedensenet.api import predict, probabilities_to_rows
@@ -275,6 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="auto", choices=("auto", "train", "val", "test", "all"))
     p.add_argument("--output", help="folder for the reports (default: RUN/eval_SPLIT)")
     _add_inference_flags(p)
+
+    p = command("check-data", cmd_check_data)
+    p.add_argument("data", help="image folder (class sub-folders, or train/ val/ test/) or builtin:NAME")
+    p.add_argument("--output", help="report folder (default: runs/check-data/<folder name>)")
+    p.add_argument("--near-distance", type=int, default=None,
+                   help="perceptual-hash bits (0-32) within which two images are compared as near copies "
+                   "(default: 10)")  # fmt: skip
+    p.add_argument("--project", default="runs", help="folder that holds run folders (default: runs)")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when any problem is found")
 
     p = command("predict", cmd_predict)
     p.add_argument("checkpoint", help="checkpoint .safetensors, run folder or exported .onnx")

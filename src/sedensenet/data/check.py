@@ -1,0 +1,248 @@
+"""Is the data sound? Counts, image properties, unusable files and duplicates of a data folder, before training.
+
+:func:`check_data` scans a folder with the same file check ``train`` uses (:func:`~sedensenet.data.scan_folder`),
+then looks for exact and near duplicates among *all* images: within a class, across classes (the same image under
+two labels) and across splits (leakage: a test image that is also a training image). It returns a
+:class:`DataCheck` of plain values; ``sedensenet.reports.data_report`` turns it into files, ``cli`` into a summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sedensenet.data.dedupe import DEFAULT_NEAR_DISTANCE, DuplicatePair, clusters, find_pairs
+from sedensenet.data.folder import SPLITS, DataSplits, Sample, scan_folder
+
+logger = logging.getLogger(__name__)
+
+IMBALANCE_WARNING = 3.0
+"""A split whose largest class has this many times the images of its smallest gets a verdict line."""
+
+_LEAKS = (("train", "val"), ("train", "test"), ("val", "test"))
+
+
+@dataclass
+class FileRef:
+    """One usable image: where it is, its split and class."""
+
+    path: str
+    split: str
+    label: str
+
+
+@dataclass
+class Verdict:
+    """One problem (or the absence of problems), counted, with what to do about it."""
+
+    problem: str
+    count: int
+    message: str
+
+
+@dataclass
+class DataCheck:
+    """Everything ``check-data`` found; :meth:`to_dict` is the JSON report."""
+
+    root: str
+    classes: list[str]
+    near_distance: int
+    counts: dict[str, dict[str, int]]
+    imbalance: dict[str, float]
+    properties: dict[str, dict[str, Any]]
+    skipped: list[dict[str, str]]
+    files: list[FileRef]
+    pairs: list[dict[str, Any]]
+    clusters: list[list[int]]
+    """Indices into ``files`` of every group of more than two copies."""
+    problems: dict[str, list[int]]
+    """Problem name -> indices into ``files`` of the images concerned (e.g. ``test duplicates train``)."""
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "classes": self.classes,
+            "near_distance": self.near_distance,
+            "counts": self.counts,
+            "imbalance": self.imbalance,
+            "properties": self.properties,
+            "skipped": self.skipped,
+            "verdicts": [v.__dict__ for v in self.verdicts],
+            "pairs": self.pairs,
+            "clusters": [[self.files[i].path for i in c] for c in self.clusters],
+            "problems": {k: [self.files[i].path for i in v] for k, v in self.problems.items()},
+            "files": len(self.files),
+        }
+
+
+def _samples(splits: DataSplits) -> list[tuple[str, Sample]]:
+    return [(split, s) for split in SPLITS for s in getattr(splits, split)]
+
+
+def _properties(splits: DataSplits, samples: list[tuple[str, Sample]]) -> dict[str, dict[str, Any]]:
+    """Per split: image sizes (min/median/max of width and height), modes, formats, EXIF-rotated files."""
+    out: dict[str, dict[str, Any]] = {}
+    for split in SPLITS:
+        fps = [splits.fingerprints[s.path] for sp, s in samples if sp == split and s.path in splits.fingerprints]
+        if not fps:
+            continue
+        widths, heights = [f.width for f in fps], [f.height for f in fps]
+        out[split] = {
+            "width": [min(widths), int(statistics.median(widths)), max(widths)],
+            "height": [min(heights), int(statistics.median(heights)), max(heights)],
+            "modes": dict(Counter(f.mode for f in fps).most_common()),
+            "formats": dict(Counter(f.format or "?" for f in fps).most_common()),
+            "exif_rotated": sum(f.exif_rotated for f in fps),
+        }
+    return out
+
+
+def _imbalance(counts: dict[str, dict[str, int]]) -> dict[str, float]:
+    out = {}
+    for split, per_class in counts.items():
+        n = list(per_class.values())
+        if sum(n):
+            out[split] = round(max(n) / max(min(n), 1), 2)
+    return out
+
+
+def _pair_record(pair: DuplicatePair, files: list[FileRef]) -> dict[str, Any]:
+    a, b = files[pair.a], files[pair.b]
+    where = []
+    if a.label != b.label:
+        where.append("conflicting labels")
+    if a.split != b.split:
+        where.append(
+            f"{a.split}/{b.split}" if SPLITS.index(a.split) < SPLITS.index(b.split) else f"{b.split}/{a.split}"
+        )
+    if not where:
+        where.append("within class")
+    return {
+        "a": a.path, "b": b.path, "a_split": a.split, "b_split": b.split, "a_class": a.label, "b_class": b.label,
+        "kind": pair.kind, "distance": pair.distance, "similarity": round(pair.similarity, 4), "where": where,
+    }  # fmt: skip
+
+
+def _problems(files: list[FileRef], roots: list[int], linked: set[int]) -> dict[str, list[int]]:
+    """Which images are affected by each problem, judged by their cluster of copies."""
+    members: dict[int, list[int]] = {}
+    for i in sorted(linked):
+        members.setdefault(roots[i], []).append(i)
+    out: dict[str, list[int]] = {}
+    for group in members.values():
+        splits = {files[i].split for i in group}
+        for early, late in _LEAKS:
+            if early in splits and late in splits:
+                out.setdefault(f"{late} duplicates {early}", []).extend(i for i in group if files[i].split == late)
+        if len({files[i].label for i in group}) > 1:
+            out.setdefault("conflicting labels", []).extend(group)
+        per_place = Counter((files[i].split, files[i].label) for i in group)
+        extra = [i for i in group if per_place[files[i].split, files[i].label] > 1]
+        if extra:
+            out.setdefault("copies within a class", []).extend(extra)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def check_data(
+    root: str | os.PathLike,
+    near_distance: int = DEFAULT_NEAR_DISTANCE,
+    max_pixels: int | None = None,
+    workers: int | None = None,
+) -> DataCheck:
+    """Check every file under ``root`` and find its duplicates; see the module docstring.
+
+    A folder without ``train/`` is checked as one split ("train"); ``--val-split`` at training time keeps each
+    duplicate cluster on one side, so only copies within and across classes matter there.
+
+    Raises:
+        DataError: the folder is missing, empty or badly laid out (as for ``train``).
+        ValueError: ``near_distance`` out of range.
+    """
+    kwargs: dict[str, Any] = {} if max_pixels is None else {"max_pixels": max_pixels}
+    splits = scan_folder(root, val_split=0.0, near_distance=near_distance, workers=workers, **kwargs)
+    samples = _samples(splits)
+    files = [FileRef(_rel(s.path, splits.root), split, splits.classes[s.label]) for split, s in samples]
+    logger.info("looking for duplicates among %d images", len(files))
+    pairs = find_pairs([splits.fingerprints.get(s.path) for _, s in samples], "near", near_distance)
+    roots = clusters(len(files), [(p.a, p.b) for p in pairs])
+    linked = {i for p in pairs for i in (p.a, p.b)}
+    sizes = Counter(roots[i] for i in linked)
+    big = [sorted(i for i in linked if roots[i] == r) for r, n in sorted(sizes.items()) if n > 2]
+    counts = splits.counts()
+    check = DataCheck(
+        root=str(splits.root), classes=splits.classes, near_distance=near_distance, counts=counts,
+        imbalance=_imbalance(counts), properties=_properties(splits, samples),
+        skipped=[{"path": _rel(s.path, splits.root), "reason": s.reason} for s in splits.skipped],
+        files=files, pairs=[_pair_record(p, files) for p in pairs], clusters=big,
+        problems=_problems(files, roots, linked),
+    )  # fmt: skip
+    check.verdicts = verdicts(check)
+    return check
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _near_or_exact(check: DataCheck, indices: Sequence[int]) -> str:
+    chosen = {check.files[i].path for i in indices}
+    near = any(p["kind"] == "near" and (p["a"] in chosen or p["b"] in chosen) for p in check.pairs)
+    return "near" if near else "exact"
+
+
+def _images(count: int, split: str = "") -> str:
+    """ "3 test images", "1 test image"."""
+    return f"{count} {split + ' ' if split else ''}image{'' if count == 1 else 's'}"
+
+
+def _verb(count: int, one: str, many: str) -> str:
+    return one if count == 1 else many
+
+
+def verdicts(check: DataCheck) -> list[Verdict]:
+    """One line per problem, with its count and what to do; a single "no problem found" line otherwise."""
+    out = []
+    for early, late in _LEAKS:
+        idx = check.problems.get(f"{late} duplicates {early}", [])
+        if idx:
+            scores = "validation scores (and the best epoch they pick)" if late == "val" else "scores on test"
+            out.append(Verdict(f"{late} duplicates {early}", len(idx), (
+                f"{_images(len(idx), late)} {_verb(len(idx), 'duplicates', 'duplicate')} {early} images: {scores} will be optimistic; "
+                f"`--dedupe {_near_or_exact(check, idx)}` drops them from val/test"
+            )))  # fmt: skip
+    idx = check.problems.get("conflicting labels", [])
+    if idx:
+        out.append(Verdict("conflicting labels", len(idx), (
+            f"{_images(len(idx))} {_verb(len(idx), 'is a copy', 'are copies')} of an image filed under another class: decide each one's class "
+            "(or remove them); the model is taught two answers for one image"
+        )))  # fmt: skip
+    idx = check.problems.get("copies within a class", [])
+    if idx:
+        out.append(Verdict("copies within a class", len(idx), (
+            f"{_images(len(idx))} {_verb(len(idx), 'has', 'have')} a copy in their own class and split: they count twice in training and "
+            "in scores; remove the extra copies unless they are meant to weigh more"
+        )))  # fmt: skip
+    if check.skipped:
+        out.append(Verdict("unusable files", len(check.skipped), (
+            f"{len(check.skipped)} files cannot be used (unreadable, truncated, empty, not images or too large): "
+            "train skips them; fix or remove them"
+        )))  # fmt: skip
+    for split, ratio in check.imbalance.items():
+        if ratio >= IMBALANCE_WARNING:
+            out.append(Verdict(f"imbalance in {split}", 1, (
+                f"{split}: the largest class has {ratio:g}x the images of the smallest: accuracy hides the small "
+                "classes; read per-class recall, and consider `--class-weights auto`"
+            )))  # fmt: skip
+    if not out:
+        out.append(Verdict("none", 0, "no duplicates, leaks, label conflicts or unusable files found"))
+    return out
