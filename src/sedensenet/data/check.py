@@ -213,24 +213,24 @@ def verdicts(check: DataCheck) -> list[Verdict]:
     """One line per problem, with its count and what to do; a single "no problem found" line otherwise."""
     out = []
     for early, late in _LEAKS:
-        idx = check.problems.get(f"{late} duplicates {early}", [])
-        if idx:
+        n = len(idx := check.problems.get(f"{late} duplicates {early}", []))
+        if n:
             scores = "validation scores (and the best epoch they pick)" if late == "val" else "scores on test"
-            out.append(Verdict(f"{late} duplicates {early}", len(idx), (
-                f"{_images(len(idx), late)} {_verb(len(idx), 'duplicates', 'duplicate')} {early} images: {scores} will be optimistic; "
-                f"`--dedupe {_near_or_exact(check, idx)}` drops them from val/test"
+            out.append(Verdict(f"{late} duplicates {early}", n, (
+                f"{_images(n, late)} {_verb(n, 'duplicates', 'duplicate')} {early} images: {scores} will be "
+                f"optimistic; `--dedupe {_near_or_exact(check, idx)}` drops them from val/test"
             )))  # fmt: skip
-    idx = check.problems.get("conflicting labels", [])
-    if idx:
-        out.append(Verdict("conflicting labels", len(idx), (
-            f"{_images(len(idx))} {_verb(len(idx), 'is a copy', 'are copies')} of an image filed under another class: decide each one's class "
-            "(or remove them); the model is taught two answers for one image"
+    n = len(check.problems.get("conflicting labels", []))
+    if n:
+        out.append(Verdict("conflicting labels", n, (
+            f"{_images(n)} {_verb(n, 'is a copy', 'are copies')} of an image filed under another class: decide "
+            "each one's class (or remove them); the model is taught two answers for one image"
         )))  # fmt: skip
-    idx = check.problems.get("copies within a class", [])
-    if idx:
-        out.append(Verdict("copies within a class", len(idx), (
-            f"{_images(len(idx))} {_verb(len(idx), 'has', 'have')} a copy in their own class and split: they count twice in training and "
-            "in scores; remove the extra copies unless they are meant to weigh more"
+    n = len(check.problems.get("copies within a class", []))
+    if n:
+        out.append(Verdict("copies within a class", n, (
+            f"{_images(n)} {_verb(n, 'has', 'have')} a copy in the same class and split: copies count twice in "
+            "training and in scores; remove the extra copies unless they are meant to weigh more"
         )))  # fmt: skip
     if check.skipped:
         out.append(Verdict("unusable files", len(check.skipped), (
