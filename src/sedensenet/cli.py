@@ -85,7 +85,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = args.output or (resolve_checkpoint(args.checkpoint).parent.parent / f"eval_{args.split}")
     report = evaluate(args.checkpoint, args.data, split=args.split, output=out, batch_size=args.batch_size,
-                      device=args.device, backend=args.backend)  # fmt: skip
+                      device=args.device, backend=args.backend, dedupe=args.dedupe)  # fmt: skip
     print(report.format_table())
     print(f"accuracy {report.accuracy:.4f}" + (f", ROC-AUC {report.roc_auc:.4f}" if report.roc_auc else ""))
     print(f"Reports: {out}")
@@ -288,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="labelled image folder (class sub-folders) or builtin:NAME")
     p.add_argument("--split", default="auto", choices=("auto", "train", "val", "test", "all"))
     p.add_argument("--output", help="folder for the reports (default: RUN/eval_SPLIT)")
+    p.add_argument("--dedupe", default="off", choices=("off", "exact", "near"),
+                   help="leave out val/test images that duplicate training images (exact: same pixels)")  # fmt: skip
     _add_inference_flags(p)
 
     p = command("check-data", cmd_check_data)

@@ -30,6 +30,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "amp": ("auto", "off", "bf16", "fp16"),
     "compile": ("off", "on", "auto"),
     "monitor": ("val_accuracy", "val_loss"),
+    "dedupe": ("off", "exact", "near"),
 }
 
 
@@ -90,6 +91,11 @@ class TrainConfig:
     """Seeds the split, the shuffling, augmentation and initialisation."""
     val_split: float = 0.2
     """Fraction of each class held out for validation when the folder has no val/."""
+    groups: str = ""
+    """CSV of ``file,group`` (e.g. a patient id per image): the val split keeps each group on one side."""
+    dedupe: str = "off"
+    """Drop from val/test every image that duplicates a training image: ``exact`` (same decoded pixels) or
+    ``near`` (also re-encoded, resized or contrast-changed copies)."""
     split_seed: int = -1
     """Seed of the train/val split (-1: the same as ``seed``); ``compare`` fixes it across seeds."""
     augment: str = "light"

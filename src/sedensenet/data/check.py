@@ -8,17 +8,27 @@ two labels) and across splits (leakage: a test image that is also a training ima
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sedensenet.data.dedupe import DEFAULT_NEAR_DISTANCE, DuplicatePair, clusters, find_pairs
+from sedensenet.data.dedupe import (
+    DEFAULT_NEAR_DISTANCE,
+    DuplicatePair,
+    clusters,
+    duplicates_of,
+    exact_pairs,
+    find_pairs,
+)
 from sedensenet.data.folder import SPLITS, DataSplits, Sample, scan_folder
+from sedensenet.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -246,3 +256,54 @@ def verdicts(check: DataCheck) -> list[Verdict]:
     if not out:
         out.append(Verdict("none", 0, "no duplicates, leaks, label conflicts or unusable files found"))
     return out
+
+
+DEDUPE_MODES = ("off", "exact", "near")
+
+
+def drop_duplicates_of_train(
+    splits: DataSplits, mode: str, near_distance: int = DEFAULT_NEAR_DISTANCE
+) -> tuple[DataSplits, dict[str, int]]:
+    """``splits`` without the val and test images that duplicate a training image, and how many each lost.
+
+    ``exact``: the same decoded pixels; ``near``: also near duplicates (see :mod:`sedensenet.data.dedupe`).
+    """
+    if mode not in DEDUPE_MODES:
+        raise ValueError(f"dedupe must be one of {', '.join(DEDUPE_MODES)}, got {mode!r}")
+    if mode == "off":
+        return splits, {}
+    train = [splits.fingerprints.get(s.path) for s in splits.train]
+    kept: dict[str, list[Sample]] = {}
+    dropped: dict[str, int] = {}
+    for split in ("val", "test"):
+        samples = getattr(splits, split)
+        dup = duplicates_of(train, [splits.fingerprints.get(s.path) for s in samples], mode, near_distance)
+        kept[split] = [s for s, d in zip(samples, dup, strict=True) if not d]
+        dropped[split] = len(samples) - len(kept[split])
+    out = replace(splits, val=kept["val"], test=kept["test"])
+    return out, dropped
+
+
+def exact_leaks(splits: DataSplits) -> list[dict[str, str]]:
+    """The cheap check ``train`` runs: pairs of files with the same pixels in two splits or under two classes."""
+    samples = _samples(splits)
+    pairs = exact_pairs([splits.fingerprints.get(s.path) for _, s in samples])
+    rows = []
+    for pair in pairs:
+        (split_a, a), (split_b, b) = samples[pair.a], samples[pair.b]
+        if split_a != split_b or a.label != b.label:
+            rows.append({
+                "file": str(a.path), "split": split_a, "class": splits.classes[a.label],
+                "copy": str(b.path), "copy_split": split_b, "copy_class": splits.classes[b.label], "kind": pair.kind,
+            })  # fmt: skip
+    return rows
+
+
+def write_leaks_csv(rows: list[dict[str, str]], path: str | os.PathLike) -> Path:
+    """Write :func:`exact_leaks`'s rows as CSV (UTF-8, header always), atomically; returns the path."""
+    columns = ["file", "split", "class", "copy", "copy_split", "copy_class", "kind"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())

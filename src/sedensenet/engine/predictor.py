@@ -25,6 +25,9 @@ from sedensenet.data import (
     resolve_data,
     scan_folder,
 )
+from sedensenet.data.check import (
+    drop_duplicates_of_train,
+)
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import EpochResult, StepSettings, evaluate_loader
 from sedensenet.inference import BACKENDS, OnnxModel, describe, optimize_for_inference
@@ -154,11 +157,15 @@ class Predictor:
         split: str = "auto",
         output: str | os.PathLike | None = None,
         batch_size: int = 32,
+        dedupe: str = "off",
     ) -> Any:
-        """Metrics of the model on a labelled folder; reports written to ``output`` when given."""
+        """Metrics of the model on a labelled folder; reports written to ``output`` when given.
+
+        ``dedupe`` (``exact`` or ``near``) leaves out the val/test images that duplicate a training image.
+        """
         from sedensenet.engine.evaluation import write_evaluation
 
-        samples, data_classes = self.labelled_samples(data, split)
+        samples, data_classes = self.labelled_samples(data, split, dedupe)
         res = self.run_samples(samples, batch_size)
         res.targets = np.asarray([s.label for s in samples])
         if output is None:
@@ -167,15 +174,32 @@ class Predictor:
             return compute_metrics(res.targets.tolist(), res.probs, self.classes, loss=res.loss)
         out = Path(output)
         used = self._runner[0] if self._runner is not None else self.backend
-        extra = {"data": str(data), "split": split, "data_classes": data_classes, "inference_backend": used}
+        extra = {"data": str(data), "split": split, "data_classes": data_classes, "inference_backend": used,
+                 "dedupe": dedupe}  # fmt: skip
         return write_evaluation(out, res, self.classes, samples, self.meta.in_chans, extra)
 
-    def labelled_samples(self, data: str | os.PathLike, split: str) -> tuple[list[Sample], list[str]]:
-        """The split's samples with labels mapped to the model's class indices by name."""
+    def labelled_samples(
+        self, data: str | os.PathLike, split: str, dedupe: str = "off"
+    ) -> tuple[list[Sample], list[str]]:
+        """The split's samples with labels mapped to the model's class indices by name (without the duplicates of
+        training images when ``dedupe`` is ``exact`` or ``near``)."""
         extra = self.meta.extra
         val_split = float(extra.get("val_split", 0.2)) if split == "val" else 0.0
-        splits = scan_folder(resolve_data(str(data)), val_split=val_split, seed=int(extra.get("seed", 123)))
-        chosen = _choose_split(splits, split)
+        groups = (extra.get("groups") or None) if val_split else None
+        if groups and not Path(groups).is_file():
+            log.warning("the groups file %s the model was trained with is gone: the val split may differ", groups)
+            groups = None
+        splits = scan_folder(resolve_data(str(data)), val_split=val_split, seed=int(extra.get("seed", 123)),
+                             groups=groups)  # fmt: skip
+        kept, dropped = drop_duplicates_of_train(splits, dedupe)
+        chosen = _choose_split(kept, split)
+        if dedupe != "off":
+            if chosen is kept.train:
+                raise ValueError(f"--dedupe drops val/test images that duplicate training images, but {split!r} "
+                                 f"chose the training images of {splits.root}: use --split val or test")  # fmt: skip
+            which = "test" if chosen is kept.test else "val"
+            log.info("--dedupe %s: %d %s images left out as duplicates of training images", dedupe, dropped[which],
+                     which)  # fmt: skip
         unknown = sorted(set(splits.classes) - set(self.classes))
         if unknown:
             raise DataError(

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from sedensenet import checkpoint as ckpt
 from sedensenet.config import ConfigError, TrainConfig
 from sedensenet.data import DataError, DataSplits, resolve_data, scan_folder
+from sedensenet.data.check import drop_duplicates_of_train, exact_leaks, groups_across_splits
 from sedensenet.engine import build
 from sedensenet.engine import distributed as dist
 from sedensenet.engine.device import seed_everything, select_device, step_settings
@@ -28,12 +29,39 @@ log = logging.getLogger(__name__)
 
 
 def scan(config: TrainConfig) -> DataSplits:
-    """Resolve ``config.data`` (a folder or ``builtin:NAME``) and check every file in it."""
+    """Resolve ``config.data`` (a folder or ``builtin:NAME``), check every file in it, warn of exact leaks and
+    drop duplicates of training images from val/test when ``config.dedupe`` asks."""
     root = resolve_data(config.data)
-    splits = scan_folder(root, val_split=config.val_split, seed=config.data_split_seed, max_pixels=config.max_pixels)
+    splits = scan_folder(root, val_split=config.val_split, seed=config.data_split_seed, max_pixels=config.max_pixels,
+                         groups=config.groups or None)  # fmt: skip
+    warn_leaks(splits, config.dedupe)
+    splits, dropped = drop_duplicates_of_train(splits, config.dedupe)
+    if config.dedupe != "off":
+        log.info("--dedupe %s: dropped %d val and %d test images that duplicate training images",
+                 config.dedupe, dropped["val"], dropped["test"])  # fmt: skip
     if len(splits.train) < 2:
         raise DataError(f"{root}: training needs at least 2 images, found {len(splits.train)}")
     return splits
+
+
+def warn_leaks(splits: DataSplits, dedupe: str) -> None:
+    """Log a warning when files with the same pixels sit in two splits or under two classes."""
+    rows = exact_leaks(splits)
+    leaks = sum(r["split"] != r["copy_split"] for r in rows)
+    conflicts = sum(r["class"] != r["copy_class"] for r in rows)
+    parts = []
+    if leaks:
+        advice = "" if dedupe != "off" else "; --dedupe exact drops them from val/test"
+        parts.append(f"{leaks} exact copies across splits (their scores will be optimistic{advice})")
+    if conflicts:
+        parts.append(f"{conflicts} exact copies under another class (conflicting labels)")
+    spread = groups_across_splits(splits)
+    if spread:
+        log.warning("%d groups have images in more than one split folder (e.g. %s in %s): their scores will be "
+                    "optimistic; move each group into one split", len(spread), *next(iter(spread.items())))  # fmt: skip
+    if parts:
+        log.warning("%s: listed in the run folder's duplicates.csv; `sedensenet check-data %s` finds near "
+                    "duplicates too", ", ".join(parts), splits.root)  # fmt: skip
 
 
 def prepare(
@@ -66,7 +94,8 @@ def prepare(
     meta = ckpt.CheckpointMeta(
         model=model.config.to_dict(), classes=splits.classes, image_size=config.image_size,
         mean=list(mean), std=list(std),
-        extra={"data": str(config.data), "val_split": config.val_split, "seed": config.data_split_seed},
+        extra={"data": str(config.data), "val_split": config.val_split, "seed": config.data_split_seed,
+               "groups": config.groups},
     )  # fmt: skip
     if run_dir is None:
         run_dir = _new_run_dir(config)

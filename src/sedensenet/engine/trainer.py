@@ -230,9 +230,11 @@ def open_tensorboard(run_dir: Path) -> Any:
 
 
 def write_run_header(ctx: RunContext) -> None:
-    """config.yaml, classes.json and skipped.csv: what the run is, before the first epoch."""
+    """config.yaml, classes.json, skipped.csv and duplicates.csv: what the run is, before the first epoch."""
     from sedensenet.data import write_skipped_csv
+    from sedensenet.data.check import exact_leaks, write_leaks_csv
 
     atomic_write_text(ctx.run_dir / "config.yaml", dump_yaml(ctx.config))
     atomic_write_json(ctx.run_dir / "classes.json", ctx.splits.classes)
     write_skipped_csv(ctx.splits.skipped, ctx.run_dir / "skipped.csv")
+    write_leaks_csv(exact_leaks(ctx.splits), ctx.run_dir / "duplicates.csv")
