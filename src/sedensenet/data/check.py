@@ -226,9 +226,14 @@ def verdicts(check: DataCheck) -> list[Verdict]:
         n = len(idx := check.problems.get(f"{late} duplicates {early}", []))
         if n:
             scores = "validation scores (and the best epoch they pick)" if late == "val" else "scores on test"
+            fix = (
+                f"`--dedupe {_near_or_exact(check, idx)}` drops them from val/test"
+                if early == "train"
+                else "the epoch chosen on validation is tested on images it was chosen on; remove them from test"
+            )
             out.append(Verdict(f"{late} duplicates {early}", n, (
                 f"{_images(n, late)} {_verb(n, 'duplicates', 'duplicate')} {early} images: {scores} will be "
-                f"optimistic; `--dedupe {_near_or_exact(check, idx)}` drops them from val/test"
+                f"optimistic; {fix}"
             )))  # fmt: skip
     n = len(check.problems.get("conflicting labels", []))
     if n:
