@@ -1,7 +1,7 @@
 """sedensenet: DenseNet and Squeeze-and-Excitation DenseNet image classifiers in PyTorch.
 
 The public API: ``create_model``, ``list_models``, ``load_model``, ``summary``, ``train``, ``evaluate``,
-``predict``. Heavy parts (training, data) are imported on first use so ``import sedensenet`` stays fast.
+``predict``, ``check_data``. Heavy parts (training, data) are imported on first use so ``import sedensenet`` stays fast.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ _LAZY = {
     "train": "sedensenet.api",
     "evaluate": "sedensenet.api",
     "predict": "sedensenet.api",
+    "check_data": "sedensenet.api",
     "TrainConfig": "sedensenet.config",
 }
 
@@ -28,6 +29,7 @@ __all__ = [
     "SqueezeExcite",
     "TrainConfig",
     "__version__",
+    "check_data",
     "create_model",
     "evaluate",
     "list_models",
