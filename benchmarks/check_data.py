@@ -94,8 +94,9 @@ def main() -> None:
         "python": platform.python_version(),
         "pillow": Image.__version__,
         "numpy": np.__version__,
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=Path(__file__).parent).stdout.strip(),  # fmt: skip
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip(),  # fmt: skip
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "note": "the 2-core VM was shared with other jobs during the run (see load averages)",
     }

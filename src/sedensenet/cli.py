@@ -96,7 +96,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     """Check a data folder before training: counts, image properties, unusable files, duplicates and leaks."""
     from sedensenet.api import check_data
 
-    result = check_data(args.data, output=args.output, near_distance=args.near_distance, project=args.project)
+    result = check_data(args.data, output=args.output, near_distance=args.near_distance, project=args.project,
+                        groups=args.groups)  # fmt: skip
     check = result.check
     print(f"{check.root}: {len(check.files)} usable images in {len(check.classes)} classes, "
           f"{len(check.skipped)} files skipped, {len(check.pairs)} duplicate pairs")  # fmt: skip
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="perceptual-hash bits (0-32) within which two images are compared as near copies "
                    "(default: 10)")  # fmt: skip
     p.add_argument("--project", default="runs", help="folder that holds run folders (default: runs)")
+    p.add_argument("--groups", help="CSV of file,group (e.g. patient id): report groups found in two splits")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when any problem is found")
 
     p = command("predict", cmd_predict)

@@ -239,3 +239,26 @@ def test_groups_csv_missing_and_unknown_files_are_named_before_any_decoding(tmp_
 def test_empty_folder_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=str(tmp_path)):
         check_data(tmp_path)
+
+
+def test_groups_and_copies_join_into_one_unit(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    clusters_ = _flat_with_clusters(root)
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.*"))
+    group = {f: f for f in files}
+    group["a/00.png"] = group["b/03.png"] = group["a/11.png"] = "patient7"  # a/00's copies now tie in b/03, a/11
+    (tmp_path / "g.csv").write_text("file,group\n" + "".join(f"{f},{g}\n" for f, g in group.items()), encoding="utf-8")
+    for seed in range(8):
+        side = _side(scan_folder(root, val_split=0.3, seed=seed, groups=tmp_path / "g.csv"), root)
+        assert len({side[m] for m in [*clusters_["c0"], "b/03.png", "a/11.png"]}) == 1
+
+
+def test_check_data_reports_groups_found_in_two_splits(planted: tuple, tmp_path: Path) -> None:
+    root, _ = planted
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.*"))
+    rows = [f"{f},{'p1' if f.endswith('/001.png') else f}" for f in files]  # 001.png of every split and class: p1
+    (tmp_path / "g.csv").write_text("file,group\n" + "\n".join(rows), encoding="utf-8")
+    check = check_data(root, groups=tmp_path / "g.csv")
+    assert check.groups_across_splits == {"p1": ["train", "val", "test"]}
+    verdict = next(v for v in check.verdicts if v.problem == "groups across splits")
+    assert verdict.count == 1 and verdict.message.startswith("1 group (e.g. p1) has images in more than one split")

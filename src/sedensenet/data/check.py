@@ -73,6 +73,8 @@ class DataCheck:
     """Indices into ``files`` of every group of more than two copies."""
     problems: dict[str, list[int]]
     """Problem name -> indices into ``files`` of the images concerned (e.g. ``test duplicates train``)."""
+    groups_across_splits: dict[str, list[str]] = field(default_factory=dict)
+    """Groups of the ``--groups`` CSV with images in more than one split -> those splits."""
     verdicts: list[Verdict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +90,7 @@ class DataCheck:
             "pairs": self.pairs,
             "clusters": [[self.files[i].path for i in c] for c in self.clusters],
             "problems": {k: [self.files[i].path for i in v] for k, v in self.problems.items()},
+            "groups_across_splits": self.groups_across_splits,
             "files": len(self.files),
         }
 
@@ -160,11 +163,21 @@ def _problems(files: list[FileRef], roots: list[int], linked: set[int]) -> dict[
     return {k: sorted(v) for k, v in out.items()}
 
 
+def groups_across_splits(splits: DataSplits) -> dict[str, list[str]]:
+    """Groups (from ``--groups``) whose images sit in more than one split, with those splits."""
+    where: dict[str, set[str]] = {}
+    for split, sample in _samples(splits):
+        if sample.path in splits.groups:
+            where.setdefault(splits.groups[sample.path], set()).add(split)
+    return {g: sorted(s, key=SPLITS.index) for g, s in sorted(where.items()) if len(s) > 1}
+
+
 def check_data(
     root: str | os.PathLike,
     near_distance: int = DEFAULT_NEAR_DISTANCE,
     max_pixels: int | None = None,
     workers: int | None = None,
+    groups: str | os.PathLike | None = None,
 ) -> DataCheck:
     """Check every file under ``root`` and find its duplicates; see the module docstring.
 
@@ -176,7 +189,7 @@ def check_data(
         ValueError: ``near_distance`` out of range.
     """
     kwargs: dict[str, Any] = {} if max_pixels is None else {"max_pixels": max_pixels}
-    splits = scan_folder(root, val_split=0.0, near_distance=near_distance, workers=workers, **kwargs)
+    splits = scan_folder(root, val_split=0.0, near_distance=near_distance, workers=workers, groups=groups, **kwargs)
     samples = _samples(splits)
     files = [FileRef(_rel(s.path, splits.root), split, splits.classes[s.label]) for split, s in samples]
     logger.info("looking for duplicates among %d images", len(files))
@@ -191,7 +204,7 @@ def check_data(
         imbalance=_imbalance(counts), properties=_properties(splits, samples),
         skipped=[{"path": _rel(s.path, splits.root), "reason": s.reason} for s in splits.skipped],
         files=files, pairs=[_pair_record(p, files) for p in pairs], clusters=big,
-        problems=_problems(files, roots, linked),
+        problems=_problems(files, roots, linked), groups_across_splits=groups_across_splits(splits),
     )  # fmt: skip
     check.verdicts = verdicts(check)
     return check
@@ -235,6 +248,13 @@ def verdicts(check: DataCheck) -> list[Verdict]:
                 f"{_images(n, late)} {_verb(n, 'duplicates', 'duplicate')} {early} images: {scores} will be "
                 f"optimistic; {fix}"
             )))  # fmt: skip
+    n = len(check.groups_across_splits)
+    if n:
+        out.append(Verdict("groups across splits", n, (
+            f"{n} group{'' if n == 1 else 's'} (e.g. {next(iter(check.groups_across_splits))}) "
+            f"{_verb(n, 'has', 'have')} images in more than one split: a model tested on a patient it was trained "
+            "on scores higher than on a new one; move each group's images into one split"
+        )))  # fmt: skip
     n = len(check.problems.get("conflicting labels", []))
     if n:
         out.append(Verdict("conflicting labels", n, (
