@@ -262,3 +262,13 @@ def test_check_data_reports_groups_found_in_two_splits(planted: tuple, tmp_path:
     assert check.groups_across_splits == {"p1": ["train", "val", "test"]}
     verdict = next(v for v in check.verdicts if v.problem == "groups across splits")
     assert verdict.count == 1 and verdict.message.startswith("1 group (e.g. p1) has images in more than one split")
+
+
+def test_pair_search_in_small_blocks_finds_the_same_pairs(planted: tuple) -> None:
+    root, _ = planted
+    splits = scan_folder(root)
+    fps = list(splits.fingerprints.values())
+    whole = near_pairs(fps)
+    assert len(whole) == 5  # q60 twice, 80%, contrast up and down
+    assert near_pairs(fps, max_cells=40) == whole  # one row of 52 hashes per block, and ragged blocks
+    assert near_pairs(fps, max_cells=170) == whole
