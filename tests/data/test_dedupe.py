@@ -272,3 +272,14 @@ def test_pair_search_in_small_blocks_finds_the_same_pairs(planted: tuple) -> Non
     assert len(whole) == 5  # q60 twice, 80%, contrast up and down
     assert near_pairs(fps, max_cells=40) == whole  # one row of 52 hashes per block, and ragged blocks
     assert near_pairs(fps, max_cells=170) == whole
+
+
+def test_an_image_the_hash_cannot_read_is_still_used(tmp_path: Path, make_tree, monkeypatch) -> None:  # noqa: ANN001
+    import sedensenet.data.folder as folder
+
+    def refuse(im: Image.Image, path: Path) -> None:
+        raise ValueError(f"conversion from {im.mode} to L not supported")
+
+    monkeypatch.setattr(folder, "fingerprint_image", refuse)
+    splits = scan_folder(make_tree(tmp_path / "d", {"a": 3, "b": 3}), val_split=0.34)
+    assert len(splits.train) + len(splits.val) == 6 and splits.skipped == [] and splits.fingerprints == {}

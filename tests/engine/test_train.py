@@ -27,7 +27,7 @@ RUN_FILES = [
     "config.yaml", "classes.json", "history.csv", "curves.png", "weights/best.safetensors",
     "weights/last.safetensors", "state/last.pt", "metrics.json", "confusion_matrix.png",
     "confusion_matrix_normalized.png", "roc.png", "train.log", "skipped.csv", "classification_report.txt",
-    "per_class.csv", "top_losses.png",
+    "per_class.csv", "top_losses.png", "duplicates.csv",
 ]  # fmt: skip
 
 

@@ -41,6 +41,7 @@ RUN_FILES: dict[str, str] = {
     "roc.png": "ROC curve of the positive class (two classes only)",
     "top_losses.png": "the validation images with the highest loss",
     "train.log": "the log of the run",
+    "duplicates.csv": "exact copies across splits or under two classes, found by the file check",
 }
 """Relative path inside a run folder -> what it holds."""
 
