@@ -23,8 +23,8 @@ from sedensenet.data.dedupe import (  # noqa: E402
     near_pairs,
     phashes,
 )
-from sedensenet.data.folder import inspect_image  # noqa: E402
 from sedensenet.data.groups import GroupsError  # noqa: E402
+from sedensenet.data.images import inspect_image  # noqa: E402
 
 
 def unordered(pairs: list[dict]) -> set[frozenset[str]]:
@@ -275,11 +275,11 @@ def test_pair_search_in_small_blocks_finds_the_same_pairs(planted: tuple) -> Non
 
 
 def test_an_image_the_hash_cannot_read_is_still_used(tmp_path: Path, make_tree, monkeypatch) -> None:  # noqa: ANN001
-    import sedensenet.data.folder as folder
+    import sedensenet.data.images as images
 
     def refuse(im: Image.Image, path: Path) -> None:
         raise ValueError(f"conversion from {im.mode} to L not supported")
 
-    monkeypatch.setattr(folder, "fingerprint_image", refuse)
+    monkeypatch.setattr(images, "fingerprint_image", refuse)
     splits = scan_folder(make_tree(tmp_path / "d", {"a": 3, "b": 3}), val_split=0.34)
     assert len(splits.train) + len(splits.val) == 6 and splits.skipped == [] and splits.fingerprints == {}

@@ -27,7 +27,8 @@ from sedensenet.data.dedupe import (
     exact_pairs,
     find_pairs,
 )
-from sedensenet.data.folder import SPLITS, DataSplits, Sample, scan_folder
+from sedensenet.data.images import Sample
+from sedensenet.data.scan import SPLITS, DataSplits, scan_folder
 from sedensenet.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
