@@ -21,6 +21,7 @@ from typing import Any
 
 from sedensenet.data.dedupe import (
     DEFAULT_NEAR_DISTANCE,
+    DedupeError,
     DuplicatePair,
     clusters,
     duplicates_of,
@@ -295,7 +296,7 @@ def drop_duplicates_of_train(
     ``exact``: the same decoded pixels; ``near``: also near duplicates (see :mod:`sedensenet.data.dedupe`).
     """
     if mode not in DEDUPE_MODES:
-        raise ValueError(f"dedupe must be one of {', '.join(DEDUPE_MODES)}, got {mode!r}")
+        raise DedupeError(f"dedupe must be one of {', '.join(DEDUPE_MODES)}, got {mode!r}")
     if mode == "off":
         return splits, {}
     train = [splits.fingerprints.get(s.path) for s in splits.train]

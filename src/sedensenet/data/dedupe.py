@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from sedensenet.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 THUMB_SIZE = 32
@@ -47,6 +49,10 @@ _TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+
+
+class DedupeError(UserError, ValueError):
+    """A duplicate-search setting that cannot work (a distance out of range, an unknown mode)."""
 
 
 @dataclass
@@ -173,9 +179,9 @@ def _details(thumbs: np.ndarray) -> np.ndarray:
 def check_near_distance(max_distance: int) -> None:
     """Refuse a hash distance outside ``0..MAX_NEAR_DISTANCE`` with a message that says what is allowed."""
     if isinstance(max_distance, bool) or not isinstance(max_distance, int | np.integer):
-        raise ValueError(f"near distance must be a whole number of bits, got {max_distance!r}")
+        raise DedupeError(f"near distance must be a whole number of bits, got {max_distance!r}")
     if not 0 <= max_distance <= MAX_NEAR_DISTANCE:
-        raise ValueError(
+        raise DedupeError(
             f"near distance {max_distance} is out of range: allowed 0 to {MAX_NEAR_DISTANCE} differing bits of the "
             f"64-bit perceptual hash (default {DEFAULT_NEAR_DISTANCE}; unrelated images differ in about 32)"
         )
@@ -240,7 +246,7 @@ def find_pairs(
 ) -> list[DuplicatePair]:
     """Exact pairs, plus near pairs when ``mode`` is ``near``."""
     if mode not in ("exact", "near"):
-        raise ValueError(f"duplicate mode must be 'exact' or 'near', got {mode!r}")
+        raise DedupeError(f"duplicate mode must be 'exact' or 'near', got {mode!r}")
     pairs = exact_pairs(fingerprints)
     if mode == "near":
         pairs += near_pairs(fingerprints, max_distance, min_similarity)

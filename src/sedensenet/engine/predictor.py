@@ -25,9 +25,7 @@ from sedensenet.data import (
     resolve_data,
     scan_folder,
 )
-from sedensenet.data.check import (
-    drop_duplicates_of_train,
-)
+from sedensenet.data.check import drop_duplicates_of_train
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import EpochResult, StepSettings, evaluate_loader
 from sedensenet.inference import BACKENDS, OnnxModel, describe, optimize_for_inference
@@ -195,7 +193,7 @@ class Predictor:
         chosen = _choose_split(kept, split)
         if dedupe != "off":
             if chosen is kept.train:
-                raise ValueError(f"--dedupe drops val/test images that duplicate training images, but {split!r} "
+                raise DataError(f"--dedupe drops val/test images that duplicate training images, but {split!r} "
                                  f"chose the training images of {splits.root}: use --split val or test")  # fmt: skip
             which = "test" if chosen is kept.test else "val"
             log.info("--dedupe %s: %d %s images left out as duplicates of training images", dedupe, dropped[which],
