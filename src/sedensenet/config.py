@@ -30,14 +30,17 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "amp": ("auto", "off", "bf16", "fp16"),
     "compile": ("off", "on", "auto"),
     "monitor": ("val_accuracy", "val_loss"),
+    "calibrate": ("none", "temperature"),
 }
 
 
 RESUME_MAY_CHANGE = frozenset(
     {"epochs", "device", "workers", "patience", "batch_size", "memory_efficient", "amp", "cache"}
+    | {"threshold", "positive", "calibrate"}
 )
 """Settings a resumed run may change: more epochs, another device, and what it takes to fit in memory
-(a different ``batch_size`` changes the results from there on; the others do not)."""
+(a different ``batch_size`` changes the results from there on; the others do not), and the decision rule that
+the end of the run chooses on validation."""
 
 
 DEFAULT_MODEL = "keras_se_densenet201"
@@ -129,6 +132,14 @@ class TrainConfig:
     """Also log to TensorBoard (needs the tensorboard package)."""
     max_pixels: int = 89_478_485
     """Images with more pixels are skipped (decompression-bomb guard; PIL's default)."""
+    positive: str = ""
+    """Two classes: the positive class for sensitivity, PPV, ROC/PR curves and the threshold (default: the second
+    class in sorted order)."""
+    threshold: str = "argmax"
+    """Two classes: the operating threshold, chosen on validation and stored in the checkpoint: ``argmax``,
+    ``youden``, ``sens=0.95`` (best specificity at that sensitivity), ``spec=0.90`` or a probability like ``0.3``."""
+    calibrate: str = "none"
+    """``temperature``: fit one temperature on validation (stored in the checkpoint, applied by predict)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -151,6 +162,12 @@ class TrainConfig:
         for key in ("weight_decay", "grad_clip", "warmup_epochs", "freeze_epochs", "patience"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
+        from sedensenet.reports.clinical import parse_threshold
+
+        try:
+            parse_threshold(self.threshold)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.pretrained and self.weights:
             raise ConfigError("give either --pretrained or --weights FILE, not both")
 
