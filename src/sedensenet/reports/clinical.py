@@ -117,7 +117,8 @@ def choose_threshold(is_positive: Sequence[bool], scores: Sequence[float], rule:
     elif rule.kind == "sens":
         i = int(np.flatnonzero(tpr >= rule.value - eps)[0])  # type: ignore[operator]
     else:
-        i = int(np.flatnonzero(fpr <= 1 - rule.value + eps)[-1])  # type: ignore[operator]
+        allowed = fpr <= 1 - rule.value + eps  # type: ignore[operator]
+        i = int(np.flatnonzero(allowed & (tpr == tpr[allowed].max()))[0])
     threshold = float(thresholds[i])
     # roc_curve's first threshold is +inf (nothing called positive): keep it finite, just above every score
     return threshold if math.isfinite(threshold) else float(np.nextafter(s.max(), np.inf))
