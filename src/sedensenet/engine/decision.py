@@ -54,7 +54,8 @@ def check_decision_settings(
         try:
             positive_index(classes, positive or None)
         except ValueError as e:
-            flags = " ".join(f for f, v in (("--positive", positive), ("--threshold", rule.kind != "argmax")) if v)
+            given = [f"--positive {positive}"] * bool(positive) + [f"--threshold {rule}"] * (rule.kind != "argmax")
+            flags = " ".join(given)
             raise ConfigError(f"{flags}: {e}") from None
     if not has_validation and rule.needs_validation:
         raise ConfigError(
