@@ -126,7 +126,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if p.error:
             print(f"{p.path}\tERROR: {p.error}")
         else:
-            print(f"{p.path}\t" + "  ".join(f"{c} {s:.4f}" for c, s in p.top_k))
+            decided = f"\t-> {p.label} (the checkpoint's threshold)" if p.top_k and p.label != p.top_k[0][0] else ""
+            print(f"{p.path}\t" + "  ".join(f"{c} {s:.4f}" for c, s in p.top_k) + decided)
     return 1 if all(p.error for p in preds) else 0
 
 
