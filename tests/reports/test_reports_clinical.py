@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from sedensenet.config import ThresholdRule
 from sedensenet.reports import (
     ClassificationReport,
     apply_temperature,
@@ -23,7 +24,7 @@ from sedensenet.reports import (
     positive_index,
 )
 from sedensenet.reports.calibration import reliability_bins
-from sedensenet.reports.clinical import ThresholdRule, _auc_rows, pr_auc
+from sedensenet.reports.clinical import _auc_rows, pr_auc
 
 # y_true = [0, 0, 1, 1, 1]; argmax of probs = [0, 1, 1, 0, 1]
 Y_TRUE = [0, 0, 1, 1, 1]
@@ -250,9 +251,7 @@ def test_temperature_scaling_does_not_increase_nll_on_its_fitting_set() -> None:
     for scale in (0.25, 1.0):  # underconfident, and already about right: never worse than no scaling
         p = np.exp(logits * scale / 4)
         p /= p.sum(1, keepdims=True)
-        assert negative_log_likelihood(y, apply_temperature(p, fit_temperature(y, p))) <= negative_log_likelihood(
-            y, p
-        )
+        assert negative_log_likelihood(y, apply_temperature(p, fit_temperature(y, p))) <= negative_log_likelihood(y, p)
 
 
 def test_calibration_in_the_report_before_and_after() -> None:

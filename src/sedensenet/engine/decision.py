@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from sedensenet.checkpoint import CheckpointMeta
-from sedensenet.config import ConfigError
+from sedensenet.config import ConfigError, parse_threshold
 from sedensenet.reports.calibration import apply_temperature, fit_temperature
-from sedensenet.reports.clinical import choose_threshold, decide_binary, parse_threshold, positive_index
+from sedensenet.reports.clinical import choose_threshold, decide_binary, positive_index
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,17 @@ def positive_of(meta: CheckpointMeta) -> int | None:
 
 
 def check_decision_settings(
-    threshold: str, positive: str, calibrate: str, classes: Sequence[str], has_validation: bool
+    threshold: str, positive: str, calibrate: str, classes: Sequence[str], val_labels: Sequence[int]
 ) -> None:
     """Refuse, before training, a threshold or positive class the problem cannot have (naming what is allowed),
-    and a rule chosen on validation when there is no validation split."""
+    and a rule chosen on validation when there is no validation split, or one without both classes."""
     rule = parse_threshold(threshold)
+    has_validation = len(val_labels) > 0
+    if has_validation and rule.needs_validation and len(set(val_labels)) < 2:
+        raise ConfigError(
+            f"--threshold {rule} is chosen on validation, and the validation split holds one class only: "
+            "give it images of both classes (or a larger --val-split)"
+        )
     if positive or rule.kind != "argmax":
         try:
             positive_index(classes, positive or None)

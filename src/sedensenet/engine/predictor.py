@@ -195,7 +195,7 @@ class Predictor:
             return self.meta
         positive_index(self.classes, positive)
         if self.meta.threshold is not None:
-            raise ValueError(
+            raise ConfigError(
                 f"--positive {positive!r}: this checkpoint's threshold {self.meta.threshold:.4f} is about "
                 f"{self.meta.positive!r}; evaluate with --positive {self.meta.positive!r} or none"
             )

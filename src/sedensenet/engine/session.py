@@ -54,7 +54,9 @@ def prepare(
         log.debug("%s", tuned)
     seed_everything(config.seed)
     splits = scan(config)
-    check_decision_settings(config.threshold, config.positive, config.calibrate, splits.classes, bool(splits.val))
+    check_decision_settings(
+        config.threshold, config.positive, config.calibrate, splits.classes, [s.label for s in splits.val]
+    )
     _check_batch(config, splits)
     model = build.build_model(config, num_classes=len(splits.classes)).to(device)
     settings, scaler = step_settings(config, device)

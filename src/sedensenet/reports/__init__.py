@@ -5,6 +5,7 @@ This package reads results and writes files; it never imports the engine or the 
 
 from __future__ import annotations
 
+from sedensenet.config import THRESHOLD_RULES, ThresholdRule, parse_threshold
 from sedensenet.reports.calibration import (
     apply_temperature,
     expected_calibration_error,
@@ -12,13 +13,10 @@ from sedensenet.reports.calibration import (
     negative_log_likelihood,
 )
 from sedensenet.reports.clinical import (
-    THRESHOLD_RULES,
-    ThresholdRule,
     binary_metrics,
     bootstrap_intervals,
     choose_threshold,
     decide_binary,
-    parse_threshold,
     positive_index,
 )
 from sedensenet.reports.diagnostic_plots import plot_pr, plot_reliability

@@ -8,88 +8,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_curve
 
-THRESHOLD_RULES = "argmax, youden, sens=X, spec=X (X in (0, 1]) or a probability in [0, 1]"
-"""What ``--threshold`` accepts, for help texts and error messages."""
+from sedensenet.config import ConfigError, ThresholdRule
 
 BOOTSTRAP_RESAMPLES = 1000
 _CHUNK_ELEMENTS = 4_000_000  # resamples x samples per vectorised block: bounds the bootstrap's memory
-
-
-@dataclass(frozen=True)
-class ThresholdRule:
-    """How the two-class decision is made: ``argmax``, ``youden``, ``sens``/``spec`` (with a target), ``fixed``."""
-
-    kind: str
-    value: float | None = None
-
-    def __str__(self) -> str:
-        if self.kind in ("sens", "spec"):
-            return f"{self.kind}={self.value:g}"
-        return f"{self.value:g}" if self.kind == "fixed" else self.kind
-
-    @property
-    def needs_validation(self) -> bool:
-        """Whether the threshold is chosen on validation data (``youden``, ``sens=``, ``spec=``)."""
-        return self.kind in ("youden", "sens", "spec")
-
-
-def parse_threshold(text: str) -> ThresholdRule:
-    """Parse ``--threshold``: ``argmax``, ``youden``, ``sens=0.95``, ``spec=0.90`` or a probability like ``0.3``.
-
-    Raises:
-        ValueError: naming the value and what is allowed.
-    """
-    spec = str(text).strip().lower()
-    if spec in ("", "argmax"):
-        return ThresholdRule("argmax")
-    if spec == "youden":
-        return ThresholdRule("youden")
-    kind, sep, number = spec.partition("=")
-    if sep:
-        if kind not in ("sens", "spec"):
-            raise ValueError(f"--threshold {text!r}: unknown rule {kind!r}; allowed: {THRESHOLD_RULES}")
-        target = _number(number, text)
-        if not 0 < target <= 1:
-            raise ValueError(f"--threshold {text!r}: {kind}= must be in (0, 1], e.g. {kind}=0.95")
-        return ThresholdRule(kind, target)
-    value = _number(spec, text)
-    if not 0 <= value <= 1:
-        raise ValueError(f"--threshold {text!r}: a fixed threshold is a probability in [0, 1]")
-    return ThresholdRule("fixed", value)
-
-
-def _number(text: str, original: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"--threshold {original!r} is not valid; allowed: {THRESHOLD_RULES}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"--threshold {original!r} must be a finite number; allowed: {THRESHOLD_RULES}")
-    return value
 
 
 def positive_index(classes: Sequence[str], positive: str | None = None) -> int:
     """Index of the positive class of a two-class problem: ``positive`` by name, else the second class.
 
     Raises:
-        ValueError: for a problem that is not two-class, or a name that is not one of ``classes``.
+        ConfigError: for a problem that is not two-class, or a name that is not one of ``classes``.
     """
     if len(classes) != 2:
-        raise ValueError(
+        raise ConfigError(
             f"a positive class and an operating threshold need a two-class problem; this one has "
             f"{len(classes)} classes ({list(classes)[:10]}): drop --positive and --threshold"
         )
     if positive is None or positive == "":
         return 1
     if positive not in classes:
-        raise ValueError(f"--positive {positive!r} is not a class; choose one of {list(classes)}")
+        raise ConfigError(f"--positive {positive!r} is not a class; choose one of {list(classes)}")
     return list(classes).index(positive)
 
 
@@ -100,16 +45,16 @@ def choose_threshold(is_positive: Sequence[bool], scores: Sequence[float], rule:
     specificity; ``spec=X`` keeps specificity >= X at the best sensitivity. Ties go to the higher threshold.
 
     Raises:
-        ValueError: when ``rule`` needs both classes and one is missing, or for ``argmax``.
+        ConfigError: when ``rule`` needs both classes and one is missing, or for ``argmax``.
     """
     if rule.kind == "fixed":
         return float(rule.value)  # type: ignore[arg-type]
     if rule.kind == "argmax":
-        raise ValueError("argmax is not a threshold rule; it has no threshold to choose")
+        raise ConfigError("argmax is not a threshold rule; it has no threshold to choose")
     y = np.asarray(is_positive, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
     if y.all() or not y.any():
-        raise ValueError(f"--threshold {rule} needs both classes in the validation split; it has only one")
+        raise ConfigError(f"--threshold {rule} needs both classes in the validation split; it has only one")
     fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
     eps = 1e-12  # the rates are ratios of counts: compare them with a little slack for rounding
     if rule.kind == "youden":
