@@ -19,7 +19,8 @@ from imagegen import CLASSES, make_folder  # noqa: E402
 import sedensenet  # noqa: E402
 from sedensenet import checkpoint as ckpt  # noqa: E402
 from sedensenet.cli import main  # noqa: E402
-from sedensenet.engine.decision import decide, fit_decision, postprocess  # noqa: E402
+from sedensenet.config import ConfigError  # noqa: E402
+from sedensenet.engine.decision import check_decision_settings, decide, fit_decision, postprocess  # noqa: E402
 from sedensenet.engine.predictor import Predictor  # noqa: E402
 from sedensenet.reports import apply_temperature  # noqa: E402
 
@@ -209,3 +210,13 @@ def test_without_a_test_split_validation_is_labelled_optimistic(tmp_path: Path, 
     metrics = json.loads((project / "train" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["label"] == "validation (used for selection: optimistic)"
     assert metrics["threshold"] is None and metrics["positive_class"] == CLASSES[1]
+
+
+def test_check_decision_settings_needs_both_classes_in_validation_for_a_chosen_threshold() -> None:
+    classes = ["neg", "pos"]
+    check_decision_settings("youden", "", "none", classes, [0, 1, 1])
+    check_decision_settings("0.4", "pos", "none", classes, [])  # a fixed threshold needs no validation
+    with pytest.raises(ConfigError, match="--threshold sens=0.9 is chosen on validation, and the validation split"):
+        check_decision_settings("sens=0.9", "", "none", classes, [1, 1, 1])
+    with pytest.raises(ConfigError, match="--calibrate temperature is fitted on a validation split"):
+        check_decision_settings("argmax", "", "temperature", classes, [])
