@@ -174,6 +174,9 @@ def predict(
 ) -> list[Prediction]:
     """Classify image files (folders are searched recursively); unreadable files get an error entry.
 
+    The label is the checkpoint's decision: its temperature applied, then its threshold (two classes) or the argmax;
+    ``probability`` and ``top_k`` are the calibrated probabilities.
+
     ``backend``: how batches run (``auto``, ``onnxruntime``, ``eager``, ``compile`` or ``reference``, the
     unoptimised modules); see :data:`sedensenet.inference.BACKENDS`.
     """
@@ -192,17 +195,27 @@ def evaluate(
     device: str = "auto",
     backend: str = "auto",
     dedupe: str = "off",
+    positive: str | None = None,
 ) -> Any:
     """Evaluate a checkpoint on a labelled folder and write the reports to ``output``.
 
     ``split``: ``auto`` (``test/`` if present, else ``val/``, else every image of a class-per-folder tree),
     or ``train``, ``val``, ``test``, ``all``. Classes are matched by name with the checkpoint's. ``backend`` as
     for :func:`predict`. ``dedupe`` (``exact`` or ``near``) leaves out val/test images that duplicate training images.
+    The checkpoint's temperature and threshold decide, as in :func:`predict`; ``positive``
+    names the class that sensitivity, PPV and the curves are about (two classes; default: the stored one).
     """
     from sedensenet.engine.predictor import Predictor
 
     predictor = Predictor.load(model, device=device, backend=backend)
-    return predictor.evaluate_folder(data, split=split, output=output, batch_size=batch_size, dedupe=dedupe)
+    return predictor.evaluate_folder(
+        data,
+        split=split,
+        output=output,
+        batch_size=batch_size,
+        dedupe=dedupe,
+        positive=positive,
+    )
 
 
 @dataclass

@@ -45,6 +45,14 @@ class CheckpointMeta:
     epoch: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    temperature: float | None = None
+    """Divides the log-probabilities before the softmax (fitted on validation by ``--calibrate temperature``)."""
+    threshold: float | None = None
+    """Two classes: call ``positive`` when its (calibrated) probability is at least this; None: the argmax."""
+    positive: str | None = None
+    """The positive class that ``threshold`` is about."""
+    decision: dict[str, Any] = field(default_factory=dict)
+    """How ``temperature`` and ``threshold`` were chosen (rule, split, inference backend and precision)."""
 
     @property
     def preset(self) -> str | None:
@@ -137,6 +145,22 @@ def _check_meta(meta: CheckpointMeta) -> None:
         values = getattr(meta, key)
         if not isinstance(values, list) or not all(isinstance(v, int | float) for v in values):
             raise TypeError(f"{key} must be a list of numbers")
+    _check_decision(meta)
+
+
+def _check_decision(meta: CheckpointMeta) -> None:
+    """Temperature and threshold, when present, are numbers that can be applied as they are."""
+    t = meta.temperature
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < float("inf")):
+        raise ValueError(f"temperature must be a positive number, got {t!r}")
+    if meta.threshold is None:
+        return
+    th = meta.threshold
+    # a threshold just above 1 (chosen by spec=1.0) calls nothing positive
+    if isinstance(th, bool) or not isinstance(th, int | float) or not 0 <= th <= 1 + 1e-9:
+        raise ValueError(f"threshold must be a probability, got {th!r}")
+    if len(meta.classes) != 2 or meta.positive not in meta.classes:
+        raise ValueError(f"a threshold needs two classes and a positive one among them, got {meta.positive!r}")
 
 
 def check_state_dict(source: str | os.PathLike, tensors: dict[str, Any], expected: dict[str, torch.Tensor]) -> None:
@@ -182,6 +206,15 @@ def load_checkpoint(
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write resume state (optimizer, scheduler, scaler, RNG, counters) atomically with ``torch.save``."""
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def update_meta(path: str | os.PathLike, meta: CheckpointMeta) -> Path:
+    """Rewrite ``path`` with the same tensors and new metadata (atomically), e.g. to add a chosen threshold."""
+    from safetensors.torch import save_file
+
+    tensors, _ = read_checkpoint(path)
+    header = {_META_KEY: meta_to_json(meta)}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:

@@ -75,8 +75,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     if h["val_accuracy"] and best:
         i = result.history.epoch.index(best)
         print(f"Best epoch {best}: val_accuracy {h['val_accuracy'][i]:.4f}, val_loss {h['val_loss'][i]:.4f}")
+    _print_final_metrics(result.metrics)
     print(f"Checkpoint: {result.best_checkpoint}")
     return 0
+
+
+def _print_final_metrics(metrics: dict[str, Any]) -> None:
+    """Each evaluated split's figures with intervals, under the label that says how far to trust them."""
+    from sedensenet.reports import ClassificationReport
+
+    for split in ("val", "test"):
+        if split not in metrics:
+            continue
+        data = metrics[split]
+        report = ClassificationReport.from_dict(data)
+        title = f"{data.get('label', split)}, {report.num_samples} images:"
+        print("\n" + report.format_summary(title), end="")
+    decision = next((m["decision"] for m in metrics.values() if m.get("decision")), None)
+    if decision and decision.get("chosen_on"):
+        print(f"threshold {decision['threshold']}, calibration {decision['calibrate']}: chosen on validation "
+              f"with {decision['inference']}, stored in the checkpoint and applied by predict")  # fmt: skip
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -85,8 +103,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = args.output or (resolve_checkpoint(args.checkpoint).parent.parent / f"eval_{args.split}")
     report = evaluate(args.checkpoint, args.data, split=args.split, output=out, batch_size=args.batch_size,
-                      device=args.device, backend=args.backend, dedupe=args.dedupe)  # fmt: skip
-    print(report.format_table())
+                      device=args.device, backend=args.backend, dedupe=args.dedupe,
+                      positive=args.positive)  # fmt: skip
+    print(report.format_text())
     print(f"accuracy {report.accuracy:.4f}" + (f", ROC-AUC {report.roc_auc:.4f}" if report.roc_auc else ""))
     print(f"Reports: {out}")
     return 0
@@ -123,7 +142,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if p.error:
             print(f"{p.path}\tERROR: {p.error}")
         else:
-            print(f"{p.path}\t" + "  ".join(f"{c} {s:.4f}" for c, s in p.top_k))
+            decided = f"\t-> {p.label} (the checkpoint's threshold)" if p.top_k and p.label != p.top_k[0][0] else ""
+            print(f"{p.path}\t" + "  ".join(f"{c} {s:.4f}" for c, s in p.top_k) + decided)
     return 1 if all(p.error for p in preds) else 0
 
 
@@ -291,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="folder for the reports (default: RUN/eval_SPLIT)")
     p.add_argument("--dedupe", default="off", choices=("off", "exact", "near"),
                    help="leave out val/test images that duplicate training images (exact: same pixels)")  # fmt: skip
+    p.add_argument("--positive", help="two classes: the positive class (default: the checkpoint's, else the second)")
     _add_inference_flags(p)
 
     p = command("check-data", cmd_check_data)

@@ -31,14 +31,17 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "compile": ("off", "on", "auto"),
     "monitor": ("val_accuracy", "val_loss"),
     "dedupe": ("off", "exact", "near"),
+    "calibrate": ("none", "temperature"),
 }
 
 
 RESUME_MAY_CHANGE = frozenset(
     {"epochs", "device", "workers", "patience", "batch_size", "memory_efficient", "amp", "cache"}
+    | {"threshold", "positive", "calibrate"}
 )
 """Settings a resumed run may change: more epochs, another device, and what it takes to fit in memory
-(a different ``batch_size`` changes the results from there on; the others do not)."""
+(a different ``batch_size`` changes the results from there on; the others do not), and the decision rule that
+the end of the run chooses on validation."""
 
 
 DEFAULT_MODEL = "keras_se_densenet201"
@@ -135,6 +138,14 @@ class TrainConfig:
     """Also log to TensorBoard (needs the tensorboard package)."""
     max_pixels: int = 89_478_485
     """Images with more pixels are skipped (decompression-bomb guard; PIL's default)."""
+    positive: str = ""
+    """Two classes: the positive class for sensitivity, PPV, ROC/PR curves and the threshold (default: the second
+    class in sorted order)."""
+    threshold: str = "argmax"
+    """Two classes: the operating threshold, chosen on validation and stored in the checkpoint: ``argmax``,
+    ``youden``, ``sens=0.95`` (best specificity at that sensitivity), ``spec=0.90`` or a probability like ``0.3``."""
+    calibrate: str = "none"
+    """``temperature``: fit one temperature on validation (stored in the checkpoint, applied by predict)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -157,6 +168,7 @@ class TrainConfig:
         for key in ("weight_decay", "grad_clip", "warmup_epochs", "freeze_epochs", "patience"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
+        parse_threshold(self.threshold)
         if self.pretrained and self.weights:
             raise ConfigError("give either --pretrained or --weights FILE, not both")
 
@@ -181,6 +193,63 @@ class TrainConfig:
             return cls(**values)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
+
+
+THRESHOLD_RULES = "argmax, youden, sens=X, spec=X (X in (0, 1]) or a probability in [0, 1]"
+"""What ``--threshold`` accepts, for help texts and error messages."""
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How the two-class decision is made: ``argmax``, ``youden``, ``sens``/``spec`` (with a target), ``fixed``."""
+
+    kind: str
+    value: float | None = None
+
+    def __str__(self) -> str:
+        if self.kind in ("sens", "spec"):
+            return f"{self.kind}={self.value:g}"
+        return f"{self.value:g}" if self.kind == "fixed" else self.kind
+
+    @property
+    def needs_validation(self) -> bool:
+        """Whether the threshold is chosen on validation data (``youden``, ``sens=``, ``spec=``)."""
+        return self.kind in ("youden", "sens", "spec")
+
+
+def parse_threshold(text: str) -> ThresholdRule:
+    """Parse ``--threshold``: ``argmax``, ``youden``, ``sens=0.95``, ``spec=0.90`` or a probability like ``0.3``.
+
+    Raises:
+        ConfigError: naming the value and what is allowed.
+    """
+    spec = str(text).strip().lower()
+    if spec in ("", "argmax"):
+        return ThresholdRule("argmax")
+    if spec == "youden":
+        return ThresholdRule("youden")
+    kind, sep, number = spec.partition("=")
+    if sep:
+        if kind not in ("sens", "spec"):
+            raise ConfigError(f"--threshold {text!r}: unknown rule {kind!r}; allowed: {THRESHOLD_RULES}")
+        target = _number(number, text)
+        if not 0 < target <= 1:
+            raise ConfigError(f"--threshold {text!r}: {kind}= must be in (0, 1], e.g. {kind}=0.95")
+        return ThresholdRule(kind, target)
+    value = _number(spec, text)
+    if not 0 <= value <= 1:
+        raise ConfigError(f"--threshold {text!r}: a fixed threshold is a probability in [0, 1]")
+    return ThresholdRule("fixed", value)
+
+
+def _number(text: str, original: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--threshold {original!r} is not valid; allowed: {THRESHOLD_RULES}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"--threshold {original!r} must be a finite number; allowed: {THRESHOLD_RULES}")
+    return value
 
 
 def _coerce(key: str, value: Any, type_name: Any, source: str) -> Any:

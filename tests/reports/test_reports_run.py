@@ -196,7 +196,9 @@ def test_write_metrics_with_extra(tmp_path: Path) -> None:
 def test_write_classification_table(tmp_path: Path) -> None:
     report = _report()
     text_path, csv_path = write_classification_table(report, tmp_path / "classification_report.txt")
-    assert text_path.read_text(encoding="utf-8") == report.format_table()
+    text = text_path.read_text(encoding="utf-8")
+    assert text == report.format_table() + "\n" + report.format_summary()
+    assert "accuracy           0.600 [" in text  # the summary, with its interval
     assert csv_path == tmp_path / "per_class.csv"
     with open(csv_path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -215,5 +217,7 @@ def test_run_files_names_what_reports_write() -> None:
         "confusion_matrix.png",
         "confusion_matrix_normalized.png",
         "roc.png",
+        "pr.png",
+        "calibration.png",
     ):
         assert name in RUN_FILES

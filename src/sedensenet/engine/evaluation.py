@@ -1,4 +1,5 @@
-"""Evaluation outputs for a split: metrics.json, classification table, confusion matrices, ROC, top losses."""
+"""Evaluation outputs for a split: metrics.json, classification table, confusion matrices, ROC, PR, calibration,
+top losses."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
+from sedensenet.checkpoint import CheckpointMeta
 from sedensenet.data import Sample, load_image
+from sedensenet.engine.decision import decide, positive_of, postprocess
 from sedensenet.engine.loop import EpochResult
 from sedensenet.reports import (
     ClassificationReport,
     compute_metrics,
     plot_confusion_matrix,
+    plot_pr,
+    plot_reliability,
     plot_roc,
     plot_top_losses,
     write_classification_table,
@@ -30,26 +35,52 @@ def write_evaluation(
     samples: list[Sample],
     in_chans: int = 3,
     extra: dict | None = None,
+    meta: CheckpointMeta | None = None,
 ) -> ClassificationReport:
-    """Compute the metrics of ``result`` (outputs over ``samples``, in order) and write every report file."""
+    """Compute the metrics of ``result`` (outputs over ``samples``, in order) and write every report file.
+
+    With ``meta``, the outputs go through its temperature and its decision rule (:mod:`~sedensenet.engine.decision`)
+    exactly as ``predict`` applies them; without, the argmax of the raw outputs decides.
+    """
     assert result.probs is not None and result.targets is not None
-    report = compute_metrics(result.targets.tolist(), result.probs, classes, loss=result.loss)
+    raw = result.probs
+    probs = raw if meta is None else postprocess(raw, meta)
+    y_pred = probs.argmax(1) if meta is None else decide(probs, meta)
+    positive = (1 if len(classes) == 2 else None) if meta is None else positive_of(meta)
+    temperature = None if meta is None else meta.temperature
+    report = compute_metrics(
+        result.targets.tolist(), probs, classes, loss=result.loss, y_pred=y_pred, positive=positive,
+        threshold=None if meta is None else meta.threshold, uncalibrated=raw if temperature else None,
+        temperature=temperature,
+    )  # fmt: skip
     write_metrics(report, out_dir / "metrics.json", extra=extra)
     write_classification_table(report, out_dir / "classification_report.txt")
     cm = np.asarray(report.confusion_matrix)
     plot_confusion_matrix(cm, classes, out_dir / "confusion_matrix.png")
     plot_confusion_matrix(cm, classes, out_dir / "confusion_matrix_normalized.png", normalize=True)
-    if len(classes) == 2 and len(set(result.targets.tolist())) == 2:
-        plot_roc(result.targets, result.probs[:, 1], out_dir / "roc.png", pos_label_name=classes[1])
-    _top_losses(out_dir / "top_losses.png", result, classes, samples, in_chans)
-    log.info("%s\n%s", out_dir / "metrics.json", report.format_table())
+    if positive is not None:
+        is_pos = result.targets == positive
+        if len(set(result.targets.tolist())) == 2:
+            plot_roc(is_pos.astype(int), probs[:, positive], out_dir / "roc.png", pos_label_name=classes[positive])
+        plot_pr(is_pos, probs[:, positive], out_dir / "pr.png", classes[positive], threshold=report.threshold)
+    if np.all(np.isfinite(probs)):
+        plot_reliability(result.targets, probs, out_dir / "calibration.png", uncalibrated=raw if temperature else None)
+    _top_losses(out_dir / "top_losses.png", result, y_pred, probs, classes, samples, in_chans)
+    log.info("%s\n%s", out_dir / "metrics.json", report.format_text())
     return report
 
 
-def _top_losses(path: Path, result: EpochResult, classes: list[str], samples: list[Sample], in_chans: int) -> None:
-    """The most confidently wrong images: wrong predictions sorted by loss, highest first."""
-    assert result.probs is not None and result.targets is not None and result.losses is not None
-    pred = result.probs.argmax(1)
+def _top_losses(
+    path: Path,
+    result: EpochResult,
+    pred: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    samples: list[Sample],
+    in_chans: int,
+) -> None:
+    """The most confidently wrong images: wrong decisions sorted by the model's loss, highest first."""
+    assert result.targets is not None and result.losses is not None
     wrong = np.flatnonzero(pred != result.targets)
     order = wrong[np.argsort(-result.losses[wrong], kind="stable")][:TOP_LOSSES]
     images, titles = [], []
@@ -58,7 +89,7 @@ def _top_losses(path: Path, result: EpochResult, classes: list[str], samples: li
         img.thumbnail((160, 160))
         images.append(np.asarray(img))
         titles.append(
-            f"true: {classes[result.targets[i]]}\npred: {classes[pred[i]]} ({result.probs[i, pred[i]]:.2f})\n"
+            f"true: {classes[result.targets[i]]}\npred: {classes[pred[i]]} ({probs[i, pred[i]]:.2f})\n"
             f"loss {result.losses[i]:.2f}"
         )
     plot_top_losses(images, titles, path)

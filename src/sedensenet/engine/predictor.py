@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,11 @@ from sedensenet.data import (
     scan_folder,
 )
 from sedensenet.data.check import drop_duplicates_of_train
+from sedensenet.engine.decision import decide, positive_of, postprocess
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import EpochResult, StepSettings, evaluate_loader
 from sedensenet.inference import BACKENDS, OnnxModel, describe, optimize_for_inference
+from sedensenet.reports.clinical import positive_index
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,13 @@ class Predictor:
         model, meta = ckpt.load_checkpoint(path)
         return cls(model, meta, dev, backend)
 
+    @property
+    def backend_used(self) -> str:
+        """The backend batches went through (``auto`` resolved once a batch has run)."""
+        return self._runner[0] if self._runner is not None else self.backend
+
     def run_samples(self, samples: list[Sample], batch_size: int) -> EpochResult:
+        """The model's raw softmax outputs (no temperature, no threshold) over labelled ``samples``."""
         in_chans = self.meta.in_chans
         dataset = ImageFolderDataset(samples, transform=self.transform, in_chans=in_chans)
         loader = make_loader(dataset, batch_size, seed=0, train=False, device=self.device, workers=-1)
@@ -140,10 +148,12 @@ class Predictor:
         if good:
             res = self.run_samples([Sample(f, 0) for f in good], batch_size)
             k = max(1, min(top_k, len(self.classes)))
-            for f, probs in zip(good, res.probs, strict=True):
-                order = np.argsort(-probs, kind="stable")[:k]
-                top = [(self.classes[i], float(probs[i])) for i in order]
-                out[f] = Prediction(str(f), top[0][0], top[0][1], top)
+            probs = postprocess(res.probs, self.meta)
+            labels = decide(probs, self.meta)
+            for f, p, label in zip(good, probs, labels, strict=True):
+                order = np.argsort(-p, kind="stable")[:k]
+                top = [(self.classes[i], float(p[i])) for i in order]
+                out[f] = Prediction(str(f), self.classes[label], float(p[label]), top)
         bad = len(files) - len(good)
         if bad:
             log.warning("%d of %d files could not be read and were reported, not predicted", bad, len(files))
@@ -155,26 +165,44 @@ class Predictor:
         split: str = "auto",
         output: str | os.PathLike | None = None,
         batch_size: int = 32,
+        positive: str | None = None,
         dedupe: str = "off",
     ) -> Any:
-        """Metrics of the model on a labelled folder; reports written to ``output`` when given.
-
-        ``dedupe`` (``exact`` or ``near``) leaves out the val/test images that duplicate a training image.
-        """
+        """Metrics of the model on a labelled folder, decided as :meth:`predict_files` decides; reports written to
+        ``output`` when given. ``positive`` names the positive class of a two-class model (default: the stored
+        one, else the second class). ``dedupe`` (``exact`` or ``near``) leaves out the val/test images that
+        duplicate a training image."""
         from sedensenet.engine.evaluation import write_evaluation
 
+        meta = self._meta_for(positive)
         samples, data_classes = self.labelled_samples(data, split, dedupe)
         res = self.run_samples(samples, batch_size)
         res.targets = np.asarray([s.label for s in samples])
         if output is None:
             from sedensenet.reports import compute_metrics
 
-            return compute_metrics(res.targets.tolist(), res.probs, self.classes, loss=res.loss)
+            probs = postprocess(res.probs, meta)
+            return compute_metrics(
+                res.targets.tolist(), probs, self.classes, loss=res.loss, y_pred=decide(probs, meta),
+                positive=positive_of(meta), threshold=meta.threshold,
+                uncalibrated=res.probs if meta.temperature else None, temperature=meta.temperature,
+            )  # fmt: skip
         out = Path(output)
-        used = self._runner[0] if self._runner is not None else self.backend
-        extra = {"data": str(data), "split": split, "data_classes": data_classes, "inference_backend": used,
-                 "dedupe": dedupe}  # fmt: skip
-        return write_evaluation(out, res, self.classes, samples, self.meta.in_chans, extra)
+        extra = {"data": str(data), "split": split, "data_classes": data_classes,
+                 "inference_backend": self.backend_used, "decision": meta.decision, "dedupe": dedupe}  # fmt: skip
+        return write_evaluation(out, res, self.classes, samples, self.meta.in_chans, extra, meta=meta)
+
+    def _meta_for(self, positive: str | None) -> ckpt.CheckpointMeta:
+        """The metadata with ``positive`` as the positive class (checked before any image is read)."""
+        if not positive or positive == self.meta.positive:
+            return self.meta
+        positive_index(self.classes, positive)
+        if self.meta.threshold is not None:
+            raise ConfigError(
+                f"--positive {positive!r}: this checkpoint's threshold {self.meta.threshold:.4f} is about "
+                f"{self.meta.positive!r}; evaluate with --positive {self.meta.positive!r} or none"
+            )
+        return replace(self.meta, positive=positive)
 
     def labelled_samples(
         self, data: str | os.PathLike, split: str, dedupe: str = "off"

@@ -17,10 +17,11 @@ from sedensenet.data import DataError, DataSplits, resolve_data, scan_folder
 from sedensenet.data.check import drop_duplicates_of_train, exact_leaks, groups_across_splits
 from sedensenet.engine import build
 from sedensenet.engine import distributed as dist
+from sedensenet.engine.decision import check_decision_settings
 from sedensenet.engine.device import seed_everything, select_device, step_settings
 from sedensenet.engine.evaluation import write_evaluation
 from sedensenet.engine.loader import make_loader
-from sedensenet.engine.loop import evaluate_loader
+from sedensenet.engine.loop import weighted_loss
 from sedensenet.engine.state import RunContext, restore
 from sedensenet.inference import tune_malloc_for_training
 from sedensenet.reports import check_writable, new_run_dir
@@ -81,6 +82,9 @@ def prepare(
         log.debug("%s", tuned)
     seed_everything(config.seed)
     splits = scan(config)
+    check_decision_settings(
+        config.threshold, config.positive, config.calibrate, splits.classes, [s.label for s in splits.val]
+    )
     _check_batch(config, splits)
     model = build.build_model(config, num_classes=len(splits.classes)).to(device)
     settings, scaler = step_settings(config, device)
@@ -256,25 +260,50 @@ def _epochs_done(state: dict[str, Any]) -> int:
 
 
 def finish(ctx: RunContext) -> dict[str, Any]:
-    """Evaluate the best weights on val (and test) and write the reports (rank 0); returns the metrics."""
+    """Evaluate the best weights on val (and test) and write the reports (rank 0); returns the metrics.
+
+    Outputs come from the path ``predict`` takes by default (its backend, float32). The temperature and the
+    threshold are chosen on validation, stored in ``best.safetensors``, and applied unchanged to test.
+    """
     if not dist.is_main():
         return {}
+    from sedensenet.engine.decision import fit_decision
+    from sedensenet.engine.predictor import Predictor
+
     best = ctx.run_dir / "weights" / "best.safetensors"
+    meta = ctx.meta
     if best.is_file():
-        tensors, _ = ckpt.read_checkpoint(best)
+        tensors, meta = ckpt.read_checkpoint(best)
         ckpt.check_state_dict(best, tensors, ctx.model.state_dict())
         ctx.model.load_state_dict(tensors)
-    results: dict[str, Any] = {}
-    c, mean, std = ctx.config, ctx.meta.mean, ctx.meta.std
+    c = ctx.config
+    predictor = Predictor(ctx.model, meta, ctx.settings.device, backend="auto")
+    outputs, inference = {}, ""
     for split, samples in (("val", ctx.splits.val), ("test", ctx.splits.test)):
-        if not samples:
-            continue
-        dataset = build.make_dataset(c, samples, mean, std, train=False, cache=ctx.cache)
-        loader = make_loader(
-            dataset, c.batch_size, seed=c.seed, train=False, device=ctx.settings.device, workers=c.workers
-        )
-        res = evaluate_loader(ctx.model, loader, ctx.criterion, ctx.settings)
+        if samples:
+            res = outputs[split] = predictor.run_samples(samples, c.batch_size)
+            res.loss = weighted_loss(ctx.criterion, res.targets, res.losses)
+            inference = inference or f"{predictor.backend_used} float32"  # what validation's outputs came from
+    val = outputs.get("val")
+    decision = fit_decision(
+        meta, None if val is None else val.targets, None if val is None else val.probs,
+        threshold=c.threshold, positive=c.positive, calibrate=c.calibrate, inference=inference,
+    )  # fmt: skip
+    if best.is_file():
+        ckpt.update_meta(best, meta)
+    results: dict[str, Any] = {}
+    for split, res in outputs.items():
+        samples = ctx.splits.val if split == "val" else ctx.splits.test
         out = ctx.run_dir if split == "val" else ctx.run_dir / "test"
-        extra = {"split": split, "best_epoch": ctx.state.best_epoch, "epochs_run": ctx.state.epoch}
-        results[split] = write_evaluation(out, res, ctx.splits.classes, samples, c.in_chans, extra).to_dict()
+        extra = {"split": split, "label": split_label(split, "test" in outputs), "best_epoch": ctx.state.best_epoch,
+                 "epochs_run": ctx.state.epoch, "decision": decision}  # fmt: skip
+        report = write_evaluation(out, res, ctx.splits.classes, samples, c.in_chans, extra, meta=meta)
+        results[split] = {**report.to_dict(), "label": extra["label"], "decision": decision}
     return results
+
+
+def split_label(split: str, has_test: bool) -> str:
+    """What a split's figures may be trusted for: validation also picked the epoch, threshold and temperature."""
+    if split == "test":
+        return "test (evaluated once, with what validation chose)"
+    return "validation (used for selection)" if has_test else "validation (used for selection: optimistic)"

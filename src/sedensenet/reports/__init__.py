@@ -5,6 +5,21 @@ This package reads results and writes files; it never imports the engine or the 
 
 from __future__ import annotations
 
+from sedensenet.config import THRESHOLD_RULES, ThresholdRule, parse_threshold
+from sedensenet.reports.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+)
+from sedensenet.reports.clinical import (
+    binary_metrics,
+    bootstrap_intervals,
+    choose_threshold,
+    decide_binary,
+    positive_index,
+)
+from sedensenet.reports.diagnostic_plots import plot_pr, plot_reliability
 from sedensenet.reports.metrics import ClassificationReport, compute_metrics, normalize_confusion_matrix
 from sedensenet.reports.plots import (
     find_cjk_font,
@@ -31,10 +46,24 @@ from sedensenet.reports.run import (
 __all__ = [
     "HISTORY_COLUMNS",
     "RUN_FILES",
+    "THRESHOLD_RULES",
     "ClassificationReport",
     "RunDirError",
+    "ThresholdRule",
+    "apply_temperature",
+    "binary_metrics",
+    "bootstrap_intervals",
     "check_writable",
+    "choose_threshold",
     "compute_metrics",
+    "decide_binary",
+    "expected_calibration_error",
+    "fit_temperature",
+    "negative_log_likelihood",
+    "parse_threshold",
+    "plot_pr",
+    "plot_reliability",
+    "positive_index",
     "find_cjk_font",
     "new_run_dir",
     "normalize_confusion_matrix",

@@ -34,11 +34,13 @@ RUN_FILES: dict[str, str] = {
     "weights/last.safetensors": "weights after the last epoch, same metadata",
     "state/last.pt": "optimizer, scheduler, scaler, RNG, epoch: for --resume",
     "metrics.json": "ClassificationReport.to_dict() of the evaluation, plus extras (split, epoch, …)",
-    "classification_report.txt": "the per-class precision/recall/F1 table, as printed",
+    "classification_report.txt": "the per-class precision/recall/F1 table and the summary with intervals, as printed",
     "per_class.csv": "class, precision, recall, f1, support",
     "confusion_matrix.png": "confusion matrix, counts",
     "confusion_matrix_normalized.png": "confusion matrix, each row divided by its total (recall per class)",
     "roc.png": "ROC curve of the positive class (two classes only)",
+    "pr.png": "precision-recall curve of the positive class, with the operating threshold (two classes only)",
+    "calibration.png": "reliability diagram: accuracy vs confidence, before and after temperature scaling",
     "top_losses.png": "the validation images with the highest loss",
     "train.log": "the log of the run",
     "duplicates.csv": "exact copies across splits or under two classes, found by the file check",
@@ -206,7 +208,7 @@ def write_classification_table(
     path: str | os.PathLike,
     csv_path: str | os.PathLike | None = None,
 ) -> tuple[Path, Path]:
-    """Write the text table (classification_report.txt) and the per-class CSV beside it (per_class.csv).
+    """Write the text table and summary (classification_report.txt) and the per-class CSV beside it (per_class.csv).
 
     Args:
         report: the evaluation report.
@@ -216,7 +218,7 @@ def write_classification_table(
     Returns:
         The paths of the text table and the CSV.
     """
-    text_path = atomic_write_text(path, report.format_table())
+    text_path = atomic_write_text(path, report.format_text())
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(PER_CLASS_COLUMNS), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
