@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from sedensenet import checkpoint as ckpt
@@ -22,11 +23,12 @@ from sedensenet.data import (
     Sample,
     build_transforms,
     check_image,
+    image_to_tensor,
     resolve_data,
     scan_folder,
 )
 from sedensenet.engine.loader import make_loader
-from sedensenet.engine.loop import EpochResult, StepSettings, evaluate_loader
+from sedensenet.engine.loop import EpochResult, StepSettings, class_probabilities, evaluate_loader
 from sedensenet.inference import BACKENDS, OnnxModel, describe, optimize_for_inference
 
 log = logging.getLogger(__name__)
@@ -138,15 +140,35 @@ class Predictor:
         out: dict[Path, Prediction] = {f: Prediction(str(f), error=errors[f]) for f in files if errors[f]}
         if good:
             res = self.run_samples([Sample(f, 0) for f in good], batch_size)
-            k = max(1, min(top_k, len(self.classes)))
             for f, probs in zip(good, res.probs, strict=True):
-                order = np.argsort(-probs, kind="stable")[:k]
-                top = [(self.classes[i], float(probs[i])) for i in order]
+                top = self.top_classes(probs, top_k)
                 out[f] = Prediction(str(f), top[0][0], top[0][1], top)
         bad = len(files) - len(good)
         if bad:
             log.warning("%d of %d files could not be read and were reported, not predicted", bad, len(files))
         return [out[f] for f in files]
+
+    def top_classes(self, probs: np.ndarray, top_k: int = 1) -> list[tuple[str, float]]:
+        """The ``top_k`` (clipped to 1..classes) most probable classes of one image, most probable first."""
+        k = max(1, min(top_k, len(self.classes)))
+        order = np.argsort(-probs, kind="stable")[:k]
+        return [(self.classes[i], float(probs[i])) for i in order]
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One image from :func:`~sedensenet.data.load_image` or :func:`~sedensenet.data.decode_image` as the
+        model's input ``(C, S, S)``: the transform and channel handling :meth:`run_samples` applies to files."""
+        return image_to_tensor(image, self.transform, self.meta.in_chans)
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, module: nn.Module | None = None) -> np.ndarray:
+        """Class probabilities ``(B, K)`` of a preprocessed batch ``(B, C, S, S)``, computed as :meth:`run_samples`
+        computes them; ``module`` is a runner from :meth:`runner` (default: the runner for this batch size)."""
+        module = self.runner(images.shape[0]) if module is None else module
+        settings = StepSettings(self.device)
+        x, _ = settings.to_device(images, torch.zeros(images.shape[0], dtype=torch.long))
+        with settings.autocast():
+            logits = module(x)
+        return class_probabilities(logits).cpu().numpy()
 
     def evaluate_folder(
         self,
