@@ -115,7 +115,8 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target: int | list[int] | N
     return _grad_cam(model, images, target)[0]
 
 
-def _resolve_target(target: str | int | None, classes: list[str]) -> int | None:
+def resolve_target(target: str | int | None, classes: list[str]) -> int | None:
+    """The index of a class given by name or index (None stays None); ValueError listing the classes."""
     if target is None:
         return None
     if isinstance(target, str) and target in classes:
@@ -261,7 +262,7 @@ def explain_images(
     dev = select_device(device)
     model, meta = load_checkpoint(resolve_checkpoint(checkpoint), map_location=dev)
     classes = list(meta.classes)
-    target_index = _resolve_target(target, classes)
+    target_index = resolve_target(target, classes)
     transform = build_transforms(
         meta.image_size, train=False, augment="none", mean=meta.mean, std=meta.std, in_chans=meta.in_chans
     )
