@@ -49,12 +49,26 @@ def png_bytes(seed: int = 0, size: tuple[int, int] = (40, 52), mode: str = "RGB"
     return buffer.getvalue()
 
 
+def picture_bytes() -> bytes:
+    """A small picture (a bright disc on a gradient) rather than noise, so the page's screenshot reads well."""
+    from PIL import ImageDraw
+
+    x = np.linspace(0, 1, 160, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 1, 120, dtype=np.float32)[:, None, None]
+    arr = (np.concatenate([40 + 120 * x + 0 * y, 60 + 100 * y + 0 * x, 140 - 60 * x + 0 * y], 2)).astype(np.uint8)
+    image = Image.fromarray(arr)
+    ImageDraw.Draw(image).ellipse((88, 30, 140, 82), fill=(250, 220, 90))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 @pytest.fixture(scope="session")
 def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Five images in the formats and modes users send, Chinese names included."""
     d = tmp_path_factory.mktemp("images")
     files = {
-        "猫 1.png": png_bytes(1),
+        "猫 1.png": picture_bytes(),
         "狗.jpg": png_bytes(2, fmt="JPEG"),
         "gray.bmp": png_bytes(3, mode="L", fmt="BMP"),
         "cmyk.tif": png_bytes(4, mode="CMYK", fmt="TIFF"),
