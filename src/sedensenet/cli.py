@@ -233,7 +233,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     from sedensenet.serve import ServeSettings, run_server
-    from sedensenet.serve.run import is_loopback
 
     key = args.api_key or os.environ.get("SEDENSENET_API_KEY") or None
     settings = ServeSettings(
@@ -241,9 +240,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_files=args.max_files,
         max_queue=args.max_queue, api_key=key, cors_origins=tuple(args.cors_origin or ()),
     )  # fmt: skip
-    if not is_loopback(args.host) and key is None:
-        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use the model",
-              file=sys.stderr)  # fmt: skip
     print(f"Serving {args.checkpoint} on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     run_server(args.checkpoint, settings, host=args.host, port=args.port, workers=args.workers,
                log_level="warning" if args.quiet else "info")  # fmt: skip

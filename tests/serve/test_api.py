@@ -241,6 +241,7 @@ def test_malformed_requests(client: TestClient) -> None:
                  "unsupported_media_type", "text/plain")  # fmt: skip
     assert_error(client.post("/v1/predict?top_k=0", content=png_bytes(1), headers={"content-type": "image/png"}),
                  422, "invalid_parameter", "top_k")  # fmt: skip
+    assert_error(client.post("/v1/predict", content=b"x", headers={"content-length": "1x"}), 400, "bad_request")
     assert_error(client.get("/v1/nothing"), 404, "not_found")
     assert_error(client.get("/v1/predict"), 405, "method_not_allowed")
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from sedensenet.cli import main
+from sedensenet.serve.run import ENV_CONFIG, app_from_environment, threads_per_worker
 
 from .conftest import png_bytes, start_server
 
@@ -62,14 +64,34 @@ def test_cli_warns_when_bound_beyond_this_machine_without_a_key(
     run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     calls = []
-    monkeypatch.setattr("sedensenet.serve.run_server", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.append((app, kw)))
     monkeypatch.delenv("SEDENSENET_API_KEY", raising=False)
+    monkeypatch.setenv(ENV_CONFIG, "")  # restored after the test: run_server sets it for its workers
     assert main(["serve", str(run_dir), "--host", "0.0.0.0", "--workers", "2", "--max-batch", "8"]) == 0
     assert "without --api-key" in capsys.readouterr().err
-    (checkpoint, settings), kwargs = calls[0]
-    assert settings.max_batch == 8 and settings.api_key is None
-    assert kwargs == {"host": "0.0.0.0", "port": 8000, "workers": 2, "log_level": "info"}
+    app, kwargs = calls[0]
+    assert app == "sedensenet.serve.run:app_from_environment"
+    assert (kwargs["host"], kwargs["port"], kwargs["workers"], kwargs["factory"]) == ("0.0.0.0", 8000, 2, True)
+    worker_app = app_from_environment()  # what each worker process builds
+    assert isinstance(worker_app, FastAPI)
+    settings = worker_app.state.serve.settings
+    assert (settings.max_batch, settings.api_key, settings.threads) == (8, None, threads_per_worker(2))
+
     monkeypatch.setenv("SEDENSENET_API_KEY", "from-the-environment")
     assert main(["serve", str(run_dir), "--host", "0.0.0.0"]) == 0
     assert "without --api-key" not in capsys.readouterr().err
-    assert calls[1][0][1].api_key == "from-the-environment"
+    app, kwargs = calls[1]
+    assert isinstance(app, FastAPI) and app.state.serve.settings.api_key == "from-the-environment"
+    assert kwargs["host"] == "0.0.0.0" and "workers" not in kwargs
+
+
+def test_two_workers_serve(run_dir: Path) -> None:
+    proc, url = start_server(run_dir, "--backend", "eager", "--workers", "2")
+    try:
+        data = png_bytes(3)
+        answers = {httpx.post(f"{url}/v1/predict", content=data, headers={"content-type": "image/png"}).text
+                   for _ in range(6)}  # fmt: skip
+        assert len(answers) == 1 and '"label"' in next(iter(answers))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -33,8 +33,11 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await _send_413(send, UploadTooLarge(self.max_bytes))
+        if declared is not None and not declared.isdigit():
+            await _send_error(send, ApiError(400, "bad_request", f"invalid Content-Length {declared[:20]!r}"))
+            return
+        if declared is not None and int(declared) > self.max_bytes:
+            await _send_error(send, UploadTooLarge(self.max_bytes))
             return
         received = 0
 
@@ -50,9 +53,9 @@ class BodySizeLimit:
         await self.app(scope, counted, send)
 
 
-async def _send_413(send: Any, error: ApiError) -> None:
+async def _send_error(send: Any, error: ApiError) -> None:
     body = json.dumps({"error": error.error, "detail": error.detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"connection", b"close")]  # fmt: skip
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
