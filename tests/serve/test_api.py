@@ -18,8 +18,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from sedensenet.api import Prediction, probabilities_to_rows
 from sedensenet.checkpoint import CheckpointError
+from sedensenet.engine.predictor import Prediction, probabilities_to_rows
 from sedensenet.serve import ServeSettings, create_app
 from sedensenet.serve.batching import DynamicBatcher, QueueFull
 from sedensenet.serve.run import is_loopback, threads_per_worker

@@ -247,7 +247,7 @@ def _prediction(model: ServedModel, name: str, probs: Any, top_k: int) -> dict[s
 
 def _csv(preds: list[dict[str, Any]]) -> str:
     """The rows ``sedensenet predict --output x.csv`` writes, for the same predictions."""
-    from sedensenet.api import Prediction, probabilities_to_rows
+    from sedensenet.engine.predictor import Prediction, probabilities_to_rows
 
     rows = probabilities_to_rows(
         [Prediction(p["file"], p["label"], p["probability"], [(t["class"], t["probability"]) for t in p["top_k"]])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sedensenet.checkpoint import CheckpointError
+from sedensenet.checkpoint import CheckpointError, resolve_checkpoint
 from sedensenet.data import decode_image
 from sedensenet.engine.predictor import Predictor
 from sedensenet.serve.settings import ServeSettings
@@ -40,8 +40,6 @@ def file_sha256(path: Path) -> str:
 
 def resolve_safetensors(source: str | os.PathLike) -> Path:
     """The checkpoint a run folder or file names; only safetensors files are served (nothing is unpickled)."""
-    from sedensenet.api import resolve_checkpoint
-
     path = resolve_checkpoint(source)
     if path.suffix.lower() != ".safetensors":
         raise CheckpointError(
