@@ -263,6 +263,24 @@ def _int_list(flag: str, text: str) -> list[int]:
         raise ConfigError(f"{flag} takes comma-separated whole numbers, e.g. 6,12,24,16; got {text!r}") from None
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a model: a web page to drop images on and a JSON API (/v1/predict, /v1/explain, /v1/model)."""
+    import os
+
+    from sedensenet.serve import ServeSettings, run_server
+
+    key = args.api_key or os.environ.get("SEDENSENET_API_KEY") or None
+    settings = ServeSettings(
+        backend=args.backend, device=args.device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_files=args.max_files,
+        max_queue=args.max_queue, api_key=key, cors_origins=tuple(args.cors_origin or ()),
+    )  # fmt: skip
+    print(f"Serving {args.checkpoint} on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    run_server(args.checkpoint, settings, host=args.host, port=args.port, workers=args.workers,
+               log_level="warning" if args.quiet else "info")  # fmt: skip
+    return 0
+
+
 _COMMON = {"command", "func", "config", "resume", "quiet", "verbose", "devices", "argv"}
 
 
@@ -369,6 +387,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", help="the tutorial's block list, e.g. 6,12,48,32 (read from the file by default)")
     p.add_argument("--classes", help="class names in index order, comma-separated (Keras files do not store them)")
     p.add_argument("--image-size", type=int, help="input size (read from the file when it has a model config)")
+
+    p = command("serve", cmd_serve)
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder or .safetensors checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="processes, each with the model (threads shared out)")
+    p.add_argument("--backend", default="auto", choices=INFERENCE_BACKENDS,
+                   help="as for predict; auto: ONNX Runtime on CPU when installed, else eager")  # fmt: skip
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-batch", type=int, default=32, help="images per forward pass")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit, counted as it arrives")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="pixels per image")
+    p.add_argument("--max-files", type=int, default=64, help="files per request")
+    p.add_argument("--max-queue", type=int, default=256, help="images waiting; beyond it 503 with Retry-After")
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1 (or set SEDENSENET_API_KEY)")
+    p.add_argument("--cors-origin", action="append", help="allow this browser origin (repeatable; default none)")
 
     p = command("models", cmd_models)
     p.add_argument("filter", nargs="?", default="", help="only names containing this")

@@ -115,7 +115,8 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target: int | list[int] | N
     return _grad_cam(model, images, target)[0]
 
 
-def _resolve_target(target: str | int | None, classes: list[str]) -> int | None:
+def resolve_target(target: str | int | None, classes: list[str]) -> int | None:
+    """The index of a class given by name or index (None stays None); ValueError listing the classes."""
     if target is None:
         return None
     if isinstance(target, str) and target in classes:
@@ -151,15 +152,57 @@ class ExplainResult:
         return [e.output for e in self.images] + ([self.grid] if self.grid else [])
 
 
-def _overlay(image: Image.Image, cam: torch.Tensor) -> np.ndarray:
-    """The image (RGB uint8) blended with the jet-coloured map resized to the image's size."""
+def heatmap_colors(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """A map ``(h, w)`` in [0, 1] resized to ``size`` (height, width) and coloured with ``jet``: ``(H, W, 3)`` in
+    [0, 1]."""
     from matplotlib import colormaps
 
+    resized = F.interpolate(cam[None, None].float().cpu(), size=size, mode="bilinear", align_corners=False)
+    return colormaps["jet"](resized[0, 0].clamp(0, 1).numpy())[..., :3]  # (H, W, 3)
+
+
+def overlay(image: Image.Image, cam: torch.Tensor) -> np.ndarray:
+    """The image (RGB uint8) blended with the jet-coloured map resized to the image's size."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # (H0, W0, 3)
-    resized = F.interpolate(cam[None, None].float().cpu(), size=rgb.shape[:2], mode="bilinear", align_corners=False)
-    heat = colormaps["jet"](resized[0, 0].clamp(0, 1).numpy())[..., :3]  # (H0, W0, 3)
+    heat = heatmap_colors(cam, rgb.shape[:2])
     blended = (1 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * heat
     return np.clip(blended * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+@dataclass
+class ImageExplanation:
+    """What :func:`explain_image` found for one image."""
+
+    cam: torch.Tensor
+    """``(H, W)`` Grad-CAM map in [0, 1] at the model's input size."""
+    probs: np.ndarray
+    """``(K,)`` class probabilities of the explained forward pass."""
+    target: int
+    """The class the map is for."""
+    se_layer: str | None = None
+    se_weights: np.ndarray | None = None
+    """``(C,)`` gate values of ``se_layer`` (the model's last SE layer) for this image; None without SE."""
+
+
+def explain_image(model: nn.Module, x: torch.Tensor, target: int | None = None) -> ImageExplanation:
+    """Grad-CAM and the last SE layer's channel gates for one preprocessed image ``x`` ``(C, S, S)``.
+
+    The gates are read by a forward hook on the SE layer's ``gate`` submodule. Runs a forward and a backward
+    pass on ``model`` (hooks are added and removed): give it a model no other thread is using.
+    """
+    layers = model.se_modules() if hasattr(model, "se_modules") else {}
+    name, module = next(reversed(layers.items())) if layers else (None, None)
+    gates: list[torch.Tensor] = []
+    handle = module.gate.register_forward_hook(lambda m, i, out: gates.append(out.detach())) if module else None
+    try:
+        cams, logits = _grad_cam(model, x[None], target)
+    finally:
+        if handle is not None:
+            handle.remove()
+    probs = logits.float().softmax(1)[0].cpu().numpy()
+    chosen = int(probs.argmax()) if target is None else target
+    se = gates[-1].float().flatten().cpu().numpy() if gates else None  # (C,)
+    return ImageExplanation(cams[0].cpu(), probs, chosen, name, se)
 
 
 def _unique_path(output_dir: Path, stem: str, used: set[str]) -> Path:
@@ -219,7 +262,7 @@ def explain_images(
     dev = select_device(device)
     model, meta = load_checkpoint(resolve_checkpoint(checkpoint), map_location=dev)
     classes = list(meta.classes)
-    target_index = _resolve_target(target, classes)
+    target_index = resolve_target(target, classes)
     transform = build_transforms(
         meta.image_size, train=False, augment="none", mean=meta.mean, std=meta.std, in_chans=meta.in_chans
     )
@@ -235,7 +278,7 @@ def explain_images(
         for (path, im), cam, p in zip(chunk, cams, probs, strict=True):
             pred = int(p.argmax())
             tgt = pred if target_index is None else target_index
-            blended = _overlay(im, cam)
+            blended = overlay(im, cam)
             out = _unique_path(out_dir, path.stem, used)
             atomic_write(out, lambda tmp, a=blended: Image.fromarray(a).save(tmp, format="PNG"))
             explained.append(ExplainedImage(path, out, classes[pred], float(p[pred]), classes[tgt]))

@@ -10,6 +10,7 @@ is :mod:`sedensenet.data.scan`'s job.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -29,6 +31,10 @@ from sedensenet.errors import UserError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: 1024 * 1024 * 1024 // 4 // 3
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "DIB", "GIF", "TIFF", "WEBP")
+"""The PIL formats of the image extensions we accept (JPEG includes cameras' multi-picture files; DIB: headerless
+BMP). Only these decoders are tried, whatever a file is named: PIL's others (EPS runs Ghostscript) never see
+user data."""
 
 
 class DataError(UserError, ValueError):
@@ -68,11 +74,60 @@ def _too_large(exc: Exception, max_pixels: int) -> str:
     return f"too large: {pixels} pixels > PIL limit {limit} (raise PIL.Image.MAX_IMAGE_PIXELS as well)"
 
 
+class ImageRejected(DataError):
+    """An image that cannot be used; ``reason`` is the short text :func:`check_image` returns for it and ``kind``
+    one of ``empty``, ``not_image``, ``too_large``, ``corrupt`` or ``unreadable`` (for callers that map kinds to
+    codes, such as the HTTP server)."""
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+
+def open_checked(source: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open and fully decode an image, refusing it with :class:`ImageRejected` when it cannot be used.
+
+    Only the decoders of :data:`IMAGE_FORMATS` are tried. The pixel count is read from the header and checked
+    before any pixel is decoded, so a decompression bomb costs nothing. The caller closes the returned image.
+    """
+    try:
+        im = Image.open(source, formats=IMAGE_FORMATS)  # reads only the header
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(_too_large(exc, max_pixels), "too_large") from None
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image (cannot identify image file)", "not_image") from None
+    except (PermissionError, FileNotFoundError) as exc:
+        raise ImageRejected(_unreadable(exc), "unreadable") from None
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error... on bad data
+        raise ImageRejected(_corrupt(exc), "corrupt") from None
+    try:
+        pixels = im.width * im.height
+        if pixels > max_pixels:
+            raise ImageRejected(f"too large: {pixels} pixels > limit {max_pixels}", "too_large")
+        im.load()  # full decode: catches truncated and corrupt data
+    except ImageRejected:
+        im.close()
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        im.close()
+        raise ImageRejected(_too_large(exc, max_pixels), "too_large") from None
+    except Exception as exc:
+        im.close()
+        raise ImageRejected(_corrupt(exc), "corrupt") from None
+    return im
+
+
+def _corrupt(exc: Exception) -> str:
+    detail = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+    return f"truncated or corrupt image: {detail}"
+
+
 def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """Decode ``path`` fully and return ``None`` when it is usable, else a short reason to skip it.
 
-    The pixel count is read from the header and checked before any pixel is decoded, so a decompression
-    bomb costs nothing. Never raises; special files (pipes, devices) are refused without being opened.
+    The checks are :func:`open_checked`'s (a decompression bomb costs nothing). Never raises; special files
+    (pipes, devices) are refused without being opened.
     """
     return inspect_image(path, max_pixels, fingerprint=False)[0]
 
@@ -99,21 +154,11 @@ def inspect_image(
     if st.st_size == 0:
         return "empty file (0 bytes)", None
     try:
-        with Image.open(path) as im:  # reads only the header
-            pixels = im.width * im.height
-            if pixels > max_pixels:
-                return f"too large: {pixels} pixels > limit {max_pixels}", None
-            im.load()  # full decode: catches truncated and corrupt data
-            return None, _fingerprint(im, path) if fingerprint else None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return _too_large(exc, max_pixels), None
-    except UnidentifiedImageError:
-        return "not an image (cannot identify image file)", None
-    except (PermissionError, FileNotFoundError) as exc:
-        return _unreadable(exc), None
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error... on bad data
-        detail = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
-        return f"truncated or corrupt image: {detail}", None
+        im = open_checked(path, max_pixels)
+    except ImageRejected as exc:
+        return exc.reason, None
+    with im:
+        return None, _fingerprint(im, path) if fingerprint else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -170,13 +215,35 @@ def load_image(path: str | os.PathLike, in_chans: int = 3) -> Image.Image:
         OSError, ValueError, PIL.Image.DecompressionBombError: the file cannot be decoded.
     """
     mode = _target_mode(in_chans)
-    with Image.open(path) as im:
+    with Image.open(path, formats=IMAGE_FORMATS) as im:
         im.load()  # the pixels stay in memory after the file is closed
+        return _as_model_input(im, mode)
+
+
+def decode_image(data: bytes, in_chans: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An image held in memory (an upload), checked as :func:`check_image` checks files and converted as
+    :func:`load_image` converts them, so both give the model the same pixels.
+
+    Raises:
+        ImageRejected: empty, not an image, more than ``max_pixels`` pixels, truncated or corrupt.
+    """
+    mode = _target_mode(in_chans)
+    if not data:
+        raise ImageRejected("empty file (0 bytes)", "empty")
+    with open_checked(io.BytesIO(data), max_pixels) as im:
         try:
-            ImageOps.exif_transpose(im, in_place=True)
-        except Exception as exc:  # malformed EXIF: use the pixels as stored
-            logger.debug("ignoring bad EXIF orientation in %s: %s", path, exc)
-        return _convert(im, mode)
+            return _as_model_input(im, mode)
+        except Exception as exc:  # a conversion PIL cannot make for this mode
+            raise ImageRejected(_corrupt(exc), "corrupt") from None
+
+
+def _as_model_input(im: Image.Image, mode: str) -> Image.Image:
+    """A decoded image turned upright (EXIF) and converted to ``mode``: the one path files and uploads share."""
+    try:
+        ImageOps.exif_transpose(im, in_place=True)
+    except Exception as exc:  # malformed EXIF: use the pixels as stored
+        logger.debug("ignoring a bad EXIF orientation: %s", exc)
+    return _convert(im, mode)
 
 
 class ImageFolderDataset(Dataset):
@@ -230,11 +297,22 @@ class ImageFolderDataset(Dataset):
         raise DataError(f"none of the {n} images could be loaded: were they moved or deleted after the scan?")
 
     def _to_tensor(self, image: Image.Image) -> torch.Tensor:
-        if self.transform is not None:
-            x = self.transform(image)
-        else:
-            x = torch.from_numpy(np.array(image, dtype=np.float32, copy=True) / 255.0)
-            x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1).contiguous()  # (C, H, W)
-        if isinstance(x, torch.Tensor) and x.ndim == 3 and x.shape[0] != self.in_chans:
-            x = x[[c % x.shape[0] for c in range(self.in_chans)]]  # (in_chans, H, W)
-        return x
+        return image_to_tensor(image, self.transform, self.in_chans)
+
+
+def image_to_tensor(
+    image: Image.Image, transform: Callable[[Image.Image], torch.Tensor] | None, in_chans: int
+) -> torch.Tensor:
+    """An image from :func:`load_image` or :func:`decode_image` as the model's input ``(in_chans, H, W)``.
+
+    Without a transform the pixels are scaled to [0, 1] at their own size; RGB channels are repeated in turn
+    (R, G, B, R, ...) for models with other than 1, 3 or 4 input channels.
+    """
+    if transform is not None:
+        x = transform(image)
+    else:
+        x = torch.from_numpy(np.array(image, dtype=np.float32, copy=True) / 255.0)
+        x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1).contiguous()  # (C, H, W)
+    if isinstance(x, torch.Tensor) and x.ndim == 3 and x.shape[0] != in_chans:
+        x = x[[c % x.shape[0] for c in range(in_chans)]]  # (in_chans, H, W)
+    return x

@@ -132,7 +132,7 @@ def evaluate_loader(
         with settings.autocast():
             logits = model(images).float()
         losses.append(nn.functional.cross_entropy(logits, labels, reduction="none").cpu())
-        probs.append(logits.softmax(1).cpu())
+        probs.append(class_probabilities(logits).cpu())
         targets.append(labels.cpu())
         if progress is not None:
             progress(labels.shape[0], None, None)
@@ -145,6 +145,11 @@ def evaluate_loader(
     weighted = weighted_loss(criterion, t, per_sample)
     accuracy = float((p.argmax(1) == t).mean())
     return EpochResult(weighted, accuracy, len(t), seconds, p, t, per_sample)
+
+
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``(B, K)`` from logits ``(B, K)``: the one conversion every inference path uses."""
+    return logits.float().softmax(1)
 
 
 def weighted_loss(criterion: nn.Module | None, targets: np.ndarray, per_sample: np.ndarray) -> float:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from sedensenet import checkpoint as ckpt
@@ -22,13 +24,14 @@ from sedensenet.data import (
     Sample,
     build_transforms,
     check_image,
+    image_to_tensor,
     resolve_data,
     scan_folder,
 )
 from sedensenet.data.check import drop_duplicates_of_train
 from sedensenet.engine.decision import decide, positive_of, postprocess
 from sedensenet.engine.loader import make_loader
-from sedensenet.engine.loop import EpochResult, StepSettings, evaluate_loader
+from sedensenet.engine.loop import EpochResult, StepSettings, class_probabilities, evaluate_loader
 from sedensenet.inference import BACKENDS, OnnxModel, describe, optimize_for_inference
 from sedensenet.reports.clinical import positive_index
 
@@ -147,17 +150,43 @@ class Predictor:
         out: dict[Path, Prediction] = {f: Prediction(str(f), error=errors[f]) for f in files if errors[f]}
         if good:
             res = self.run_samples([Sample(f, 0) for f in good], batch_size)
-            k = max(1, min(top_k, len(self.classes)))
-            probs = postprocess(res.probs, self.meta)
-            labels = decide(probs, self.meta)
-            for f, p, label in zip(good, probs, labels, strict=True):
-                order = np.argsort(-p, kind="stable")[:k]
-                top = [(self.classes[i], float(p[i])) for i in order]
-                out[f] = Prediction(str(f), self.classes[label], float(p[label]), top)
+            out.update(zip(good, self.to_predictions(good, res.probs, top_k), strict=True))
         bad = len(files) - len(good)
         if bad:
             log.warning("%d of %d files could not be read and were reported, not predicted", bad, len(files))
         return [out[f] for f in files]
+
+    def to_predictions(self, names: Sequence[Any], probs: np.ndarray, top_k: int = 1) -> list[Prediction]:
+        """Prediction records from the model's class probabilities ``(B, K)``: the checkpoint's temperature is
+        applied and its decision rule (threshold or argmax) decides, so ``predict`` and ``serve`` decide alike."""
+        probs = postprocess(np.asarray(probs), self.meta)
+        labels = decide(probs, self.meta)
+        return [
+            Prediction(str(n), self.classes[label], float(p[label]), self.top_classes(p, top_k))
+            for n, p, label in zip(names, probs, labels, strict=True)
+        ]
+
+    def top_classes(self, probs: np.ndarray, top_k: int = 1) -> list[tuple[str, float]]:
+        """The ``top_k`` (clipped to 1..classes) most probable classes of one image, most probable first."""
+        k = max(1, min(top_k, len(self.classes)))
+        order = np.argsort(-probs, kind="stable")[:k]
+        return [(self.classes[i], float(probs[i])) for i in order]
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One image from :func:`~sedensenet.data.load_image` or :func:`~sedensenet.data.decode_image` as the
+        model's input ``(C, S, S)``: the transform and channel handling :meth:`run_samples` applies to files."""
+        return image_to_tensor(image, self.transform, self.meta.in_chans)
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, module: nn.Module | None = None) -> np.ndarray:
+        """Class probabilities ``(B, K)`` of a preprocessed batch ``(B, C, S, S)``, computed as :meth:`run_samples`
+        computes them; ``module`` is a runner from :meth:`runner` (default: the runner for this batch size)."""
+        module = self.runner(images.shape[0]) if module is None else module
+        settings = StepSettings(self.device)
+        x, _ = settings.to_device(images, torch.zeros(images.shape[0], dtype=torch.long))
+        with settings.autocast():
+            logits = module(x)
+        return class_probabilities(logits).cpu().numpy()
 
     def evaluate_folder(
         self,

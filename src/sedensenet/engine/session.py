@@ -99,7 +99,8 @@ def prepare(
         model=model.config.to_dict(), classes=splits.classes, image_size=config.image_size,
         mean=list(mean), std=list(std),
         extra={"data": str(config.data), "val_split": config.val_split, "seed": config.data_split_seed,
-               "groups": config.groups},
+               "groups": config.groups,
+               "train_images": len(splits.train), "val_images": len(splits.val)},
     )  # fmt: skip
     if run_dir is None:
         run_dir = _new_run_dir(config)

@@ -1,0 +1,242 @@
+// The sedensenet page: upload images to this server's /v1 API and show the answers. No other origin is used.
+"use strict";
+
+const TOP_K = 5;
+const PARALLEL = 4;
+const state = { key: sessionStorage.getItem("sedensenet-api-key") || "", rows: [], card: null };
+const $ = (selector, root = document) => root.querySelector(selector);
+
+function headers(extra = {}) {
+  return state.key ? { ...extra, Authorization: `Bearer ${state.key}` } : extra;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: headers(options.headers) });
+  let body = null;
+  try { body = await response.json(); } catch { body = null; }
+  if (response.status === 401) { $("#auth").hidden = false; }
+  if (!response.ok) {
+    const detail = body && body.detail ? body.detail : `HTTP ${response.status}`;
+    const error = new Error(detail);
+    error.status = response.status;
+    error.file = body && body.file;
+    throw error;
+  }
+  return body;
+}
+
+// Python's repr(round(x, 6)), so the CSV matches `sedensenet predict --output` character for character.
+function pyFloat(x) {
+  const r = Number(Number(x).toFixed(6));
+  if (Number.isInteger(r)) return r.toFixed(1);
+  if (Math.abs(r) < 1e-4) {
+    const [mantissa, exponent] = r.toExponential().split("e");
+    const sign = exponent.startsWith("-") ? "-" : "+";
+    return `${mantissa}e${sign}${exponent.replace(/^[+-]/, "").padStart(2, "0")}`;
+  }
+  return String(r);
+}
+
+function csvCell(value) {
+  const text = String(value);
+  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+function downloadCsv() {
+  const lines = [["path", "label", "probability", "top_k", "error"].join(",")];
+  for (const row of state.rows) {
+    lines.push([row.path, row.label, row.probability, row.top_k, row.error].map(csvCell).join(","));
+  }
+  const blob = new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv;charset=utf-8" });
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = "predictions.csv";
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}
+
+function showCard(card) {
+  state.card = card;
+  const metrics = card.metrics || {};
+  const fmt = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toFixed(4) : v);
+  const fields = [
+    ["classes", card.classes.join(", ")],
+    ["preset", card.preset || "–"],
+    ["image size", `${card.image_size} px, ${card.in_chans} channel(s)`],
+    ["parameters", card.parameters.toLocaleString("en")],
+    ["training images", card.train_images ?? "–"],
+    ["validation images", card.val_images ?? "–"],
+    ["data", card.data ?? "–"],
+    ["validation metrics", Object.keys(metrics).length
+      ? Object.entries(metrics).map(([k, v]) => `${k} ${fmt(v)}`).join(", ") : "–"],
+    ["trained", card.trained_at],
+    ["backend", card.backend],
+    ["model id", card.id],
+    ["limits", `${card.limits.max_upload_mb} MB per upload, ${card.limits.max_files} files, ` +
+      `${(card.limits.max_pixels / 1e6).toFixed(0)} Mpx per image`],
+  ];
+  const list = $("#card-fields");
+  list.replaceChildren();
+  for (const [name, value] of fields) {
+    const dt = document.createElement("dt");
+    dt.textContent = name;
+    const dd = document.createElement("dd");
+    dd.textContent = String(value);
+    list.append(dt, dd);
+  }
+  $("#status").textContent = `${card.preset || "model"} · ${card.classes.length} classes · ready`;
+}
+
+async function loadCard() {
+  try {
+    showCard(await api("/v1/model"));
+    $("#auth").hidden = true;
+  } catch (error) {
+    $("#status").textContent = error.status === 401 ? "An API key is needed." : `Not ready: ${error.message}`;
+    if (error.status === 503) setTimeout(loadCard, 1000);
+  }
+}
+
+function newResult(file) {
+  const node = $("#result-template").content.firstElementChild.cloneNode(true);
+  $(".name", node).textContent = file.name;
+  $(".body", node).hidden = true;
+  $("#results").append(node);
+  return node;
+}
+
+function showRefusal(node, file, error) {
+  node.classList.add("refused");
+  $(".body", node).hidden = true;
+  const message = $(".error", node);
+  message.hidden = false;
+  message.textContent = `Refused: ${error.message}`;
+  const prefix = `${file.name}: `;
+  const reason = error.message.startsWith(prefix) ? error.message.slice(prefix.length) : error.message;
+  state.rows.push({ path: file.name, label: "", probability: "", top_k: "", error: reason });
+}
+
+function showPrediction(node, file, prediction) {
+  $(".body", node).hidden = false;
+  const list = $(".topk", node);
+  for (const item of prediction.top_k) {
+    const li = document.createElement("li");
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = item.class;
+    const track = document.createElement("span");
+    track.className = "track";
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    fill.style.width = `${(item.probability * 100).toFixed(2)}%`;
+    track.append(fill);
+    const prob = document.createElement("span");
+    prob.className = "prob";
+    prob.textContent = `${(item.probability * 100).toFixed(2)}%`;
+    prob.dataset.probability = String(item.probability);
+    li.append(label, track, prob);
+    list.append(li);
+  }
+  node.dataset.label = prediction.label;
+  node.dataset.probability = String(prediction.probability);
+  state.rows.push({
+    path: file.name, label: prediction.label, probability: pyFloat(prediction.probability),
+    top_k: prediction.top_k.map((t) => `${t.class}:${pyFloat(t.probability)}`).join(";"), error: "",
+  });
+}
+
+function drawGates(canvas, weights) {
+  const ratio = window.devicePixelRatio || 1;
+  canvas.width = canvas.clientWidth * ratio || 320;
+  canvas.height = 80 * ratio;
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width / weights.length;
+  ctx.fillStyle = "#3b82c4";
+  weights.forEach((g, i) => {
+    const h = Math.max(1, g * canvas.height);
+    ctx.fillRect(i * w, canvas.height - h, Math.max(w, 1), h);
+  });
+}
+
+function showExplanation(node, explanation) {
+  $(".image", node).src = `data:image/png;base64,${explanation.image_png}`;
+  const heat = $(".heatmap", node);
+  heat.src = `data:image/png;base64,${explanation.heatmap_png}`;
+  applyHeatmapSettings(heat);
+  $(".caption", node).textContent = `Grad-CAM for "${explanation.target}": where the model looked`;
+  if (explanation.se_weights) {
+    $(".se", node).hidden = false;
+    $(".se-layer", node).textContent = `(${explanation.se_layer}, ${explanation.se_weights.length} channels)`;
+    drawGates($(".se-canvas", node), explanation.se_weights);
+  }
+}
+
+function applyHeatmapSettings(img) {
+  img.hidden = !$("#show-heatmap").checked;
+  img.style.opacity = String(Number($("#opacity").value) / 100);
+}
+
+function form(file) {
+  const data = new FormData();
+  data.append("file", file, file.name);
+  return data;
+}
+
+async function classify(file) {
+  const node = newResult(file);
+  try {
+    const answer = await api(`/v1/predict?top_k=${TOP_K}`, { method: "POST", body: form(file) });
+    showPrediction(node, file, answer.predictions[0]);
+  } catch (error) {
+    showRefusal(node, file, error);
+    return;
+  } finally {
+    updateCounts();
+  }
+  try {
+    showExplanation(node, await api("/v1/explain", { method: "POST", body: form(file) }));
+  } catch (error) {
+    $(".caption", node).textContent = `No heat-map: ${error.message}`;
+  }
+}
+
+function updateCounts() {
+  const refused = state.rows.filter((r) => r.error).length;
+  $("#counts").textContent = `${state.rows.length - refused} classified, ${refused} refused`;
+  $("#toolbar").hidden = state.rows.length === 0;
+}
+
+async function handleFiles(files) {
+  const queue = Array.from(files);
+  const workers = Array.from({ length: Math.min(PARALLEL, queue.length) }, async () => {
+    while (queue.length) await classify(queue.shift());
+  });
+  await Promise.all(workers);
+  $("#status").dataset.done = String(Number($("#status").dataset.done || 0) + files.length);
+}
+
+function setUp() {
+  const drop = $("#drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    handleFiles(e.dataTransfer.files);
+  });
+  $("#file-input").addEventListener("change", (e) => { handleFiles(e.target.files); e.target.value = ""; });
+  $("#show-heatmap").addEventListener("change", () => document.querySelectorAll(".heatmap").forEach(applyHeatmapSettings));
+  $("#opacity").addEventListener("input", () => document.querySelectorAll(".heatmap").forEach(applyHeatmapSettings));
+  $("#download-csv").addEventListener("click", downloadCsv);
+  $("#clear").addEventListener("click", () => { $("#results").replaceChildren(); state.rows = []; updateCounts(); });
+  $("#api-key-save").addEventListener("click", () => {
+    state.key = $("#api-key").value.trim();
+    sessionStorage.setItem("sedensenet-api-key", state.key);
+    loadCard();
+  });
+  loadCard();
+}
+
+document.addEventListener("DOMContentLoaded", setUp);

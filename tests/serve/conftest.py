@@ -1,0 +1,114 @@
+"""A tiny SE-DenseNet in a run folder (weights + metrics.json), images to send, and a live server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sedensenet.checkpoint import CheckpointMeta, save_checkpoint
+from sedensenet.models import create_model
+
+CLASSES = ["狗", "猫", "鸟"]  # dog, cat, bird
+IMAGE_SIZE = 32
+METRICS = {"accuracy": 0.75, "macro_f1": 0.7, "num_samples": 12, "split": "val", "best_epoch": 2}
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """runs/训练 (a Chinese run name) with weights/best.safetensors of a fresh se_densenet_tiny and a metrics.json."""
+    torch.manual_seed(0)
+    run = tmp_path_factory.mktemp("serve") / "训练"
+    model = create_model("se_densenet_tiny", num_classes=len(CLASSES))
+    meta = CheckpointMeta(
+        model=model.config.to_dict(), classes=CLASSES, image_size=IMAGE_SIZE, epoch=2,
+        extra={"data": "builtin:test", "train_images": 48, "val_images": 12},
+    )  # fmt: skip
+    save_checkpoint(run / "weights" / "best.safetensors", model, meta)
+    (run / "metrics.json").write_text(json.dumps({**METRICS, "per_class": []}), encoding="utf-8")
+    return run
+
+
+def png_bytes(seed: int = 0, size: tuple[int, int] = (40, 52), mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(arr).convert(mode).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def picture_bytes() -> bytes:
+    """A small picture (a bright disc on a gradient) rather than noise, so the page's screenshot reads well."""
+    from PIL import ImageDraw
+
+    x = np.linspace(0, 1, 160, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 1, 120, dtype=np.float32)[:, None, None]
+    arr = (np.concatenate([40 + 120 * x + 0 * y, 60 + 100 * y + 0 * x, 140 - 60 * x + 0 * y], 2)).astype(np.uint8)
+    image = Image.fromarray(arr)
+    ImageDraw.Draw(image).ellipse((88, 30, 140, 82), fill=(250, 220, 90))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five images in the formats and modes users send, Chinese names included."""
+    d = tmp_path_factory.mktemp("images")
+    files = {
+        "猫 1.png": picture_bytes(),
+        "狗.jpg": png_bytes(2, fmt="JPEG"),
+        "gray.bmp": png_bytes(3, mode="L", fmt="BMP"),
+        "cmyk.tif": png_bytes(4, mode="CMYK", fmt="TIFF"),
+        "big.webp": png_bytes(5, size=(300, 200), fmt="WEBP"),
+    }
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(checkpoint: Path, *args: str, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """``sedensenet serve`` in a child process; returns it and its base URL once /readyz answers 200."""
+    port = port or free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "sedensenet", "serve", str(checkpoint), "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"the server was not ready after 120 s:\n{proc.stdout.read()}")
+
+
+@pytest.fixture(scope="module")
+def live_server(run_dir: Path) -> Iterator[str]:
+    proc, url = start_server(run_dir, "--backend", "eager")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
