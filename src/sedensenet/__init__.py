@@ -1,7 +1,8 @@
 """sedensenet: DenseNet and Squeeze-and-Excitation DenseNet image classifiers in PyTorch.
 
 The public API: ``create_model``, ``list_models``, ``load_model``, ``summary``, ``train``, ``evaluate``,
-``predict``. Heavy parts (training, data) are imported on first use so ``import sedensenet`` stays fast.
+``predict``, ``plot_history``. Heavy parts (training, data) are imported on first use so ``import sedensenet``
+stays fast.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _LAZY = {
     "train": "sedensenet.api",
     "evaluate": "sedensenet.api",
     "predict": "sedensenet.api",
+    "plot_history": "sedensenet.reports.plots",
     "TrainConfig": "sedensenet.config",
 }
 
@@ -32,6 +34,7 @@ __all__ = [
     "evaluate",
     "list_models",
     "load_model",
+    "plot_history",
     "predict",
     "summary",
     "train",

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from sedensenet.reports.metrics import ClassificationReport, compute_metrics, normalize_confusion_matrix
 from sedensenet.reports.plots import (
+    InlineFigure,
+    curves_figure,
     find_cjk_font,
     plot_confusion_matrix,
     plot_curves,
     plot_gradcam_grid,
+    plot_history,
     plot_history_comparison,
     plot_roc,
     plot_se_weights,
@@ -30,17 +33,20 @@ from sedensenet.reports.run import (
 
 __all__ = [
     "HISTORY_COLUMNS",
+    "InlineFigure",
     "RUN_FILES",
     "ClassificationReport",
     "RunDirError",
     "check_writable",
     "compute_metrics",
+    "curves_figure",
     "find_cjk_font",
     "new_run_dir",
     "normalize_confusion_matrix",
     "plot_confusion_matrix",
     "plot_curves",
     "plot_gradcam_grid",
+    "plot_history",
     "plot_history_comparison",
     "plot_roc",
     "plot_se_weights",
