@@ -31,12 +31,11 @@ def in_notebook() -> bool:
 def _new_bar(total: int, desc: str) -> Any:
     """tqdm's notebook widget in Jupyter, its text bar elsewhere (also in Jupyter when ipywidgets is missing)."""
     if in_notebook():
-        from tqdm.notebook import tqdm as notebook_tqdm
+        from tqdm import notebook
 
-        try:
-            return notebook_tqdm(total=total, desc=desc, leave=False, unit="batch")
-        except ImportError:  # tqdm.notebook needs ipywidgets for its widget
-            log.warning("no progress widget without ipywidgets: pip install 'sedensenet[notebook]'")
+        if notebook.IProgress is not None:  # None: ipywidgets is missing, and tqdm.notebook would raise
+            return notebook.tqdm(total=total, desc=desc, leave=False, unit="batch")
+        log.warning("no progress widget without ipywidgets: pip install 'sedensenet[notebook]'")
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, unit="batch", dynamic_ncols=True, file=sys.stderr)
@@ -59,7 +58,7 @@ class EpochProgress:
             return
         self.seen += n
         if loss is not None:
-            self.loss += float(loss) * n
+            self.loss += float(loss.detach()) * n
             self.correct += int(correct)
         rate = self.seen / max(time.perf_counter() - self.start, 1e-9)
         postfix = {"img/s": f"{rate:.0f}"}
