@@ -115,12 +115,12 @@ in_chans=3` for the tutorial's exact setting. Everything lands in a run folder (
     ),
     (
         "md",
-        """`verbose=0` trains silently, `verbose=2` writes only the per-epoch lines (for log files). Here, five more
+        """`verbose=0` trains silently, `verbose=2` writes only the per-epoch lines (for log files). Here, three more
 epochs in silence: `resume` continues the same run folder from its last epoch.""",
-        """`verbose=0` 静默训练，`verbose=2` 只输出每个 epoch 的那一行（适合写日志）。下面静默地再训练 5 个 epoch：
+        """`verbose=0` 静默训练，`verbose=2` 只输出每个 epoch 的那一行（适合写日志）。下面静默地再训练 3 个 epoch：
 `resume` 从上次的最后一个 epoch 接着训练同一个运行文件夹。""",
     ),
-    ("code", "result = sedensenet.train(resume=result.run_dir, epochs=15, verbose=0)"),
+    ("code", "result = sedensenet.train(resume=result.run_dir, epochs=13, verbose=0)"),
     (
         "md",
         """## 4. Plot the curves
