@@ -24,6 +24,13 @@ Needs TensorFlow, tf-keras and h5py, which sedensenet itself never imports; use 
 
     python3 -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install tensorflow-cpu tf-keras h5py
     /tmp/tfenv/bin/python tools/make_keras_fixtures.py
+
+``--example examples/keras_se_densenet_faces.weights.h5`` writes the notebooks' Keras file instead: the same
+model trained on builtin:faces. It needs only Keras 3 (any backend; PyTorch's works)::
+
+    python3 -m venv --system-site-packages /tmp/kenv && /tmp/kenv/bin/pip install keras scikit-image
+    KERAS_BACKEND=torch /tmp/kenv/bin/python tools/make_keras_fixtures.py --example \\
+        examples/keras_se_densenet_faces.weights.h5
 """
 
 from __future__ import annotations
@@ -235,10 +242,43 @@ def make_keras3(out: Path, inputs: np.ndarray, probs: dict[str, np.ndarray], man
         probs[name] = other.predict(inputs.astype("float32"), verbose=0)
 
 
+def faces_rgb() -> tuple[np.ndarray, np.ndarray]:
+    """builtin:faces as the tutorial's pipeline sees it: RGB uint8, IMAGE_SIZE (bilinear), face=0, non_face=1."""
+    from PIL import Image
+    from skimage.data import lfw_subset
+
+    gray = np.rint(np.asarray(lfw_subset()) * 255).clip(0, 255).astype(np.uint8)  # (200, 25, 25): 100 faces first
+    resized = [np.asarray(Image.fromarray(g).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)) for g in gray]
+    images = np.repeat(np.stack(resized)[..., None], 3, axis=-1)
+    return images, np.repeat([0, 1], 100)
+
+
+def make_example(path: Path, epochs: int = 20) -> None:
+    """``examples/``' Keras file: the tutorial's model (Keras 3, ``save_weights``) trained on builtin:faces.
+
+    Keras 3 runs on any backend, so this needs only ``pip install keras`` beside PyTorch
+    (``KERAS_BACKEND=torch``). The notebooks convert it and predict faces with it; it is not a test fixture.
+    """
+    import keras as K
+
+    K.utils.set_random_seed(SEED + 10)
+    model = tutorial_densenet(K, BLOCKS, [IMAGE_SIZE, IMAGE_SIZE, 3], CLASSES, GROWTH_RATE, INIT_FILTERS, keras3=True)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = faces_rgb()
+    history = model.fit(x.astype("float32"), y, batch_size=32, epochs=epochs, shuffle=True, verbose=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save_weights(path)
+    print(f"{path}: Keras {K.__version__} ({K.backend.backend()}), accuracy {history.history['accuracy'][-1]:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "tests/fixtures/keras")
+    parser.add_argument("--example", type=Path, help="write only the notebooks' example file here (Keras 3 alone)")
     args = parser.parse_args(argv)
+    if args.example:
+        make_example(args.example)
+        return 0
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     import tensorflow as tf

@@ -1,7 +1,8 @@
 """sedensenet: DenseNet and Squeeze-and-Excitation DenseNet image classifiers in PyTorch.
 
 The public API: ``create_model``, ``list_models``, ``load_model``, ``summary``, ``train``, ``evaluate``,
-``predict``, ``check_data``. Heavy parts (training, data) are imported on first use so ``import sedensenet`` stays fast.
+``predict``, ``check_data``, ``plot_history``. Heavy parts (training, data) are imported on first use so
+``import sedensenet`` stays fast.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ _LAZY = {
     "evaluate": "sedensenet.api",
     "predict": "sedensenet.api",
     "check_data": "sedensenet.api",
+    "plot_history": "sedensenet.reports.plots",
     "TrainConfig": "sedensenet.config",
 }
 
@@ -34,6 +36,7 @@ __all__ = [
     "evaluate",
     "list_models",
     "load_model",
+    "plot_history",
     "predict",
     "summary",
     "train",

@@ -16,10 +16,11 @@ import torch
 from sedensenet import checkpoint as ckpt
 from sedensenet.checkpoint import resolve_checkpoint
 from sedensenet.config import ConfigError, TrainConfig, resolve_config
-from sedensenet.engine.predictor import Prediction, probabilities_to_rows
+from sedensenet.display import Table
+from sedensenet.engine.predictor import Prediction, Predictions, probabilities_to_rows
 
-__all__ = ["DataCheckResult", "Prediction", "TrainResult", "check_data", "evaluate", "load_model", "predict",
-           "probabilities_to_rows", "resolve_checkpoint", "train", "training_config"]  # fmt: skip
+__all__ = ["DataCheckResult", "Prediction", "Predictions", "TrainResult", "check_data", "evaluate", "load_model",
+           "predict", "probabilities_to_rows", "resolve_checkpoint", "train", "training_config"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,37 @@ class TrainResult:
     @property
     def best_checkpoint(self) -> Path:
         return self.run_dir / "weights" / "best.safetensors"
+
+    def plot(self, title: str | None = None) -> Any:
+        """The tutorial's 12x4 figure (accuracy and loss, training vs validation) as a Figure that shows inline."""
+        from sedensenet.reports.plots import plot_history
+
+        return plot_history(self, title=title)
+
+    def summary(self) -> Table:
+        """A table of the epochs (best marked) and the run's files; prints as text, renders as HTML in Jupyter."""
+        h, best = self.history.history, self.best_epoch
+        rows = [
+            [e, h["loss"][i], h["accuracy"][i], h["val_loss"][i], h["val_accuracy"][i], f"{h['lr'][i]:.2e}",
+             f"{self.history.seconds[i]:.1f}", "*" if e == best else ""]
+            for i, e in enumerate(self.history.epoch)
+        ]  # fmt: skip
+        header = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "best"]
+        notes = [f"Run folder: {self.run_dir}", f"Best checkpoint: {self.best_checkpoint} (epoch {best})"]
+        notes += [f"{split}, best weights: {_scores(m)}" for split, m in self.metrics.items() if isinstance(m, dict)]
+        return Table(header, rows, title=f"Training run {self.run_dir.name}: {len(rows)} epochs", notes=notes)
+
+    def __repr__(self) -> str:
+        h, best = self.history.history, self.best_epoch
+        at = f"best epoch {best}"
+        if best in self.history.epoch and h["val_accuracy"]:
+            at += f", val_accuracy {h['val_accuracy'][self.history.epoch.index(best)]:.4f}"
+        return f"TrainResult({len(self.history.epoch)} epochs, {at}, run folder {str(self.run_dir)!r})"
+
+
+def _scores(metrics: dict[str, Any]) -> str:
+    keys = ("accuracy", "balanced_accuracy", "roc_auc", "loss")
+    return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), float))
 
 
 def training_config(
@@ -66,6 +98,7 @@ def train(
     *,
     config: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
+    verbose: int = 1,
     progress: bool = False,
     **overrides: Any,
 ) -> TrainResult:
@@ -75,7 +108,10 @@ def train(
         data: image folder or ``builtin:digits`` / ``builtin:faces``.
         config: a YAML file of settings (e.g. a run folder's ``config.yaml``).
         resume: a run folder to continue from its last completed epoch.
-        progress: show a progress bar per epoch (on a terminal).
+        verbose: as Keras' ``fit``: 0 silent, 1 a live progress bar per epoch (a widget in Jupyter, text on a
+            terminal) and one line per epoch on stdout (``loss: … - accuracy: … - val_loss: … - val_accuracy: …``),
+            2 the lines alone (for log files).
+        progress: show the progress bar whatever ``verbose`` says (on a terminal; the CLI's mode).
         **overrides: any :class:`~sedensenet.config.TrainConfig` field, e.g. ``epochs=10, model="se_densenet121"``.
 
     Returns:
@@ -88,12 +124,15 @@ def train(
     from sedensenet.engine import distributed as dist
     from sedensenet.engine import session
     from sedensenet.engine.faults import stop_on_signals
+    from sedensenet.engine.progress import TrainProgress
     from sedensenet.engine.trainer import fit, write_run_header
     from sedensenet.fileio import remove_stale_temporaries
 
+    reporter = TrainProgress(verbose, bar=progress)  # checks verbose before any work
     device = dist.init(overrides.get("device", "auto")) if dist.launched_by_torchrun() else None
     if not dist.is_main():
         logging.getLogger("sedensenet").setLevel(logging.WARNING)  # one voice: rank 0 reports
+        reporter = TrainProgress(0)
     try:
         if resume:
             if dist.is_main():  # files a killed run was writing when it died
@@ -111,8 +150,9 @@ def train(
         log_file = _log_to(ctx.run_dir / "train.log") if dist.is_main() else None
         try:
             log.info("run folder: %s  (%s)", ctx.run_dir, _data_summary(ctx.splits))
+            reporter.write(f"Run folder: {ctx.run_dir} ({_data_summary(ctx.splits)})")
             with stop_on_signals(enabled=not dist.is_distributed()) as interrupt:
-                history = fit(ctx, progress=progress, interrupt=interrupt)
+                history = fit(ctx, progress=reporter, interrupt=interrupt)
             metrics = session.finish(ctx)
         finally:
             if log_file is not None:
@@ -171,7 +211,7 @@ def predict(
     batch_size: int = 32,
     device: str = "auto",
     backend: str = "auto",
-) -> list[Prediction]:
+) -> Predictions:
     """Classify image files (folders are searched recursively); unreadable files get an error entry.
 
     The label is the checkpoint's decision: its temperature applied, then its threshold (two classes) or the argmax;
@@ -183,7 +223,7 @@ def predict(
     from sedensenet.engine.predictor import Predictor
 
     predictor = Predictor.load(model, device=device, backend=backend)
-    return predictor.predict_files(inputs, top_k=top_k, batch_size=batch_size)
+    return Predictions(predictor.predict_files(inputs, top_k=top_k, batch_size=batch_size))
 
 
 def evaluate(

@@ -62,6 +62,14 @@ class CheckpointMeta:
     def in_chans(self) -> int:
         return int(self.model.get("in_chans", 3))
 
+    def __str__(self) -> str:
+        """One line: where the weights come from and how images are prepared."""
+        source = self.extra.get("converted_from")
+        origin = f"epoch {self.epoch}" if self.epoch else (f"converted from {source}" if source else "weights")
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items() if k in ("val_accuracy", "val_loss"))
+        size = f"images resized to {self.image_size}x{self.image_size} ({self.resize})"
+        return f"checkpoint: {origin}{', ' + scores if scores else ''}; {size}"
+
 
 def _unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "_orig_mod", model)  # torch.compile

@@ -68,7 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from sedensenet.engine.launch import launch_torchrun
 
         return launch_torchrun(args.devices, sys.argv[1:] if args.argv is None else args.argv)
-    result = train(config=args.config, resume=args.resume, progress=not args.quiet, **overrides)
+    result = train(config=args.config, resume=args.resume, verbose=0, progress=not args.quiet, **overrides)
     h = result.history.history
     best = result.best_epoch
     print(f"\nRun folder: {result.run_dir}")

@@ -123,7 +123,7 @@ def _train_model(
         # Same split (split_seed), same budget (no early stopping); only the model and the seed change.
         settings = {**overrides, "model": model, "seed": seed, "split_seed": split_seed, "patience": 0,
                     "project": str(out_dir), "name": f"{model}_seed{seed}", "exist_ok": True}  # fmt: skip
-        res = train(data=data, **settings)
+        res = train(data=data, verbose=0, **settings)  # one table at the end, not a screen of epoch lines
         config = load_yaml(res.run_dir / "config.yaml")
         num_classes = len(json.loads((res.run_dir / "classes.json").read_text(encoding="utf-8")))
         if row is None:

@@ -42,6 +42,16 @@ class ModelSummary:
         """Floating-point operations (multiply and add counted apart: 2 x MACs)."""
         return 2 * self.macs
 
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        from sedensenet.display import Table
+
+        rows = [[r.name, r.kind, "x".join(str(s) for s in r.output_shape), r.params] for r in self.rows]
+        notes = str(self).splitlines()[len(self.rows) + 4 + bool(self.title) :]  # Input, totals, notes
+        return Table(["Stage", "Type", "Output shape", "Params"], rows, title=self.title, notes=notes)._repr_html_()
+
     def __str__(self) -> str:
         widths = (34, 22, 22, 14)
         header = ("Stage", "Type", "Output shape", "Params")

@@ -68,6 +68,7 @@ def test_compare_writes_table_for_every_model_and_seed(tmp_path: Path, capsys: p
             "--epochs", "1", "--image-size", "16", "--batch-size", "4", "--workers", "0",
             "--project", str(tmp_path / "runs"), "-q"]  # fmt: skip
     assert main(argv) == 0
+    assert "Epoch 1/" not in capsys.readouterr().out  # the CLI keeps its own output (train's verbose=0)
     out = tmp_path / "runs" / "compare"
     md = (out / "compare.md").read_text(encoding="utf-8")
     assert "densenet_bc_100" in md and "se_densenet_tiny" in md and "ROC-AUC" in md

@@ -29,6 +29,7 @@ from sedensenet.data import (
     scan_folder,
 )
 from sedensenet.data.check import drop_duplicates_of_train
+from sedensenet.display import Table
 from sedensenet.engine.decision import decide, positive_of, postprocess
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import EpochResult, StepSettings, class_probabilities, evaluate_loader
@@ -47,6 +48,34 @@ class Prediction:
     probability: float | None = None
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+
+    def __repr__(self) -> str:
+        if self.error:
+            return f"Prediction({self.path!r}, error={self.error!r})"
+        others = "".join(f", {c} {p:.4f}" for c, p in self.top_k[1:])
+        return f"Prediction({self.path!r}: {self.label} {self.probability or 0.0:.4f}{others})"
+
+
+class Predictions(list):
+    """The list :func:`sedensenet.predict` returns; shows as a table (path, label, probability, top-k, error)."""
+
+    def table(self) -> Table:
+        k = max((len(p.top_k) for p in self), default=1)
+        errors = any(p.error for p in self)
+        header = ["path", "label", "probability"] + (["top-k"] if k > 1 else []) + (["error"] if errors else [])
+        rows = [
+            [p.path, p.label or "", p.probability]
+            + ([", ".join(f"{c} {s:.3f}" for c, s in p.top_k)] if k > 1 else [])
+            + ([p.error or ""] if errors else [])
+            for p in self
+        ]
+        return Table(header, rows, title=f"{len(self)} predictions")
+
+    def __repr__(self) -> str:
+        return repr(self.table())
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_()
 
 
 def probabilities_to_rows(preds: list[Prediction]) -> list[dict[str, Any]]:

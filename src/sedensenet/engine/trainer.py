@@ -30,7 +30,7 @@ from sedensenet.engine.faults import (
     write_failure,
 )
 from sedensenet.engine.loop import EpochResult, NonFiniteLossError, evaluate_loader, train_one_epoch
-from sedensenet.engine.progress import EpochProgress
+from sedensenet.engine.progress import EpochProgress, TrainProgress
 from sedensenet.engine.state import HISTORY_METRICS, History, RunContext, resume_state
 from sedensenet.fileio import atomic_write_json, atomic_write_text
 from sedensenet.reports import plot_curves, write_history_csv
@@ -47,14 +47,18 @@ def improved(monitor: str, value: float, best: float | None) -> bool:
     return value > best if monitor == "val_accuracy" else value < best
 
 
-def fit(ctx: RunContext, progress: bool = False, interrupt: StopRequest | None = None) -> History:
+def fit(ctx: RunContext, progress: bool | TrainProgress = False, interrupt: StopRequest | None = None) -> History:
     """Train from ``ctx.state.epoch`` to ``config.epochs``; every epoch leaves a complete, resumable run folder.
+
+    ``progress``: a :class:`TrainProgress` (bar and per-epoch lines), or True for the bar alone.
 
     When ``interrupt`` is set (by a signal handler) the current step finishes, the partial epoch is dropped and
     :class:`TrainingInterrupted` is raised: the last complete epoch on disk is where ``--resume`` continues,
     which keeps a resumed run identical to one never stopped.
     """
     interrupt = interrupt if interrupt is not None else StopRequest()
+    if not isinstance(progress, TrainProgress):
+        progress = TrainProgress(verbose=0, bar=bool(progress) and dist.is_main())
     if ctx.config.tensorboard and dist.is_main() and ctx.writer is None:
         ctx.writer = open_tensorboard(ctx.run_dir)
     try:
@@ -65,7 +69,7 @@ def fit(ctx: RunContext, progress: bool = False, interrupt: StopRequest | None =
             ctx.writer = None
 
 
-def _epochs(ctx: RunContext, progress: bool, interrupt: StopRequest) -> History:
+def _epochs(ctx: RunContext, progress: TrainProgress, interrupt: StopRequest) -> History:
     """:func:`_train_epochs`, with its failures turned into the errors :func:`fit` documents."""
     try:
         return _train_epochs(ctx, progress, interrupt)
@@ -81,7 +85,7 @@ def _epochs(ctx: RunContext, progress: bool, interrupt: StopRequest) -> History:
         raise
 
 
-def _train_epochs(ctx: RunContext, progress: bool, interrupt: StopRequest) -> History:
+def _train_epochs(ctx: RunContext, progress: TrainProgress, interrupt: StopRequest) -> History:
     """Each epoch: train, validate, step the schedule, record; stop early, on request, or after the last."""
     c = ctx.config
     if c.patience and ctx.state.bad_epochs >= c.patience:  # resuming a run that had already stopped early
@@ -92,7 +96,7 @@ def _train_epochs(ctx: RunContext, progress: bool, interrupt: StopRequest) -> Hi
         set_frozen(ctx.model, frozen)
         ctx.train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
         lr = ctx.optimizer.param_groups[0]["lr"]
-        bar = EpochProgress(len(ctx.train_loader), f"epoch {epoch}/{c.epochs}", enabled=progress and dist.is_main())
+        bar = progress.epoch_bar(len(ctx.train_loader), epoch, c.epochs)
         ctx.train_model.train()
         if frozen:
             freeze_bn_stats(ctx.model)
@@ -119,9 +123,11 @@ def _train_epochs(ctx: RunContext, progress: bool, interrupt: StopRequest) -> Hi
         ctx.history.append(epoch, row)
         _step_scheduler(ctx, row["val_loss"])
         stop = _end_epoch(ctx, epoch, row, train)
+        progress.epoch_end(epoch, c.epochs, row, len(ctx.train_loader), best=ctx.state.best_epoch == epoch)
         if interrupt:  # asked during validation or the writes: this epoch is saved, stop here
             raise interrupted(ctx, interrupt)
         if stop:
+            progress.write(f"Epoch {epoch}: early stopping ({c.monitor} has not improved for {c.patience} epochs)")
             break
     return ctx.history
 

@@ -401,6 +401,26 @@ class DenseNet(nn.Module):
         """Every SE layer by its qualified name."""
         return {name: m for name, m in self.named_modules() if isinstance(m, SqueezeExcite)}
 
+    def describe(self) -> str:
+        """A few lines on what this network is (and, once loaded from a checkpoint, what it was trained for)."""
+        c = self.config
+        se = ", ".join(c.se_placement) if self.se_modules() else "none"
+        lines = [
+            f"DenseNet {c.extra.get('preset', '')!r}: blocks {list(c.block_config)}, growth rate {c.growth_rate}, "
+            f"SE: {se}; {count_parameters(self):,} parameters; {c.in_chans} input channel(s), {c.num_classes} outputs"
+        ]
+        classes = getattr(self, "classes", None)  # set by sedensenet.load_model
+        if classes is not None:
+            lines.append(f"classes: {classes}")
+        if getattr(self, "meta", None) is not None:
+            lines.append(str(self.meta))
+        lines.append("print(model) lists every layer; sedensenet.summary(model) gives the table by stage")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython and Jupyter show :meth:`describe`; ``repr()`` stays PyTorch's full module tree."""
+        printer.text(self.describe())
+
 
 def set_fast(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Switch the fast paths of every DenseNet part in ``model`` on or off (off: the reference implementation)."""

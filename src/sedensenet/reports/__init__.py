@@ -22,10 +22,13 @@ from sedensenet.reports.clinical import (
 from sedensenet.reports.diagnostic_plots import plot_pr, plot_reliability
 from sedensenet.reports.metrics import ClassificationReport, compute_metrics, normalize_confusion_matrix
 from sedensenet.reports.plots import (
+    InlineFigure,
+    curves_figure,
     find_cjk_font,
     plot_confusion_matrix,
     plot_curves,
     plot_gradcam_grid,
+    plot_history,
     plot_history_comparison,
     plot_roc,
     plot_se_weights,
@@ -45,6 +48,7 @@ from sedensenet.reports.run import (
 
 __all__ = [
     "HISTORY_COLUMNS",
+    "InlineFigure",
     "RUN_FILES",
     "THRESHOLD_RULES",
     "ClassificationReport",
@@ -56,6 +60,7 @@ __all__ = [
     "check_writable",
     "choose_threshold",
     "compute_metrics",
+    "curves_figure",
     "decide_binary",
     "expected_calibration_error",
     "fit_temperature",
@@ -70,6 +75,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_curves",
     "plot_gradcam_grid",
+    "plot_history",
     "plot_history_comparison",
     "plot_roc",
     "plot_se_weights",

@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
+from sedensenet.display import Table
 from sedensenet.reports.calibration import calibration_summary
 from sedensenet.reports.clinical import BOOTSTRAP_RESAMPLES, binary_metrics, bootstrap_intervals, decide_binary, pr_auc
 
@@ -70,6 +71,33 @@ class ClassificationReport:
         """Rebuild a report from :meth:`to_dict` output (unknown keys, such as extras, are ignored)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    def __repr__(self) -> str:
+        auc = f", roc_auc={self.roc_auc:.4f}" if self.roc_auc is not None else ""
+        return (
+            f"ClassificationReport(accuracy={self.accuracy:.4f}, balanced_accuracy={self.balanced_accuracy:.4f}"
+            f"{auc}, classes={len(self.classes)}, samples={self.num_samples})"
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython and Jupyter show the table and the confusion matrix."""
+        printer.text(self.format_table() + "\n" + str(self._confusion_table()))
+
+    def _repr_html_(self) -> str:
+        rows = [[p["class"], p["precision"], p["recall"], p["f1"], p["support"]] for p in self.per_class]
+        rows += [
+            ["macro avg", self.macro_precision, self.macro_recall, self.macro_f1, self.num_samples],
+            ["weighted avg", self.weighted_precision, self.weighted_recall, self.weighted_f1, self.num_samples],
+        ]
+        notes = [f"accuracy {self.accuracy:.4f}, balanced accuracy {self.balanced_accuracy:.4f}"]
+        notes += [f"ROC AUC {self.roc_auc:.4f}"] if self.roc_auc is not None else []
+        notes += [f"loss {self.loss:.4f}"] if self.loss is not None else []
+        table = Table(["class", "precision", "recall", "f1-score", "support"], rows, notes=notes)
+        return table._repr_html_() + self._confusion_table()._repr_html_()
+
+    def _confusion_table(self) -> Table:
+        rows = [[f"true {c}", *counts] for c, counts in zip(self.classes, self.confusion_matrix, strict=True)]
+        return Table(["confusion matrix", *(f"pred {c}" for c in self.classes)], rows)
 
     def format_table(self, digits: int = 2) -> str:
         """Return a fixed-width text table in the layout of ``sklearn.metrics.classification_report``."""

@@ -11,6 +11,7 @@ a fallback to every text; otherwise the missing glyphs render as boxes, without 
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import math
 import os
@@ -148,26 +149,34 @@ def _history_series(history: dict[str, Sequence[float]], key: str) -> Sequence[f
     return history.get(aliases.get(key, key))
 
 
-@_figure_writer
-def plot_curves(
-    history: dict[str, Sequence[float]],
-    path: str | os.PathLike,
-    best_epoch: int | None = None,
-    title: str | None = None,
-) -> Path:
-    """Draw the tutorial's figure: accuracy (left) and loss (right), training vs validation, per epoch.
+class InlineFigure(Figure):
+    """A Figure that Jupyter shows as a PNG even when pyplot was never imported (it has ``_repr_png_``).
+
+    Without pyplot no inline backend registers a display for figures, and a bare Figure shows as the text
+    ``<Figure size 1200x400 with 2 Axes>``.
+    """
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_GLYPH_WARNING, category=UserWarning)
+            self.savefig(buffer, format="png", dpi=DPI)
+        return buffer.getvalue()
+
+
+def curves_figure(
+    history: dict[str, Sequence[float]], best_epoch: int | None = None, title: str | None = None
+) -> InlineFigure:
+    """The tutorial's figure, 12 x 4 inches: accuracy (left) and loss (right), training vs validation, per epoch.
 
     Args:
         history: per-epoch lists under ``accuracy``, ``val_accuracy``, ``loss``, ``val_loss``; any may
             be missing or hold NaN (not measured that epoch): what exists is drawn.
-        path: where the PNG goes (12 x 4 inches at :data:`DPI`).
         best_epoch: 1-based epoch to mark with a dashed vertical line.
         title: an optional title above both panels.
-
-    Returns:
-        The path written.
     """
-    fig = _new_figure((12, 4))
+    fig = InlineFigure(figsize=(12, 4), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
     panels = (
         ("accuracy", "Accuracy", "lower right"),
         ("loss", "Loss", "upper right"),
@@ -188,7 +197,50 @@ def plot_curves(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return fig
+
+
+@_figure_writer
+def plot_curves(
+    history: dict[str, Sequence[float]],
+    path: str | os.PathLike,
+    best_epoch: int | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write :func:`curves_figure` as a PNG (1200 x 400 pixels) to ``path``; returns the path written."""
+    return _save(curves_figure(history, best_epoch=best_epoch, title=title), path)
+
+
+def plot_history(source: Any, best_epoch: int | None = None, title: str | None = None) -> InlineFigure:
+    """The curves of a run as a Figure to show inline: ``sedensenet.plot_history(result)``.
+
+    Args:
+        source: what :func:`sedensenet.train` returned, its ``history`` (Keras-shaped, or a Keras ``History``),
+            a ``history.history``-style dict, a run folder or a ``history.csv`` file.
+        best_epoch: the epoch to mark; taken from ``source.best_epoch`` when it has one.
+        title: an optional title above both panels.
+    """
+    from sedensenet.reports.run import read_history_csv
+
+    if best_epoch is None:
+        best_epoch = getattr(source, "best_epoch", None) or None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        csv = path / "history.csv" if path.is_dir() else path
+        if not csv.is_file():
+            raise FileNotFoundError(f"{source}: no history.csv there (pass a run folder or its history.csv)")
+        rows = read_history_csv(csv)
+        source = {key: [float(r[key]) for r in rows] for key in ("loss", "accuracy", "val_loss", "val_accuracy")}
+    while not isinstance(source, dict) and hasattr(source, "history"):
+        source = source.history  # TrainResult -> History -> dict, Keras' History -> dict
+    if not isinstance(source, dict):
+        raise TypeError(
+            f"plot_history takes a training result, a history dict, a run folder or a history.csv, "
+            f"not {type(source).__name__}"
+        )
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_GLYPH_WARNING, category=UserWarning)
+        return curves_figure(source, best_epoch=best_epoch, title=title)
 
 
 @_figure_writer
