@@ -95,7 +95,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Classify images or folders of images with a checkpoint (or run folder, or exported .onnx file)."""
     from sedensenet.api import predict, probabilities_to_rows
+    from sedensenet.engine.distributed import launched_by_torchrun
 
+    if args.resume or launched_by_torchrun():
+        return _predict_sharded(args)
     preds = predict(
         args.checkpoint, args.images, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
         backend=args.backend,
@@ -110,6 +113,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             print(f"{p.path}\t" + "  ".join(f"{c} {s:.4f}" for c, s in p.top_k))
     return 1 if all(p.error for p in preds) else 0
+
+
+def _predict_sharded(args: argparse.Namespace) -> int:
+    """``predict`` under torchrun (or with ``--resume``): shares of the file list per process, one merged CSV."""
+    from sedensenet.api import predict_sharded
+
+    if not args.output:
+        raise ConfigError("sharded prediction (torchrun, --resume) writes its rows to a file: give --output FILE.csv")
+    res = predict_sharded(args.checkpoint, args.images, args.output, top_k=args.top_k, batch_size=args.batch_size,
+                          device=args.device, backend=args.backend, resume=args.resume)  # fmt: skip
+    if res is not None:
+        resumed = f"; {res.resumed_parts} of {res.parts} parts were already written" if res.resumed_parts else ""
+        print(f"{res.rows} predictions written to {res.output} ({res.parts} processes, backend {res.backend}{resumed})")
+    return 0
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -293,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--output", help="write predictions to a .csv or .json file")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="sharded prediction (torchrun): keep the parts a killed run of the same job already wrote",
+    )
     _add_inference_flags(p)
 
     p = command("summary", cmd_summary)

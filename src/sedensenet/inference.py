@@ -258,9 +258,7 @@ def optimize_for_inference(
         return model
     device = next(iter(model.parameters()), torch.empty(0)).device
     eager = EagerInference(model)
-    if backend == "auto":
-        big = images is None or images >= ONNX_MIN_IMAGES
-        backend = "onnxruntime" if device.type == "cpu" and big and _has_onnxruntime() else "eager"
+    backend = resolve_backend(backend, device.type, images)
     if backend == "eager":
         return eager
     example = _default_example(model, device) if example is None else example.to(device)
@@ -278,6 +276,15 @@ def optimize_for_inference(
         return eager
     log.info("inference backend: %s (max |logit difference| to eager %.1e)", backend, diff)
     return fast
+
+
+def resolve_backend(backend: str, device_type: str, images: int | None) -> str:
+    """``auto`` made concrete for a job of ``images`` images on ``device_type``: ONNX Runtime on CPU for jobs of
+    :data:`ONNX_MIN_IMAGES` or more (or of unknown size) when it is installed, else ``eager``; others unchanged."""
+    if backend != "auto":
+        return backend
+    big = images is None or images >= ONNX_MIN_IMAGES
+    return "onnxruntime" if device_type == "cpu" and big and _has_onnxruntime() else "eager"
 
 
 def _build(model: nn.Module, example: torch.Tensor, backend: str) -> nn.Module:
