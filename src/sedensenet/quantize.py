@@ -202,9 +202,6 @@ def quantize_file(fp32_path: Path, out_path: Path, batches: Iterator[np.ndarray]
             str(prepared), str(out_path), _Calibration(batches, input_name), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=op_types, per_channel=True, weight_type=QuantType.QInt8,
             activation_type=QuantType.QInt8 if signed else QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
-            # Fold each batch's activation ranges in at once: keeping every batch's tensors of every layer until
-            # the end would take tens of GB for 300 DenseNet-121 images at 224 px.
-            extra_options={"CalibMaxIntermediateOutputs": 1},
         )  # fmt: skip
 
 
