@@ -31,7 +31,7 @@ LAYERS = [
     ("data", "reports"),
     ("checkpoint", "inference", "keras_convert"),
     ("engine",),
-    ("export", "explain"),
+    ("export", "explain", "quantize"),
     ("api",),
     ("compare", "serve"),  # commands built on the API (compare trains through api.train)
     ("cli", "__main__"),
@@ -185,4 +185,4 @@ def test_names_that_moved_down_stay_importable_from_their_old_homes() -> None:
     assert api.Prediction is predictor.Prediction
     assert api.probabilities_to_rows is predictor.probabilities_to_rows
     assert export.OnnxModel is inference.OnnxModel
-    assert inference.BACKENDS == ("auto", "onnxruntime", "eager", "compile", "reference")
+    assert inference.BACKENDS == ("auto", "onnxruntime", "onnxruntime-int8", "eager", "compile", "reference")

@@ -20,7 +20,7 @@ from sedensenet.display import Table
 from sedensenet.engine.predictor import Prediction, Predictions, probabilities_to_rows
 
 __all__ = ["DataCheckResult", "Prediction", "Predictions", "TrainResult", "check_data", "evaluate", "load_model",
-           "predict", "probabilities_to_rows", "resolve_checkpoint", "train", "training_config"]  # fmt: skip
+           "predict", "predict_sharded", "probabilities_to_rows", "resolve_checkpoint", "train", "training_config"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,41 @@ def predict(
 
     predictor = Predictor.load(model, device=device, backend=backend)
     return Predictions(predictor.predict_files(inputs, top_k=top_k, batch_size=batch_size))
+
+
+def predict_sharded(
+    model: str | os.PathLike,
+    inputs: list[str | os.PathLike] | str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    top_k: int = 1,
+    batch_size: int = 32,
+    device: str = "auto",
+    backend: str = "auto",
+    resume: bool = False,
+) -> Any:
+    """Bulk prediction in every process torchrun started (or in this one alone): each predicts a share of the
+    sorted file list, rank 0 merges one CSV in input order; ``resume`` keeps the parts a killed job wrote.
+
+    Returns rank 0's :class:`~sedensenet.engine.sharded.ShardedResult`, ``None`` on the other ranks. See
+    :mod:`sedensenet.engine.sharded`.
+    """
+    import datetime
+
+    from sedensenet.engine import distributed as dist
+    from sedensenet.engine.device import select_device
+    from sedensenet.engine.sharded import predict_sharded as run_shard
+
+    # Ranks wait for the slowest share before the merge: a day, not the 30 minutes a training step may take.
+    torchrun = dist.launched_by_torchrun()
+    dev = dist.init(device, timeout=datetime.timedelta(hours=24)) if torchrun else select_device(device)
+    if not dist.is_main():
+        logging.getLogger("sedensenet").setLevel(logging.WARNING)  # one voice: rank 0 reports
+    try:
+        return run_shard(model, inputs, output, top_k=top_k, batch_size=batch_size, device=str(dev),
+                         backend=backend, resume=resume)  # fmt: skip
+    finally:
+        dist.shutdown()
 
 
 def evaluate(

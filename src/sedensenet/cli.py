@@ -129,7 +129,10 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Classify images or folders of images with a checkpoint (or run folder, or exported .onnx file)."""
     from sedensenet.api import predict, probabilities_to_rows
+    from sedensenet.engine.distributed import launched_by_torchrun
 
+    if args.resume or launched_by_torchrun():
+        return _predict_sharded(args)
     preds = predict(
         args.checkpoint, args.images, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
         backend=args.backend,
@@ -145,6 +148,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
             decided = f"\t-> {p.label} (the checkpoint's threshold)" if p.top_k and p.label != p.top_k[0][0] else ""
             print(f"{p.path}\t" + "  ".join(f"{c} {s:.4f}" for c, s in p.top_k) + decided)
     return 1 if all(p.error for p in preds) else 0
+
+
+def _predict_sharded(args: argparse.Namespace) -> int:
+    """``predict`` under torchrun (or with ``--resume``): shares of the file list per process, one merged CSV."""
+    from sedensenet.api import predict_sharded
+
+    if not args.output:
+        raise ConfigError("sharded prediction (torchrun, --resume) writes its rows to a file: give --output FILE.csv")
+    res = predict_sharded(args.checkpoint, args.images, args.output, top_k=args.top_k, batch_size=args.batch_size,
+                          device=args.device, backend=args.backend, resume=args.resume)  # fmt: skip
+    if res is not None:
+        resumed = f"; {res.resumed_parts} of {res.parts} parts were already written" if res.resumed_parts else ""
+        print(f"{res.rows} predictions written to {res.output} ({res.parts} processes, backend {res.backend}{resumed})")
+    return 0
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -205,10 +222,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint to ONNX or TorchScript, verified against the eager model on the spot."""
     from sedensenet.export import export_model
 
+    if args.quantize is None and (args.quant_data or args.eval_data or args.force):
+        raise ConfigError("--quant-data, --eval-data and --force go with --quantize int8")
+    if args.quantize and args.image_size:
+        raise ConfigError("--image-size cannot be combined with --quantize: int8 is calibrated at the model's size")
     res = export_model(args.checkpoint, format=args.format, output=args.output, opset=args.opset,
-                       image_size=args.image_size)  # fmt: skip
+                       image_size=args.image_size, quantize=args.quantize, quant_data=args.quant_data,
+                       eval_data=args.eval_data, force=args.force)  # fmt: skip
     diff = "not verified" if res.max_abs_diff is None else f"max abs difference vs eager {res.max_abs_diff:.2e}"
-    print(f"{res.format} written: {res.path} ({diff}, {res.seconds:.1f} s)")
+    if res.quantization:
+        q = res.quantization
+        print(f"int8 vs fp32 on {q['eval_images']} held-out images ({q['eval_data']}): "
+              f"top-1 agreement {q['agreement']:.2%}, accuracy {q['fp32_accuracy']:.4f} -> {q['int8_accuracy']:.4f} "
+              f"({q['accuracy_change']:+.4f}); calibrated on {q['calibration_images']} images of "
+              f"{q['calibration_data']}")  # fmt: skip
+        diff = f"fp32 graph: {diff}"
+    print(f"{res.format}{' int8' if res.quantization else ''} written: {res.path} ({diff}, {res.seconds:.1f} s)")
     return 0
 
 
@@ -347,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--output", help="write predictions to a .csv or .json file")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="sharded prediction (torchrun): keep the parts a killed run of the same job already wrote",
+    )
     _add_inference_flags(p)
 
     p = command("summary", cmd_summary)
@@ -361,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="file to write (default: beside the checkpoint)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
     p.add_argument("--image-size", type=int, help="size of the example input (default: the checkpoint's)")
+    p.add_argument("--quantize", choices=("int8",), help="ONNX Runtime static int8 quantization (measured; see docs)")
+    p.add_argument("--quant-data", help="images to calibrate int8 on (default: the run's training split)")
+    p.add_argument("--eval-data", help="labelled images to judge int8 on (default: the run's validation split)")
+    p.add_argument("--force", action="store_true", help="write an int8 model even under 99%% agreement with fp32")
 
     p = command("explain", cmd_explain)
     p.add_argument("checkpoint", help="checkpoint .safetensors or run folder")

@@ -16,10 +16,12 @@ import yaml
 
 from sedensenet.errors import UserError
 
-INFERENCE_BACKENDS = ("auto", "onnxruntime", "eager", "compile", "reference")
+INFERENCE_BACKENDS = ("auto", "onnxruntime", "onnxruntime-int8", "eager", "compile", "reference")
 """How predict and evaluate run batches: ``auto`` (ONNX Runtime on CPU for 256+ images when installed, else
-``eager``), ``onnxruntime``, ``eager`` (the model's fast path: one buffer per dense block, BN folded, channels_last
-on CPU), ``compile`` (torch.compile with frozen weights) or ``reference`` (the textbook modules, no fast path)."""
+``eager``), ``onnxruntime``, ``onnxruntime-int8`` (the int8 model ``sedensenet export --quantize int8`` wrote beside
+the checkpoint, or an int8 ``.onnx`` given directly), ``eager`` (the model's fast path: one buffer per dense block,
+BN folded, channels_last on CPU), ``compile`` (torch.compile with frozen weights) or ``reference`` (the textbook
+modules, no fast path)."""
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adam", "adamw", "sgd"),

@@ -70,7 +70,9 @@ class ExportResult:
     max_abs_diff: float | None
     """Largest absolute logit difference to the eager model on random input (None without verification)."""
     seconds: float
-    """Wall time of export plus verification."""
+    """Wall time of export plus verification (and quantization and its measurement)."""
+    quantization: dict | None = None
+    """For an int8 model: what :func:`sedensenet.quantize.measure` found (agreement, accuracies, images)."""
 
 
 def _random_batch(batch: int, meta: CheckpointMeta, image_size: int, seed: int) -> torch.Tensor:
@@ -100,6 +102,10 @@ def export_model(
     opset: int = MIN_OPSET,
     image_size: int | None = None,
     verify: bool = True,
+    quantize: str | None = None,
+    quant_data: str | os.PathLike | None = None,
+    eval_data: str | os.PathLike | None = None,
+    force: bool = False,
 ) -> ExportResult:
     """Export a checkpoint to ONNX or TorchScript, checked against the eager model on random input.
 
@@ -110,18 +116,31 @@ def export_model(
         opset: ONNX opset (17 or newer).
         image_size: input side the graph is built for; default the checkpoint's image size.
         verify: run the written model on a random batch and compare with the eager model.
+        quantize: ``"int8"`` for an ONNX model quantized by ONNX Runtime (see :mod:`sedensenet.quantize`), written
+            by default as ``<checkpoint>.int8.onnx``; ``None`` for fp32.
+        quant_data: images that calibrate int8 ranges (default: the run's training split).
+        eval_data: labelled held-out images that judge the int8 model (default: the run's validation split).
+        force: write an int8 model even when its top-1 agreement with fp32 is under 99%.
 
     Returns:
-        The path written, the largest absolute logit difference and the time taken.
+        The path written, the largest absolute logit difference, the time taken and, for int8, the measurement.
 
     Raises:
         ExportError: an unknown format, a too-old opset, or outputs that differ by more than 1e-4
             (the file is not written then).
+        QuantizationError: no calibration or evaluation data, the two overlap, or the int8 model agrees with fp32
+            on fewer than 99% of the held-out images (without ``force``); nothing is written then.
     """
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
     if format == "onnx" and opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
+    if quantize not in (None, "int8"):
+        raise ExportError(f"unknown quantization {quantize!r}: the one supported is int8")
+    if quantize and format != "onnx":
+        raise ExportError(f"--quantize {quantize} needs --format onnx (ONNX Runtime quantizes), not {format}")
+    if quantize:
+        return _export_int8(checkpoint, output, opset, quant_data, eval_data, force)
     start = time.perf_counter()
     source = resolve_checkpoint(checkpoint)
     model, meta = load_checkpoint(source)
@@ -142,6 +161,53 @@ def export_model(
     else:
         logger.info("exported %s to %s (%s) in %.1fs; max abs diff to eager %.3g", source, path, format, seconds, diff)
     return ExportResult(path, format, diff, seconds)
+
+
+def _export_int8(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike | None,
+    opset: int,
+    quant_data: str | os.PathLike | None,
+    eval_data: str | os.PathLike | None,
+    force: bool,
+) -> ExportResult:
+    """fp32 ONNX in a temporary folder, quantized, measured on held-out images; written only when it agrees."""
+    import tempfile
+
+    import onnx
+
+    from sedensenet.quantize import MIN_AGREEMENT, QUANT_META_KEY, QuantizationError, choose_images, quantize_onnx
+
+    start = time.perf_counter()
+    source = resolve_checkpoint(checkpoint)
+    model, meta = load_checkpoint(source)
+    data = choose_images(source, meta, quant_data, eval_data)  # bad data is refused before any work
+    path = Path(output) if output is not None else source.with_suffix(".int8.onnx")
+    with tempfile.TemporaryDirectory(prefix="sedensenet-int8-") as tmp:
+        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        diff = _write_onnx(model, meta, fp32, opset, verify=True)
+        report = quantize_onnx(fp32, int8, meta, data)
+        figures = report.to_dict()
+        logger.info("int8 vs fp32 on %d held-out images: top-1 agreement %.4f, accuracy %.4f -> %.4f",
+                    report.eval_images, report.agreement, report.fp32_accuracy, report.int8_accuracy)  # fmt: skip
+        if report.agreement < MIN_AGREEMENT and not force:
+            raise QuantizationError(
+                f"the int8 model agrees with fp32 on {report.agreement:.2%} of {report.eval_images} held-out images "
+                f"(accuracy {report.fp32_accuracy:.4f} -> {report.int8_accuracy:.4f}), under the {MIN_AGREEMENT:.0%} "
+                "required; nothing was written (--force writes it anyway)"
+            )
+        int8_meta = CheckpointMeta(**{**asdict(meta), "extra": {**meta.extra, QUANT_META_KEY: figures}})
+        proto = onnx.load_model(str(int8))
+        del proto.metadata_props[:]
+        props = _onnx_metadata(int8_meta)
+        props[QUANT_META_KEY] = json.dumps(figures, ensure_ascii=False)
+        onnx.helper.set_model_props(proto, props)
+        proto.producer_name = "sedensenet"
+        with atomic_path(path) as target:
+            onnx.save_model(proto, str(target))
+    seconds = time.perf_counter() - start
+    logger.info("exported %s to %s (onnx int8) in %.1fs", source, path, seconds)
+    return ExportResult(path, "onnx", diff, seconds, figures)
 
 
 def _onnx_metadata(meta: CheckpointMeta) -> dict[str, str]:

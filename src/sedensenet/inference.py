@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 BACKENDS = INFERENCE_BACKENDS
 """The one list of inference backends (defined in :mod:`sedensenet.config`, so the CLI can offer it without torch)."""
+INT8_BACKEND = "onnxruntime-int8"
+"""The backend that runs an exported int8 ``.onnx`` model (see :func:`int8_model_path`)."""
 MIN_OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -176,6 +178,25 @@ class OnnxModel(_OrtRunner):
         return f"path={str(self.path)!r}, classes={len(self.classes)}"
 
 
+def int8_model_path(source: Path) -> Path:
+    """The int8 model for ``source``: itself when it is an ``.onnx`` file, else ``<checkpoint>.int8.onnx`` beside
+    the checkpoint, where ``sedensenet export CKPT --format onnx --quantize int8`` writes it by default."""
+    if source.suffix == ".onnx":
+        return source
+    path = source.with_suffix(".int8.onnx")
+    if not path.is_file():
+        raise CheckpointError(
+            f"no int8 model beside {source} ({path.name}): make it with "
+            f"`sedensenet export {source} --format onnx --quantize int8` (calibrated and measured against fp32)"
+        )
+    return path
+
+
+def is_int8(model: OnnxModel) -> bool:
+    """Whether an exported model was quantized by ``sedensenet export --quantize int8``."""
+    return "quantization" in model.meta.extra
+
+
 class EagerInference(nn.Module):
     """The model in eval mode under ``torch.inference_mode``: its own fast path, no autograd bookkeeping."""
 
@@ -226,15 +247,18 @@ def optimize_for_inference(
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown inference backend {backend!r}: choose from {list(BACKENDS)}")
+    if backend == INT8_BACKEND:
+        raise ConfigError(
+            f"the {INT8_BACKEND} backend runs an int8 model exported from a checkpoint "
+            "(`sedensenet export CKPT --format onnx --quantize int8`), not a model in memory"
+        )
     model.eval()
     if backend == "reference":
         set_fast(model, False)
         return model
     device = next(iter(model.parameters()), torch.empty(0)).device
     eager = EagerInference(model)
-    if backend == "auto":
-        big = images is None or images >= ONNX_MIN_IMAGES
-        backend = "onnxruntime" if device.type == "cpu" and big and _has_onnxruntime() else "eager"
+    backend = resolve_backend(backend, device.type, images)
     if backend == "eager":
         return eager
     example = _default_example(model, device) if example is None else example.to(device)
@@ -252,6 +276,15 @@ def optimize_for_inference(
         return eager
     log.info("inference backend: %s (max |logit difference| to eager %.1e)", backend, diff)
     return fast
+
+
+def resolve_backend(backend: str, device_type: str, images: int | None) -> str:
+    """``auto`` made concrete for a job of ``images`` images on ``device_type``: ONNX Runtime on CPU for jobs of
+    :data:`ONNX_MIN_IMAGES` or more (or of unknown size) when it is installed, else ``eager``; others unchanged."""
+    if backend != "auto":
+        return backend
+    big = images is None or images >= ONNX_MIN_IMAGES
+    return "onnxruntime" if device_type == "cpu" and big and _has_onnxruntime() else "eager"
 
 
 def _build(model: nn.Module, example: torch.Tensor, backend: str) -> nn.Module:

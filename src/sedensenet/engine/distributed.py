@@ -42,15 +42,18 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init(device_name: str) -> torch.device:
-    """Join the process group torchrun prepared; returns this process's device (cuda:LOCAL_RANK or cpu)."""
+def init(device_name: str, timeout: datetime.timedelta = datetime.timedelta(minutes=30)) -> torch.device:
+    """Join the process group torchrun prepared; returns this process's device (cuda:LOCAL_RANK or cpu).
+
+    ``timeout`` bounds every collective wait: a rank that waits longer for the others fails.
+    """
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda")
     if use_cuda:
         torch.cuda.set_device(local_rank)
     backend = "nccl" if use_cuda else "gloo"
     if not is_distributed():
-        tdist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        tdist.init_process_group(backend=backend, timeout=timeout)
     log.info("distributed: rank %d of %d (%s)", rank(), world_size(), backend)
     return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
 

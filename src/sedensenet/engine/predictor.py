@@ -33,7 +33,15 @@ from sedensenet.display import Table
 from sedensenet.engine.decision import decide, positive_of, postprocess
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import EpochResult, StepSettings, class_probabilities, evaluate_loader
-from sedensenet.inference import BACKENDS, OnnxModel, describe, optimize_for_inference
+from sedensenet.inference import (
+    BACKENDS,
+    INT8_BACKEND,
+    OnnxModel,
+    describe,
+    int8_model_path,
+    is_int8,
+    optimize_for_inference,
+)
 from sedensenet.reports.clinical import positive_index
 
 log = logging.getLogger(__name__)
@@ -121,20 +129,34 @@ class Predictor:
 
         ``backend`` picks how batches run (see :data:`sedensenet.inference.BACKENDS`); the default, ``auto``, uses ONNX
         Runtime on CPU for jobs of 256 images or more when it is installed, else the model's eager fast path.
+        ``onnxruntime-int8`` runs the int8 model exported beside the checkpoint (``<checkpoint>.int8.onnx``), or
+        ``source`` itself when it is an int8 ``.onnx`` file.
         """
         from sedensenet.engine.device import select_device
 
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown inference backend {backend!r}: choose from {list(BACKENDS)}")
         dev = select_device(device)
         if isinstance(source, nn.Module):
             meta = getattr(source, "meta", None)
             if meta is None:
                 raise ValueError("this model carries no classes or preprocessing: load it with sedensenet.load_model")
+            if backend == INT8_BACKEND:
+                raise ConfigError(f"--backend {INT8_BACKEND} runs an exported int8 .onnx file: pass its path or the "
+                                  "checkpoint it was exported from, not a model in memory")  # fmt: skip
             return cls(source, meta, dev, backend)
         path = ckpt.resolve_checkpoint(source)
+        if backend == INT8_BACKEND:
+            path = int8_model_path(path)
         if path.suffix == ".onnx":
             onnx_model = OnnxModel(path)
+            int8 = is_int8(onnx_model)
+            if backend == INT8_BACKEND and not int8:
+                raise ConfigError(f"{path} is an fp32 model; --backend {INT8_BACKEND} needs one exported with "
+                                  "--quantize int8")  # fmt: skip
             predictor = cls(onnx_model, onnx_model.meta, torch.device("cpu"), "reference")
-            predictor._runner = ("onnxruntime (exported file)", onnx_model)
+            name = INT8_BACKEND if int8 else "onnxruntime"
+            predictor._runner = (f"{name} (exported file)", onnx_model)
             return predictor
         model, meta = ckpt.load_checkpoint(path)
         return cls(model, meta, dev, backend)

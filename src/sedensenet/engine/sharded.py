@@ -1,0 +1,198 @@
+"""Bulk prediction sharded over processes and machines: ``torchrun ... -m sedensenet predict RUN DIR --output X``.
+
+The sorted file list is cut into one contiguous share per rank. Each rank predicts its share with the same backend
+(``auto`` is resolved once from the whole job's size, so no rank picks another path because its share is small)
+and writes ``OUTPUT.parts/part-RRRRR-of-WWWWW.csv`` atomically; rank 0 then checks every part against the file list
+and writes the merged CSV, in input order, atomically, and removes the parts. A killed job run again with
+``resume=True`` keeps every part already written for the same job (``job.json`` says which) and predicts the rest.
+
+Across machines the parts folder must be on a filesystem every machine shares: rank 0 reads all parts.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sedensenet.config import ConfigError
+from sedensenet.engine import distributed as dist
+from sedensenet.engine.predictor import Predictor, expand_inputs, probabilities_to_rows
+from sedensenet.errors import UserError
+from sedensenet.fileio import atomic_write_json, atomic_write_text
+from sedensenet.inference import resolve_backend
+
+log = logging.getLogger(__name__)
+
+FIELDS = ["path", "label", "probability", "top_k", "error"]
+"""The columns of a part and of the merged file (those of :func:`probabilities_to_rows`)."""
+
+
+class ShardError(UserError, RuntimeError):
+    """A part that is missing or does not match the job; the message says which and what to do."""
+
+
+@dataclass
+class ShardedResult:
+    """What a sharded job wrote (on rank 0; other ranks get ``None`` from :func:`predict_sharded`)."""
+
+    output: Path
+    rows: int
+    parts: int
+    resumed_parts: int
+    """Parts found already written (``resume``) and not predicted again."""
+    backend: str
+
+
+def parts_dir(output: Path) -> Path:
+    return output.with_name(output.name + ".parts")
+
+
+def part_path(output: Path, rank: int, world: int) -> Path:
+    return parts_dir(output) / f"part-{rank:05d}-of-{world:05d}.csv"
+
+
+def share(n: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s contiguous share of ``n`` files: shares differ by at most one file, in rank order."""
+    return slice(rank * n // world, (rank + 1) * n // world)
+
+
+def predict_sharded(
+    model: str | os.PathLike,
+    inputs: list[str | os.PathLike] | str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    top_k: int = 1,
+    batch_size: int = 32,
+    device: str = "cpu",
+    backend: str = "auto",
+    resume: bool = False,
+) -> ShardedResult | None:
+    """This rank's share of the prediction job; on rank 0, also the merge. Call in every process of the group.
+
+    Args:
+        model: checkpoint, run folder or exported ``.onnx`` (every rank loads it).
+        inputs: image files and folders; the job is their :func:`expand_inputs` list, in that order.
+        output: the merged ``.csv``; the parts go to ``OUTPUT.parts/``.
+        resume: keep parts already written by an earlier run of the same job.
+
+    Returns:
+        On rank 0 what was written; ``None`` on the other ranks.
+    """
+    output = Path(output)
+    if output.suffix.lower() != ".csv":
+        raise ConfigError(f"sharded prediction writes one CSV: --output must end in .csv, got {output}")
+    files = expand_inputs(inputs)
+    rank, world = dist.rank(), dist.world_size()
+    device_type = "cpu" if device in ("auto", "cpu") else device.split(":")[0]
+    pinned = resolve_backend(backend, device_type, len(files))  # one choice for the whole job, not per share
+    job = _job(model, files, pinned, top_k, world)
+    _check_resumable(output, job, resume)  # every rank, before anything is removed
+    dist.barrier()
+    if rank == 0:
+        _prepare(output, job, resume)
+    dist.barrier()
+    mine = [str(f) for f in files[share(len(files), rank, world)]]
+    part = part_path(output, rank, world)
+    done = resume and _read_part(part, mine) is not None
+    if done:
+        log.warning("rank %d: %s already written (%d rows), skipped", rank, part.name, len(mine))
+    else:
+        _write_part(part, _predict(model, mine, top_k, batch_size, device, pinned))
+    resumed = _gather_flags(done)
+    if rank != 0:
+        return None
+    rows = _merge(output, [str(f) for f in files], world)
+    return ShardedResult(output, rows, world, sum(resumed), pinned)
+
+
+def _job(model: str | os.PathLike, files: list[Path], backend: str, top_k: int, world: int) -> dict[str, Any]:
+    digest = hashlib.sha256("\n".join(map(str, files)).encode("utf-8", "surrogateescape")).hexdigest()
+    return {"model": str(model), "files": len(files), "files_sha256": digest, "backend": backend, "top_k": top_k,
+            "world_size": world}  # fmt: skip
+
+
+def _check_resumable(output: Path, job: dict[str, Any], resume: bool) -> None:
+    manifest = parts_dir(output) / "job.json"
+    if not resume or not manifest.is_file():
+        return
+    try:
+        old = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ShardError(f"{manifest} is unreadable ({e}): remove {manifest.parent} and run without --resume") from None
+    changed = sorted(k for k in job if old.get(k) != job[k])
+    if changed:
+        raise ShardError(
+            f"the parts in {manifest.parent} belong to another job ({', '.join(changed)} changed: "
+            f"{ {k: old.get(k) for k in changed} } then, { {k: job[k] for k in changed} } now); resume with the same "
+            "model, files, backend, --top-k and number of processes, or run without --resume to start over"
+        )
+
+
+def _prepare(output: Path, job: dict[str, Any], resume: bool) -> None:
+    folder = parts_dir(output)
+    if folder.exists() and not resume:
+        log.info("removing %s, parts of an earlier job (no --resume)", folder)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "job.json", job)
+
+
+def _predict(model: str | os.PathLike, files: list[str], top_k: int, batch: int, device: str, backend: str) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS)
+    writer.writeheader()
+    if files:
+        predictor = Predictor.load(model, device=device, backend=backend)
+        writer.writerows(probabilities_to_rows(predictor.predict_files(files, top_k=top_k, batch_size=batch)))
+    return buf.getvalue()
+
+
+def _write_part(part: Path, text: str) -> None:
+    atomic_write_text(part, text)
+    log.info("rank %d: wrote %s", dist.rank(), part.name)
+
+
+def _read_part(part: Path, expected: list[str]) -> list[dict[str, str]] | None:
+    """The part's rows when it exists and covers exactly ``expected`` in order; ``None`` otherwise."""
+    if not part.is_file():
+        return None
+    with part.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows if [r.get("path") for r in rows] == expected else None
+
+
+def _gather_flags(flag: bool) -> list[bool]:
+    if not dist.is_distributed():
+        return [flag]
+    import torch.distributed as tdist
+
+    flags: list[Any] = [None] * dist.world_size()
+    tdist.all_gather_object(flags, flag)  # also the barrier before the merge: every part is written
+    return [bool(f) for f in flags]
+
+
+def _merge(output: Path, files: list[str], world: int) -> int:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS)
+    writer.writeheader()
+    for r in range(world):
+        part = part_path(output, r, world)
+        rows = _read_part(part, files[share(len(files), r, world)])
+        if rows is None:
+            raise ShardError(
+                f"{part} is missing or does not hold rank {r}'s files: across machines the output folder must be "
+                "on a filesystem every machine shares; run again with --resume to redo only the missing parts"
+            )
+        writer.writerows(rows)
+    atomic_write_text(output, buf.getvalue())
+    shutil.rmtree(parts_dir(output))
+    log.info("merged %d parts into %s (%d rows)", world, output, len(files))
+    return len(files)
