@@ -20,7 +20,8 @@ from sedensenet.display import Table
 from sedensenet.engine.predictor import Prediction, Predictions, probabilities_to_rows
 
 __all__ = ["DataCheckResult", "Prediction", "Predictions", "TrainResult", "check_data", "evaluate", "load_model",
-           "predict", "predict_sharded", "probabilities_to_rows", "resolve_checkpoint", "train", "training_config"]  # fmt: skip
+           "predict", "predict_sharded", "probabilities_to_rows", "resolve_checkpoint", "train",
+           "training_config"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
