@@ -1,8 +1,9 @@
 """Estimated vs measured peak training memory on CPU (issue 14): one child process per configuration.
 
 Each child builds the model, allocates Adam's state (a step on zero gradients), runs ``--steps`` training steps
-(forward, cross-entropy, backward, Adam) on a fixed random batch and reports its peak RSS (``ru_maxrss``). The default path runs with the CLI's glibc tuning
-(:func:`sedensenet.inference.tune_malloc`), the memory-efficient path without it, as ``sedensenet train`` does.
+(forward, cross-entropy, backward, Adam) on a fixed random batch and reports its peak RSS (``ru_maxrss``). The
+default path runs with the CLI's glibc tuning (:func:`sedensenet.inference.tune_malloc`), the memory-efficient
+path without it, as ``sedensenet train`` does.
 
     python benchmarks/memory_table.py --output benchmarks/results/memory.json      # measure (one at a time)
     python benchmarks/memory_table.py --table benchmarks/results/memory.json       # estimates next to them
@@ -69,6 +70,8 @@ def available_bytes() -> int:
 
 def measure(output: Path, steps: int, only: str) -> None:
     """Every configuration in turn (never two at once), appended to ``output`` as it finishes."""
+    from sedensenet.engine.memory import estimate_peak
+
     done = json.loads(output.read_text()) if output.exists() else []
     seen = {(r["model"], r["image_size"], r["batch_size"], r["memory_efficient"]) for r in done}
     for model in MODELS:
@@ -79,10 +82,12 @@ def measure(output: Path, steps: int, only: str) -> None:
                 for path in PATHS:
                     if (model, size, batch, path) in seen:
                         continue
-                    while available_bytes() < 12 * 2**30:  # a shared machine: wait for room rather than starve it
+                    need = 1.3 * estimate_peak(model, size, batch, path == "on") + 2 * 2**30
+                    while available_bytes() < need:  # a shared machine: wait for room rather than starve it
                         time.sleep(20)
                     cmd = [sys.executable, __file__, "--child", model, str(size), str(batch), path, str(steps)]
-                    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+                    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
                     if out.returncode:
                         print(out.stderr[-2000:], file=sys.stderr)
                         continue
@@ -90,7 +95,8 @@ def measure(output: Path, steps: int, only: str) -> None:
                     row["load_average"] = os.getloadavg()[0]
                     done.append(row)
                     output.write_text(json.dumps(done, indent=1))
-                    print(f"{model} {size}/{batch} memory_efficient={path}: {row['peak_rss_bytes'] / 1e9:.2f} GB", flush=True)
+                    gb = row["peak_rss_bytes"] / 1e9
+                    print(f"{model} {size}/{batch} memory_efficient={path}: {gb:.2f} GB", flush=True)
 
 
 def table(results: Path) -> str:

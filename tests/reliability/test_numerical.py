@@ -140,7 +140,11 @@ def test_out_of_memory_is_explained_without_a_traceback(
         sedensenet.train(data=str(data), project=str(tmp_path), **SETTINGS)
     message = str(info.value)
     assert "ran out of memory in epoch 2" in message and "the checkpoint of epoch 1 is kept" in message
-    for hint in ("--batch-size 4", "--memory-efficient", "a smaller --image-size"):
+    for hint in (
+        "--batch-size 4 --accumulate 2 (the same effective batch)",
+        "--memory-efficient on",
+        "a smaller --image-size",
+    ):
         assert hint in message, message
     calls["n"] = 0
     argv = ["train", "--data", str(data), "--project", str(tmp_path), "--model", "se_densenet_tiny",

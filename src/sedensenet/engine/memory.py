@@ -58,8 +58,8 @@ class PathCost:
 
 
 CPU_COSTS = {
-    False: PathCost(fixed=0.78e9, per_concat=8.0, per_output=13.0),
-    True: PathCost(fixed=0.78e9, per_concat=0.0, per_output=9.0),
+    False: PathCost(fixed=0.613e9, per_concat=8.16, per_output=10.61),
+    True: PathCost(fixed=0.777e9, per_concat=0.0, per_output=4.25),
 }
 """Fitted to ``benchmarks/results/memory.json``: the default path with the CLI's malloc tuning, the other without."""
 
