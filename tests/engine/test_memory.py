@@ -175,3 +175,17 @@ def test_a_run_killed_before_its_first_epoch_says_so(tmp_path: Path) -> None:
     (run / memory.NOTE).write_text(json.dumps({"peak_rss_gb": 9.8, "batch_size": 32}))
     with pytest.raises(ConfigError, match=r"died at about 9.8 GB .* before its first epoch .* --memory-limit 8411M"):
         sedensenet.train(resume=run)
+
+
+def test_the_flag_keeps_its_old_spellings() -> None:
+    from sedensenet.cli import build_parser
+
+    parser = build_parser()
+    for argv, expected in ((["--memory-efficient"], "on"), (["--no-memory-efficient"], "off"),
+                           (["--memory-efficient", "auto"], "auto"), (["--memory-efficient", "off"], "off")):  # fmt: skip
+        assert parser.parse_args(["train", *argv]).memory_efficient == expected, argv
+    assert not hasattr(parser.parse_args(["train"]), "memory_efficient")  # the config's default (auto) applies
+    with pytest.raises(SystemExit):  # written by the run, not a setting
+        parser.parse_args(["train", "--memory-plan", "x"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--memory-efficient", "maybe"])
