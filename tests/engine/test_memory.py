@@ -165,6 +165,8 @@ def test_resume_after_a_kill_says_where_it_died_and_what_changed(tmp_path: Path,
         sedensenet.train(resume=first.run_dir, epochs=2, batch_size=2, accumulate=2)
     assert "the last run died at about 40.0 GB" in caplog.text
     assert "this run uses batch 2 (was 4), accumulates 2 (was 1)" in caplog.text
+    resaved = yaml.safe_load((first.run_dir / "config.yaml").read_text(encoding="utf-8"))
+    assert resaved["batch_size"] == 4 and resaved["memory_plan"]["estimate_gb"] > 0  # as started; this start's plan
     assert not (first.run_dir / memory.NOTE).exists()
 
 
@@ -189,3 +191,15 @@ def test_the_flag_keeps_its_old_spellings() -> None:
         parser.parse_args(["train", "--memory-plan", "x"])
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--memory-efficient", "maybe"])
+
+
+def test_a_cgroup_limit_below_memavailable_is_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "memory.max").write_text("4294967296\n")
+    (tmp_path / "memory.current").write_text("1073741824\n")
+    monkeypatch.setattr(memory, "_cgroup_v2_dir", lambda: tmp_path)
+    monkeypatch.setattr(memory, "_meminfo_available", lambda: 100 * 2**30)
+    monkeypatch.setattr(memory, "_rss", lambda: 2**29)
+    assert memory._cgroup_room() == (3 * 2**30, "cgroup v2 memory.max")
+    assert memory.memory_budget(CPU) == memory.Budget(2**29 + 3 * 2**30, "cgroup v2 memory.max")
+    (tmp_path / "memory.max").write_text("max\n")  # no limit here: MemAvailable (or a v1 limit) decides
+    assert memory.memory_budget(CPU).source != "cgroup v2 memory.max"

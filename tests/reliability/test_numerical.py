@@ -97,8 +97,8 @@ def test_nan_weights_after_a_finite_loss_are_never_saved(
 ) -> None:
     real = trainer.train_one_epoch
 
-    def poison_in_epoch_two(model, loader, criterion, optimizer, settings, scaler, clip, progress, epoch):  # noqa: ANN001, ANN202
-        out = real(model, loader, criterion, optimizer, settings, scaler, clip, progress, epoch)
+    def poison_in_epoch_two(model, loader, criterion, optimizer, settings, scaler, clip, progress, epoch, **kw):  # noqa: ANN001, ANN003, ANN202
+        out = real(model, loader, criterion, optimizer, settings, scaler, clip, progress, epoch, **kw)
         if epoch == 2:  # as an optimiser step with a huge update would, after the last finite loss
             with torch.no_grad():
                 next(model.parameters()).fill_(float("inf"))

@@ -261,8 +261,22 @@ def resume(run_dir: Path, overrides: dict[str, Any] | None = None, device: torch
         ckpt.check_state_dict(last, tensors, ctx.model.state_dict())
         ctx.model.load_state_dict(tensors)
     restore(ctx, state)
+    if dist.is_main():
+        _record_plan(run_dir / "config.yaml", config.memory_plan)
     log.info("resuming %s after epoch %d of %d", run_dir, ctx.state.epoch, config.epochs)
     return ctx
+
+
+def _record_plan(path: Path, plan: dict[str, Any]) -> None:
+    """config.yaml's ``memory_plan`` becomes this start's; the settings it was started with stay as written."""
+    import yaml
+
+    from sedensenet.config import load_yaml
+    from sedensenet.fileio import atomic_write_text
+
+    saved = load_yaml(path)
+    if saved.get("memory_plan") != plan:
+        atomic_write_text(path, yaml.safe_dump({**saved, "memory_plan": plan}, sort_keys=False, allow_unicode=True))
 
 
 def _epochs_done(state: dict[str, Any]) -> int:

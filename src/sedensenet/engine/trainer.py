@@ -108,7 +108,7 @@ def _train_epochs(ctx: RunContext, progress: bool, interrupt: StopRequest) -> Hi
         try:
             train = train_one_epoch(
                 ctx.train_model, ctx.train_loader, ctx.criterion, ctx.optimizer, ctx.settings, ctx.scaler,
-                c.grad_clip, _after_step(bar, interrupt), epoch, c.accumulate, c.max_steps,
+                c.grad_clip, _after_step(bar, interrupt), epoch, accumulate=c.accumulate, max_steps=c.max_steps,
             )  # fmt: skip
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"{e}. {nan_advice(ctx)}") from None
