@@ -104,10 +104,11 @@ def table(results: Path) -> str:
     from sedensenet.engine.memory import estimate_peak
 
     lines = [
-        "| model | size/batch | path | estimated GB | measured GB | estimate / measured |",
+        "| model | size/batch | path | estimated GB | measured GB (peak RSS) | estimate / measured |",
         "|---|---|---|---:|---:|---:|",
     ]
-    for r in json.loads(results.read_text()):
+    rows = json.loads(results.read_text())
+    for r in sorted(rows, key=lambda r: (r["model"], r["image_size"], r["batch_size"], r["memory_efficient"])):
         est = estimate_peak(r["model"], r["image_size"], r["batch_size"], r["memory_efficient"] == "on", "cpu")
         path = "memory-efficient" if r["memory_efficient"] == "on" else "default (tuned malloc)"
         lines.append(
