@@ -203,3 +203,18 @@ def test_a_cgroup_limit_below_memavailable_is_the_budget(tmp_path: Path, monkeyp
     assert memory.memory_budget(CPU) == memory.Budget(2**29 + 3 * 2**30, "cgroup v2 memory.max")
     (tmp_path / "memory.max").write_text("max\n")  # no limit here: MemAvailable (or a v1 limit) decides
     assert memory.memory_budget(CPU).source != "cgroup v2 memory.max"
+
+
+def test_an_accumulating_run_resumes_exactly(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    data = make_folder(tmp_path / "data", per_class=10)
+    common = {"data": str(data), "project": str(tmp_path / "runs"), "model": "se_densenet_tiny", "image_size": 16,
+              "batch_size": 4, "accumulate": 2, "workers": 0, "memory_efficient": "off", "drop_rate": 0.1}  # fmt: skip
+    straight = sedensenet.train(name="straight", epochs=2, **common)
+    stopped = sedensenet.train(name="stopped", epochs=1, **common)
+    resumed = sedensenet.train(resume=stopped.run_dir, epochs=2)
+    assert resumed.history.history == straight.history.history
+    a = load_file(straight.run_dir / "weights" / "last.safetensors")
+    b = load_file(resumed.run_dir / "weights" / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
