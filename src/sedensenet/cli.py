@@ -44,13 +44,19 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field; only flags the user gives override (default=SUPPRESS)."""
-    from sedensenet.config import CHOICES, TrainConfig
+    from sedensenet.config import CHOICES, OUTPUT_FIELDS, TrainConfig
 
     docs = _field_docs(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
+        if f.name in OUTPUT_FIELDS:
+            continue
         flag = "--" + f.name.replace("_", "-")
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{docs.get(f.name, '')} (default: {f.default})"}
-        if f.type == "bool":
+        if f.name == "memory_efficient":  # on/off/auto; the bare flag (and --no-...) as when it was a switch
+            kw.update(nargs="?", const="on", choices=CHOICES[f.name], metavar="{auto,on,off}")
+            parser.add_argument("--no-memory-efficient", dest=f.name, action="store_const", const="off",
+                                default=argparse.SUPPRESS, help="the same as --memory-efficient off")  # fmt: skip
+        elif f.type == "bool":
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kw["type"] = {"int": int, "float": float}.get(str(f.type), str)

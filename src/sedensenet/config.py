@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+import re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,21 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "monitor": ("val_accuracy", "val_loss"),
     "dedupe": ("off", "exact", "near"),
     "calibrate": ("none", "temperature"),
+    "memory_efficient": ("auto", "on", "off"),
 }
 
 
 RESUME_MAY_CHANGE = frozenset(
-    {"epochs", "device", "workers", "patience", "batch_size", "memory_efficient", "amp", "cache"}
+    {"epochs", "device", "workers", "patience", "batch_size", "accumulate", "memory_efficient", "memory_limit",
+     "amp", "cache"}
     | {"threshold", "positive", "calibrate"}
-)
+)  # fmt: skip
 """Settings a resumed run may change: more epochs, another device, and what it takes to fit in memory
-(a different ``batch_size`` changes the results from there on; the others do not), and the decision rule that
-the end of the run chooses on validation."""
+(a different ``batch_size`` or ``accumulate`` changes the results from there on; the others do not), and the
+decision rule that the end of the run chooses on validation."""
+
+OUTPUT_FIELDS = frozenset({"memory_plan"})
+"""Fields the run writes into config.yaml for the record (no command-line flag); each run writes its own."""
 
 
 DEFAULT_MODEL = "keras_se_densenet201"
@@ -122,9 +128,19 @@ class TrainConfig:
     """Use the channels_last memory format on GPU."""
     compile: str = "off"
     """``torch.compile`` the model: ``on``, ``off`` or ``auto`` (only when the run is long enough to repay it)."""
-    memory_efficient: bool = False
-    """Shared feature storage in the dense blocks, BN + ReLU recomputed in backward (Pleiss et al. 2017): about
-    0.5-0.65x the training memory at the default path's speed."""
+    memory_efficient: str = "auto"
+    """Shared feature storage in the dense blocks, BN + ReLU recomputed in backward (Pleiss et al. 2017), 0.3-0.6x
+    the training memory: ``on``, ``off`` or ``auto`` (the fastest path that fits the memory available, the leaner
+    one when about as fast; stops before training, saying what fits, when none does). true/false mean on/off."""
+    memory_limit: str = ""
+    """Memory the run may use, e.g. ``6G``, instead of what is detected (also SEDENSENET_MEMORY_LIMIT)."""
+    accumulate: int = 1
+    """Gradient accumulation: one optimiser step every N batches (effective batch batch_size x N; BatchNorm still
+    sees batches of batch_size)."""
+    max_steps: int = 0
+    """Stop each epoch after this many batches (0: all); for tests and smoke runs."""
+    memory_plan: dict[str, Any] = field(default_factory=dict)
+    """Written by the run: the path taken, the estimates and the memory available."""
     drop_rate: float = 0.0
     """Dropout inside dense layers."""
     head_drop_rate: float = 0.0
@@ -150,6 +166,13 @@ class TrainConfig:
     """``temperature``: fit one temperature on validation (stored in the checkpoint, applied by predict)."""
 
     def __post_init__(self) -> None:
+        self.memory_efficient = _tri_state(self.memory_efficient)
+        if self.memory_plan is None:
+            self.memory_plan = {}
+        if not isinstance(self.memory_plan, dict):
+            raise ConfigError(f"memory_plan is written by the run and must be a mapping, got {self.memory_plan!r}")
+        if self.memory_limit:
+            parse_size(self.memory_limit)
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -157,7 +180,7 @@ class TrainConfig:
         for key, choices in CHOICES.items():
             if getattr(self, key) not in choices:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not valid; choose from {', '.join(choices)}")
-        positive = ("image_size", "in_chans", "epochs", "batch_size")
+        positive = ("image_size", "in_chans", "epochs", "batch_size", "accumulate")
         for key in positive:
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
@@ -167,12 +190,19 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        for key in ("weight_decay", "grad_clip", "warmup_epochs", "freeze_epochs", "patience"):
+        for key in ("weight_decay", "grad_clip", "warmup_epochs", "freeze_epochs", "patience", "max_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
         parse_threshold(self.threshold)
         if self.pretrained and self.weights:
             raise ConfigError("give either --pretrained or --weights FILE, not both")
+
+    @property
+    def efficient(self) -> bool:
+        """Whether the model trains on the memory-efficient path: ``on``, or what ``auto`` chose (``memory_plan``)."""
+        if self.memory_efficient == "auto":
+            return bool(self.memory_plan.get("memory_efficient", False))
+        return self.memory_efficient == "on"
 
     @property
     def data_split_seed(self) -> int:
@@ -190,6 +220,8 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {unknown}; valid settings: {', '.join(sorted(names))}")
         types = {f.name: f.type for f in fields(cls)}
+        if "memory_efficient" in d:
+            d = {**d, "memory_efficient": _tri_state(d["memory_efficient"])}
         values = {k: _coerce(k, v, types[k], source) for k, v in d.items()}
         try:
             return cls(**values)
@@ -251,6 +283,24 @@ def _number(text: str, original: str) -> float:
         raise ConfigError(f"--threshold {original!r} is not valid; allowed: {THRESHOLD_RULES}") from None
     if not math.isfinite(value):
         raise ConfigError(f"--threshold {original!r} must be a finite number; allowed: {THRESHOLD_RULES}")
+    return value
+
+
+def parse_size(text: str | int | float, what: str = "--memory-limit") -> int:
+    """Bytes from ``6G``, ``6GB``, ``6GiB``, ``512M``, ``1.5T`` or a number of bytes (K/M/G/T: powers of 1024)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", str(text), flags=re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"{what} {text!r} is not a memory size; write e.g. 6G, 6GB, 512M or a number of bytes")
+    power = " kmgt".index(m.group(2).lower() or " ")
+    return int(float(m.group(1)) * 1024**power)
+
+
+def _tri_state(value: Any) -> Any:
+    """``memory_efficient`` as on/off/auto: config files written before it had ``auto`` hold true/false."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+        return "on" if value.lower() in ("true", "yes", "1") else "off"
     return value
 
 

@@ -97,8 +97,8 @@ def test_nan_weights_after_a_finite_loss_are_never_saved(
 ) -> None:
     real = trainer.train_one_epoch
 
-    def poison_in_epoch_two(model, loader, criterion, optimizer, settings, scaler, clip, progress, epoch):  # noqa: ANN001, ANN202
-        out = real(model, loader, criterion, optimizer, settings, scaler, clip, progress, epoch)
+    def poison_in_epoch_two(model, loader, criterion, optimizer, settings, scaler, clip, progress, epoch, **kw):  # noqa: ANN001, ANN003, ANN202
+        out = real(model, loader, criterion, optimizer, settings, scaler, clip, progress, epoch, **kw)
         if epoch == 2:  # as an optimiser step with a huge update would, after the last finite loss
             with torch.no_grad():
                 next(model.parameters()).fill_(float("inf"))
@@ -140,7 +140,11 @@ def test_out_of_memory_is_explained_without_a_traceback(
         sedensenet.train(data=str(data), project=str(tmp_path), **SETTINGS)
     message = str(info.value)
     assert "ran out of memory in epoch 2" in message and "the checkpoint of epoch 1 is kept" in message
-    for hint in ("--batch-size 4", "--memory-efficient", "a smaller --image-size"):
+    for hint in (
+        "--batch-size 4 --accumulate 2 (the same effective batch)",
+        "--memory-efficient on",
+        "a smaller --image-size",
+    ):
         assert hint in message, message
     calls["n"] = 0
     argv = ["train", "--data", str(data), "--project", str(tmp_path), "--model", "se_densenet_tiny",

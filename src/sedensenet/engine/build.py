@@ -26,7 +26,7 @@ def build_model(config: TrainConfig, num_classes: int) -> DenseNet:
         num_classes=num_classes,
         in_chans=config.in_chans,
         pretrained=config.pretrained,
-        memory_efficient=config.memory_efficient,
+        memory_efficient=config.efficient,
         drop_rate=config.drop_rate,
         head_drop_rate=config.head_drop_rate,
     )

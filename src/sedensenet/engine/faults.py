@@ -112,9 +112,12 @@ def oom_advice(ctx: RunContext) -> str:
     """Which settings need less memory per step, for this run."""
     c = ctx.config
     kept = f"the checkpoint of epoch {ctx.state.epoch} is kept" if ctx.state.epoch else "no epoch was complete"
-    options = [f"--batch-size {max(1, c.batch_size // 2)}"]
-    if not c.memory_efficient:
-        options.append("--memory-efficient (recomputes features in backward: less memory, a little slower)")
+    options = []
+    if not c.efficient:
+        options.append("--memory-efficient on (recomputes features in backward: less memory)")
+    if c.batch_size > 1:
+        half, twice = max(1, c.batch_size // 2), c.accumulate * 2
+        options.append(f"--batch-size {half} --accumulate {twice} (the same effective batch)")
     options.append(f"a smaller --image-size (e.g. {max(1, c.image_size * 3 // 4)})")
     if ctx.settings.device.type == "cuda" and ctx.settings.amp_dtype is None:
         options.append("--amp bf16")

@@ -74,36 +74,40 @@ def train_one_epoch(
     grad_clip: float = 0.0,
     progress: object | None = None,
     epoch: int = 0,
+    accumulate: int = 1,
+    max_steps: int = 0,
 ) -> EpochResult:
     """Train ``model`` for one pass over ``loader``; raise NonFiniteLossError naming the step on NaN/Inf loss.
 
     The caller puts the model in training mode (so it can keep frozen BatchNorm layers in eval mode).
-    ``progress`` is an optional callable ``(batch_images, loss, correct)`` called after each step.
+    ``progress`` is an optional callable ``(batch_images, loss, correct)`` called after each batch.
+    ``accumulate``: one optimiser step every that many batches, on the mean of their gradients (a last, shorter
+    group is averaged over its own batches); BatchNorm still sees each batch alone. ``max_steps`` > 0 ends the
+    pass after that many batches (tests, smoke runs).
     """
     total_loss = torch.zeros((), dtype=torch.float64, device=settings.device)
     correct = torch.zeros((), dtype=torch.int64, device=settings.device)
     seen = 0
     start = time.perf_counter()
+    batches = min(len(loader), max_steps) if max_steps else len(loader)
     for step, (images, labels) in enumerate(loader, start=1):
+        if step > batches:
+            break
         images, labels = settings.to_device(images, labels)
-        with settings.autocast():
+        first = (step - 1) % accumulate == 0
+        group = min(accumulate, batches - (step - 1) // accumulate * accumulate)
+        last = (step - 1) % accumulate == group - 1
+        with settings.autocast(), _no_sync(model, last):
             logits = model(images)
             loss = criterion(logits.float(), labels)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"the training loss became {loss.item()} at epoch {epoch}, step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        if first:
+            optimizer.zero_grad(set_to_none=True)
+        with _no_sync(model, last):
+            _backward(loss / group if group > 1 else loss, scaler)
+        if last:
+            _optimizer_step(model, optimizer, scaler, grad_clip)
         n = labels.shape[0]
         seen += n
         total_loss += loss.detach().double() * n
@@ -113,6 +117,35 @@ def train_one_epoch(
             progress(n, loss, batch_correct)
     seconds = time.perf_counter() - start
     return EpochResult(_mean(total_loss, seen), _mean(correct, seen), seen, seconds)
+
+
+def _no_sync(model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
+    """DDP's gradient all-reduce only on the last batch of an accumulation group."""
+    if last or not isinstance(model, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def _backward(loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is not None:
+        scaler.scale(loss).backward()
+    else:
+        loss.backward()
+
+
+def _optimizer_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, grad_clip: float
+) -> None:
+    """Unscale (fp16), clip, step."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from sedensenet import checkpoint as ckpt
 from sedensenet.config import ConfigError, TrainConfig
 from sedensenet.data import DataError, DataSplits, resolve_data, scan_folder
 from sedensenet.data.check import drop_duplicates_of_train, exact_leaks, groups_across_splits
-from sedensenet.engine import build
+from sedensenet.engine import build, memory
 from sedensenet.engine import distributed as dist
 from sedensenet.engine.decision import check_decision_settings
 from sedensenet.engine.device import seed_everything, select_device, step_settings
@@ -66,18 +66,24 @@ def warn_leaks(splits: DataSplits, dedupe: str) -> None:
 
 
 def prepare(
-    config: TrainConfig, run_dir: Path | None = None, device: torch.device | None = None, epochs_done: int = 0
+    config: TrainConfig,
+    run_dir: Path | None = None,
+    device: torch.device | None = None,
+    epochs_done: int = 0,
+    died: dict[str, Any] | None = None,
 ) -> RunContext:
-    """Everything a run needs, in order: device, data, model, optimiser, run folder.
+    """Everything a run needs, in order: device, memory plan, data, model, optimiser, run folder.
 
     ``run_dir`` given (resume) reuses that folder; otherwise a new ``project/name[N]`` is made on rank 0.
     ``epochs_done``: the epochs a resumed run has behind it (``--compile auto`` weighs the remaining ones).
+    ``died``: the note a killed run left (:func:`~sedensenet.engine.memory.last_run_died`); the plan stays below it.
     """
     device = device or select_device(config.device)
     if config.sync_bn and dist.is_distributed() and device.type != "cuda":
         # PyTorch's SyncBatchNorm has kernels for GPUs only: fail here, not in the first forward pass.
         raise ConfigError(f"--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no {device.type} kernels); drop it")
-    tuned = tune_malloc_for_training(config.memory_efficient)
+    config.memory_plan = _plan_memory(config, device, died)
+    tuned = tune_malloc_for_training(config.efficient)
     if tuned:
         log.debug("%s", tuned)
     seed_everything(config.seed)
@@ -120,6 +126,40 @@ def prepare(
         meta=meta,
         cache=cache,
     )
+
+
+def _plan_memory(config: TrainConfig, device: torch.device, died: dict[str, Any] | None) -> dict[str, Any]:
+    """Rank 0 chooses the path (:func:`~sedensenet.engine.memory.plan_memory`); every process takes its choice."""
+    holder: list[Any] = [None]
+    if dist.is_main():
+        try:
+            holder[0] = _choose(config, device, died).to_dict()
+        except memory.MemoryPlanError as e:
+            holder[0] = str(e)
+        if died:
+            log.warning("%s; %s", memory.describe_death(died), _changed(died, holder[0], config))
+    if dist.is_distributed():
+        torch.distributed.broadcast_object_list(holder, src=0)
+    if isinstance(holder[0], str):
+        raise memory.MemoryPlanError(holder[0])
+    return holder[0]
+
+
+def _choose(config: TrainConfig, device: torch.device, died: dict[str, Any] | None) -> memory.MemoryPlan:
+    """The plan below where a killed run died; when nothing fits there (a kill need not mean memory), the usual one."""
+    batch, replicas = dist.local_batch_size(config.batch_size), dist.world_size()
+    if died:
+        try:
+            return memory.plan_memory(config, device, batch, replicas, cap=int(died["peak_rss_gb"] * memory.GB))
+        except memory.MemoryPlanError as e:
+            log.warning("below the size at which the last run died nothing fits (%s); planning without it", e)
+    return memory.plan_memory(config, device, batch, replicas)
+
+
+def _changed(died: dict[str, Any], plan: dict[str, Any] | str, config: TrainConfig) -> str:
+    if isinstance(plan, str):
+        return "this run stops before training: " + plan
+    return memory.what_changed(died, memory.MemoryPlan(**plan), config)
 
 
 def _loaders(
@@ -240,16 +280,37 @@ def resume(run_dir: Path, overrides: dict[str, Any] | None = None, device: torch
             f"--resume continues the run as configured; only {sorted(RESUME_MAY_CHANGE)} may change, not {bad}"
         )
     config = resolve_config(overrides, config_file=run_dir / "config.yaml")
+    died = memory.last_run_died(run_dir)
+    if died and not (run_dir / "state" / "last.pt").is_file():
+        raise ConfigError(
+            f"{run_dir}: {memory.describe_death(died)}, before its first epoch was saved: nothing to resume. "
+            f"Start again below that size: sedensenet train --config {run_dir / 'config.yaml'} "
+            f"--memory-limit {int(died['peak_rss_gb'] * 0.9 * memory.GB / 2**20)}M"
+        )
     state = ckpt.load_state(run_dir / "state" / "last.pt")
-    ctx = prepare(config, run_dir=run_dir, device=device, epochs_done=_epochs_done(state))
+    ctx = prepare(config, run_dir=run_dir, device=device, epochs_done=_epochs_done(state), died=died)
     if "model" not in state:  # a state written before it carried its own copy of the weights
         last = run_dir / "weights" / "last.safetensors"
         tensors, _ = ckpt.read_checkpoint(last)
         ckpt.check_state_dict(last, tensors, ctx.model.state_dict())
         ctx.model.load_state_dict(tensors)
     restore(ctx, state)
+    if dist.is_main():
+        _record_plan(run_dir / "config.yaml", config.memory_plan)
     log.info("resuming %s after epoch %d of %d", run_dir, ctx.state.epoch, config.epochs)
     return ctx
+
+
+def _record_plan(path: Path, plan: dict[str, Any]) -> None:
+    """config.yaml's ``memory_plan`` becomes this start's; the settings it was started with stay as written."""
+    import yaml
+
+    from sedensenet.config import load_yaml
+    from sedensenet.fileio import atomic_write_text
+
+    saved = load_yaml(path)
+    if saved.get("memory_plan") != plan:
+        atomic_write_text(path, yaml.safe_dump({**saved, "memory_plan": plan}, sort_keys=False, allow_unicode=True))
 
 
 def _epochs_done(state: dict[str, Any]) -> int:

@@ -7,6 +7,7 @@ errors in :mod:`~sedensenet.engine.faults`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -30,6 +31,7 @@ from sedensenet.engine.faults import (
     write_failure,
 )
 from sedensenet.engine.loop import EpochResult, NonFiniteLossError, evaluate_loader, train_one_epoch
+from sedensenet.engine.memory import run_note
 from sedensenet.engine.progress import EpochProgress, TrainProgress
 from sedensenet.engine.state import HISTORY_METRICS, History, RunContext, resume_state
 from sedensenet.fileio import atomic_write_json, atomic_write_text
@@ -61,12 +63,19 @@ def fit(ctx: RunContext, progress: bool | TrainProgress = False, interrupt: Stop
         progress = TrainProgress(verbose=0, bar=bool(progress) and dist.is_main())
     if ctx.config.tensorboard and dist.is_main() and ctx.writer is None:
         ctx.writer = open_tensorboard(ctx.run_dir)
+    note = run_note(ctx.run_dir, ctx.config) if _leaves_note(ctx) else contextlib.nullcontext()
     try:
-        return _epochs(ctx, progress, interrupt)
+        with note:
+            return _epochs(ctx, progress, interrupt)
     finally:  # every exit, normal, error or signal, leaves the event file flushed and closed
         if ctx.writer is not None:
             ctx.writer.close()
             ctx.writer = None
+
+
+def _leaves_note(ctx: RunContext) -> bool:
+    """A CPU run's main process notes its peak memory while it trains: the kernel kills without a word."""
+    return ctx.settings.device.type == "cpu" and dist.is_main()
 
 
 def _epochs(ctx: RunContext, progress: TrainProgress, interrupt: StopRequest) -> History:
@@ -103,7 +112,7 @@ def _train_epochs(ctx: RunContext, progress: TrainProgress, interrupt: StopReque
         try:
             train = train_one_epoch(
                 ctx.train_model, ctx.train_loader, ctx.criterion, ctx.optimizer, ctx.settings, ctx.scaler,
-                c.grad_clip, _after_step(bar, interrupt), epoch,
+                c.grad_clip, _after_step(bar, interrupt), epoch, accumulate=c.accumulate, max_steps=c.max_steps,
             )  # fmt: skip
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"{e}. {nan_advice(ctx)}") from None
