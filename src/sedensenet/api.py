@@ -212,6 +212,7 @@ def predict(
     batch_size: int = 32,
     device: str = "auto",
     backend: str = "auto",
+    tta: str = "none",
 ) -> Predictions:
     """Classify image files (folders are searched recursively); unreadable files get an error entry.
 
@@ -219,11 +220,13 @@ def predict(
     ``probability`` and ``top_k`` are the calibrated probabilities.
 
     ``backend``: how batches run (``auto``, ``onnxruntime``, ``eager``, ``compile`` or ``reference``, the
-    unoptimised modules); see :data:`sedensenet.inference.BACKENDS`.
+    unoptimised modules); see :data:`sedensenet.inference.BACKENDS`. ``tta``: test-time augmentation, the mean
+    probabilities of a few views of each image (``flip``, ``vflip``, ``scale``, ``flip+scale``; see
+    :data:`sedensenet.config.TTA_MODES`: horizontal flips swap left and right).
     """
     from sedensenet.engine.predictor import Predictor
 
-    predictor = Predictor.load(model, device=device, backend=backend)
+    predictor = Predictor.load(model, device=device, backend=backend, tta=tta)
     return Predictions(predictor.predict_files(inputs, top_k=top_k, batch_size=batch_size))
 
 
@@ -270,27 +273,24 @@ def evaluate(
     batch_size: int = 32,
     device: str = "auto",
     backend: str = "auto",
+    tta: str = "none",
     dedupe: str = "off",
     positive: str | None = None,
 ) -> Any:
     """Evaluate a checkpoint on a labelled folder and write the reports to ``output``.
 
     ``split``: ``auto`` (``test/`` if present, else ``val/``, else every image of a class-per-folder tree),
-    or ``train``, ``val``, ``test``, ``all``. Classes are matched by name with the checkpoint's. ``backend`` as
-    for :func:`predict`. ``dedupe`` (``exact`` or ``near``) leaves out val/test images that duplicate training images.
-    The checkpoint's temperature and threshold decide, as in :func:`predict`; ``positive``
-    names the class that sensitivity, PPV and the curves are about (two classes; default: the stored one).
+    or ``train``, ``val``, ``test``, ``all``. Classes are matched by name with the checkpoint's. ``backend`` and
+    ``tta`` as for :func:`predict` (metrics.json records both). The checkpoint's temperature and threshold decide,
+    as in :func:`predict`; ``positive`` names the class that sensitivity, PPV and the curves are about (two classes;
+    default: the stored one). ``dedupe`` (``exact`` or ``near``) leaves out val/test
+    images that duplicate training images.
     """
     from sedensenet.engine.predictor import Predictor
 
-    predictor = Predictor.load(model, device=device, backend=backend)
+    predictor = Predictor.load(model, device=device, backend=backend, tta=tta)
     return predictor.evaluate_folder(
-        data,
-        split=split,
-        output=output,
-        batch_size=batch_size,
-        dedupe=dedupe,
-        positive=positive,
+        data, split=split, output=output, batch_size=batch_size, dedupe=dedupe, positive=positive
     )
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sedensenet import __version__
-from sedensenet.config import DEFAULT_MODEL, INFERENCE_BACKENDS, ConfigError
+from sedensenet.config import DEFAULT_MODEL, INFERENCE_BACKENDS, TTA_MODES, ConfigError
 from sedensenet.errors import UserError
 
 log = logging.getLogger("sedensenet")
@@ -106,13 +106,15 @@ def _print_final_metrics(metrics: dict[str, Any]) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint (or run folder) on a labelled image folder and write the reports."""
     from sedensenet.api import evaluate, resolve_checkpoint
+    from sedensenet.engine.tta import view_count
 
     out = args.output or (resolve_checkpoint(args.checkpoint).parent.parent / f"eval_{args.split}")
     report = evaluate(args.checkpoint, args.data, split=args.split, output=out, batch_size=args.batch_size,
-                      device=args.device, backend=args.backend, dedupe=args.dedupe,
+                      device=args.device, backend=args.backend, dedupe=args.dedupe, tta=args.tta,
                       positive=args.positive)  # fmt: skip
     print(report.format_text())
-    print(f"accuracy {report.accuracy:.4f}" + (f", ROC-AUC {report.roc_auc:.4f}" if report.roc_auc else ""))
+    tta = "" if args.tta == "none" else f" (TTA {args.tta}: mean of {view_count(args.tta)} views)"
+    print(f"accuracy {report.accuracy:.4f}" + (f", ROC-AUC {report.roc_auc:.4f}" if report.roc_auc else "") + tta)
     print(f"Reports: {out}")
     return 0
 
@@ -141,7 +143,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_sharded(args)
     preds = predict(
         args.checkpoint, args.images, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
-        backend=args.backend,
+        backend=args.backend, tta=args.tta,
     )  # fmt: skip
     rows = probabilities_to_rows(preds)
     if args.output:
@@ -218,9 +220,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in vars(args).items() if k not in _COMMON | {"models", "seeds", "model", "data"}}
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    result = compare(args.data, models, seeds=args.seeds, **overrides)
+    seeds = args.seeds if args.seeds is not None else 1 if getattr(args, "folds", 0) else 3
+    result = compare(args.data, models, seeds=seeds, **overrides)
     print(result.markdown())
     print(f"\nTable, CSV and val_curves.png in {result.out_dir}")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    """k-fold cross-validation (--folds K, default 5): one run per fold, then every held-out metric as mean ± std
+    with a 95% interval across folds, and the pooled out-of-fold predictions. Rerun it to continue it."""
+    from sedensenet.cv import cross_validate
+
+    overrides = {k: v for k, v in vars(args).items() if k not in _COMMON | {"data"}}
+    result = cross_validate(getattr(args, "data", None), **{"folds": 5, **overrides})
+    print(result.markdown())
+    print(f"\ncv.md, cv.csv, oof.csv and the fold runs in {result.out_dir}")
     return 0
 
 
@@ -333,6 +348,14 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
         help="auto: ONNX Runtime on CPU for 256+ images when installed, else the eager fast path; "
         "reference: the unoptimised modules",
     )  # fmt: skip
+    p.add_argument("--tta", default="none", choices=TTA_MODES, help=TTA_HELP)
+
+
+TTA_HELP = (
+    "test-time augmentation: average the probabilities of the image and its mirror image (flip), upside-down copy "
+    "(vflip), a zoomed-in view (scale) or all four of flip+scale. Horizontal flips swap left and right: for chest "
+    "X-rays, text or asymmetric anatomy use vflip, scale or none"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -419,9 +442,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("compare", cmd_compare)
     p.add_argument("--models", required=True, help="comma-separated presets, e.g. densenet121,keras_se_densenet121")
-    p.add_argument("--seeds", type=int, default=3, help="runs per model (seed, seed+1, ...); the split stays fixed")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="runs per model (seed, seed+1, ...); the split stays fixed (default 3; with --folds K, "
+                   "each model is cross-validated over K folds with one seed instead)")  # fmt: skip
     add_train_flags(p)
     p.set_defaults(name="compare")
+
+    p = command("cv", cmd_cv)
+    add_train_flags(p)
+    p.set_defaults(name=None)
 
     p = command("convert-keras", cmd_convert_keras)
     p.add_argument("file", help="Keras file: tf.keras 2 .h5 (model or weights), Keras 3 .weights.h5, or .keras")
@@ -473,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "argv"):
         args.argv = argv
     _configure_logging(args)
-    if args.command in ("train", "evaluate", "predict", "compare", "explain"):
+    if args.command in ("train", "evaluate", "predict", "compare", "cv", "explain"):
         from sedensenet import inference
 
         inference.MALLOC_TUNING_ALLOWED = True  # training tunes unless memory-efficient (session.prepare)

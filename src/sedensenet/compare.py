@@ -1,8 +1,11 @@
-"""``sedensenet compare``: train several models on the same split, budget and seeds; tabulate and plot.
+"""``sedensenet compare``: train several models on the same split, budget and seeds; tabulate and plot. Also the
+machinery every study of several runs shares (``cv`` too): a run trained, resumed or read back when finished,
+and a statistic summarised across runs.
 
 This is how the tutorial's claim (SE makes DenseNet better at little cost) is answered with numbers:
 each model is trained once per seed with everything else equal, and the table reports the mean and
-standard deviation over seeds of the best validation accuracy (and ROC-AUC for two classes).
+standard deviation over seeds of the best validation accuracy (and ROC-AUC for two classes). With
+``folds=k`` each model is cross-validated instead, and the table reports its held-out accuracy over the folds.
 """
 
 from __future__ import annotations
@@ -26,8 +29,95 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Summary:
+    """A statistic over runs (seeds or folds): mean, sample standard deviation and a 95% interval of the mean."""
+
+    mean: float
+    std: float
+    low: float
+    high: float
+    n: int
+
+    def text(self, digits: int = 4) -> str:
+        """``mean ± std``; ``-`` when there is no value."""
+        if self.n == 0:
+            return "-"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+
+    def interval(self, digits: int = 4) -> str:
+        """``[low, high]``; ``-`` when fewer than two values."""
+        return "-" if self.n < 2 else f"[{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+def summarize(values: list[float | None], bounds: tuple[float, float] | None = None) -> Summary:
+    """Mean ± sample std of the finite ``values``, with Student's t 95% interval of the mean (``n - 1`` degrees of
+    freedom): with five folds or three seeds a bootstrap over the runs would be far too narrow. ``bounds``: the
+    range the statistic can take (``(0, 1)`` for an accuracy); the interval is clipped to it."""
+    from scipy import stats
+
+    vals = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    n = len(vals)
+    if n == 0:
+        return Summary(math.nan, math.nan, math.nan, math.nan, 0)
+    mean = float(vals.mean())
+    if n == 1:
+        return Summary(mean, 0.0, math.nan, math.nan, 1)
+    std = float(vals.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Summary(mean, std, low, high, n)
+
+
+@dataclass
+class RunOutcome:
+    """A finished run read back from its folder: the final metrics (``val``, ``test``) and the history rows."""
+
+    run_dir: Path
+    metrics: dict[str, dict[str, Any]]
+    history: list[dict[str, Any]]
+
+    def column(self, name: str) -> list[float]:
+        return [float(r[name]) for r in self.history if r.get(name) is not None]
+
+
+def finished(run_dir: Path, *, held_out: bool = False) -> bool:
+    """The run's final evaluation is written (``test/metrics.json`` too when it has a held-out split)."""
+    return (run_dir / "metrics.json").is_file() and (not held_out or (run_dir / "test" / "metrics.json").is_file())
+
+
+def train_or_resume(data: str, run_dir: Path, settings: dict[str, Any], *, held_out: bool = False) -> RunOutcome:
+    """Train ``settings`` into ``run_dir``; resume it when a killed run left a resume state there, and only read it
+    back when it is finished. This is what makes a study resumable: rerun it and only unfinished runs train."""
+    from sedensenet.api import train
+
+    if finished(run_dir, held_out=held_out):
+        log.info("%s is finished: read back, not trained again", run_dir)
+    elif (run_dir / "state" / "last.pt").is_file():
+        log.info("resuming %s", run_dir)
+        train(resume=run_dir, verbose=0)
+    else:  # verbose=0: one table at the end, not a screen of epoch lines
+        train(
+            data=data, verbose=0, **{**settings, "project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True}
+        )
+    return read_outcome(run_dir)
+
+
+def read_outcome(run_dir: Path) -> RunOutcome:
+    """A finished run's metrics and history, from its files."""
+    from sedensenet.reports import read_history_csv
+
+    metrics = {}
+    for split, path in (("val", run_dir / "metrics.json"), ("test", run_dir / "test" / "metrics.json")):
+        if path.is_file():
+            metrics[split] = json.loads(path.read_text(encoding="utf-8"))
+    return RunOutcome(run_dir, metrics, read_history_csv(run_dir / "history.csv"))
+
+
+@dataclass
 class ModelRow:
-    """One model's results over the seeds."""
+    """One model's results over the seeds (or folds)."""
 
     model: str
     params: int
@@ -36,12 +126,13 @@ class ModelRow:
     val_accuracy: list[float] = field(default_factory=list)
     roc_auc: list[float] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
+    """Accuracy on each fold's held-out images (``folds`` only)."""
+    test_roc_auc: list[float] = field(default_factory=list)
 
     def mean_std(self, values: list[float]) -> tuple[float, float]:
-        vals = [v for v in values if v is not None and not math.isnan(v)]
-        if not vals:
-            return math.nan, math.nan
-        return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        s = summarize(values)
+        return s.mean, s.std
 
 
 @dataclass
@@ -51,23 +142,34 @@ class CompareResult:
     rows: list[ModelRow]
     out_dir: Path
     seeds: list[int]
+    folds: int = 0
 
     def markdown(self) -> str:
-        """The table as markdown: parameters, GMACs, seconds per epoch, best val accuracy (and AUC) mean ± std."""
-        two = any(r.roc_auc for r in self.rows)
-        head = "| model | params | GMACs | s/epoch | best val accuracy |" + (" ROC-AUC |" if two else "")
-        sep = "|---|---:|---:|---:|---:|" + ("---:|" if two else "")
+        """The table as markdown: parameters, GMACs, seconds per epoch, accuracy (and AUC) mean ± std.
+
+        Over seeds the accuracy is the best validation accuracy; over folds the held-out accuracy, with its 95%
+        interval across folds."""
+        acc_of = (lambda r: r.test_accuracy) if self.folds else (lambda r: r.val_accuracy)
+        auc_of = (lambda r: r.test_roc_auc) if self.folds else (lambda r: r.roc_auc)
+        two = any(auc_of(r) for r in self.rows)
+        what = "held-out accuracy | 95% interval" if self.folds else "best val accuracy"
+        head = f"| model | params | GMACs | s/epoch | {what} |" + (" ROC-AUC |" if two else "")
+        sep = "|---|---:|---:|---:|---:|" + ("---:|" if self.folds else "") + ("---:|" if two else "")
         lines = [head, sep]
         for r in self.rows:
-            acc, acc_sd = r.mean_std(r.val_accuracy)
-            line = (
-                f"| {r.model} | {r.params:,} | {r.gmacs:.3f} | {r.seconds_per_epoch:.1f} | {acc:.4f} ± {acc_sd:.4f} |"
-            )
+            acc = summarize(acc_of(r), (0.0, 1.0))
+            line = f"| {r.model} | {r.params:,} | {r.gmacs:.3f} | {r.seconds_per_epoch:.1f} | {acc.text()} |"
+            if self.folds:
+                line += f" {acc.interval()} |"
             if two:
-                auc, auc_sd = r.mean_std(r.roc_auc)
-                line += f" {auc:.4f} ± {auc_sd:.4f} |"
+                line += f" {summarize(auc_of(r)).text()} |"
             lines.append(line)
-        lines.append(f"\nmean ± sample std over {len(self.seeds)} seed(s): {', '.join(map(str, self.seeds))}")
+        if self.folds:
+            lines.append(
+                f"\nmean ± sample std over {self.folds} folds (seed {self.seeds[0]}); 95% interval: Student's t"
+            )
+        else:
+            lines.append(f"\nmean ± sample std over {len(self.seeds)} seed(s): {', '.join(map(str, self.seeds))}")
         return "\n".join(lines)
 
 
@@ -77,6 +179,7 @@ def compare(
     seeds: int = 3,
     project: str | os.PathLike = "runs",
     name: str = "compare",
+    folds: int = 0,
     **overrides: Any,
 ) -> CompareResult:
     """Train every model in ``models`` once per seed on the same split and settings; write the table and figure.
@@ -87,24 +190,31 @@ def compare(
         seeds: how many seeds (``seed``, ``seed + 1``, …; the split always uses the first).
         project: folder that receives the comparison folder.
         name: the comparison folder's name (``compare``, ``compare2``, … when it exists).
+        folds: cross-validate every model over this many folds (the same folds for each) instead of seeds; the
+            table then reports held-out accuracy. ``seeds`` must be 1 then.
         **overrides: training settings shared by every run (epochs, image_size, batch_size, …).
     """
-    from sedensenet.api import train, training_config
+    from sedensenet.api import training_config
     from sedensenet.reports import new_run_dir, plot_history_comparison
 
     if not models:
         raise ConfigError("give at least one model to compare")
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
-    base, _ = training_config(data, **overrides)
+    if folds and seeds != 1:
+        raise ConfigError(f"--folds {folds} cross-validates each model with one seed: drop --seeds {seeds}")
+    base, _ = training_config(data, folds=folds, fold=1 if folds else 0, **overrides)
     out_dir = new_run_dir(project, name, exist_ok=False)
     seed_list = [base.seed + i for i in range(seeds)]
+    jobs = [(f"fold_{k}", {"seed": base.seed, "folds": folds, "fold": k}) for k in range(1, folds + 1)] or [
+        (f"seed{seed}", {"seed": seed}) for seed in seed_list
+    ]
     rows, curves = [], {}
     for model in models:
-        row, model_curves = _train_model(train, data, model, seed_list, base.seed, out_dir, overrides)
+        row, model_curves = _train_model(data, model, jobs, base.data_split_seed, out_dir, overrides)
         rows.append(row)
         curves[model] = model_curves
-    result = CompareResult(rows, out_dir, seed_list)
+    result = CompareResult(rows, out_dir, seed_list, folds)
     _write(result)
     plot_history_comparison(_mean_curves(curves), out_dir / "val_curves.png")
     log.info("comparison written to %s\n%s", out_dir, result.markdown())
@@ -112,32 +222,35 @@ def compare(
 
 
 def _train_model(
-    train: Any, data: str, model: str, seeds: list[int], split_seed: int, out_dir: Path, overrides: dict[str, Any]
-) -> tuple[ModelRow, list[list[float]]]:
+    data: str, model: str, jobs: list[tuple[str, dict[str, Any]]], split_seed: int, out_dir: Path,
+    overrides: dict[str, Any],
+) -> tuple[ModelRow, list[list[float]]]:  # fmt: skip
     from sedensenet.config import load_yaml
     from sedensenet.model_summary import summary
     from sedensenet.models import create_model
 
     row, curves = None, []
-    for seed in seeds:
-        # Same split (split_seed), same budget (no early stopping); only the model and the seed change.
-        settings = {**overrides, "model": model, "seed": seed, "split_seed": split_seed, "patience": 0,
-                    "project": str(out_dir), "name": f"{model}_seed{seed}", "exist_ok": True}  # fmt: skip
-        res = train(data=data, verbose=0, **settings)  # one table at the end, not a screen of epoch lines
+    for suffix, job in jobs:
+        # Same split (split_seed), same budget (no early stopping); only the model and the seed (or fold) change.
+        settings = {**overrides, **job, "model": model, "split_seed": split_seed, "patience": 0}
+        res = train_or_resume(data, out_dir / f"{model}_{suffix}", settings, held_out=bool(job.get("folds")))
         config = load_yaml(res.run_dir / "config.yaml")
-        num_classes = len(json.loads((res.run_dir / "classes.json").read_text(encoding="utf-8")))
+        classes = json.loads((res.run_dir / "classes.json").read_text(encoding="utf-8"))
         if row is None:
-            net = create_model(model, num_classes=num_classes, in_chans=int(config["in_chans"]))
+            net = create_model(model, num_classes=len(classes), in_chans=int(config["in_chans"]))
             s = summary(net, int(config["image_size"]))
             row = ModelRow(model, s.total_params, s.macs / 1e9, 0.0)
-        h = res.history
-        row.val_accuracy.append(max(h.history["val_accuracy"]))
-        auc = res.metrics.get("val", {}).get("roc_auc")
-        if auc is not None and num_classes == 2:
-            row.roc_auc.append(auc)
-        row.seconds_per_epoch += float(np.mean(h.seconds)) / len(seeds)
+        row.val_accuracy.append(max(res.column("val_accuracy")))
+        two = len(classes) == 2
+        if two and res.metrics.get("val", {}).get("roc_auc") is not None:
+            row.roc_auc.append(res.metrics["val"]["roc_auc"])
+        if "test" in res.metrics:
+            row.test_accuracy.append(res.metrics["test"]["accuracy"])
+            if two and res.metrics["test"].get("roc_auc") is not None:
+                row.test_roc_auc.append(res.metrics["test"]["roc_auc"])
+        row.seconds_per_epoch += float(np.mean(res.column("seconds"))) / len(jobs)
         row.runs.append(str(res.run_dir))
-        curves.append(h.history["val_accuracy"])
+        curves.append(res.column("val_accuracy"))
     assert row is not None
     return row, curves
 
@@ -154,13 +267,21 @@ def _write(result: CompareResult) -> None:
     atomic_write_text(result.out_dir / "compare.md", result.markdown() + "\n")
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["model", "params", "gmacs", "seconds_per_epoch", "seed", "best_val_accuracy", "roc_auc", "run"])
+    w.writerow(["model", "params", "gmacs", "seconds_per_epoch", "seed", "fold", "best_val_accuracy", "roc_auc",
+                "test_accuracy", "test_roc_auc", "run"])  # fmt: skip
     for r in result.rows:
-        for i, seed in enumerate(result.seeds):
-            auc = r.roc_auc[i] if i < len(r.roc_auc) else ""
-            w.writerow([r.model, r.params, f"{r.gmacs:.4f}", f"{r.seconds_per_epoch:.2f}", seed,
-                        f"{r.val_accuracy[i]:.6f}", auc, r.runs[i]])  # fmt: skip
+        for i, run in enumerate(r.runs):
+            seed = result.seeds[0] if result.folds else result.seeds[i]
+            fold = i + 1 if result.folds else ""
+            cells = [_at(r.roc_auc, i), _at(r.test_accuracy, i), _at(r.test_roc_auc, i)]
+            w.writerow([r.model, r.params, f"{r.gmacs:.4f}", f"{r.seconds_per_epoch:.2f}", seed, fold,
+                        f"{r.val_accuracy[i]:.6f}", *cells, run])  # fmt: skip
     atomic_write_text(result.out_dir / "compare.csv", buf.getvalue())
     atomic_write_json(
-        result.out_dir / "compare.json", {"seeds": result.seeds, "rows": [asdict(r) for r in result.rows]}
+        result.out_dir / "compare.json",
+        {"seeds": result.seeds, "folds": result.folds, "rows": [asdict(r) for r in result.rows]},
     )
+
+
+def _at(values: list[float], i: int) -> Any:
+    return values[i] if i < len(values) else ""

@@ -24,6 +24,11 @@ the checkpoint, or an int8 ``.onnx`` given directly), ``eager`` (the model's fas
 BN folded, channels_last on CPU), ``compile`` (torch.compile with frozen weights) or ``reference`` (the textbook
 modules, no fast path)."""
 
+TTA_MODES = ("none", "flip", "vflip", "scale", "flip+scale")
+"""Test-time augmentation: ``none``; ``flip``: the image and its mirror image (left-right: not for chest X-rays,
+text or asymmetric anatomy); ``vflip``: the image and its upside-down copy; ``scale``: the image and a zoomed-in
+view (the central 7/8 of each side, resized back); ``flip+scale``: the four views of ``flip`` and ``scale``."""
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adam", "adamw", "sgd"),
     "scheduler": ("none", "cosine", "plateau"),
@@ -33,6 +38,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "amp": ("auto", "off", "bf16", "fp16"),
     "compile": ("off", "on", "auto"),
     "monitor": ("val_accuracy", "val_loss"),
+    "tta": TTA_MODES,
     "dedupe": ("off", "exact", "near"),
     "calibrate": ("none", "temperature"),
     "memory_efficient": ("auto", "on", "off"),
@@ -41,12 +47,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 RESUME_MAY_CHANGE = frozenset(
     {"epochs", "device", "workers", "patience", "batch_size", "accumulate", "memory_efficient", "memory_limit",
-     "amp", "cache"}
+     "amp", "cache", "tta"}
     | {"threshold", "positive", "calibrate"}
 )  # fmt: skip
 """Settings a resumed run may change: more epochs, another device, and what it takes to fit in memory
-(a different ``batch_size`` or ``accumulate`` changes the results from there on; the others do not), and the
-decision rule that the end of the run chooses on validation."""
+(a different ``batch_size`` or ``accumulate`` changes the results from there on; the others do not), and what the
+end of the run does: the test-time augmentation of its evaluation and the decision rule it chooses on validation."""
 
 OUTPUT_FIELDS = frozenset({"memory_plan"})
 """Fields the run writes into config.yaml for the record (no command-line flag); each run writes its own."""
@@ -109,6 +115,11 @@ class TrainConfig:
     ``near`` (also re-encoded, resized or contrast-changed copies)."""
     split_seed: int = -1
     """Seed of the train/val split (-1: the same as ``seed``); ``compare`` fixes it across seeds."""
+    folds: int = 0
+    """k-fold cross-validation (``sedensenet cv`` sets it): the images are cut into this many stratified folds; this
+    run holds out fold ``fold`` as its test split and splits the rest into train and val (0: no folds)."""
+    fold: int = 0
+    """The held-out fold of a cross-validation run, 1 to ``folds``."""
     augment: str = "light"
     vflip: bool = False
     """Add vertical flips to augmentation (histology, satellite images)."""
@@ -156,6 +167,9 @@ class TrainConfig:
     """Also log to TensorBoard (needs the tensorboard package)."""
     max_pixels: int = 89_478_485
     """Images with more pixels are skipped (decompression-bomb guard; PIL's default)."""
+    tta: str = "none"
+    """Test-time augmentation of the final val/test evaluation: ``flip`` (horizontal: not for X-rays, text or
+    asymmetric anatomy), ``vflip``, ``scale`` (a zoomed-in view) or ``flip+scale``; probabilities averaged."""
     positive: str = ""
     """Two classes: the positive class for sensitivity, PPV, ROC/PR curves and the threshold (default: the second
     class in sorted order)."""
@@ -194,6 +208,10 @@ class TrainConfig:
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
         parse_threshold(self.threshold)
+        if self.folds and (self.folds < 2 or not 1 <= self.fold <= self.folds):
+            raise ConfigError(f"folds={self.folds}, fold={self.fold}: give folds >= 2 and a fold from 1 to folds")
+        if self.fold and not self.folds:
+            raise ConfigError(f"fold={self.fold} needs folds (the number of folds), e.g. --folds 5")
         if self.pretrained and self.weights:
             raise ConfigError("give either --pretrained or --weights FILE, not both")
 

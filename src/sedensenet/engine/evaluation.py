@@ -1,5 +1,5 @@
-"""Evaluation outputs for a split: metrics.json, classification table, confusion matrices, ROC, PR, calibration,
-top losses."""
+"""Evaluation outputs for a split: metrics.json, classification table, predictions.csv, confusion matrices, ROC,
+PR, calibration, top losses."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from sedensenet.reports import (
     plot_top_losses,
     write_classification_table,
     write_metrics,
+    write_predictions,
 )
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def write_evaluation(
     )  # fmt: skip
     write_metrics(report, out_dir / "metrics.json", extra=extra)
     write_classification_table(report, out_dir / "classification_report.txt")
+    write_predictions(out_dir / "predictions.csv", [s.path for s in samples], result.targets, probs, classes, y_pred)
     cm = np.asarray(report.confusion_matrix)
     plot_confusion_matrix(cm, classes, out_dir / "confusion_matrix.png")
     plot_confusion_matrix(cm, classes, out_dir / "confusion_matrix_normalized.png", normalize=True)

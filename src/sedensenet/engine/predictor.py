@@ -29,10 +29,12 @@ from sedensenet.data import (
     scan_folder,
 )
 from sedensenet.data.check import drop_duplicates_of_train
+from sedensenet.data.folds import fold_splits, fold_units
 from sedensenet.display import Table
 from sedensenet.engine.decision import decide, positive_of, postprocess
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import EpochResult, StepSettings, class_probabilities, evaluate_loader
+from sedensenet.engine.tta import check_tta, view_count, with_tta
 from sedensenet.inference import (
     BACKENDS,
     INT8_BACKEND,
@@ -104,10 +106,16 @@ class Predictor:
     """A model plus the preprocessing and class names its checkpoint carries."""
 
     def __init__(
-        self, model: nn.Module, meta: ckpt.CheckpointMeta, device: torch.device, backend: str = "auto"
+        self,
+        model: nn.Module,
+        meta: ckpt.CheckpointMeta,
+        device: torch.device,
+        backend: str = "auto",
+        tta: str = "none",
     ) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"unknown inference backend {backend!r}: choose from {list(BACKENDS)}")
+        self.tta = check_tta(tta)
         self.model = model.to(device).eval()
         self.meta = meta
         self.device = device
@@ -124,18 +132,22 @@ class Predictor:
         )
 
     @classmethod
-    def load(cls, source: str | os.PathLike | nn.Module, device: str = "auto", backend: str = "auto") -> Predictor:
+    def load(
+        cls, source: str | os.PathLike | nn.Module, device: str = "auto", backend: str = "auto", tta: str = "none"
+    ) -> Predictor:
         """From a checkpoint, a run folder, or a model returned by :func:`sedensenet.load_model`.
 
         ``backend`` picks how batches run (see :data:`sedensenet.inference.BACKENDS`); the default, ``auto``, uses ONNX
         Runtime on CPU for jobs of 256 images or more when it is installed, else the model's eager fast path.
         ``onnxruntime-int8`` runs the int8 model exported beside the checkpoint (``<checkpoint>.int8.onnx``), or
-        ``source`` itself when it is an int8 ``.onnx`` file.
+        ``source`` itself when it is an int8 ``.onnx`` file. ``tta`` (see :data:`sedensenet.config.TTA_MODES`)
+        averages the probabilities of a few views of each image.
         """
         from sedensenet.engine.device import select_device
 
         if backend not in BACKENDS:
             raise ConfigError(f"unknown inference backend {backend!r}: choose from {list(BACKENDS)}")
+        check_tta(tta)
         dev = select_device(device)
         if isinstance(source, nn.Module):
             meta = getattr(source, "meta", None)
@@ -144,7 +156,7 @@ class Predictor:
             if backend == INT8_BACKEND:
                 raise ConfigError(f"--backend {INT8_BACKEND} runs an exported int8 .onnx file: pass its path or the "
                                   "checkpoint it was exported from, not a model in memory")  # fmt: skip
-            return cls(source, meta, dev, backend)
+            return cls(source, meta, dev, backend, tta)
         path = ckpt.resolve_checkpoint(source)
         if backend == INT8_BACKEND:
             path = int8_model_path(path)
@@ -154,12 +166,12 @@ class Predictor:
             if backend == INT8_BACKEND and not int8:
                 raise ConfigError(f"{path} is an fp32 model; --backend {INT8_BACKEND} needs one exported with "
                                   "--quantize int8")  # fmt: skip
-            predictor = cls(onnx_model, onnx_model.meta, torch.device("cpu"), "reference")
+            predictor = cls(onnx_model, onnx_model.meta, torch.device("cpu"), "reference", tta)
             name = INT8_BACKEND if int8 else "onnxruntime"
             predictor._runner = (f"{name} (exported file)", onnx_model)
             return predictor
         model, meta = ckpt.load_checkpoint(path)
-        return cls(model, meta, dev, backend)
+        return cls(model, meta, dev, backend, tta)
 
     @property
     def backend_used(self) -> str:
@@ -167,12 +179,14 @@ class Predictor:
         return self._runner[0] if self._runner is not None else self.backend
 
     def run_samples(self, samples: list[Sample], batch_size: int) -> EpochResult:
-        """The model's raw softmax outputs (no temperature, no threshold) over labelled ``samples``."""
+        """The model's raw softmax outputs (no temperature, no threshold) over labelled ``samples``; with TTA the mean
+        of its views' probabilities, each batch's views through the backend in one call."""
         in_chans = self.meta.in_chans
         dataset = ImageFolderDataset(samples, transform=self.transform, in_chans=in_chans)
         loader = make_loader(dataset, batch_size, seed=0, train=False, device=self.device, workers=-1)
         criterion = nn.CrossEntropyLoss()
-        return evaluate_loader(self.runner(len(samples)), loader, criterion, StepSettings(self.device))
+        runner = with_tta(self.runner(len(samples) * view_count(self.tta)), self.tta)
+        return evaluate_loader(runner, loader, criterion, StepSettings(self.device))
 
     def runner(self, images: int | None = None) -> nn.Module:
         """The module batches go through: the model itself for ``reference``, else what
@@ -231,8 +245,9 @@ class Predictor:
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, module: nn.Module | None = None) -> np.ndarray:
         """Class probabilities ``(B, K)`` of a preprocessed batch ``(B, C, S, S)``, computed as :meth:`run_samples`
-        computes them; ``module`` is a runner from :meth:`runner` (default: the runner for this batch size)."""
-        module = self.runner(images.shape[0]) if module is None else module
+        computes them (with this predictor's TTA); ``module`` is a runner from :meth:`runner` (default: the runner for
+        this batch size)."""
+        module = with_tta(self.runner(images.shape[0]) if module is None else module, self.tta)
         settings = StepSettings(self.device)
         x, _ = settings.to_device(images, torch.zeros(images.shape[0], dtype=torch.long))
         with settings.autocast():
@@ -245,8 +260,8 @@ class Predictor:
         split: str = "auto",
         output: str | os.PathLike | None = None,
         batch_size: int = 32,
-        positive: str | None = None,
         dedupe: str = "off",
+        positive: str | None = None,
     ) -> Any:
         """Metrics of the model on a labelled folder, decided as :meth:`predict_files` decides; reports written to
         ``output`` when given. ``positive`` names the positive class of a two-class model (default: the stored
@@ -269,7 +284,8 @@ class Predictor:
             )  # fmt: skip
         out = Path(output)
         extra = {"data": str(data), "split": split, "data_classes": data_classes,
-                 "inference_backend": self.backend_used, "decision": meta.decision, "dedupe": dedupe}  # fmt: skip
+                 "inference_backend": self.backend_used, "decision": meta.decision, "dedupe": dedupe,
+                 "tta": self.tta}  # fmt: skip
         return write_evaluation(out, res, self.classes, samples, self.meta.in_chans, extra, meta=meta)
 
     def _meta_for(self, positive: str | None) -> ckpt.CheckpointMeta:
@@ -291,12 +307,17 @@ class Predictor:
         training images when ``dedupe`` is ``exact`` or ``near``)."""
         extra = self.meta.extra
         val_split = float(extra.get("val_split", 0.2)) if split == "val" else 0.0
-        groups = (extra.get("groups") or None) if val_split else None
+        seed = int(extra.get("seed", 123))
+        folds = int(extra.get("folds", 0)) if split in ("val", "test") else 0
+        groups = (extra.get("groups") or None) if val_split or folds else None
         if groups and not Path(groups).is_file():
             log.warning("the groups file %s the model was trained with is gone: the val split may differ", groups)
             groups = None
-        splits = scan_folder(resolve_data(str(data)), val_split=val_split, seed=int(extra.get("seed", 123)),
+        splits = scan_folder(resolve_data(str(data)), val_split=0.0 if folds else val_split, seed=seed,
                              groups=groups)  # fmt: skip
+        if folds:  # a cross-validation fold's model: its own held-out fold and val split
+            splits = fold_splits(splits, folds, int(extra["fold"]), float(extra.get("val_split", 0.2)), seed,
+                                 fold_units(splits))  # fmt: skip
         kept, dropped = drop_duplicates_of_train(splits, dedupe)
         chosen = _choose_split(kept, split)
         if dedupe != "off":

@@ -15,6 +15,7 @@ from sedensenet import checkpoint as ckpt
 from sedensenet.config import ConfigError, TrainConfig
 from sedensenet.data import DataError, DataSplits, resolve_data, scan_folder
 from sedensenet.data.check import drop_duplicates_of_train, exact_leaks, groups_across_splits
+from sedensenet.data.folds import fold_splits, fold_units
 from sedensenet.engine import build, memory
 from sedensenet.engine import distributed as dist
 from sedensenet.engine.decision import check_decision_settings
@@ -31,10 +32,18 @@ log = logging.getLogger(__name__)
 
 def scan(config: TrainConfig) -> DataSplits:
     """Resolve ``config.data`` (a folder or ``builtin:NAME``), check every file in it, warn of exact leaks and
-    drop duplicates of training images from val/test when ``config.dedupe`` asks."""
+    drop duplicates of training images from val/test when ``config.dedupe`` asks. With ``config.folds``, fold
+    ``config.fold`` is the test split and train and val come from the other folds (groups and duplicate clusters
+    kept whole)."""
     root = resolve_data(config.data)
-    splits = scan_folder(root, val_split=config.val_split, seed=config.data_split_seed, max_pixels=config.max_pixels,
-                         groups=config.groups or None)  # fmt: skip
+    if config.folds:
+        splits = scan_folder(root, val_split=0, seed=config.data_split_seed, max_pixels=config.max_pixels,
+                             groups=config.groups or None)  # fmt: skip
+        splits = fold_splits(splits, config.folds, config.fold, config.val_split, config.data_split_seed,
+                             fold_units(splits))  # fmt: skip
+    else:
+        splits = scan_folder(root, val_split=config.val_split, seed=config.data_split_seed,
+                             max_pixels=config.max_pixels, groups=config.groups or None)  # fmt: skip
     warn_leaks(splits, config.dedupe)
     splits, dropped = drop_duplicates_of_train(splits, config.dedupe)
     if config.dedupe != "off":
@@ -105,8 +114,8 @@ def prepare(
         model=model.config.to_dict(), classes=splits.classes, image_size=config.image_size,
         mean=list(mean), std=list(std),
         extra={"data": str(config.data), "val_split": config.val_split, "seed": config.data_split_seed,
-               "groups": config.groups,
-               "train_images": len(splits.train), "val_images": len(splits.val)},
+               "groups": config.groups, "train_images": len(splits.train), "val_images": len(splits.val),
+               **({"folds": config.folds, "fold": config.fold} if config.folds else {})},
     )  # fmt: skip
     if run_dir is None:
         run_dir = _new_run_dir(config)
@@ -324,8 +333,9 @@ def _epochs_done(state: dict[str, Any]) -> int:
 def finish(ctx: RunContext) -> dict[str, Any]:
     """Evaluate the best weights on val (and test) and write the reports (rank 0); returns the metrics.
 
-    Outputs come from the path ``predict`` takes by default (its backend, float32). The temperature and the
-    threshold are chosen on validation, stored in ``best.safetensors``, and applied unchanged to test.
+    Outputs come from the path ``predict`` takes by default (its backend, float32), with ``config.tta``'s views
+    when asked. The temperature and the threshold are chosen on validation, stored in ``best.safetensors``, and
+    applied unchanged to test; metrics.json says which TTA it was.
     """
     if not dist.is_main():
         return {}
@@ -339,13 +349,14 @@ def finish(ctx: RunContext) -> dict[str, Any]:
         ckpt.check_state_dict(best, tensors, ctx.model.state_dict())
         ctx.model.load_state_dict(tensors)
     c = ctx.config
-    predictor = Predictor(ctx.model, meta, ctx.settings.device, backend="auto")
+    predictor = Predictor(ctx.model, meta, ctx.settings.device, backend="auto", tta=c.tta)
     outputs, inference = {}, ""
     for split, samples in (("val", ctx.splits.val), ("test", ctx.splits.test)):
         if samples:
             res = outputs[split] = predictor.run_samples(samples, c.batch_size)
             res.loss = weighted_loss(ctx.criterion, res.targets, res.losses)
-            inference = inference or f"{predictor.backend_used} float32"  # what validation's outputs came from
+            # what validation's outputs came from (predict warns when it runs with another TTA)
+            inference = inference or f"{predictor.backend_used} float32" + (f", TTA {c.tta}" if c.tta != "none" else "")
     val = outputs.get("val")
     decision = fit_decision(
         meta, None if val is None else val.targets, None if val is None else val.probs,
@@ -358,7 +369,7 @@ def finish(ctx: RunContext) -> dict[str, Any]:
         samples = ctx.splits.val if split == "val" else ctx.splits.test
         out = ctx.run_dir if split == "val" else ctx.run_dir / "test"
         extra = {"split": split, "label": split_label(split, "test" in outputs), "best_epoch": ctx.state.best_epoch,
-                 "epochs_run": ctx.state.epoch, "decision": decision}  # fmt: skip
+                 "epochs_run": ctx.state.epoch, "decision": decision, "tta": c.tta}  # fmt: skip
         report = write_evaluation(out, res, ctx.splits.classes, samples, c.in_chans, extra, meta=meta)
         results[split] = {**report.to_dict(), "label": extra["label"], "decision": decision}
     return results

@@ -41,9 +41,11 @@ from sedensenet.reports.run import (
     check_writable,
     new_run_dir,
     read_history_csv,
+    read_predictions,
     write_classification_table,
     write_history_csv,
     write_metrics,
+    write_predictions,
 )
 
 __all__ = [
@@ -81,7 +83,9 @@ __all__ = [
     "plot_se_weights",
     "plot_top_losses",
     "read_history_csv",
+    "read_predictions",
     "write_classification_table",
     "write_history_csv",
     "write_metrics",
+    "write_predictions",
 ]

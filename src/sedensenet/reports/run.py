@@ -42,6 +42,7 @@ RUN_FILES: dict[str, str] = {
     "pr.png": "precision-recall curve of the positive class, with the operating threshold (two classes only)",
     "calibration.png": "reliability diagram: accuracy vs confidence, before and after temperature scaling",
     "top_losses.png": "the validation images with the highest loss",
+    "predictions.csv": "one row per validation image: path, true and predicted class, each class's probability",
     "train.log": "the log of the run",
     "duplicates.csv": "exact copies across splits or under two classes, found by the file check",
 }
@@ -177,6 +178,43 @@ def write_history_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -
     for row in rows:
         writer.writerow({key: _csv_value(value) for key, value in row.items()})
     return atomic_write_text(path, buffer.getvalue())
+
+
+def write_predictions(
+    path: str | os.PathLike,
+    files: Iterable[Any],
+    targets: Iterable[int],
+    probs: np.ndarray,
+    classes: list[str],
+    predicted: Iterable[int] | None = None,
+) -> Path:
+    """One row per image (atomically): ``path, label, predicted``, then ``p_<class>`` for every class.
+
+    ``predicted``: the decided class indices (a threshold's); default the argmax of the probabilities. The
+    columns are those :func:`read_predictions` reads back.
+    """
+    probs = np.asarray(probs)
+    decided = probs.argmax(1) if predicted is None else np.asarray(list(predicted))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label", "predicted", *(f"p_{c}" for c in classes)])
+    for file, target, pred, p in zip(files, targets, decided, probs, strict=True):
+        writer.writerow([os.fspath(file), classes[int(target)], classes[int(pred)], *(f"{v:.6g}" for v in p)])
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def read_predictions(
+    path: str | os.PathLike, classes: list[str]
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """A ``predictions.csv`` back: the paths, the true and the predicted labels as class indices, the probabilities."""
+    index = {c: i for i, c in enumerate(classes)}
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    paths = [r["path"] for r in rows]
+    labels = np.asarray([index[r["label"]] for r in rows], dtype=np.int64)
+    predicted = np.asarray([index[r["predicted"]] for r in rows], dtype=np.int64)
+    probs = np.asarray([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64)
+    return paths, labels, predicted, probs.reshape(-1, len(classes))
 
 
 def read_history_csv(path: str | os.PathLike) -> list[dict[str, Any]]:

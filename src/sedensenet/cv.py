@@ -1,0 +1,229 @@
+"""``sedensenet cv``: k-fold cross-validation. Every fold is a normal run folder; the summary gives every metric
+of the held-out folds as mean ± std with a 95% interval across folds, and pools the out-of-fold predictions.
+
+Fold ``k`` holds out one k-th of the images (stratified by class; groups and duplicate clusters kept whole), and
+splits the rest into train and val: the best epoch (and a threshold or temperature, when asked for) is chosen on
+that val part, never on the held-out fold. Rerunning the same command continues where it stopped: finished folds
+are read back, a killed fold resumes from its last epoch, missing folds train.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sedensenet.compare import RunOutcome, Summary, summarize, train_or_resume
+from sedensenet.config import ConfigError
+from sedensenet.engine.faults import TrainingInterrupted
+from sedensenet.fileio import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+NOT_METRICS = frozenset({"num_samples", "best_epoch", "epochs_run"})
+"""Numbers in metrics.json that describe the run rather than score it."""
+
+PLAN_FILE = "cv_plan.json"
+"""The settings a cross-validation folder was started with; a rerun with others is refused."""
+
+
+@dataclass
+class CVResult:
+    """The folds' held-out metrics, their summary and the pooled out-of-fold metrics, and where the files are."""
+
+    out_dir: Path
+    folds: int
+    per_fold: list[dict[str, float]]
+    summary: dict[str, Summary]
+    pooled: dict[str, float]
+    runs: list[Path] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def markdown(self) -> str:
+        """cv.md: one row per metric, mean ± std, the 95% interval, each fold and the pooled out-of-fold value."""
+        s = self.settings
+        lines = [
+            f"# Cross-validation: {s.get('data')}, {self.folds} folds",
+            "",
+            f"{s.get('model')}, {s.get('epochs')} epochs, {s.get('image_size')} px, seed {s.get('seed')}; folds "
+            f"stratified by class{' and grouped by ' + str(s['groups']) if s.get('groups') else ''}, duplicate "
+            "clusters kept in one fold; best epoch chosen on each fold's own val part"
+            + (f"; TTA {s['tta']}" if s.get("tta", "none") != "none" else ""),
+            "",
+            "| metric | mean ± std | 95% interval | " + " | ".join(f"fold {k}" for k in range(1, self.folds + 1))
+            + " | pooled out-of-fold |",
+            "|---|---:|---:|" + "---:|" * self.folds + "---:|",
+        ]  # fmt: skip
+        for name, stat in self.summary.items():
+            cells = [_fmt(f.get(name)) for f in self.per_fold]
+            lines.append(f"| {name} | {stat.text()} | {stat.interval()} | {' | '.join(cells)} | "
+                         f"{_fmt(self.pooled.get(name))} |")  # fmt: skip
+        lines += [
+            "",
+            f"Each fold's figures are on its held-out images only. 95% interval: Student's t over the {self.folds} "
+            "fold values (clipped to [0, 1] for scores that cannot leave it). Pooled out-of-fold: every image scored "
+            "once, by the model that did not train on it "
+            "(oof.csv" + (", roc.png)." if "roc_auc" in self.pooled else ")."),
+        ]
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def default_name(data: str) -> str:
+    """The cross-validation folder's name: the built-in set's or the data folder's name."""
+    text = str(data).rstrip("/\\")
+    return text.split(":", 1)[1] if text.startswith("builtin:") else (Path(text).name or "cv")
+
+
+def cross_validate(
+    data: str,
+    folds: int = 5,
+    project: str | os.PathLike = "runs",
+    name: str | None = None,
+    **overrides: Any,
+) -> CVResult:
+    """Train one run per fold under ``project/cv/name/fold_k`` and summarise the held-out folds.
+
+    Args:
+        data: image folder or ``builtin:NAME``; a ``test/`` folder is left out (every other image is held out once).
+        folds: how many folds (at least 2, at most the images, or groups, of the smallest class).
+        project: folder that holds the ``cv/`` folder.
+        name: the cross-validation's folder name (default: the data set's name); rerunning with the same name
+            continues it.
+        **overrides: any training setting (epochs, model, image_size, groups, threshold, …), shared by every fold.
+
+    Raises:
+        ConfigError / DataError: bad settings, a fold count the data cannot fill, a groups file that misses
+            files, or a folder started with other settings: all before any training.
+    """
+    from sedensenet.api import training_config
+    from sedensenet.engine.session import scan
+
+    if "fold" in overrides:
+        raise ConfigError("cv trains every fold; to train one fold alone use `sedensenet train --folds K --fold N`")
+    overrides.pop("exist_ok", None)  # each fold reuses its own folder: that is how a rerun continues it
+    base, _ = training_config(data, folds=folds, fold=1, **overrides)
+    scan(base)  # every file checked, the folds feasible, the groups file complete: before any training
+    out_dir = Path(project) / "cv" / (name or default_name(data))
+    settings = {k: v for k, v in base.to_dict().items() if k not in ("project", "name", "exist_ok", "fold")}
+    _claim(out_dir, settings)
+    runs: list[RunOutcome] = []
+    for k in range(1, folds + 1):
+        job = {**overrides, "folds": folds, "fold": k, "split_seed": base.data_split_seed}
+        log.info("cross-validation %s: fold %d of %d", out_dir, k, folds)
+        try:
+            runs.append(train_or_resume(data, out_dir / f"fold_{k}", job, held_out=True))
+        except TrainingInterrupted as e:
+            raise TrainingInterrupted(
+                f"{e}\nOr rerun the same cv command: finished folds are kept, fold {k} resumes and the rest train",
+                e.run_dir, e.epoch, e.signum, e.command,
+            ) from None  # fmt: skip
+    return summarize_folds(out_dir, runs, settings)
+
+
+def _claim(out_dir: Path, settings: dict[str, Any]) -> None:
+    """Start ``out_dir`` with these settings, or continue it when it was started with the same ones."""
+    plan = out_dir / PLAN_FILE
+    wanted = json.loads(json.dumps(settings))
+    if plan.is_file():
+        before = json.loads(plan.read_text(encoding="utf-8"))
+        differ = sorted(k for k in set(before) | set(wanted) if before.get(k) != wanted.get(k))
+        if differ:
+            shown = ", ".join(f"{k} {before.get(k)!r} -> {wanted.get(k)!r}" for k in differ[:5])
+            raise ConfigError(
+                f"{out_dir} holds a cross-validation started with other settings ({shown}): rerun it as it was to "
+                "continue it, or give --name for a new one"
+            )
+        log.info("continuing the cross-validation in %s", out_dir)
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan, wanted)
+
+
+def summarize_folds(out_dir: Path, runs: list[RunOutcome], settings: dict[str, Any]) -> CVResult:
+    """cv.md, cv.csv, cv.json, oof.csv (and roc.png for two classes) from the finished fold runs."""
+    per_fold = [_scores(r.metrics["test"]) for r in runs]
+    names = [n for n in per_fold[0] if all(n in f for f in per_fold)]
+    summary = {n: summarize([f[n] for f in per_fold], _bounds(n)) for n in names}
+    pooled = _pooled(out_dir, runs)
+    result = CVResult(out_dir, len(runs), per_fold, summary, pooled, [r.run_dir for r in runs], settings)
+    atomic_write_text(out_dir / "cv.md", result.markdown() + "\n")
+    _write_csv(result)
+    atomic_write_json(out_dir / "cv.json", {
+        "folds": result.folds, "settings": settings, "per_fold": per_fold, "pooled_out_of_fold": pooled,
+        "summary": {n: vars(s) for n, s in summary.items()}, "runs": [str(p) for p in result.runs],
+    })  # fmt: skip
+    log.info("cross-validation written to %s\n%s", out_dir, result.markdown())
+    return result
+
+
+BOUNDED = ("accuracy", "precision", "recall", "f1", "auc", "sensitivity", "specificity", "ppv", "npv")
+"""Metrics (by the end of their name) that lie in [0, 1]: their intervals are clipped to it."""
+
+
+def _bounds(name: str) -> tuple[float, float] | None:
+    return (0.0, 1.0) if name.endswith(BOUNDED) else None
+
+
+def _scores(metrics: dict[str, Any]) -> dict[str, float]:
+    """The scalar metrics of a metrics.json (accuracy, F1s, ROC-AUC, loss, …), not its bookkeeping."""
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k not in NOT_METRICS
+    }
+
+
+def _pooled(out_dir: Path, runs: list[RunOutcome]) -> dict[str, float]:
+    """Every held-out prediction in one table (oof.csv), its metrics and, for two classes, its ROC curve."""
+    from sedensenet.reports import compute_metrics, plot_roc, read_predictions
+
+    classes = json.loads((runs[0].run_dir / "classes.json").read_text(encoding="utf-8"))
+    rows, labels, decided, probs = [], [], [], []
+    for k, run in enumerate(runs, start=1):
+        paths, y, pred, p = read_predictions(run.run_dir / "test" / "predictions.csv", classes)
+        rows += [(k, path) for path in paths]
+        labels.append(y)
+        decided.append(pred)
+        probs.append(p)
+    y, pred, p = np.concatenate(labels), np.concatenate(decided), np.concatenate(probs)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["fold", "path", "label", "predicted", *(f"p_{c}" for c in classes)])
+    for (k, path), target, label, row in zip(rows, y, pred, p, strict=True):
+        w.writerow([k, path, classes[target], classes[label], *(f"{v:.6g}" for v in row)])
+    atomic_write_text(out_dir / "oof.csv", buf.getvalue())
+    loss = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+    report = compute_metrics(y.tolist(), p, classes, loss=loss)
+    if len(classes) == 2 and len(set(y.tolist())) == 2:
+        plot_roc(y, p[:, 1], out_dir / "roc.png", pos_label_name=classes[1])
+    return _scores(report.to_dict())
+
+
+def _write_csv(result: CVResult) -> None:
+    names = list(result.summary)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["row", *names])
+    for k, fold in enumerate(result.per_fold, start=1):
+        w.writerow([f"fold_{k}", *(_cell(fold.get(n)) for n in names)])
+    for row in ("mean", "std", "low", "high"):
+        label = {"low": "ci95_low", "high": "ci95_high"}.get(row, row)
+        w.writerow([label, *(_cell(getattr(result.summary[n], row)) for n in names)])
+    w.writerow(["pooled_out_of_fold", *(_cell(result.pooled.get(n)) for n in names)])
+    atomic_write_text(result.out_dir / "cv.csv", buf.getvalue())
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None or not math.isfinite(value) else f"{value:.6f}"

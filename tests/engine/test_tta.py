@@ -1,0 +1,134 @@
+"""Test-time augmentation: the views, their averaged probabilities, ``none`` unchanged, every backend, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from imagegen import CLASSES, make_folder  # noqa: E402
+
+import sedensenet  # noqa: E402
+from sedensenet.cli import main  # noqa: E402
+from sedensenet.config import TTA_MODES, ConfigError  # noqa: E402
+from sedensenet.engine.loop import StepSettings, evaluate_loader  # noqa: E402
+from sedensenet.engine.predictor import Predictor  # noqa: E402
+from sedensenet.engine.tta import TTAModule, make_views, view_count, with_tta  # noqa: E402
+
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny model with moved weights (so views give different outputs) and a folder of 12 images."""
+    root = tmp_path_factory.mktemp("tta")
+    data = make_folder(root / "数据", per_class=6)
+    torch.manual_seed(1)
+    model = sedensenet.create_model("se_densenet_tiny", num_classes=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(8, 3, 24, 24) * 2 + 0.5).logsumexp(1).mean().backward()
+        opt.step()
+    meta = sedensenet.checkpoint.CheckpointMeta(
+        model=model.config.to_dict(), classes=list(CLASSES), image_size=24, mean=[0.5] * 3, std=[0.25] * 3
+    )
+    path = root / "模型.safetensors"
+    sedensenet.checkpoint.save_checkpoint(path, model, meta)
+    return path, data
+
+
+def test_views_are_the_original_then_flips_and_zooms() -> None:
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    assert [view_count(m) for m in TTA_MODES] == [1, 2, 2, 2, 4]
+    flip = make_views(x, "flip")
+    assert flip.shape == (4, 3, 8, 8)
+    assert torch.equal(flip[:2], x) and torch.equal(flip[2:], x.flip(-1))
+    assert torch.equal(make_views(x, "vflip")[2:], x.flip(-2))
+    both = make_views(x, "flip+scale")
+    assert both.shape == (8, 3, 8, 8)
+    zoom = both[4:6]
+    assert torch.equal(both[6:], zoom.flip(-1))
+    assert not torch.allclose(zoom, x)
+    # A constant image zooms to itself: the view is a crop resized back to the same size.
+    const = torch.full((1, 1, 8, 8), 0.25)
+    assert torch.allclose(make_views(const, "scale")[1], const[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["flip", "vflip", "scale", "flip+scale"])
+def test_tta_probabilities_are_the_mean_of_each_views(checkpoint: tuple[Path, Path], mode: str) -> None:
+    model = sedensenet.load_model(checkpoint[0]).eval()
+    x = torch.randn(5, 3, 24, 24)
+    with torch.no_grad():
+        tta = TTAModule(model, mode)(x).softmax(1)
+        views = make_views(x, mode).view(view_count(mode), 5, 3, 24, 24)
+        each = torch.stack([model(v).softmax(1) for v in views])  # (V, B, classes)
+    assert not torch.allclose(each[0], each[1], atol=1e-4)  # the views do disagree
+    torch.testing.assert_close(tta, each.mean(0), rtol=0, atol=1e-6)
+
+
+def test_tta_none_is_bit_identical_to_the_plain_path(checkpoint: tuple[Path, Path]) -> None:
+    path, data = checkpoint
+    predictor = Predictor.load(path, device="cpu", backend="eager")
+    samples, _ = predictor.labelled_samples(data, "all")
+    assert with_tta(predictor.runner(12), "none") is predictor.runner(12)
+    plain = Predictor.load(path, device="cpu", backend="eager")
+    dataset = sedensenet.data.ImageFolderDataset(samples, transform=plain.transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=32)
+    before = evaluate_loader(plain.runner(12), loader, torch.nn.CrossEntropyLoss(), StepSettings(torch.device("cpu")))
+    after = predictor.run_samples(samples, 32)
+    assert np.array_equal(before.probs, after.probs) and before.loss == after.loss
+
+
+def _cli_predict(path: Path, data: Path, out: Path, *flags: str) -> list[dict[str, str]]:
+    assert main(["predict", str(path), str(data), "--top-k", "2", "--device", "cpu", "--output", str(out), *flags]) == 0
+    with open(out, encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_tta_none_output_equals_no_flag_and_flip_differs(checkpoint: tuple[Path, Path], tmp_path: Path) -> None:
+    path, data = checkpoint
+    default = _cli_predict(path, data, tmp_path / "a.csv")
+    none = _cli_predict(path, data, tmp_path / "b.csv", "--tta", "none")
+    flip = _cli_predict(path, data, tmp_path / "c.csv", "--tta", "flip")
+    assert default == none and len(none) == 12
+    assert [r["top_k"] for r in flip] != [r["top_k"] for r in none]
+
+
+def test_evaluate_reports_the_tta(checkpoint: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    path, data = checkpoint
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(path), "--data", str(data), "--tta", "flip+scale", "--output", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["tta"] == "flip+scale"
+    assert "TTA flip+scale: mean of 4 views" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime and onnx are not installed")
+@pytest.mark.parametrize("backend", ["onnxruntime", "file"])
+def test_onnx_backends_get_the_views_too(checkpoint: tuple[Path, Path], tmp_path: Path, backend: str) -> None:
+    path, data = checkpoint
+    eager = sedensenet.predict(path, data, top_k=2, device="cpu", backend="eager", tta="flip+scale")
+    if backend == "file":
+        from sedensenet.export import export_model
+
+        source, backend = export_model(path, output=tmp_path / "m.onnx").path, "auto"
+    else:
+        source = path
+    ort = sedensenet.predict(source, data, top_k=2, device="cpu", backend=backend, tta="flip+scale")
+    a = np.array([[dict(p.top_k)[c] for c in CLASSES] for p in eager])
+    b = np.array([[dict(p.top_k)[c] for c in CLASSES] for p in ort])
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+
+
+def test_unknown_tta_is_refused_before_any_work(checkpoint: tuple[Path, Path]) -> None:
+    with pytest.raises(ConfigError, match="unknown test-time augmentation 'mirror'.*flip"):
+        Predictor.load(checkpoint[0], device="cpu", tta="mirror")
+    with pytest.raises(ConfigError, match="tta='mirror' is not valid"):
+        sedensenet.config.TrainConfig(tta="mirror")
