@@ -46,6 +46,8 @@ class CVResult:
     pooled: dict[str, float]
     runs: list[Path] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    pooled_intervals: dict[str, list[float]] = field(default_factory=dict)
+    """Bootstrap 95% intervals of the pooled out-of-fold metrics (over images), where the metrics compute them."""
 
     def markdown(self) -> str:
         """cv.md: one row per metric, mean ± std, the 95% interval, each fold and the pooled out-of-fold value."""
@@ -64,14 +66,17 @@ class CVResult:
         ]  # fmt: skip
         for name, stat in self.summary.items():
             cells = [_fmt(f.get(name)) for f in self.per_fold]
-            lines.append(f"| {name} | {stat.text()} | {stat.interval()} | {' | '.join(cells)} | "
-                         f"{_fmt(self.pooled.get(name))} |")  # fmt: skip
+            ci = self.pooled_intervals.get(name)
+            pooled = _fmt(self.pooled.get(name)) + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+            lines.append(f"| {name} | {stat.text()} | {stat.interval()} | {' | '.join(cells)} | {pooled} |")
         lines += [
             "",
             f"Each fold's figures are on its held-out images only. 95% interval: Student's t over the {self.folds} "
             "fold values (clipped to [0, 1] for scores that cannot leave it). Pooled out-of-fold: every image scored "
-            "once, by the model that did not train on it "
-            "(oof.csv" + (", roc.png)." if "roc_auc" in self.pooled else ")."),
+            "once, by the model that did not train on it, each fold deciding with its own threshold (oof.csv"
+            + (", roc.png" if "roc_auc" in self.pooled else "")
+            + "); its intervals: stratified bootstrap over the "
+            "images. threshold and temperature rows: what each fold chose on its own val part.",
         ]
         return "\n".join(lines)
 
@@ -156,13 +161,14 @@ def summarize_folds(out_dir: Path, runs: list[RunOutcome], settings: dict[str, A
     per_fold = [_scores(r.metrics["test"]) for r in runs]
     names = [n for n in per_fold[0] if all(n in f for f in per_fold)]
     summary = {n: summarize([f[n] for f in per_fold], _bounds(n)) for n in names}
-    pooled = _pooled(out_dir, runs)
-    result = CVResult(out_dir, len(runs), per_fold, summary, pooled, [r.run_dir for r in runs], settings)
+    pooled, pooled_ci = _pooled(out_dir, runs)
+    result = CVResult(out_dir, len(runs), per_fold, summary, pooled, [r.run_dir for r in runs], settings, pooled_ci)
     atomic_write_text(out_dir / "cv.md", result.markdown() + "\n")
     _write_csv(result)
     atomic_write_json(out_dir / "cv.json", {
         "folds": result.folds, "settings": settings, "per_fold": per_fold, "pooled_out_of_fold": pooled,
-        "summary": {n: vars(s) for n, s in summary.items()}, "runs": [str(p) for p in result.runs],
+        "pooled_out_of_fold_intervals": pooled_ci, "summary": {n: vars(s) for n, s in summary.items()},
+        "runs": [str(p) for p in result.runs],
     })  # fmt: skip
     log.info("cross-validation written to %s\n%s", out_dir, result.markdown())
     return result
@@ -176,17 +182,26 @@ def _bounds(name: str) -> tuple[float, float] | None:
     return (0.0, 1.0) if name.endswith(BOUNDED) else None
 
 
+NESTED = {"binary": ("sensitivity", "specificity", "ppv", "npv"), "calibration": ("ece", "temperature")}
+"""Scalars inside metrics.json's sections that cv summarises too (the positive class's, and calibration's)."""
+
+
 def _scores(metrics: dict[str, Any]) -> dict[str, float]:
-    """The scalar metrics of a metrics.json (accuracy, F1s, ROC-AUC, loss, …), not its bookkeeping."""
+    """The scalar metrics of a metrics.json (accuracy, F1s, ROC-AUC, loss, sensitivity, ECE, …, and the threshold
+    and temperature the fold chose on its val part), not its bookkeeping."""
+    flat = dict(metrics)
+    for section, names in NESTED.items():
+        flat.update({n: (metrics.get(section) or {}).get(n) for n in names})
     return {
         k: float(v)
-        for k, v in metrics.items()
+        for k, v in flat.items()
         if isinstance(v, int | float) and not isinstance(v, bool) and k not in NOT_METRICS
     }
 
 
-def _pooled(out_dir: Path, runs: list[RunOutcome]) -> dict[str, float]:
-    """Every held-out prediction in one table (oof.csv), its metrics and, for two classes, its ROC curve."""
+def _pooled(out_dir: Path, runs: list[RunOutcome]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Every held-out prediction in one table (oof.csv), its metrics with their bootstrap intervals and, for two
+    classes, its ROC curve."""
     from sedensenet.reports import compute_metrics, plot_roc, read_predictions
 
     classes = json.loads((runs[0].run_dir / "classes.json").read_text(encoding="utf-8"))
@@ -204,11 +219,19 @@ def _pooled(out_dir: Path, runs: list[RunOutcome]) -> dict[str, float]:
     for (k, path), target, label, row in zip(rows, y, pred, p, strict=True):
         w.writerow([k, path, classes[target], classes[label], *(f"{v:.6g}" for v in row)])
     atomic_write_text(out_dir / "oof.csv", buf.getvalue())
-    loss = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
-    report = compute_metrics(y.tolist(), p, classes, loss=loss)
-    if len(classes) == 2 and len(set(y.tolist())) == 2:
-        plot_roc(y, p[:, 1], out_dir / "roc.png", pos_label_name=classes[1])
-    return _scores(report.to_dict())
+    calibrated = any((r.metrics["test"].get("calibration") or {}).get("temperature") for r in runs)
+    # The folds' loss is the raw model's; with a temperature oof.csv holds calibrated probabilities (see nll, ece).
+    loss = None if calibrated else float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+    positive_name = runs[0].metrics["test"].get("positive_class")
+    positive = classes.index(positive_name) if positive_name in classes else (1 if len(classes) == 2 else None)
+    # Each fold's own decisions (its threshold); the bootstrap intervals are the metrics machinery's, over images.
+    report = compute_metrics(y.tolist(), p, classes, loss=loss, y_pred=pred, positive=positive)
+    if positive is not None and len(set(y.tolist())) == 2:
+        plot_roc((y == positive).astype(int), p[:, positive], out_dir / "roc.png", pos_label_name=classes[positive])
+    pooled = report.to_dict()
+    scores = _scores(pooled)
+    scores.pop("threshold", None)  # each fold has its own
+    return scores, {k: v for k, v in pooled.get("intervals", {}).items() if isinstance(v, list) and len(v) == 2}
 
 
 def _write_csv(result: CVResult) -> None:

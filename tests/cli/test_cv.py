@@ -22,7 +22,8 @@ TINY = ["--model", "se_densenet_tiny", "--image-size", "16", "--epochs", "1", "-
 def cv_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
     root = tmp_path_factory.mktemp("cv")
     data = make_folder(root / "数据", per_class=7)
-    argv = ["cv", "--data", str(data), "--folds", "3", *TINY, "--tta", "flip", "--project", str(root / "runs"), "-q"]
+    argv = ["cv", "--data", str(data), "--folds", "3", *TINY, "--tta", "flip", "--threshold", "youden", "--calibrate",
+            "temperature", "--project", str(root / "runs"), "-q"]  # fmt: skip
     assert main(argv) == 0
     return root / "runs" / "cv" / "数据", data, argv
 
@@ -39,7 +40,12 @@ def test_cv_writes_fold_runs_and_the_summary(cv_run: tuple[Path, Path, list[str]
         for name in ("config.yaml", "weights/best.safetensors", "metrics.json", "test/metrics.json"):
             assert (fold / name).is_file(), (k, name)
         test = json.loads((fold / "test" / "metrics.json").read_text(encoding="utf-8"))
+        val = json.loads((fold / "metrics.json").read_text(encoding="utf-8"))
         assert test["tta"] == "flip" and test["split"] == "test"
+        # threshold and temperature chosen on the fold's own val part, applied unchanged to its held-out fold
+        assert test["decision"]["chosen_on"] == "validation" and test["decision"]["threshold"] == "youden"
+        assert test["threshold"] == val["threshold"] is not None
+        assert test["calibration"]["temperature"] == val["calibration"]["temperature"] is not None
     oof = _rows(out / "oof.csv")
     files = sorted(str(p) for p in data.rglob("*.png"))
     assert sorted(r["path"] for r in oof) == files  # every image held out exactly once
@@ -55,6 +61,10 @@ def test_cv_writes_fold_runs_and_the_summary(cv_run: tuple[Path, Path, list[str]
     assert low <= mean <= high
     md = (out / "cv.md").read_text(encoding="utf-8")
     assert "| accuracy |" in md and "| roc_auc |" in md and "pooled out-of-fold" in md and "TTA flip" in md
+    assert "| threshold |" in md and "| temperature |" in md and "| sensitivity |" in md
+    oof_accuracy = sum(r["label"] == r["predicted"] for r in oof) / len(oof)
+    assert float(table["pooled_out_of_fold"]["accuracy"]) == pytest.approx(oof_accuracy, abs=1e-6)
+    assert json.loads((out / "cv.json").read_text(encoding="utf-8"))["pooled_out_of_fold_intervals"]["accuracy"]
     assert (out / "roc.png").stat().st_size > 0
 
 
