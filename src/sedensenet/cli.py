@@ -164,6 +164,9 @@ def _predict_sharded(args: argparse.Namespace) -> int:
 
     if not args.output:
         raise ConfigError("sharded prediction (torchrun, --resume) writes its rows to a file: give --output FILE.csv")
+    if args.tta != "none":
+        raise ConfigError(f"--tta {args.tta} is not available for sharded prediction (torchrun, --resume) yet: drop "
+                          "--tta, or predict in one process without --resume")  # fmt: skip
     res = predict_sharded(args.checkpoint, args.images, args.output, top_k=args.top_k, batch_size=args.batch_size,
                           device=args.device, backend=args.backend, resume=args.resume)  # fmt: skip
     if res is not None:

@@ -132,3 +132,11 @@ def test_unknown_tta_is_refused_before_any_work(checkpoint: tuple[Path, Path]) -
         Predictor.load(checkpoint[0], device="cpu", tta="mirror")
     with pytest.raises(ConfigError, match="tta='mirror' is not valid"):
         sedensenet.config.TrainConfig(tta="mirror")
+
+
+def test_sharded_prediction_refuses_tta_before_any_work(checkpoint: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    path, data = checkpoint
+    out = tmp_path / "p.csv"
+    argv = ["predict", str(path), str(data), "--resume", "--output", str(out), "--tta", "flip", "--device", "cpu"]
+    assert main(argv) == 2
+    assert "--tta flip is not available for sharded prediction" in capsys.readouterr().err and not out.exists()
