@@ -75,8 +75,9 @@ class CVResult:
             "fold values (clipped to [0, 1] for scores that cannot leave it). Pooled out-of-fold: every image scored "
             "once, by the model that did not train on it, each fold deciding with its own threshold (oof.csv"
             + (", roc.png" if "roc_auc" in self.pooled else "")
-            + "); its intervals: stratified bootstrap over the "
-            "images. threshold and temperature rows: what each fold chose on its own val part.",
+            + "); its intervals: stratified bootstrap over the images."
+            + (" threshold and temperature: what each fold chose on its own val part."
+               if {"threshold", "temperature"} & set(self.summary) else ""),  # fmt: skip
         ]
         return "\n".join(lines)
 
