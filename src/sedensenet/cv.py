@@ -76,8 +76,11 @@ class CVResult:
             "once, by the model that did not train on it, each fold deciding with its own threshold (oof.csv"
             + (", roc.png" if "roc_auc" in self.pooled else "")
             + "); its intervals: stratified bootstrap over the images."
-            + (" threshold and temperature: what each fold chose on its own val part."
-               if {"threshold", "temperature"} & set(self.summary) else ""),  # fmt: skip
+            + (
+                " threshold and temperature: what each fold chose on its own val part."
+                if {"threshold", "temperature"} & set(self.summary)
+                else ""
+            ),
         ]
         return "\n".join(lines)
 
