@@ -171,15 +171,17 @@ def predict(
     batch_size: int = 32,
     device: str = "auto",
     backend: str = "auto",
+    amp: str = "auto",
 ) -> list[Prediction]:
     """Classify image files (folders are searched recursively); unreadable files get an error entry.
 
     ``backend``: how batches run (``auto``, ``onnxruntime``, ``eager``, ``compile`` or ``reference``, the
-    unoptimised modules); see :data:`sedensenet.inference.BACKENDS`.
+    unoptimised modules); see :data:`sedensenet.inference.BACKENDS`. ``amp``: ``auto`` (bf16 autocast on CPUs
+    with bf16 matrix units and on GPUs, else float32), ``off`` (float32), ``bf16`` or ``fp16``.
     """
     from sedensenet.engine.predictor import Predictor
 
-    predictor = Predictor.load(model, device=device, backend=backend)
+    predictor = Predictor.load(model, device=device, backend=backend, amp=amp)
     return predictor.predict_files(inputs, top_k=top_k, batch_size=batch_size)
 
 
@@ -191,14 +193,15 @@ def evaluate(
     batch_size: int = 32,
     device: str = "auto",
     backend: str = "auto",
+    amp: str = "auto",
 ) -> Any:
     """Evaluate a checkpoint on a labelled folder and write the reports to ``output``.
 
     ``split``: ``auto`` (``test/`` if present, else ``val/``, else every image of a class-per-folder tree),
     or ``train``, ``val``, ``test``, ``all``. Classes are matched by name with the checkpoint's. ``backend`` as
-    for :func:`predict`.
+    and ``amp`` as for :func:`predict`; metrics.json records the precision used.
     """
     from sedensenet.engine.predictor import Predictor
 
-    predictor = Predictor.load(model, device=device, backend=backend)
+    predictor = Predictor.load(model, device=device, backend=backend, amp=amp)
     return predictor.evaluate_folder(data, split=split, output=output, batch_size=batch_size)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sedensenet import __version__
-from sedensenet.config import DEFAULT_MODEL, INFERENCE_BACKENDS, ConfigError
+from sedensenet.config import CHOICES, DEFAULT_MODEL, INFERENCE_BACKENDS, ConfigError
 from sedensenet.errors import UserError
 
 log = logging.getLogger("sedensenet")
@@ -44,7 +44,7 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field; only flags the user gives override (default=SUPPRESS)."""
-    from sedensenet.config import CHOICES, TrainConfig
+    from sedensenet.config import TrainConfig
 
     docs = _field_docs(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -85,7 +85,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = args.output or (resolve_checkpoint(args.checkpoint).parent.parent / f"eval_{args.split}")
     report = evaluate(args.checkpoint, args.data, split=args.split, output=out, batch_size=args.batch_size,
-                      device=args.device, backend=args.backend)  # fmt: skip
+                      device=args.device, backend=args.backend, amp=args.amp)  # fmt: skip
     print(report.format_table())
     print(f"accuracy {report.accuracy:.4f}" + (f", ROC-AUC {report.roc_auc:.4f}" if report.roc_auc else ""))
     print(f"Reports: {out}")
@@ -98,7 +98,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     preds = predict(
         args.checkpoint, args.images, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
-        backend=args.backend,
+        backend=args.backend, amp=args.amp,
     )  # fmt: skip
     rows = probabilities_to_rows(preds)
     if args.output:
@@ -244,6 +244,10 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
         "--backend", default="auto", choices=INFERENCE_BACKENDS,
         help="auto: ONNX Runtime on CPU for 256+ images when installed, else the eager fast path; "
         "reference: the unoptimised modules",
+    )  # fmt: skip
+    p.add_argument(
+        "--amp", default="auto", choices=CHOICES["amp"],
+        help="auto: bf16 on CPUs with bf16 matrix units (AVX512-BF16/AMX) and on GPUs, else fp32; off: fp32",
     )  # fmt: skip
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from sedensenet import checkpoint as ckpt
-from sedensenet.config import ConfigError
+from sedensenet.config import CHOICES, ConfigError
 from sedensenet.data import (
     IMG_EXTENSIONS,
     DataError,
@@ -25,11 +25,13 @@ from sedensenet.data import (
     resolve_data,
     scan_folder,
 )
+from sedensenet.engine.device import amp_dtype, precision_name
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import EpochResult, StepSettings, evaluate_loader
 from sedensenet.inference import BACKENDS, OnnxModel, describe, optimize_for_inference
 
 log = logging.getLogger(__name__)
+AMP_CHOICES = CHOICES["amp"]
 
 
 @dataclass
@@ -61,14 +63,19 @@ class Predictor:
     """A model plus the preprocessing and class names its checkpoint carries."""
 
     def __init__(
-        self, model: nn.Module, meta: ckpt.CheckpointMeta, device: torch.device, backend: str = "auto"
-    ) -> None:
+        self, model: nn.Module, meta: ckpt.CheckpointMeta, device: torch.device, backend: str = "auto",
+        amp: str = "auto",
+    ) -> None:  # fmt: skip
         if backend not in BACKENDS:
             raise ConfigError(f"unknown inference backend {backend!r}: choose from {list(BACKENDS)}")
+        if amp not in AMP_CHOICES:
+            raise ConfigError(f"--amp {amp!r}: choose from {list(AMP_CHOICES)}")
         self.model = model.to(device).eval()
         self.meta = meta
         self.device = device
         self.backend = backend
+        self.amp = amp
+        self._amp_dtype: torch.dtype | None | bool = False  # resolved on first use (False: not yet)
         self._runner: tuple[str, nn.Module] | None = None
         self.classes = list(meta.classes)
         self.transform = build_transforms(
@@ -81,11 +88,15 @@ class Predictor:
         )
 
     @classmethod
-    def load(cls, source: str | os.PathLike | nn.Module, device: str = "auto", backend: str = "auto") -> Predictor:
+    def load(
+        cls, source: str | os.PathLike | nn.Module, device: str = "auto", backend: str = "auto", amp: str = "auto"
+    ) -> Predictor:
         """From a checkpoint, a run folder, or a model returned by :func:`sedensenet.load_model`.
 
         ``backend`` picks how batches run (see :data:`sedensenet.inference.BACKENDS`); the default, ``auto``, uses ONNX
         Runtime on CPU for jobs of 256 images or more when it is installed, else the model's eager fast path.
+        ``amp`` as training's ``--amp``: ``auto`` runs the eager path under bf16 autocast on CPUs with bf16 matrix
+        units (and then ``backend='auto'`` stays eager, faster there than ONNX Runtime in float32), ``off`` float32.
         """
         from sedensenet.engine.device import select_device
 
@@ -94,22 +105,32 @@ class Predictor:
             meta = getattr(source, "meta", None)
             if meta is None:
                 raise ValueError("this model carries no classes or preprocessing: load it with sedensenet.load_model")
-            return cls(source, meta, dev, backend)
+            return cls(source, meta, dev, backend, amp)
         path = ckpt.resolve_checkpoint(source)
         if path.suffix == ".onnx":
             onnx_model = OnnxModel(path)
-            predictor = cls(onnx_model, onnx_model.meta, torch.device("cpu"), "reference")
+            predictor = cls(onnx_model, onnx_model.meta, torch.device("cpu"), "reference", "off")
             predictor._runner = ("onnxruntime (exported file)", onnx_model)
             return predictor
         model, meta = ckpt.load_checkpoint(path)
-        return cls(model, meta, dev, backend)
+        return cls(model, meta, dev, backend, amp)
 
     def run_samples(self, samples: list[Sample], batch_size: int) -> EpochResult:
         in_chans = self.meta.in_chans
         dataset = ImageFolderDataset(samples, transform=self.transform, in_chans=in_chans)
         loader = make_loader(dataset, batch_size, seed=0, train=False, device=self.device, workers=-1)
         criterion = nn.CrossEntropyLoss()
-        return evaluate_loader(self.runner(len(samples)), loader, criterion, StepSettings(self.device))
+        runner = self.runner(len(samples))
+        return evaluate_loader(runner, loader, criterion, StepSettings(self.device, self.amp_dtype))
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype batches run under (None: float32); ONNX Runtime and exported files run float32."""
+        if self._amp_dtype is False:
+            self._amp_dtype = amp_dtype(self.amp, self.device)
+        if self._runner is not None and self._runner[0].startswith("onnxruntime"):
+            return None
+        return self._amp_dtype  # type: ignore[return-value]
 
     def runner(self, images: int | None = None) -> nn.Module:
         """The module batches go through: the model itself for ``reference``, else what
@@ -123,7 +144,8 @@ class Predictor:
             return self._runner[1]
         size = self.meta.image_size
         example = torch.zeros(2, self.meta.in_chans, size, size, device=self.device).uniform_(-2, 2)
-        module = optimize_for_inference(self.model, example, self.backend, images=images)
+        backend = "eager" if self.backend == "auto" and self.amp_dtype is not None else self.backend
+        module = optimize_for_inference(self.model, example, backend, images=images)
         self._runner = (describe(module), module)
         log.debug("inference backend for %s images: %s", images, self._runner[0])
         return module
@@ -167,7 +189,8 @@ class Predictor:
             return compute_metrics(res.targets.tolist(), res.probs, self.classes, loss=res.loss)
         out = Path(output)
         used = self._runner[0] if self._runner is not None else self.backend
-        extra = {"data": str(data), "split": split, "data_classes": data_classes, "inference_backend": used}
+        extra = {"data": str(data), "split": split, "data_classes": data_classes, "inference_backend": used,
+                 "precision": precision_name(self.amp_dtype)}  # fmt: skip
         return write_evaluation(out, res, self.classes, samples, self.meta.in_chans, extra)
 
     def labelled_samples(self, data: str | os.PathLike, split: str) -> tuple[list[Sample], list[str]]:

@@ -16,7 +16,7 @@ from sedensenet.config import ConfigError, TrainConfig
 from sedensenet.data import DataError, DataSplits, resolve_data, scan_folder
 from sedensenet.engine import build
 from sedensenet.engine import distributed as dist
-from sedensenet.engine.device import seed_everything, select_device, step_settings
+from sedensenet.engine.device import precision_name, seed_everything, select_device, step_settings
 from sedensenet.engine.evaluation import write_evaluation
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import evaluate_loader
@@ -246,6 +246,7 @@ def finish(ctx: RunContext) -> dict[str, Any]:
         )
         res = evaluate_loader(ctx.model, loader, ctx.criterion, ctx.settings)
         out = ctx.run_dir if split == "val" else ctx.run_dir / "test"
-        extra = {"split": split, "best_epoch": ctx.state.best_epoch, "epochs_run": ctx.state.epoch}
+        extra = {"split": split, "best_epoch": ctx.state.best_epoch, "epochs_run": ctx.state.epoch,
+                 "precision": precision_name(ctx.settings.amp_dtype)}  # fmt: skip
         results[split] = write_evaluation(out, res, ctx.splits.classes, samples, c.in_chans, extra).to_dict()
     return results
