@@ -156,6 +156,9 @@ def run_setting(setting: Setting, device: str, threads: int, log: Any) -> list[R
             base_row.seconds += pair
             base_row.pair_rates.append(setting.batch / statistics.median(pair))
             row.final = cand.finish()
+            # Logged as it comes, so a run stopped midway (a busy machine) still leaves its finished rows.
+            log(f"    speed {statistics.median(row.ratios):.2f}x (ratios {', '.join(f'{v:.2f}' for v in row.ratios)}), "
+                f"candidate {row.seconds}, baseline {pair}, final {row.final}")  # fmt: skip
         except (RuntimeError, BrokenPipeError, json.JSONDecodeError) as e:
             row.error = str(e)[-200:]
         finally:
