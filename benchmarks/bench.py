@@ -7,6 +7,7 @@ candidate step (alternating which goes first), and a candidate's speed ratio is 
 
     python benchmarks/bench.py                 # full run (CPU: about 12-15 minutes on 2 cores)
     python benchmarks/bench.py --quick         # fewer steps and configurations, no compile
+    python benchmarks/bench.py --configs 'bf16|CLI|inference path'   # only some rows (regex on the name)
     python benchmarks/bench.py --device cuda   # AMP bf16 + channels_last + compile, 224 and 128 px
 
 See benchmarks/README.md for what each row means and the latest table.
@@ -155,6 +156,9 @@ def run_setting(setting: Setting, device: str, threads: int, log: Any) -> list[R
             base_row.seconds += pair
             base_row.pair_rates.append(setting.batch / statistics.median(pair))
             row.final = cand.finish()
+            # Logged as it comes, so a run stopped midway (a busy machine) still leaves its finished rows.
+            log(f"    speed {statistics.median(row.ratios):.2f}x (ratios {', '.join(f'{v:.2f}' for v in row.ratios)}), "
+                f"candidate {row.seconds}, baseline {pair}, final {row.final}")  # fmt: skip
         except (RuntimeError, BrokenPipeError, json.JSONDecodeError) as e:
             row.error = str(e)[-200:]
         finally:
@@ -268,6 +272,11 @@ def cpu_settings(args: argparse.Namespace, notes: list[str]) -> list[Setting]:
     # What the command-line tool runs: it calls tune_malloc() (the baseline stays plain glibc), except in
     # memory-efficient mode, where the plain row above is the CLI's.
     cli_train = [Config("ours default + tune_malloc() (CLI)", "ours", {"tune_malloc": True})]
+    # bf16 autocast (what `--amp auto` picks on CPUs with bf16 matrix units), against the same fp32 baseline.
+    bf16_train = [
+        Config("ours bf16 default + tune_malloc() (CLI)", "ours", {"tune_malloc": True, "amp": True}),
+        Config("ours bf16 memory_efficient", "ours", {"memory_efficient": True, "amp": True}),
+    ]
     extra_train = [Config("ours channels_last (model.to)", "ours", {"channels_last": True})]
     compiled = Config("ours torch.compile (channels_last)", "ours", {"compile": True, "channels_last": True})
     steps_train = args.steps or (3 if quick else 5)
@@ -275,11 +284,15 @@ def cpu_settings(args: argparse.Namespace, notes: list[str]) -> list[Setting]:
     warm = args.warmup or 1
     settings = []
     for size, batch in ((224, 16), (128, 32)):
-        cands = peers + ours + ([] if quick else cli_train) + ([] if quick or size != 224 else extra_train)
+        cands = peers + ours + ([] if quick else cli_train) + bf16_train
+        cands += [] if quick or size != 224 else extra_train
         if args.compile and size == 224:
             cands = [*cands, compiled]
         settings.append(Setting("train", size, batch, "glibc", tv, cands, steps_train, warm))
-    inf = [Config("ours eager (inference path)", "ours", {"backend": "eager"})]
+    inf = [
+        Config("ours eager (inference path)", "ours", {"backend": "eager"}),
+        Config("ours bf16 eager (inference path)", "ours", {"backend": "eager", "amp": True}),
+    ]
     if importlib.util.find_spec("onnxruntime"):
         inf.append(Config("ours optimize_for_inference: onnxruntime", "ours", {"backend": "onnxruntime"}))
     else:

@@ -213,6 +213,7 @@ def predict(
     device: str = "auto",
     backend: str = "auto",
     tta: str = "none",
+    amp: str = "auto",
 ) -> Predictions:
     """Classify image files (folders are searched recursively); unreadable files get an error entry.
 
@@ -222,11 +223,12 @@ def predict(
     ``backend``: how batches run (``auto``, ``onnxruntime``, ``eager``, ``compile`` or ``reference``, the
     unoptimised modules); see :data:`sedensenet.inference.BACKENDS`. ``tta``: test-time augmentation, the mean
     probabilities of a few views of each image (``flip``, ``vflip``, ``scale``, ``flip+scale``; see
-    :data:`sedensenet.config.TTA_MODES`: horizontal flips swap left and right).
+    :data:`sedensenet.config.TTA_MODES`: horizontal flips swap left and right). ``amp``: ``auto`` (bf16 autocast on
+    CPUs with bf16 matrix units and on GPUs, else float32), ``off`` (float32), ``bf16`` or ``fp16``.
     """
     from sedensenet.engine.predictor import Predictor
 
-    predictor = Predictor.load(model, device=device, backend=backend, tta=tta)
+    predictor = Predictor.load(model, device=device, backend=backend, tta=tta, amp=amp)
     return Predictions(predictor.predict_files(inputs, top_k=top_k, batch_size=batch_size))
 
 
@@ -276,19 +278,20 @@ def evaluate(
     tta: str = "none",
     dedupe: str = "off",
     positive: str | None = None,
+    amp: str = "auto",
 ) -> Any:
     """Evaluate a checkpoint on a labelled folder and write the reports to ``output``.
 
     ``split``: ``auto`` (``test/`` if present, else ``val/``, else every image of a class-per-folder tree),
-    or ``train``, ``val``, ``test``, ``all``. Classes are matched by name with the checkpoint's. ``backend`` and
-    ``tta`` as for :func:`predict` (metrics.json records both). The checkpoint's temperature and threshold decide,
-    as in :func:`predict`; ``positive`` names the class that sensitivity, PPV and the curves are about (two classes;
-    default: the stored one). ``dedupe`` (``exact`` or ``near``) leaves out val/test
-    images that duplicate training images.
+    or ``train``, ``val``, ``test``, ``all``. Classes are matched by name with the checkpoint's. ``backend``,
+    ``tta`` and ``amp`` as for :func:`predict` (metrics.json records them and the precision used). The checkpoint's
+    temperature and threshold decide, as in :func:`predict`; ``positive`` names the class that sensitivity, PPV and
+    the curves are about (two classes; default: the stored one). ``dedupe`` (``exact`` or ``near``) leaves out
+    val/test images that duplicate training images.
     """
     from sedensenet.engine.predictor import Predictor
 
-    predictor = Predictor.load(model, device=device, backend=backend, tta=tta)
+    predictor = Predictor.load(model, device=device, backend=backend, tta=tta, amp=amp)
     return predictor.evaluate_folder(
         data, split=split, output=output, batch_size=batch_size, dedupe=dedupe, positive=positive
     )

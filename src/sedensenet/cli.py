@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sedensenet import __version__
-from sedensenet.config import DEFAULT_MODEL, INFERENCE_BACKENDS, TTA_MODES, ConfigError
+from sedensenet.config import CHOICES, DEFAULT_MODEL, INFERENCE_BACKENDS, TTA_MODES, ConfigError
 from sedensenet.errors import UserError
 
 log = logging.getLogger("sedensenet")
@@ -111,6 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.output or (resolve_checkpoint(args.checkpoint).parent.parent / f"eval_{args.split}")
     report = evaluate(args.checkpoint, args.data, split=args.split, output=out, batch_size=args.batch_size,
                       device=args.device, backend=args.backend, dedupe=args.dedupe, tta=args.tta,
+                      amp=args.amp,
                       positive=args.positive)  # fmt: skip
     print(report.format_text())
     tta = "" if args.tta == "none" else f" (TTA {args.tta}: mean of {view_count(args.tta)} views)"
@@ -143,7 +144,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_sharded(args)
     preds = predict(
         args.checkpoint, args.images, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
-        backend=args.backend, tta=args.tta,
+        backend=args.backend, tta=args.tta, amp=args.amp,
     )  # fmt: skip
     rows = probabilities_to_rows(preds)
     if args.output:
@@ -352,6 +353,10 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
         "reference: the unoptimised modules",
     )  # fmt: skip
     p.add_argument("--tta", default="none", choices=TTA_MODES, help=TTA_HELP)
+    p.add_argument(
+        "--amp", default="auto", choices=CHOICES["amp"],
+        help="auto: bf16 on CPUs with bf16 matrix units (AVX512-BF16/AMX) and on GPUs, else fp32; off: fp32",
+    )  # fmt: skip
 
 
 TTA_HELP = (

@@ -134,7 +134,8 @@ class TrainConfig:
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
     amp: str = "auto"
-    """Mixed precision: ``auto`` (bf16 on GPUs that have it, else fp16; off on CPU), ``off``, ``bf16``, ``fp16``."""
+    """Mixed precision: ``auto`` (bf16 on GPUs that have it, else fp16; bf16 on CPUs with bf16 matrix units,
+    AVX512-BF16 or AMX; else off), ``off`` (float32), ``bf16``, ``fp16``."""
     channels_last: bool = True
     """Use the channels_last memory format on GPU."""
     compile: str = "off"

@@ -44,7 +44,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _probabilities(path: Path, data: Path, backend: str) -> torch.Tensor:
-    preds = sedensenet.predict(path, data, top_k=2, device="cpu", backend=backend)
+    """Float32 probabilities (amp pinned off: these tests compare numbers to 1e-4)."""
+    preds = sedensenet.predict(path, data, top_k=2, device="cpu", backend=backend, amp="off")
     return torch.tensor([[dict(p.top_k)[c] for c in CLASSES] for p in preds], dtype=torch.float64)
 
 
@@ -57,7 +58,7 @@ def test_every_backend_predicts_what_the_reference_modules_do(checkpoint: tuple[
 
 
 def test_auto_uses_onnxruntime_for_large_jobs_only(checkpoint: tuple[Path, Path]) -> None:
-    predictor = Predictor.load(checkpoint[0], device="cpu")
+    predictor = Predictor.load(checkpoint[0], device="cpu", amp="off")  # bf16 CPUs stay eager (test_amp)
     small = predictor.runner(images=10)
     assert not isinstance(small, OnnxRuntimeModule)
     large = predictor.runner(images=ONNX_MIN_IMAGES)
@@ -77,7 +78,7 @@ def test_evaluate_cli_takes_a_backend(checkpoint: tuple[Path, Path], tmp_path: P
     for backend in ("reference", "eager"):
         out = tmp_path / backend
         argv = ["evaluate", str(path), "--data", str(data), "--split", "all", "--output", str(out)]
-        assert main([*argv, "--backend", backend, "--device", "cpu", "-q"]) == 0
+        assert main([*argv, "--backend", backend, "--device", "cpu", "--amp", "off", "-q"]) == 0
         assert (out / "metrics.json").is_file()
     ref, eager = (
         json.loads((tmp_path / b / "metrics.json").read_text(encoding="utf-8")) for b in ("reference", "eager")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 from sedensenet.config import TrainConfig
 from sedensenet.engine.loop import StepSettings
 from sedensenet.errors import DeviceError
+
+log = logging.getLogger(__name__)
 
 
 def select_device(name: str) -> torch.device:
@@ -33,12 +36,60 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def step_settings(config: TrainConfig, device: torch.device) -> tuple[StepSettings, torch.amp.GradScaler | None]:
-    """Mixed precision and memory format for ``device``: AMP and channels_last only on GPUs."""
-    amp = config.amp
+def cpu_bf16() -> tuple[bool, str]:
+    """Whether this CPU runs bf16 matrix work on bf16 units that PyTorch's oneDNN uses, and why (for the log).
+
+    oneDNN's own query (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) is true on any AVX-512 x86 CPU, where
+    bf16 without AVX512-BF16 or AMX is emulated and slower than float32; so on x86 the CPU must also report
+    ``avx512_bf16`` or ``amx_bf16`` (``torch.cpu.get_capabilities``). On Arm oneDNN's query already asks for the
+    BF16 extension.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False, "this PyTorch has no oneDNN"
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False, "oneDNN reports no bf16 support on this CPU"
+    try:
+        caps = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):
+        caps = {}
+    if not str(caps.get("architecture", "")).startswith("x86"):
+        return True, f"oneDNN bf16 on {caps.get('architecture') or 'this CPU'}"
+    units = [name for name in ("amx_bf16", "avx512_bf16") if caps.get(name)]
+    if not units:
+        return False, "no AVX512-BF16 or AMX-BF16 on this x86 CPU (oneDNN would emulate bf16, slower than fp32)"
+    return True, f"oneDNN uses this CPU's {' and '.join(units)}"
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``--amp`` asks for on ``device``; ``auto`` picks it and logs which and why.
+
+    ``auto``: bf16 on CUDA GPUs that support it (else fp16), bf16 on CPUs with bf16 matrix units
+    (:func:`cpu_bf16`), float32 elsewhere. ``off`` is float32 everywhere.
+    """
+    if amp not in ("auto", "off", "bf16", "fp16"):
+        raise ValueError(f"--amp {amp!r}: choose auto, off, bf16 or fp16")
     if amp == "auto":
-        amp = "off" if device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        if device.type == "cuda":
+            amp, why = ("bf16", "GPU supports bf16") if torch.cuda.is_bf16_supported() else ("fp16", "no bf16 on GPU")
+        elif device.type == "cpu":
+            ok, why = cpu_bf16()
+            amp = "bf16" if ok else "off"
+        else:
+            amp, why = "off", f"no mixed precision by default on {device.type}"
+        log.info("--amp auto: %s on %s (%s; --amp off forces float32)", "fp32" if amp == "off" else amp,
+                 device.type, why)  # fmt: skip
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``fp32``, ``bf16`` or ``fp16``: how a run computed, for metrics files and logs."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def step_settings(config: TrainConfig, device: torch.device) -> tuple[StepSettings, torch.amp.GradScaler | None]:
+    """Mixed precision (see :func:`amp_dtype`) and memory format for ``device``: channels_last only on GPUs (on CPU
+    the model's fast path runs channels_last itself)."""
+    dtype = amp_dtype(config.amp, device)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     return StepSettings(device, dtype, channels_last=config.channels_last and device.type == "cuda"), scaler
 

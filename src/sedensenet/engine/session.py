@@ -19,7 +19,7 @@ from sedensenet.data.folds import fold_splits, fold_units
 from sedensenet.engine import build, memory
 from sedensenet.engine import distributed as dist
 from sedensenet.engine.decision import check_decision_settings
-from sedensenet.engine.device import seed_everything, select_device, step_settings
+from sedensenet.engine.device import precision_name, seed_everything, select_device, step_settings
 from sedensenet.engine.evaluation import write_evaluation
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import weighted_loss
@@ -333,8 +333,8 @@ def _epochs_done(state: dict[str, Any]) -> int:
 def finish(ctx: RunContext) -> dict[str, Any]:
     """Evaluate the best weights on val (and test) and write the reports (rank 0); returns the metrics.
 
-    Outputs come from the path ``predict`` takes by default (its backend, float32), with ``config.tta``'s views
-    when asked. The temperature and the threshold are chosen on validation, stored in ``best.safetensors``, and
+    Outputs come from the path ``predict`` takes by default (its backend and ``--amp auto`` precision), with
+    ``config.tta``'s views when asked. The temperature and the threshold are chosen on validation, stored in ``best.safetensors``, and
     applied unchanged to test; metrics.json says which TTA it was.
     """
     if not dist.is_main():
@@ -349,14 +349,17 @@ def finish(ctx: RunContext) -> dict[str, Any]:
         ckpt.check_state_dict(best, tensors, ctx.model.state_dict())
         ctx.model.load_state_dict(tensors)
     c = ctx.config
-    predictor = Predictor(ctx.model, meta, ctx.settings.device, backend="auto", tta=c.tta)
+    predictor = Predictor(ctx.model, meta, ctx.settings.device, backend="auto", tta=c.tta, amp="auto")
     outputs, inference = {}, ""
     for split, samples in (("val", ctx.splits.val), ("test", ctx.splits.test)):
         if samples:
             res = outputs[split] = predictor.run_samples(samples, c.batch_size)
             res.loss = weighted_loss(ctx.criterion, res.targets, res.losses)
             # what validation's outputs came from (predict warns when it runs with another TTA)
-            inference = inference or f"{predictor.backend_used} float32" + (f", TTA {c.tta}" if c.tta != "none" else "")
+            precision = precision_name(predictor.amp_dtype)
+            inference = inference or f"{predictor.backend_used} {precision}" + (
+                f", TTA {c.tta}" if c.tta != "none" else ""
+            )
     val = outputs.get("val")
     decision = fit_decision(
         meta, None if val is None else val.targets, None if val is None else val.probs,
@@ -369,7 +372,8 @@ def finish(ctx: RunContext) -> dict[str, Any]:
         samples = ctx.splits.val if split == "val" else ctx.splits.test
         out = ctx.run_dir if split == "val" else ctx.run_dir / "test"
         extra = {"split": split, "label": split_label(split, "test" in outputs), "best_epoch": ctx.state.best_epoch,
-                 "epochs_run": ctx.state.epoch, "decision": decision, "tta": c.tta}  # fmt: skip
+                 "epochs_run": ctx.state.epoch, "decision": decision, "tta": c.tta,
+                 "precision": precision_name(predictor.amp_dtype)}  # fmt: skip
         report = write_evaluation(out, res, ctx.splits.classes, samples, c.in_chans, extra, meta=meta)
         results[split] = {**report.to_dict(), "label": extra["label"], "decision": decision}
     return results

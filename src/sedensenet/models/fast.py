@@ -34,9 +34,17 @@ early layers' 1x1 bottlenecks, are recomputed):
 **Inference** (eval mode without autograd): the same buffer, ``norm1`` from running statistics into the
 shared scratch, and ``norm2`` folded into ``conv1`` (it directly follows it).
 
+**Autocast** (bf16 or fp16): the paths do what the reference modules do under autocast. Convolutions run in the
+autocast dtype (their weights cast to it, their gradients returned in float32); ``nn.BatchNorm2d`` is on neither
+of autocast's lists, so on a bf16 input it keeps float32 statistics and parameters, computes in float32 and
+rounds its output to bf16: the paths compute statistics and every per-channel scale, shift and gradient
+coefficient in float32 and keep the buffers (feature buffer, scratch, bottleneck outputs) in bf16. A dense
+block applies only when its input already is in the autocast dtype (see :func:`_autocast_matches`).
+
 Results equal the reference path up to float rounding (tests/perf compare outputs, gradients and running
-statistics, exactly in float64). The fast paths step aside whenever their assumptions do not hold: tracing,
-scripting, ``torch.compile``, dispatch modes (FLOP counting), autocast, hooks on the layers, per-layer SE,
+statistics, exactly in float64, and under bf16 autocast within bf16's rounding). The fast paths step aside
+whenever their assumptions do not hold: tracing,
+scripting, ``torch.compile``, dispatch modes (FLOP counting), hooks on the layers, per-layer SE,
 dropout in training, BN without affine parameters, any normalisation other than a plain ``nn.BatchNorm2d``
 (``SyncBatchNorm`` must gather its statistics across processes itself), and gradients through a block in eval mode.
 Not thread-safe per network (the scratch storage is shared): run one forward or backward of a model at a time.
@@ -110,9 +118,17 @@ def _usable_input(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.is_floating_point() and x.shape[0] * x.shape[2] * x.shape[3] >= 2
 
 
+def _autocast_matches(x: torch.Tensor) -> bool:
+    """Outside autocast always; under autocast when ``x`` already is in its dtype (as every block's input is in
+    a DenseNet under autocast: the stem's convolution produces it). A float32 block input under autocast would
+    make the reference promote the concatenation to float32, which the block's one-dtype buffer does not do."""
+    device = x.device.type
+    return not torch.is_autocast_enabled(device) or x.dtype == torch.get_autocast_dtype(device)
+
+
 def block_applies(block: DenseBlock, x: torch.Tensor) -> bool:
     """Whether a fast path applies to ``block`` on ``x`` (memory-efficient training or inference)."""
-    if not plain_eager() or not _usable_input(x) or torch.is_autocast_enabled(x.device.type) or has_hooks(block):
+    if not plain_eager() or not _usable_input(x) or not _autocast_matches(x) or has_hooks(block):
         return False
     layers: list[DenseLayer] = list(block.values())
     if not layers:
@@ -161,7 +177,7 @@ def _memory_efficient_transition(transition: Transition, x: torch.Tensor) -> boo
     norm, pool = transition.norm, transition.pool
     if not (transition.training and norm.training and _plain_bn(norm) and plain_eager() and _usable_input(x)):
         return False
-    if torch.is_autocast_enabled(x.device.type) or has_hooks(transition) or not torch.is_grad_enabled():
+    if has_hooks(transition) or not torch.is_grad_enabled():
         return False
     return isinstance(pool, nn.AvgPool2d) and pool.padding == 0 and not pool.ceil_mode and pool.divisor_override is None
 
@@ -192,7 +208,7 @@ def _memory_efficient_stem(model: DenseNet, x: torch.Tensor) -> bool:
     norm, pool = features.norm0, features.pool0
     if not (norm.training and _plain_bn(norm) and plain_eager() and torch.is_grad_enabled()):
         return False
-    if torch.is_autocast_enabled(x.device.type) or any(has_hooks(features._modules[n]) for n in names):
+    if any(has_hooks(features._modules[n]) for n in names):
         return False
     if features._forward_hooks or features._forward_pre_hooks or features._backward_hooks:
         return False  # the stem path calls the children itself, so hooks on the container would not run

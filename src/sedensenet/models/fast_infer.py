@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sedensenet.models.fast_storage import chan, conv2d, preferred_format, scratch
+from sedensenet.models.fast_storage import conv2d, preferred_format, scale_shift, scratch
 
 if TYPE_CHECKING:
     from sedensenet.models.densenet import DenseBlock
@@ -27,10 +27,11 @@ def eval_block(block: DenseBlock, x: torch.Tensor) -> torch.Tensor:
         n1, n2 = layer.norm1, layer.norm2
         scale1 = n1.weight * (n1.running_var + n1.eps).rsqrt()
         act1 = scratch(block, (b, c, h, w), x, fmt)
-        torch.addcmul(chan(n1.bias - n1.running_mean * scale1), buf[:, :c], chan(scale1), out=act1).relu_()
-        # norm2 directly follows conv1: fold it into conv1's weight and a bias (exact up to rounding).
+        scale_shift(buf[:, :c], scale1, n1.bias - n1.running_mean * scale1, out=act1).relu_()
+        # norm2 directly follows conv1: fold it into conv1's weight and a bias (exact up to rounding; under
+        # autocast folded in float32, then cast to the data's dtype as autocast casts conv1's weight).
         scale2 = n2.weight * (n2.running_var + n2.eps).rsqrt()
-        weight1 = layer.conv1.weight * scale2.view(-1, 1, 1, 1)
-        y1 = conv2d(act1, layer.conv1, weight1, n2.bias - n2.running_mean * scale2).relu_()
-        buf[:, c : c + k].copy_(conv2d(y1, layer.conv2, layer.conv2.weight))
+        weight1 = (layer.conv1.weight * scale2.view(-1, 1, 1, 1)).to(x.dtype)
+        y1 = conv2d(act1, layer.conv1, weight1, (n2.bias - n2.running_mean * scale2).to(x.dtype)).relu_()
+        buf[:, c : c + k].copy_(conv2d(y1, layer.conv2, layer.conv2.weight.to(x.dtype)))
     return buf

@@ -18,9 +18,12 @@ from sedensenet.models.fast_storage import (
     chan,
     conv2d,
     conv2d_backward,
+    low_precision,
     momentum,
     preferred_format,
+    scale_shift,
     scratch,
+    stat_dtype,
     update_running,
 )
 
@@ -33,7 +36,8 @@ def train_block(block: DenseBlock, x: torch.Tensor) -> torch.Tensor:
     params = [t for layer in block.values() for t in _layer_params(layer)]
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return _SharedStorageBlock.apply(block, x, *params)
-    return _train_forward(block, x, params, saved=None)[0]
+    with torch.autocast(x.device.type, enabled=False):
+        return _train_forward(block, x, params, saved=None)[0]
 
 
 def _layer_params(layer: DenseLayer) -> tuple[torch.Tensor, ...]:
@@ -49,6 +53,10 @@ def _train_forward(
 
     When ``saved`` is a list, each layer appends what its backward needs: the bottleneck output ``y1``, its
     batch mean and inverse std, and norm1's per-channel scale and shift.
+
+    Under autocast (bf16/fp16 ``x``, run here with autocast off) this does what the reference does: the
+    convolutions in ``x``'s dtype with their weights cast to it, BatchNorm statistics and per-channel arithmetic
+    in float32 with the normalised values rounded to ``x``'s dtype, the buffer in ``x``'s dtype.
     """
     layers: list[DenseLayer] = list(block.values())
     b, c0, h, w = x.shape
@@ -58,7 +66,7 @@ def _train_forward(
     fmt = preferred_format(x)
     buf = torch.empty((b, total, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
     buf[:, :c0].copy_(x)
-    mean = torch.empty(total, dtype=x.dtype, device=x.device)
+    mean = torch.empty(total, dtype=stat_dtype(x), device=x.device)
     var = torch.empty_like(mean)
     mean[:c0], var[:c0] = batch_stats(x)
     scratch(block, (b, total, h, w), x, fmt)  # reserve once: backward's gradient needs the whole width
@@ -69,13 +77,13 @@ def _train_forward(
         shift1 = b1 - mean[:c] * scale1
         update_running(layer.norm1, mean[:c], var[:c], n)
         act1 = scratch(block, (b, c, h, w), x, fmt)
-        torch.addcmul(chan(shift1), buf[:, :c], chan(scale1), out=act1).relu_()  # norm1 + relu1: (B, c, H, W)
-        y1 = conv2d(act1, layer.conv1, w1)  # (B, bn_size*k, H, W)
+        scale_shift(buf[:, :c], scale1, shift1, out=act1).relu_()  # norm1 + relu1: (B, c, H, W)
+        y1 = conv2d(act1, layer.conv1, w1.to(x.dtype))  # (B, bn_size*k, H, W)
         n2 = layer.norm2
         act2, mean2, invstd2 = aten.native_batch_norm(
             y1, g2, b2, n2.running_mean, n2.running_var, True, momentum(n2), n2.eps
         )
-        y2 = conv2d(act2.relu_(), layer.conv2, w2)  # (B, k, H, W)
+        y2 = conv2d(act2.relu_(), layer.conv2, w2.to(x.dtype))  # (B, k, H, W)
         del act2
         buf[:, c : c + k].copy_(y2)
         mean[c : c + k], var[c : c + k] = batch_stats(y2)
@@ -103,7 +111,8 @@ class _SharedStorageBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, block: DenseBlock, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         saved: list[tuple[torch.Tensor, ...]] = []
-        buf, mean, var = _train_forward(block, x, params, saved)
+        with torch.autocast(x.device.type, enabled=False):  # the casts autocast would make are explicit
+            buf, mean, var = _train_forward(block, x, params, saved)
         ctx.block, ctx.c0, ctx.fmt, ctx.layer_saved = block, x.shape[1], preferred_format(x), saved
         ctx.save_for_backward(buf, mean, var, *params)
         return buf
@@ -122,7 +131,7 @@ class _SharedStorageBlock(torch.autograd.Function):
             grad.copy_(grad_out)  # (a transition in memory-efficient mode hands it over in place already)
         # The per-channel affine part of every norm1's input gradient, summed over the layers that read the
         # channel: d(buf)[c] += coef[c] * (buf[c] - mean[c]) + const[c], applied once the channel is complete.
-        coef = torch.zeros(total, dtype=buf.dtype, device=buf.device)
+        coef = torch.zeros(total, dtype=mean.dtype, device=buf.device)
         const = torch.zeros_like(coef)
         eps = {layer.norm1.eps for layer in layers}
         invstd = (var + eps.pop()).rsqrt() if len(eps) == 1 else None
@@ -134,45 +143,74 @@ class _SharedStorageBlock(torch.autograd.Function):
             g1, _, w1, g2, b2, w2 = params[6 * i : 6 * i + 6]
             want = needs[2 + 6 * i : 2 + 6 * i + 6]
             # This layer's k new channels now have their whole gradient.
-            d_y2 = torch.addcmul(
-                grad[:, c : c + k] + chan(const[c : c + k]),
-                buf[:, c : c + k] - chan(mean[c : c + k]),
-                chan(coef[c : c + k]),
-            ).contiguous(memory_format=fmt)
+            d_y2 = _affine_grad(grad[:, c : c + k], buf[:, c : c + k], mean[c : c + k], coef[c : c + k],
+                                const[c : c + k]).contiguous(memory_format=fmt)  # fmt: skip
             x_in = buf[:, :c]
             act1 = scratch(ctx.block, (b, c, h, w), buf, fmt)  # norm1 + relu1, recomputed into the scratch
-            torch.addcmul(chan(shift1), x_in, chan(scale1), out=act1).relu_()
+            scale_shift(x_in, scale1, shift1, out=act1).relu_()
+            w1_low, w2_low = w1.to(buf.dtype), w2.to(buf.dtype)  # (autocast's weight casts, under bf16/fp16)
             if y1 is None:
-                y1 = conv2d(act1, layer.conv1, w1)  # the same operation on the same values: bitwise the same
+                y1 = conv2d(act1, layer.conv1, w1_low)  # the same operation on the same values: bitwise the same
             scale2 = g2 * invstd2  # norm2 + relu2, recomputed from the bottleneck output
-            act2 = torch.addcmul(chan(b2 - mean2 * scale2), y1, chan(scale2)).relu_()
-            d_act2, d_w2 = conv2d_backward(d_y2, act2, w2, layer.conv2, want[5])
+            act2 = scale_shift(y1, scale2, b2 - mean2 * scale2).relu_()
+            d_act2, d_w2 = conv2d_backward(d_y2, act2, w2_low, layer.conv2, want[5])
             d_z2 = aten.threshold_backward.grad_input(d_act2, act2, 0, grad_input=d_act2)
             del act2
             d_y1, d_g2, d_b2 = aten.native_batch_norm_backward(
                 d_z2, y1, g2, None, None, mean2, invstd2, True, layer.norm2.eps, [True, want[3], want[4]]
             )
             del d_z2, d_act2, y1
-            d_act1, d_w1 = conv2d_backward(d_y1, act1, w1, layer.conv1, want[2])
+            d_act1, d_w1 = conv2d_backward(d_y1, act1, w1_low, layer.conv1, want[2])
             del d_y1
             d_z1 = aten.threshold_backward.grad_input(d_act1, act1, 0, grad_input=d_act1)  # (B, c, H, W)
             # BatchNorm backward with the shared statistics: d_x = a * d_z + coef_i * (x - mean) + const_i,
             # where a = g * invstd, coef_i = -a * invstd * d_gamma / n and const_i = -a * d_beta / n.
             invstd1 = invstd[:c] if invstd is not None else (var[:c] + layer.norm1.eps).rsqrt()
-            d_b1 = d_z1.sum((0, 2, 3))
-            product = torch.mul(d_z1, x_in, out=act1)  # the scratch is free again
-            d_g1 = (product.sum((0, 2, 3)) - mean[:c] * d_b1) * invstd1
-            del product, act1
+            d_g1, d_b1 = _norm1_param_grads(d_z1, x_in, act1, mean[:c], invstd1, g1, layer.norm1.eps)
+            del act1
             a = g1 * invstd1
-            grad[:, :c].addcmul_(d_z1, chan(a))
+            grad[:, :c].addcmul_(d_z1, chan(a.to(grad.dtype)))  # bf16: a rounded once, as the products are
             del d_z1, d_act1
             coef[:c] -= a * invstd1 * d_g1 / n
             const[:c] -= a * d_b1 / n
-            grads[6 * i : 6 * i + 6] = [d_g1 if want[0] else None, d_b1 if want[1] else None, d_w1, d_g2, d_b2, d_w2]
+            grads[6 * i : 6 * i + 6] = [d_g1 if want[0] else None, d_b1 if want[1] else None, _as(d_w1, w1), d_g2,
+                                        d_b2, _as(d_w2, w2)]  # fmt: skip
         d_x = None
         if needs[1]:
-            d_x = torch.addcmul(grad[:, :c0] + chan(const[:c0]), buf[:, :c0] - chan(mean[:c0]), chan(coef[:c0]))
+            d_x = _affine_grad(grad[:, :c0], buf[:, :c0], mean[:c0], coef[:c0], const[:c0])
         return (None, d_x, *grads)
+
+
+def _as(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor | None:
+    """A weight's gradient in the weight's dtype (bf16/fp16 convolution gradients of float32 weights)."""
+    return grad if grad is None else grad.to(param.dtype)
+
+
+def _affine_grad(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, coef: torch.Tensor,
+                 const: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """``grad + coef * (x - mean) + const`` per channel, in ``grad``'s dtype (float32 arithmetic for bf16/fp16)."""
+    if not low_precision(x):
+        return torch.addcmul(grad + chan(const), x - chan(mean), chan(coef))
+    return scale_shift(x, coef, const - mean * coef).add_(grad)
+
+
+def _norm1_param_grads(
+    d_z: torch.Tensor, x: torch.Tensor, free: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
+    weight: torch.Tensor, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """norm1's weight and bias gradients ``sum(d_z * (x - mean)) * invstd`` and ``sum(d_z)`` per channel.
+
+    In float32/64 two reductions, using ``free`` (scratch of ``x``'s shape) for the product; for bf16/fp16
+    BatchNorm's backward kernel, which accumulates in float32 (as the reference's does) without rounding
+    each product to bf16.
+    """
+    if low_precision(x):
+        _, d_g, d_b = aten.native_batch_norm_backward(d_z, x, weight, None, None, mean, invstd, True, eps,
+                                                      [False, True, True])  # fmt: skip
+        return d_g, d_b
+    d_b = d_z.sum((0, 2, 3))
+    product = torch.mul(d_z, x, out=free)
+    return (product.sum((0, 2, 3)) - mean * d_b) * invstd, d_b
 
 
 def transition_forward(transition: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -199,7 +237,7 @@ def _bn_relu_forward(owner: nn.Module, bn: nn.BatchNorm2d, x: torch.Tensor, weig
 def _bn_relu_again(owner: nn.Module, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """``relu(x * scale + shift)`` per channel into the owner's scratch (the forward's values, recomputed)."""
     act = scratch(owner, tuple(x.shape), x, preferred_format(x))
-    return torch.addcmul(chan(shift), x, chan(scale), out=act).relu_()
+    return scale_shift(x, scale, shift, out=act).relu_()
 
 
 class _BNReLUPool(torch.autograd.Function):

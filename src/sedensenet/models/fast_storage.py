@@ -68,13 +68,48 @@ def update_running(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, n:
         bn.running_var.mul_(1 - factor).add_(var, alpha=factor * n / (n - 1))
 
 
+def low_precision(x: torch.Tensor) -> bool:
+    """Whether ``x`` is bfloat16 or float16: then statistics and per-channel arithmetic run in float32."""
+    return x.dtype in (torch.bfloat16, torch.float16)
+
+
+def stat_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of per-channel statistics for ``x``: float32 for bf16/fp16 data (as BatchNorm keeps them)."""
+    return torch.float32 if low_precision(x) else x.dtype
+
+
 def batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel batch mean and biased variance, through BatchNorm's own statistics kernel.
 
     (``torch.var_mean`` over ``(0, 2, 3)`` takes 5-15x longer on CPU; ``eps=0`` makes ``var = invstd**-2``.)
+    For bf16/fp16 data a float32 unit weight makes the kernel accumulate and return float32 statistics, as
+    ``nn.BatchNorm2d`` under autocast does (without a weight it returns them rounded to the data's dtype).
     """
-    _, mean, invstd = aten.native_batch_norm(x, None, None, None, None, True, 0.0, 0.0)
+    weight = bias = None
+    if low_precision(x):
+        weight, bias = x.new_ones(x.shape[1], dtype=torch.float32), x.new_zeros(x.shape[1], dtype=torch.float32)
+    _, mean, invstd = aten.native_batch_norm(x, weight, bias, None, None, True, 0.0, 0.0)
     return mean, invstd.pow(-2)
+
+
+def scale_shift(
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x * scale + shift`` per channel (``scale``, ``shift``: vectors), into ``out`` when given.
+
+    For bf16/fp16 ``x`` with float32 vectors it runs BatchNorm's inference kernel with zero mean and unit
+    variance: the arithmetic is in float32 with one rounding to ``x``'s dtype, as ``nn.BatchNorm2d`` does under
+    autocast, and it avoids a mixed-dtype elementwise kernel (~5x slower on CPU than BatchNorm's).
+    """
+    if x.dtype == scale.dtype == shift.dtype:
+        return torch.addcmul(chan(shift), x, chan(scale), out=out)
+    if out is None:
+        out = torch.empty_like(x, memory_format=preferred_format(x))
+    zeros, ones = torch.zeros_like(scale), torch.ones_like(scale)
+    save = scale.new_empty(0)
+    aten.native_batch_norm.out(x, scale, shift, zeros, ones, False, 0.0, 0.0, out=out, save_mean=save,
+                               save_invstd=save.clone())  # fmt: skip
+    return out
 
 
 def scratch(owner: nn.Module, shape: tuple[int, ...], like: torch.Tensor, fmt: torch.memory_format,

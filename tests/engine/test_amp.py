@@ -1,0 +1,105 @@
+"""``--amp auto``: bf16 on CPUs whose bf16 matrix units oneDNN uses, float32 elsewhere (detection patched both
+ways, so these pass on any CPU); predict and evaluate follow the same rule and record it in metrics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from imagegen import CLASSES, make_folder  # noqa: E402
+
+import sedensenet  # noqa: E402
+from sedensenet.cli import main  # noqa: E402
+from sedensenet.config import TrainConfig  # noqa: E402
+from sedensenet.engine import device as device_mod  # noqa: E402
+from sedensenet.engine.predictor import Predictor  # noqa: E402
+from sedensenet.inference import ONNX_MIN_IMAGES, OnnxRuntimeModule  # noqa: E402
+
+CPU = torch.device("cpu")
+X86_WITH = {"architecture": "x86_64", "avx512_bf16": True, "amx_bf16": False}
+X86_WITHOUT = {"architecture": "x86_64", "avx512_bf16": False, "amx_bf16": False}
+
+
+def _caps(monkeypatch: pytest.MonkeyPatch, onednn: bool, caps: dict) -> None:
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+
+
+def test_cpu_bf16_needs_native_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    _caps(monkeypatch, True, X86_WITH)
+    assert device_mod.cpu_bf16() == (True, "oneDNN uses this CPU's avx512_bf16")
+    _caps(monkeypatch, True, {**X86_WITH, "amx_bf16": True})
+    assert device_mod.cpu_bf16() == (True, "oneDNN uses this CPU's amx_bf16 and avx512_bf16")
+    _caps(monkeypatch, True, X86_WITHOUT)  # AVX-512 without BF16: oneDNN says yes, but would emulate
+    ok, why = device_mod.cpu_bf16()
+    assert not ok and "no AVX512-BF16 or AMX-BF16" in why
+    _caps(monkeypatch, False, X86_WITH)
+    assert device_mod.cpu_bf16() == (False, "oneDNN reports no bf16 support on this CPU")
+    _caps(monkeypatch, True, {"architecture": "aarch64"})  # Arm: oneDNN's query asks for the BF16 extension
+    assert device_mod.cpu_bf16()[0]
+
+
+@pytest.mark.parametrize(("native", "want"), [(True, torch.bfloat16), (False, None)], ids=["bf16_cpu", "older_cpu"])
+def test_amp_auto_on_cpu_follows_detection_and_logs_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, native: bool, want: torch.dtype | None
+) -> None:
+    _caps(monkeypatch, True, X86_WITH if native else X86_WITHOUT)
+    with caplog.at_level(logging.INFO, logger="sedensenet.engine.device"):
+        settings, scaler = device_mod.step_settings(TrainConfig(data="builtin:digits", amp="auto"), CPU)
+    assert settings.amp_dtype == want and scaler is None
+    line = "--amp auto: bf16 on cpu (oneDNN uses this CPU's avx512_bf16" if native else "--amp auto: fp32 on cpu (no"
+    assert line in caplog.text
+    assert device_mod.step_settings(TrainConfig(data="builtin:digits", amp="off"), CPU)[0].amp_dtype is None
+    assert device_mod.step_settings(TrainConfig(data="builtin:digits", amp="bf16"), CPU)[0].amp_dtype == torch.bfloat16
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("amp")
+    data = make_folder(root / "数据", per_class=6)
+    model = sedensenet.create_model("se_densenet_tiny", num_classes=2)
+    meta = sedensenet.checkpoint.CheckpointMeta(
+        model=model.config.to_dict(), classes=list(CLASSES), image_size=24, mean=[0.5] * 3, std=[0.25] * 3
+    )
+    path = root / "模型.safetensors"
+    sedensenet.checkpoint.save_checkpoint(path, model, meta)
+    return path, data
+
+
+@pytest.mark.parametrize(("native", "amp", "want"), [(True, "auto", "bf16"), (False, "auto", "fp32"),
+                                                     (True, "off", "fp32")])  # fmt: skip
+def test_evaluate_records_the_precision(
+    checkpoint: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool, amp: str, want: str
+) -> None:
+    _caps(monkeypatch, True, X86_WITH if native else X86_WITHOUT)
+    path, data = checkpoint
+    argv = ["evaluate", str(path), "--data", str(data), "--split", "all", "--output", str(tmp_path), "--amp", amp]
+    assert main([*argv, "--device", "cpu", "-q"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert (metrics["precision"], metrics["inference_backend"], metrics["num_samples"]) == (want, "eager", 12)
+
+
+def test_bf16_predictions_agree_with_fp32_and_onnxruntime_stays_float32(
+    checkpoint: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _caps(monkeypatch, True, X86_WITH)
+    path, data = checkpoint
+    bf16, fp32 = (sedensenet.predict(path, data, top_k=2, device="cpu", amp=a) for a in ("auto", "off"))
+    probs = [torch.tensor([[dict(p.top_k)[c] for c in CLASSES] for p in ps]) for ps in (bf16, fp32)]
+    assert (probs[0] - probs[1]).abs().max() <= 0.02  # probabilities carry bf16's ~2^-9 relative rounding
+    predictor = Predictor.load(path, device="cpu")
+    predictor.runner(images=10)
+    assert predictor.amp_dtype == torch.bfloat16  # small jobs: the eager path under bf16 autocast
+    if isinstance(predictor.runner(images=ONNX_MIN_IMAGES), OnnxRuntimeModule):
+        assert predictor.amp_dtype is None  # large jobs: ONNX Runtime, float32 (faster than eager bf16 here)
+
+
+def test_unknown_amp_is_refused_by_name(checkpoint: tuple[Path, Path]) -> None:
+    with pytest.raises(sedensenet.config.ConfigError, match="--amp 'int8'"):
+        Predictor.load(checkpoint[0], device="cpu", amp="int8")
