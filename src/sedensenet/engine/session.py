@@ -334,8 +334,8 @@ def finish(ctx: RunContext) -> dict[str, Any]:
     """Evaluate the best weights on val (and test) and write the reports (rank 0); returns the metrics.
 
     Outputs come from the path ``predict`` takes by default (its backend and ``--amp auto`` precision), with
-    ``config.tta``'s views when asked. The temperature and the threshold are chosen on validation, stored in ``best.safetensors``, and
-    applied unchanged to test; metrics.json says which TTA it was.
+    ``config.tta``'s views when asked. The temperature and the threshold are chosen on validation, stored in
+    ``best.safetensors``, and applied unchanged to test; metrics.json says which TTA and precision it was.
     """
     if not dist.is_main():
         return {}
