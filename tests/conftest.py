@@ -17,8 +17,7 @@ torch.set_num_threads(1)
 # The suite runs float32 on every CPU, as on one without bf16 units: `--amp auto` would pick bf16 on CPUs with
 # AVX512-BF16/AMX, and tests that compare exact numbers (paths, backends, resumed runs) need one precision. The bf16
 # paths have their own tests (tests/engine/test_amp.py patches the detection back;
-# tests/perf/test_fast_paths_autocast.py
-# autocasts explicitly). Patched at import, so module-scoped fixtures see it too; child processes do not.
+# tests/perf/test_fast_paths_autocast.py autocasts explicitly). Patched at import, so module-scoped fixtures see it too; child processes do not.
 _real_capabilities = torch.cpu.get_capabilities
 
 
