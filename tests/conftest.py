@@ -15,17 +15,10 @@ os.environ.setdefault("SEDENSENET_HOME", os.path.join(os.path.dirname(__file__),
 torch.set_num_threads(1)
 
 # The suite runs float32 on every CPU, as on one without bf16 units: `--amp auto` would pick bf16 on CPUs with
-# AVX512-BF16/AMX, and tests that compare exact numbers (paths, backends, resumed runs) need one precision. The bf16
-# paths have their own tests (tests/engine/test_amp.py patches the detection back;
-# tests/perf/test_fast_paths_autocast.py autocasts explicitly). Patched at import, so module-scoped fixtures see it too; child processes do not.
-_real_capabilities = torch.cpu.get_capabilities
-
-
-def _capabilities_without_bf16() -> dict:
-    return {**_real_capabilities(), "avx512_bf16": False, "amx_bf16": False}
-
-
-torch.cpu.get_capabilities = _capabilities_without_bf16
+# AVX512-BF16/AMX, and tests that compare exact numbers (paths, backends, processes, resumed runs) need one
+# precision. Set in the environment, so the CLI in child processes (torchrun, kill-and-resume) sees it too. The
+# bf16 paths have their own tests: tests/engine/test_amp.py removes it, test_fast_paths_autocast.py autocasts.
+os.environ["SEDENSENET_CPU_BF16"] = "0"
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,7 @@ X86_WITHOUT = {"architecture": "x86_64", "avx512_bf16": False, "amx_bf16": False
 
 
 def _caps(monkeypatch: pytest.MonkeyPatch, onednn: bool, caps: dict) -> None:
+    monkeypatch.delenv("SEDENSENET_CPU_BF16", raising=False)  # tests/conftest.py pins float32 for the rest
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
 

@@ -181,7 +181,7 @@ def test_train_chooses_on_validation_and_applies_it_unchanged_to_test(
     run = project / "train"
     _, meta = ckpt.read_checkpoint(run / "weights" / "best.safetensors")
     assert meta.positive == CLASSES[0] and meta.threshold is not None and meta.temperature is not None
-    assert meta.decision["chosen_on"] == "validation" and meta.decision["inference"].endswith("float32")
+    assert meta.decision["chosen_on"] == "validation" and meta.decision["inference"].endswith("fp32")
     val = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     test = json.loads((run / "test" / "metrics.json").read_text(encoding="utf-8"))
     assert val["label"] == "validation (used for selection)"

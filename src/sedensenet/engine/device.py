@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 
 import numpy as np
@@ -42,8 +43,10 @@ def cpu_bf16() -> tuple[bool, str]:
     oneDNN's own query (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) is true on any AVX-512 x86 CPU, where
     bf16 without AVX512-BF16 or AMX is emulated and slower than float32; so on x86 the CPU must also report
     ``avx512_bf16`` or ``amx_bf16`` (``torch.cpu.get_capabilities``). On Arm oneDNN's query already asks for the
-    BF16 extension.
+    BF16 extension. ``SEDENSENET_CPU_BF16=0`` in the environment answers no (float32 under ``--amp auto``).
     """
+    if os.environ.get("SEDENSENET_CPU_BF16") == "0":  # e.g. runs that must match float32 ones on any CPU
+        return False, "SEDENSENET_CPU_BF16=0"
     if not torch.backends.mkldnn.is_available():
         return False, "this PyTorch has no oneDNN"
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
