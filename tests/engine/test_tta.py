@@ -14,6 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from imagegen import CLASSES, make_folder  # noqa: E402
+from modelgen import moved_tiny_checkpoint  # noqa: E402
 
 import sedensenet  # noqa: E402
 from sedensenet.cli import main  # noqa: E402
@@ -30,19 +31,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny model with moved weights (so views give different outputs) and a folder of 12 images."""
     root = tmp_path_factory.mktemp("tta")
     data = make_folder(root / "数据", per_class=6)
-    torch.manual_seed(1)
-    model = sedensenet.create_model("se_densenet_tiny", num_classes=2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    for _ in range(3):
-        opt.zero_grad()
-        model(torch.randn(8, 3, 24, 24) * 2 + 0.5).logsumexp(1).mean().backward()
-        opt.step()
-    meta = sedensenet.checkpoint.CheckpointMeta(
-        model=model.config.to_dict(), classes=list(CLASSES), image_size=24, mean=[0.5] * 3, std=[0.25] * 3
-    )
-    path = root / "模型.safetensors"
-    sedensenet.checkpoint.save_checkpoint(path, model, meta)
-    return path, data
+    return moved_tiny_checkpoint(root / "模型.safetensors", list(CLASSES), seed=1), data
 
 
 def test_views_are_the_original_then_flips_and_zooms() -> None:

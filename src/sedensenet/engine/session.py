@@ -182,30 +182,13 @@ def _loaders(
     """This process's shard of the training split (shuffled) and of the validation split (None when empty)."""
     replicas, rank = dist.world_size(), dist.rank()
     batch = dist.local_batch_size(config.batch_size)
-    train_set = build.make_dataset(config, splits.train, mean, std, train=True, cache=cache)
-    train_loader = make_loader(
-        train_set,
-        batch,
-        seed=config.seed,
-        train=True,
-        device=device,
-        workers=config.workers,
-        num_replicas=replicas,
-        rank=rank,
-    )
-    if not splits.val:
-        return train_loader, None
-    val_set = build.make_dataset(config, splits.val, mean, std, train=False, cache=cache)
-    return train_loader, make_loader(
-        val_set,
-        batch,
-        seed=config.seed,
-        train=False,
-        device=device,
-        workers=config.workers,
-        num_replicas=replicas,
-        rank=rank,
-    )
+
+    def loader(samples: list, train: bool) -> DataLoader:
+        dataset = build.make_dataset(config, samples, mean, std, train=train, cache=cache)
+        return make_loader(dataset, batch, seed=config.seed, train=train, device=device, workers=config.workers,
+                           num_replicas=replicas, rank=rank)  # fmt: skip
+
+    return loader(splits.train, True), loader(splits.val, False) if splits.val else None
 
 
 def _criterion(config: TrainConfig, splits: DataSplits, device: torch.device) -> nn.Module:
