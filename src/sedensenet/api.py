@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,7 @@ def train(
                 log_file.close()
         return TrainResult(history, ctx.run_dir, metrics, ctx.state.best_epoch)
     finally:
-        dist.shutdown()
+        dist.shutdown(clean=sys.exc_info()[0] is None)
 
 
 def _check_image_size(cfg: TrainConfig) -> None:
@@ -264,7 +265,7 @@ def predict_sharded(
         return run_shard(model, inputs, output, top_k=top_k, batch_size=batch_size, device=str(dev),
                          backend=backend, resume=resume)  # fmt: skip
     finally:
-        dist.shutdown()
+        dist.shutdown(clean=sys.exc_info()[0] is None)
 
 
 def evaluate(

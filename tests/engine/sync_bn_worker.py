@@ -77,6 +77,7 @@ def main(out: str) -> None:
     if rank == 0:
         with open(out, "w", encoding="utf-8") as f:
             json.dump({"ranks": gathered, "global": _running(plain)}, f)
+    dist.barrier()  # no rank closes its connections while another still uses them
     dist.destroy_process_group()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 WORKER = Path(__file__).with_name("sync_bn_worker.py")
+TEARDOWN_ABORT = "terminate called without an active exception"
 
 
 def test_sync_batchnorm_statistics_are_global_with_memory_efficient_fast_paths(tmp_path: Path) -> None:
@@ -19,6 +20,11 @@ def test_sync_batchnorm_statistics_are_global_with_memory_efficient_fast_paths(t
            str(WORKER), str(out)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and TEARDOWN_ABORT in proc.stderr:
+        # gloo's C++ threads now and then abort a loaded CI machine's process (std::terminate, no Python
+        # exception, nothing of ours on the stack); one more try tells that apart from a real failure.
+        out.unlink(missing_ok=True)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text(encoding="utf-8"))
     rank0, rank1, whole = result["ranks"][0], result["ranks"][1], result["global"]

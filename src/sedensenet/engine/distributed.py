@@ -58,8 +58,13 @@ def init(device_name: str, timeout: datetime.timedelta = datetime.timedelta(minu
     return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
 
 
-def shutdown() -> None:
+def shutdown(*, clean: bool = True) -> None:
+    """Leave the process group. After a clean run every rank first waits for the others, so none closes its
+    connections while another still reads them (gloo can abort a process on a peer's early hang-up); after a
+    failure a rank leaves at once rather than wait the whole collective timeout for peers that may be gone."""
     if is_distributed():
+        if clean:
+            tdist.barrier()
         tdist.destroy_process_group()
 
 
