@@ -42,8 +42,9 @@ def _torch_densenet(spec: dict[str, Any]) -> Any:
         from sedensenet.models.densenet import set_fast
 
         model = create_model(
-            "keras_se_densenet121", num_classes=2, memory_efficient=spec.get("memory_efficient", False)
-        )
+            spec.get("model", "keras_se_densenet121"), num_classes=2,
+            memory_efficient=spec.get("memory_efficient", False),
+        )  # fmt: skip
         set_fast(model, not spec.get("reference", False))
         for module in model.modules():
             if isinstance(module, DenseBlock) and "fast_block" in spec:

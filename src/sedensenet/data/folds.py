@@ -19,7 +19,7 @@ import numpy as np
 from sedensenet.data.dedupe import DEFAULT_NEAR_DISTANCE
 from sedensenet.data.groups import split_units
 from sedensenet.data.images import DataError, Sample
-from sedensenet.data.scan import DataSplits, _n_val, _units
+from sedensenet.data.scan import DataSplits, linked_units, val_count
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def fold_units(splits: DataSplits, near_distance: int = DEFAULT_NEAR_DISTANCE) -
     per_class: dict[int, list[Path]] = {}
     for sample in splits.train + splits.val:
         per_class.setdefault(sample.label, []).append(sample.path)
-    return _units(per_class, splits.fingerprints, near_distance, splits.groups)
+    return linked_units(per_class, splits.fingerprints, near_distance, splits.groups)
 
 
 def split_off_val(
@@ -93,7 +93,7 @@ def split_off_val(
     per_class: dict[int, list[tuple[Path, bytes]]] = {}
     for sample in samples:
         per_class.setdefault(sample.label, []).append((sample.path, _key(seed, sample.path)))
-    n_val = {label: _n_val(len(files), val_split) for label, files in per_class.items()}
+    n_val = {label: val_count(len(files), val_split) for label, files in per_class.items()}
     val_files, differs = split_units(per_class, n_val, unit_of)
     for label, count in differs.items():
         logger.info("%s: %d validation images instead of %d, to keep groups and duplicates on one side",

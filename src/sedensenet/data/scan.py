@@ -240,7 +240,7 @@ def _split_key(seed: int, class_dir: Path, path: Path) -> bytes:
     return hashlib.sha256(f"{seed}\0{rel}".encode("utf-8", "surrogateescape")).digest()
 
 
-def _n_val(n: int, val_split: float) -> int:
+def val_count(n: int, val_split: float) -> int:
     """Images of a class (of ``n``) that go to validation: rounded half up, at least 1 and at most n - 1."""
     if val_split == 0:
         return 0
@@ -338,7 +338,7 @@ def scan_folder(
             splits[split] += [Sample(p, label) for p in split_paths]
     if dirs["val"] is None:
         train_paths = {label: ps for (split, label), ps in good.items() if split == "train"}
-        units = _units(train_paths, fingerprints, near_distance, group_of) if val_split > 0 else {}
+        units = linked_units(train_paths, fingerprints, near_distance, group_of) if val_split > 0 else {}
         splits["train"], splits["val"] = _split(train_paths, dirs["train"], classes, val_split, seed, units)
     else:
         logger.info("validation images come from %s (val_split is not used)", dirs["val"])
@@ -349,7 +349,7 @@ def scan_folder(
     return result
 
 
-def _units(
+def linked_units(
     per_class: dict[int, list[Path]],
     fingerprints: dict[Path, Fingerprint],
     near_distance: int,
@@ -389,7 +389,7 @@ def _split(
                 f"{class_dir} has only {len(paths)} readable image; with val_split={val_split} every class needs "
                 "at least 2 (one to train on, one to validate): add images, or use val_split=0"
             )
-        n_val[label] = _n_val(len(paths), val_split)
+        n_val[label] = val_count(len(paths), val_split)
         keyed[label] = [(p, _split_key(seed, class_dir, p)) for p in paths]
     val_files, differs = split_units(keyed, n_val, unit_of)
     for label, count in differs.items():

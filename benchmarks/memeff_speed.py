@@ -1,0 +1,110 @@
+"""Is the memory-efficient path slower than the tuned default on CPU, and where? (issue 14)
+
+For each preset (DenseNet-121/169/201 + SE, the tutorial's ``keras_se_*``) at 128 and 224 px and batch 16 and
+32, in float32 and in bf16 autocast (what ``--amp auto`` picks on a CPU with bf16 matrix units), the two paths
+run as ``sedensenet train`` runs them: the default path with the CLI's glibc tuning, the memory-efficient one
+without. Steps are interleaved one by one in two live processes (``bench.py``'s method), so the ratio, memory-
+efficient img/s over the default's (the median over rounds), is immune to slow drifts of the machine. Each
+process reports its own peak RSS after the warm-up and the timed steps: the multi-step peaks that calibrate
+``sedensenet.engine.memory``.
+
+    python benchmarks/memeff_speed.py --output benchmarks/results/memeff_speed.md    # ~25 min on 2 cores
+    python benchmarks/memeff_speed.py --models 121 --precisions bf16                   # a subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import Config, Row, Setting, machine, run_setting  # noqa: E402
+
+PRESETS = {"121": "keras_se_densenet121", "169": "keras_se_densenet169", "201": "keras_se_densenet201"}
+SIZES = (128, 224)
+BATCHES = (16, 32)
+
+
+def settings(models: list[str], precisions: list[str], steps: int, warmup: int) -> list[Setting]:
+    """One setting per (preset, size, batch, precision): the default path as baseline, memory-efficient against it."""
+    out = []
+    for key in models:
+        for precision in precisions:
+            for size in SIZES:
+                for batch in BATCHES:
+                    spec = {"model": PRESETS[key], "amp": precision == "bf16"}
+                    base = Config(f"DenseNet-{key} {precision} default + tune_malloc() (CLI)", "ours",
+                                  {**spec, "tune_malloc": True})  # fmt: skip
+                    cand = Config(f"DenseNet-{key} {precision} memory_efficient (CLI)", "ours",
+                                  {**spec, "memory_efficient": True})  # fmt: skip
+                    out.append(Setting("train", size, batch, "glibc", base, [cand], steps, warmup))
+    return out
+
+
+def table(rows: list[Row]) -> str:
+    """One line per setting: both paths' img/s and peak RSS, and the speed ratio with its range."""
+    lines = [
+        "| model | precision | size/batch | default img/s | memory-efficient img/s | memory-efficient speed "
+        "(range) | default peak RSS GB | memory-efficient peak RSS GB |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for base, cand in zip(rows[::2], rows[1::2], strict=True):
+        s = base.setting
+        model, precision = base.config.name.split()[:2]
+        if cand.error or base.error:
+            lines.append(f"| {model} | {precision} | {s.size}/{s.batch} | failed: {cand.error or base.error} |||||")
+            continue
+        ratio = statistics.median(cand.ratios)
+        lines.append(
+            f"| {model} | {precision} | {s.size}/{s.batch} | {base.images_per_second:.1f} | "
+            f"{cand.images_per_second:.1f} | **{ratio:.2f}x** ({min(cand.ratios):.2f}-{max(cand.ratios):.2f}) | "
+            f"{base.final['peak_rss_mb'] * 2**20 / 1e9:.2f} | {cand.final['peak_rss_mb'] * 2**20 / 1e9:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=sorted(PRESETS), default=sorted(PRESETS))
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["bf16", "fp32"])
+    parser.add_argument("--steps", type=int, default=4, help="timed rounds per setting")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--output", type=Path, help="write the markdown table here and the raw times beside it")
+    args = parser.parse_args(argv)
+    start, load0 = time.perf_counter(), os.getloadavg()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+    rows: list[Row] = []
+    for setting in settings(args.models, args.precisions, args.steps, args.warmup):
+        rows += run_setting(setting, "cpu", 2, log)
+    header = (
+        f"Run {datetime.datetime.now().isoformat(timespec='minutes')} on {machine()}; wall time "
+        f"{(time.perf_counter() - start) / 60:.1f} min, load average {load0[0]:.1f} at the start and "
+        f"{os.getloadavg()[0]:.1f} at the end. {args.warmup} warm-up and {args.steps} timed steps per path; speed is "
+        "the median over interleaved rounds of default step time / memory-efficient step time."
+    )
+    text = header + "\n\n" + table(rows) + "\n"
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+        raw = [
+            {"setting": f"{r.setting.task} {r.setting.size}/{r.setting.batch}", "config": r.config.name,
+             "spec": r.config.spec, "seconds": r.seconds, "ratios": r.ratios, "ready": r.ready, "final": r.final,
+             "error": r.error}
+            for r in rows
+        ]  # fmt: skip
+        args.output.with_suffix(".json").write_text(json.dumps(raw, indent=1))
+    return 0 if not any(r.error for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
