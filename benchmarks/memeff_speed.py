@@ -10,6 +10,7 @@ process reports its own peak RSS after the warm-up and the timed steps: the mult
 
     python benchmarks/memeff_speed.py --output benchmarks/results/memeff_speed.md    # ~25 min on 2 cores
     python benchmarks/memeff_speed.py --models 121 --precisions bf16                   # a subset
+    python benchmarks/memeff_speed.py --estimates benchmarks/results/memeff_speed.json   # estimate vs measured
 """
 
 from __future__ import annotations
@@ -70,6 +71,27 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def estimates(results: Path) -> str:
+    """Markdown rows: ``sedensenet.engine.memory.estimate_peak`` next to every measured peak in ``results``."""
+    from sedensenet.engine.memory import estimate_peak
+
+    lines = [
+        "| model | precision | size/batch | path | estimated GB | measured GB (peak RSS) | estimate / measured |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for r in json.loads(results.read_text()):
+        if not r["final"]:
+            continue
+        spec, (size, batch) = r["spec"], map(int, r["setting"].split()[1].split("/"))
+        me, amp = bool(spec.get("memory_efficient")), bool(spec.get("amp"))
+        est = estimate_peak(spec["model"], size, batch, me, "cpu", amp) / 1e9
+        peak = r["final"]["peak_rss_mb"] * 2**20 / 1e9
+        path = "memory-efficient" if me else "default (tuned malloc)"
+        lines.append(f"| {spec['model']} | {'bf16' if amp else 'fp32'} | {size}/{batch} | {path} | {est:.2f} | "
+                     f"{peak:.2f} | {est / peak:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(PRESETS), default=sorted(PRESETS))
@@ -77,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4, help="timed rounds per setting")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--output", type=Path, help="write the markdown table here and the raw times beside it")
+    parser.add_argument("--estimates", type=Path, help="print the memory estimates next to the peaks in this JSON")
     args = parser.parse_args(argv)
+    if args.estimates:
+        print(estimates(args.estimates))
+        return 0
     start, load0 = time.perf_counter(), os.getloadavg()
 
     def log(msg: str) -> None:

@@ -4,11 +4,11 @@ The estimate is a **calibrated formula**, not a probe step: it costs nothing at 
 that might not be there. Per image, the activations a training step keeps are counted from the architecture's
 feature-map sizes in two parts: the *concatenated inputs* every dense layer normalises (quadratic in the
 layers of a block: what the memory-efficient path recomputes instead of storing) and the *per-layer outputs*
-(bottleneck, new features, stem, transitions: linear). Each path has its own bytes per element for the two parts
-and its own fixed cost (framework, threads' scratch, allocator), fitted to peak RSS measured on CPU with
-``benchmarks/memory_table.py``; weights, gradients and Adam's two moments add 16 bytes per parameter. How close
-it comes is in ``benchmarks/README.md`` (the bar is ±15%). On a GPU the same activation counts are used with
-the precision's bytes, uncalibrated.
+(bottleneck, new features, stem, transitions: linear). Each path and precision (float32, bf16 autocast) has its
+own bytes per element for the two parts and its own fixed cost (framework, threads' scratch, allocator), fitted
+to the peak RSS of five training steps measured on CPU with ``benchmarks/memeff_speed.py``; weights, gradients and
+Adam's two moments add 16 bytes per parameter. How close it comes is in ``benchmarks/README.md`` (the bar is
+±15%). On a GPU the same activation counts are used with the precision's bytes, uncalibrated.
 
 The budget is what the process may still grow to: its own resident memory plus the smaller of ``MemAvailable``
 and the room left under a cgroup v1/v2 limit, or ``torch.cuda.mem_get_info``'s free memory on a GPU;
@@ -45,6 +45,12 @@ ENV_LIMIT = "SEDENSENET_MEMORY_LIMIT"
 MARGIN = 1.15
 """A path fits when its estimate times this is within the budget (the estimate's ±15% bar)."""
 
+RUN_OVERHEAD = 1.2
+"""A whole ``sedensenet train`` run peaks above its training steps: data loading, validation, the checkpoint and
+the final evaluation add 1.14-1.25x the five-step peak (DenseNet-201, 224 px, batch 32, both paths, float32 and
+bf16, ``/usr/bin/time -v`` on the whole command: benchmarks/README.md). The plan compares this times the step
+estimate, plus :data:`MARGIN`, with the budget."""
+
 GB = 1e9
 
 
@@ -58,18 +64,34 @@ class PathCost:
 
 
 CPU_COSTS = {
-    False: PathCost(fixed=0.613e9, per_concat=8.16, per_output=10.61),
-    True: PathCost(fixed=0.777e9, per_concat=0.0, per_output=4.25),
+    (False, False): PathCost(fixed=0.647e9, per_concat=6.94, per_output=13.19),
+    (False, True): PathCost(fixed=0.712e9, per_concat=4.14, per_output=5.13),
+    (True, False): PathCost(fixed=0.933e9, per_concat=0.0, per_output=4.39),
+    (True, True): PathCost(fixed=0.775e9, per_concat=0.0, per_output=2.99),
 }
-"""Fitted to ``benchmarks/results/memory.json``: the default path with the CLI's malloc tuning, the other without."""
+"""Keyed by (memory-efficient, bf16): least squares on ``benchmarks/results/memeff_speed.json`` (peak RSS after
+five training steps of DenseNet-121/169/201 at 128/224 px, batch 16/32), the default path with the CLI's malloc
+tuning, the memory-efficient one without, as ``sedensenet train`` runs them. The memory-efficient path keeps
+nothing per concatenated element, so that term is held at zero."""
 
 GPU_FIXED = 0.6e9
 """CUDA context and library workspaces on a GPU (not calibrated)."""
 
-MEMEFF_SPEED_CPU = ((3.0e9, 0.78), (9.8e9, 1.06))
-"""Memory-efficient img/s over the tuned default's on CPU, by the default path's peak: 0.75-0.80x for
-DenseNet-121 at 224/16 and 128/32 (benchmarks/README.md), 1.06x for DenseNet-201 at 224/32 (issue 14's table:
-55 s vs 52 s an epoch). Interpolated between, held outside."""
+MEMEFF_SPEED_CPU: dict[tuple[str, bool], dict[tuple[int, int], float]] = {
+    ("keras_se_densenet121", True): {(128, 16): 0.88, (128, 32): 0.85, (224, 16): 0.81, (224, 32): 0.84},
+    ("keras_se_densenet121", False): {(128, 16): 0.84, (128, 32): 0.84, (224, 16): 0.85, (224, 32): 0.73},
+    ("keras_se_densenet169", True): {(128, 16): 0.89, (128, 32): 0.94, (224, 16): 0.85, (224, 32): 0.87},
+    ("keras_se_densenet169", False): {(128, 16): 0.83, (128, 32): 0.85, (224, 16): 0.90, (224, 32): 0.78},
+    ("keras_se_densenet201", True): {(128, 16): 0.92, (128, 32): 0.91, (224, 16): 0.89, (224, 32): 0.86},
+    ("keras_se_densenet201", False): {(128, 16): 0.97, (128, 32): 0.88, (224, 16): 0.91, (224, 32): 0.79},
+}
+"""Memory-efficient img/s over the tuned default's on CPU, keyed by (preset, bf16) then (image size, batch):
+``benchmarks/results/memeff_speed.md`` (medians of interleaved steps on a quiet 2-core machine). Slower
+everywhere measured, 0.73-0.97x, so it is not the CPU default outright: ``auto`` takes it when the default path
+does not fit, or where it is within 5% (DenseNet-201, fp32, 128/16)."""
+
+MEMEFF_SPEED_OTHER = {True: 0.87, False: 0.85}
+"""The median of the table above per precision (bf16 / float32), for models, sizes and batches it lacks."""
 
 
 class MemoryPlanError(UserError, RuntimeError):
@@ -112,16 +134,46 @@ def estimate_peak(
     device_type: str = "cpu",
     amp: bool = False,
 ) -> int:
-    """Estimated peak memory of training ``model`` in bytes: resident memory on CPU, allocated memory on a GPU."""
+    """Estimated peak memory of training ``model`` in bytes: resident memory on CPU, allocated memory on a GPU.
+
+    ``amp``: under bf16/fp16 autocast (on CPU the bf16 fit; on a GPU the float32 fit's activations halved).
+    """
     cfg = model_config(model, num_classes=2) if isinstance(model, str) else model
     concat, outputs = activation_counts(cfg, image_size)
     params = _parameter_count(cfg)
-    cost = CPU_COSTS[memory_efficient]
-    per_image = cost.per_concat * concat + cost.per_output * outputs
     if device_type == "cpu":
-        return int(cost.fixed + 16 * params + batch_size * per_image)
-    scale = 0.5 if amp else 1.0  # half-precision activations; the CPU fit is in fp32
-    return int(GPU_FIXED + 16 * params + batch_size * per_image * scale)
+        cost = CPU_COSTS[memory_efficient, amp]
+        return int(cost.fixed + 16 * params + batch_size * (cost.per_concat * concat + cost.per_output * outputs))
+    cost = CPU_COSTS[memory_efficient, False]
+    scale = 0.5 if amp else 1.0  # half-precision activations (uncalibrated on a GPU)
+    return int(GPU_FIXED + 16 * params + batch_size * (cost.per_concat * concat + cost.per_output * outputs) * scale)
+
+
+def run_peak(
+    model: str | DenseNetConfig,
+    image_size: int,
+    batch_size: int,
+    memory_efficient: bool,
+    device_type: str = "cpu",
+    amp: bool = False,
+) -> int:
+    """Estimated peak of a whole training run (:func:`estimate_peak` times :data:`RUN_OVERHEAD`): what the plan
+    compares with the budget and reports."""
+    return int(estimate_peak(model, image_size, batch_size, memory_efficient, device_type, amp) * RUN_OVERHEAD)
+
+
+def low_precision(config: TrainConfig, device: torch.device) -> bool:
+    """Whether the run will train under bf16/fp16 autocast: ``--amp`` as :func:`~sedensenet.engine.device.amp_dtype`
+    resolves it, without its log line (the trainer logs the choice once)."""
+    if config.amp == "off":
+        return False
+    if config.amp != "auto" or device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    from sedensenet.engine.device import cpu_bf16
+
+    return cpu_bf16()[0]
 
 
 def _parameter_count(cfg: DenseNetConfig) -> int:
@@ -221,6 +273,8 @@ class MemoryPlan:
     budget_gb: float
     budget_source: str
     reason: str
+    precision: str = "fp32"
+    """The precision the estimate assumed: ``bf16`` when the run trains under autocast (as ``--amp`` resolves)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -240,8 +294,8 @@ def plan_memory(
     if cap is not None and cap < budget.bytes:
         budget = Budget(int(cap * 0.9), f"90% of where the last run was killed, {cap / GB:.1f} GB")
     share = budget.bytes // replicas if device.type == "cpu" else budget.bytes
-    amp = device.type != "cpu" and config.amp != "off"
-    est = {me: estimate_peak(config.model, config.image_size, batch_size, me, device.type, amp) for me in (False, True)}
+    amp = low_precision(config, device)
+    est = {me: run_peak(config.model, config.image_size, batch_size, me, device.type, amp) for me in (False, True)}
     fits = {me: est[me] * MARGIN <= share for me in est}
     requested = config.memory_efficient
     if requested != "auto":
@@ -258,44 +312,57 @@ def plan_memory(
             f"one), {share / GB:.1f} GB available ({budget.source}). {_advice(config, device, share, batch_size)}"
         )
     else:
-        chosen, reason = _fastest(fits, est, device)
+        chosen, reason = _fastest(fits, est, device, memeff_speed_ratio(config, batch_size, amp))
     plan = MemoryPlan(
         memory_efficient=chosen, requested=requested, estimate_gb=round(est[chosen] / GB, 2),
         default_gb=round(est[False] / GB, 2), efficient_gb=round(est[True] / GB, 2),
         budget_gb=round(share / GB, 2), budget_source=budget.source, reason=reason,
+        precision=_precision(config, device, amp),
     )  # fmt: skip
     name = "memory-efficient" if chosen else "default"
-    log.info("memory: %s path, estimated peak %.1f GB of %.1f GB available (%s); %s",
-             name, plan.estimate_gb, plan.budget_gb, budget.source, reason)  # fmt: skip
+    log.info("memory: %s path, estimated peak %.1f GB (%s) of %.1f GB available (%s); %s",
+             name, plan.estimate_gb, plan.precision, plan.budget_gb, budget.source, reason)  # fmt: skip
     return plan
 
 
-def _fastest(fits: dict[bool, bool], est: dict[bool, int], device: torch.device) -> tuple[bool, str]:
-    """Among the paths that fit, the one expected to be fastest; the leaner one when within 5%."""
+def _precision(config: TrainConfig, device: torch.device, amp: bool) -> str:
+    if not amp:
+        return "fp32"
+    if config.amp != "auto":
+        return config.amp
+    return "bf16" if device.type == "cpu" else "amp"
+
+
+def _fastest(fits: dict[bool, bool], est: dict[bool, int], device: torch.device, ratio: float) -> tuple[bool, str]:
+    """Among the paths that fit, the one expected to be fastest; the leaner one when within 5% (``ratio``: the
+    memory-efficient path's expected speed over the default's on CPU)."""
     if not fits[False]:
         return True, f"auto: the default path ({est[False] / GB:.1f} GB) would not fit"
     if not fits[True]:
         return False, "auto: only the default path fits"
     if device.type != "cpu":
         return False, "auto: both fit; on a GPU the default path is faster (no recomputation)"
-    ratio = memeff_speed_ratio(est[False])
     if ratio >= 0.95:
         return True, f"auto: both fit; memory-efficient is about as fast here ({ratio:.2f}x) and leaner"
     return False, f"auto: both fit; the default path is faster here (memory-efficient ~{ratio:.2f}x)"
 
 
-def memeff_speed_ratio(default_peak: float) -> float:
-    """Expected img/s of the memory-efficient path over the tuned default's on CPU (:data:`MEMEFF_SPEED_CPU`)."""
-    (x0, y0), (x1, y1) = MEMEFF_SPEED_CPU
-    t = min(1.0, max(0.0, (default_peak - x0) / (x1 - x0)))
-    return y0 + t * (y1 - y0)
+def memeff_speed_ratio(config: TrainConfig, batch_size: int, amp: bool) -> float:
+    """Expected img/s of the memory-efficient path over the tuned default's on CPU: the measured
+    :data:`MEMEFF_SPEED_CPU` entry for the preset at the nearest measured size and batch, else the precision's
+    median (:data:`MEMEFF_SPEED_OTHER`)."""
+    table = MEMEFF_SPEED_CPU.get((config.model, amp)) if isinstance(config.model, str) else None
+    if not table:
+        return MEMEFF_SPEED_OTHER[amp]
+    key = min(table, key=lambda k: (abs(math.log(k[0] / config.image_size)), abs(math.log(k[1] / batch_size))))
+    return table[key]
 
 
 def largest_batch(config: TrainConfig, device: torch.device, budget: int, effective: int) -> int:
     """The largest batch dividing ``effective`` whose memory-efficient estimate fits ``budget`` (0: none)."""
-    amp = device.type != "cpu" and config.amp != "off"
+    amp = low_precision(config, device)
     for b in range(effective, 0, -1):
-        peak = estimate_peak(config.model, config.image_size, b, True, device.type, amp)
+        peak = run_peak(config.model, config.image_size, b, True, device.type, amp)
         if effective % b == 0 and peak * MARGIN <= budget:
             return b
     return 0
