@@ -14,6 +14,7 @@ picks on a CPU with bf16 matrix units), on two sets:
 The check (issue 15): mean bf16 accuracy within 1 point of float32's, and within the seeds' spread.
 
     python benchmarks/bf16_accuracy.py --output benchmarks/results/bf16_accuracy.md
+    python benchmarks/bf16_accuracy.py --sets gratings --noise 1.25 --path default   # the default fast path
 """
 
 from __future__ import annotations
@@ -61,18 +62,19 @@ def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return x[train], y[train], x[val], y[val]
 
 
-def model(in_chans: int, seed: int) -> DenseNet:
+def model(in_chans: int, seed: int, memory_efficient: bool = True) -> DenseNet:
     torch.manual_seed(seed)
     return DenseNet(
         growth_rate=8, block_config=(3, 3, 3), num_init_features=16, bn_size=4, stem="cifar", in_chans=in_chans,
-        se_placement=("head", "block"), se_rd_channels=4, num_classes=10, memory_efficient=True,
+        se_placement=("head", "block"), se_rd_channels=4, num_classes=10, memory_efficient=memory_efficient,
     )  # fmt: skip
 
 
-def train_once(data: tuple[torch.Tensor, ...], seed: int, bf16: bool, epochs: int, batch: int, lr: float) -> float:
+def train_once(data: tuple[torch.Tensor, ...], seed: int, bf16: bool, epochs: int, batch: int, lr: float,
+               memory_efficient: bool = True) -> float:  # fmt: skip
     """Train from scratch; the final epoch's validation accuracy (in %)."""
     xt, yt, xv, yv = data
-    net = model(xt.shape[1], seed)
+    net = model(xt.shape[1], seed, memory_efficient)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * math.ceil(len(yt) / batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -104,8 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=3000, help="generated training images")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--noise", type=float, default=1.0, help="noise std of the gratings (signal amplitude ~0.75)")
+    parser.add_argument("--noise", type=float, default=1.25, help="noise std of the gratings (signal amplitude ~0.75)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--path", choices=("memory-efficient", "default"), default="memory-efficient",
+        help="the training path: memory-efficient (shared storage) or the default fast path",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, help="also write the markdown table here (and .json of raw results)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -126,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             for prec in ("fp32", "bf16"):
                 t0 = time.perf_counter()
-                acc = train_once(data, seed, prec == "bf16", args.epochs, 64, 3e-3)
+                acc = train_once(data, seed, prec == "bf16", args.epochs, 64, 3e-3, args.path == "memory-efficient")
                 results[name][prec].append(acc)
                 print(f"{name} seed {seed} {prec}: {acc:.2f}% ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     lines = [
-        f"bf16 accuracy check: {args.seeds} seeds, {args.epochs} epochs, memory-efficient SE-DenseNet "
+        f"bf16 accuracy check: {args.seeds} seeds, {args.epochs} epochs, {args.path} path SE-DenseNet "
         f"(growth 8, blocks 3-3-3), AdamW one-cycle lr 3e-3, batch 64; gratings {args.size} px, noise "
         f"{args.noise}; torch {torch.__version__}; wall {(time.perf_counter() - start) / 60:.1f} min, "
         f"load {load0:.1f} at the start.",
