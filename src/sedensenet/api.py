@@ -243,6 +243,8 @@ def predict_sharded(
     device: str = "auto",
     backend: str = "auto",
     resume: bool = False,
+    tta: str = "none",
+    amp: str = "auto",
 ) -> Any:
     """Bulk prediction in every process torchrun started (or in this one alone): each predicts a share of the
     sorted file list, rank 0 merges one CSV in input order; ``resume`` keeps the parts a killed job wrote.
@@ -263,7 +265,7 @@ def predict_sharded(
         logging.getLogger("sedensenet").setLevel(logging.WARNING)  # one voice: rank 0 reports
     try:
         return run_shard(model, inputs, output, top_k=top_k, batch_size=batch_size, device=str(dev),
-                         backend=backend, resume=resume)  # fmt: skip
+                         backend=backend, resume=resume, tta=tta, amp=amp)  # fmt: skip
     finally:
         dist.shutdown(clean=sys.exc_info()[0] is None)
 

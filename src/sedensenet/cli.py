@@ -165,14 +165,13 @@ def _predict_sharded(args: argparse.Namespace) -> int:
 
     if not args.output:
         raise ConfigError("sharded prediction (torchrun, --resume) writes its rows to a file: give --output FILE.csv")
-    if args.tta != "none":
-        raise ConfigError(f"--tta {args.tta} is not available for sharded prediction (torchrun, --resume) yet: drop "
-                          "--tta, or predict in one process without --resume")  # fmt: skip
     res = predict_sharded(args.checkpoint, args.images, args.output, top_k=args.top_k, batch_size=args.batch_size,
-                          device=args.device, backend=args.backend, resume=args.resume)  # fmt: skip
+                          device=args.device, backend=args.backend, resume=args.resume, tta=args.tta,
+                          amp=args.amp)  # fmt: skip
     if res is not None:
         resumed = f"; {res.resumed_parts} of {res.parts} parts were already written" if res.resumed_parts else ""
-        print(f"{res.rows} predictions written to {res.output} ({res.parts} processes, backend {res.backend}{resumed})")
+        print(f"{res.rows} predictions written to {res.output} ({res.parts} processes, backend {res.backend}, "
+              f"--amp {res.amp}{resumed})")  # fmt: skip
     return 0
 
 

@@ -227,6 +227,7 @@ def optimize_for_inference(
     backend: str = "auto",
     atol: float = 1e-4,
     images: int | None = None,
+    low_precision: bool = False,
 ) -> nn.Module:
     """A module computing ``model(x)`` in eval mode, faster; the model itself is put in eval mode.
 
@@ -241,6 +242,8 @@ def optimize_for_inference(
             differs more is not used (a warning says so) and the eager module is returned.
         images: how many images the caller will run, when known: ``auto`` keeps the eager path (no set-up
             time) for fewer than :data:`ONNX_MIN_IMAGES`.
+        low_precision: the caller runs the eager path under bf16/fp16 autocast: ``auto`` keeps it (see
+            :func:`resolve_backend`).
 
     Returns:
         A module to call on image batches; ONNX Runtime and compiled modules hold a snapshot of the weights.
@@ -258,7 +261,7 @@ def optimize_for_inference(
         return model
     device = next(iter(model.parameters()), torch.empty(0)).device
     eager = EagerInference(model)
-    backend = resolve_backend(backend, device.type, images)
+    backend = resolve_backend(backend, device.type, images, low_precision)
     if backend == "eager":
         return eager
     example = _default_example(model, device) if example is None else example.to(device)
@@ -278,11 +281,17 @@ def optimize_for_inference(
     return fast
 
 
-def resolve_backend(backend: str, device_type: str, images: int | None) -> str:
+def resolve_backend(backend: str, device_type: str, images: int | None, low_precision: bool = False) -> str:
     """``auto`` made concrete for a job of ``images`` images on ``device_type``: ONNX Runtime on CPU for jobs of
-    :data:`ONNX_MIN_IMAGES` or more (or of unknown size) when it is installed, else ``eager``; others unchanged."""
+    :data:`ONNX_MIN_IMAGES` or more (or of unknown size) when it is installed, else ``eager``; others unchanged.
+
+    ``low_precision``: the eager path runs under bf16 autocast (``--amp`` on a CPU with bf16 units), which is
+    faster than ONNX Runtime's float32 (1.57x at 224 px, batch 32: benchmarks/README.md), so ``auto`` keeps it.
+    """
     if backend != "auto":
         return backend
+    if low_precision:
+        return "eager"
     big = images is None or images >= ONNX_MIN_IMAGES
     return "onnxruntime" if device_type == "cpu" and big and _has_onnxruntime() else "eager"
 

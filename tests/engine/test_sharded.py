@@ -100,8 +100,8 @@ def test_every_rank_runs_the_backend_chosen_for_the_whole_job(
     monkeypatch.setattr(distributed, "rank", lambda: 1)
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     seen = []
-    monkeypatch.setattr(sharded, "_predict", lambda model, files, k, b, d, backend: seen.append((len(files), backend))
-                        or "path,label,probability,top_k,error\n")  # fmt: skip
+    monkeypatch.setattr(sharded, "_predict", lambda model, files, k, b, d, backend, *rest: seen.append(
+        (len(files), backend)) or "path,label,probability,top_k,error\n")  # fmt: skip
     out = job["tmp"] / "pinned.csv"
     assert sharded.predict_sharded(job["ckpt"], job["data"], out, backend="auto") is None
     assert seen == [(10, "onnxruntime")]

@@ -123,9 +123,21 @@ def test_unknown_tta_is_refused_before_any_work(checkpoint: tuple[Path, Path]) -
         sedensenet.config.TrainConfig(tta="mirror")
 
 
-def test_sharded_prediction_refuses_tta_before_any_work(checkpoint: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+def test_sharded_prediction_runs_tta_and_pins_it_with_the_precision(
+    checkpoint: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path, data = checkpoint
-    out = tmp_path / "p.csv"
-    argv = ["predict", str(path), str(data), "--resume", "--output", str(out), "--tta", "flip", "--device", "cpu"]
-    assert main(argv) == 2
-    assert "--tta flip is not available for sharded prediction" in capsys.readouterr().err and not out.exists()
+    single, sharded_out = tmp_path / "single.csv", tmp_path / "sharded.csv"
+    common = [str(path), str(data), "--tta", "flip", "--device", "cpu", "--amp", "off", "--backend", "eager"]
+    assert main(["predict", *common, "--output", str(single)]) == 0
+    assert main(["predict", *common, "--output", str(sharded_out), "--resume"]) == 0  # the sharded path, 1 process
+    assert "--amp off" in capsys.readouterr().out
+    assert sharded_out.read_text(encoding="utf-8") == single.read_text(encoding="utf-8")
+    # Parts of a job with the same files and settings but no TTA are not resumed into this one.
+    parts = tmp_path / "again.csv.parts"
+    parts.mkdir()
+    old_job = {"tta": "none", "amp": "off"}
+    (parts / "job.json").write_text(json.dumps(old_job), encoding="utf-8")
+    assert main(["predict", *common, "--output", str(tmp_path / "again.csv"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "belong to another job" in err and "tta" in err and "'flip'" in err

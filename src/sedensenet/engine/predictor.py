@@ -228,7 +228,8 @@ class Predictor:
             return self._runner[1]
         size = self.meta.image_size
         example = torch.zeros(2, self.meta.in_chans, size, size, device=self.device).uniform_(-2, 2)
-        module = optimize_for_inference(self.model, example, self.backend, images=images)
+        low = self.device.type == "cpu" and self.amp_dtype is not None
+        module = optimize_for_inference(self.model, example, self.backend, images=images, low_precision=low)
         self._runner = (describe(module), module)
         log.debug("inference backend for %s images: %s", images, self._runner[0])
         return module

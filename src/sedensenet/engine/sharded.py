@@ -22,9 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sedensenet.config import ConfigError
 from sedensenet.engine import distributed as dist
+from sedensenet.engine.device import amp_dtype, precision_name
 from sedensenet.engine.predictor import Predictor, expand_inputs, probabilities_to_rows
+from sedensenet.engine.tta import check_tta
 from sedensenet.errors import UserError
 from sedensenet.fileio import atomic_write_json, atomic_write_text
 from sedensenet.inference import resolve_backend
@@ -49,6 +53,8 @@ class ShardedResult:
     resumed_parts: int
     """Parts found already written (``resume``) and not predicted again."""
     backend: str
+    amp: str = "off"
+    """The precision every rank ran (``--amp``, with ``auto`` resolved once on rank 0)."""
 
 
 def parts_dir(output: Path) -> Path:
@@ -74,6 +80,8 @@ def predict_sharded(
     device: str = "cpu",
     backend: str = "auto",
     resume: bool = False,
+    tta: str = "none",
+    amp: str = "auto",
 ) -> ShardedResult | None:
     """This rank's share of the prediction job; on rank 0, also the merge. Call in every process of the group.
 
@@ -82,6 +90,8 @@ def predict_sharded(
         inputs: image files and folders; the job is their :func:`expand_inputs` list, in that order.
         output: the merged ``.csv``; the parts go to ``OUTPUT.parts/``.
         resume: keep parts already written by an earlier run of the same job.
+        tta: test-time augmentation, as ``predict --tta``.
+        amp: as ``predict --amp``; ``auto`` is resolved once, on rank 0, and every rank runs that precision.
 
     Returns:
         On rank 0 what was written; ``None`` on the other ranks.
@@ -92,8 +102,11 @@ def predict_sharded(
     files = expand_inputs(inputs)
     rank, world = dist.rank(), dist.world_size()
     device_type = "cpu" if device in ("auto", "cpu") else device.split(":")[0]
-    pinned = resolve_backend(backend, device_type, len(files))  # one choice for the whole job, not per share
-    job = _job(model, files, pinned, top_k, world)
+    check_tta(tta)
+    precision = _pin_amp(amp, device_type)
+    # One backend for the whole job, not per share (bf16 eager on a CPU where the precision is bf16).
+    pinned = resolve_backend(backend, device_type, len(files), device_type == "cpu" and precision != "off")
+    job = {**_job(model, files, pinned, top_k, world), "tta": tta, "amp": precision}
     _check_resumable(output, job, resume)  # every rank, before anything is removed
     dist.barrier()
     if rank == 0:
@@ -105,12 +118,12 @@ def predict_sharded(
     if done:
         log.warning("rank %d: %s already written (%d rows), skipped", rank, part.name, len(mine))
     else:
-        _write_part(part, _predict(model, mine, top_k, batch_size, device, pinned))
+        _write_part(part, _predict(model, mine, top_k, batch_size, device, pinned, tta, precision))
     resumed = _gather_flags(done)
     if rank != 0:
         return None
     rows = _merge(output, [str(f) for f in files], world)
-    return ShardedResult(output, rows, world, sum(resumed), pinned)
+    return ShardedResult(output, rows, world, sum(resumed), pinned, precision)
 
 
 def _job(model: str | os.PathLike, files: list[Path], backend: str, top_k: int, world: int) -> dict[str, Any]:
@@ -132,7 +145,8 @@ def _check_resumable(output: Path, job: dict[str, Any], resume: bool) -> None:
         raise ShardError(
             f"the parts in {manifest.parent} belong to another job ({', '.join(changed)} changed: "
             f"{ {k: old.get(k) for k in changed} } then, { {k: job[k] for k in changed} } now); resume with the same "
-            "model, files, backend, --top-k and number of processes, or run without --resume to start over"
+            "model, files, backend, --top-k, --tta, --amp and number of processes, or run without --resume to start "
+            "over"
         )
 
 
@@ -145,12 +159,25 @@ def _prepare(output: Path, job: dict[str, Any], resume: bool) -> None:
     atomic_write_json(folder / "job.json", job)
 
 
-def _predict(model: str | os.PathLike, files: list[str], top_k: int, batch: int, device: str, backend: str) -> str:
+def _pin_amp(amp: str, device_type: str) -> str:
+    """``amp`` as one concrete precision for the whole job (``off``, ``bf16`` or ``fp16``): rank 0's reading of
+    ``auto``, so that ranks on machines with and without bf16 units do not predict in different precisions."""
+    dtype = amp_dtype(amp, torch.device(device_type)) if dist.is_main() or amp != "auto" else None
+    chosen = ["off" if dtype is None else precision_name(dtype)]
+    if dist.is_distributed():
+        import torch.distributed as tdist
+
+        tdist.broadcast_object_list(chosen, src=0)
+    return str(chosen[0])
+
+
+def _predict(model: str | os.PathLike, files: list[str], top_k: int, batch: int, device: str, backend: str,
+             tta: str = "none", amp: str = "off") -> str:  # fmt: skip
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=FIELDS)
     writer.writeheader()
     if files:
-        predictor = Predictor.load(model, device=device, backend=backend)
+        predictor = Predictor.load(model, device=device, backend=backend, tta=tta, amp=amp)
         writer.writerows(probabilities_to_rows(predictor.predict_files(files, top_k=top_k, batch_size=batch)))
     return buf.getvalue()
 
