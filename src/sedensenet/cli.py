@@ -348,7 +348,8 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--backend", default="auto", choices=INFERENCE_BACKENDS,
-        help="auto: ONNX Runtime on CPU for 256+ images when installed, else the eager fast path; "
+        help="auto: the eager fast path, or ONNX Runtime on CPU for 256+ images when installed and the CPU runs "
+        "float32 (no bf16 units, or --amp off); "
         "reference: the unoptimised modules",
     )  # fmt: skip
     p.add_argument("--tta", default="none", choices=TTA_MODES, help=TTA_HELP)

@@ -18,11 +18,11 @@ import yaml
 from sedensenet.errors import UserError
 
 INFERENCE_BACKENDS = ("auto", "onnxruntime", "onnxruntime-int8", "eager", "compile", "reference")
-"""How predict and evaluate run batches: ``auto`` (ONNX Runtime on CPU for 256+ images when installed, else
-``eager``), ``onnxruntime``, ``onnxruntime-int8`` (the int8 model ``sedensenet export --quantize int8`` wrote beside
-the checkpoint, or an int8 ``.onnx`` given directly), ``eager`` (the model's fast path: one buffer per dense block,
-BN folded, channels_last on CPU), ``compile`` (torch.compile with frozen weights) or ``reference`` (the textbook
-modules, no fast path)."""
+"""How predict and evaluate run batches: ``auto`` (ONNX Runtime on CPU for 256+ images when installed and the run
+is float32, else ``eager``; under bf16 the eager path is faster), ``onnxruntime``, ``onnxruntime-int8`` (the int8
+model ``sedensenet export --quantize int8`` wrote beside the checkpoint, or an int8 ``.onnx`` given directly),
+``eager`` (the model's fast path: one buffer per dense block, BN folded, channels_last on CPU), ``compile``
+(torch.compile with frozen weights) or ``reference`` (the textbook modules, no fast path)."""
 
 TTA_MODES = ("none", "flip", "vflip", "scale", "flip+scale")
 """Test-time augmentation: ``none``; ``flip``: the image and its mirror image (left-right: not for chest X-rays,

@@ -150,7 +150,8 @@ class Predictor:
         """From a checkpoint, a run folder, or a model returned by :func:`sedensenet.load_model`.
 
         ``backend`` picks how batches run (see :data:`sedensenet.inference.BACKENDS`); the default, ``auto``, uses ONNX
-        Runtime on CPU for jobs of 256 images or more when it is installed, else the model's eager fast path.
+        Runtime on CPU for jobs of 256 images or more when it is installed and ``amp`` resolves to float32, else the
+        model's eager fast path (under bf16 autocast on a CPU with bf16 units, faster than ONNX Runtime's float32).
         ``onnxruntime-int8`` runs the int8 model exported beside the checkpoint (``<checkpoint>.int8.onnx``), or
         ``source`` itself when it is an int8 ``.onnx`` file. ``tta`` (see :data:`sedensenet.config.TTA_MODES`)
         averages the probabilities of a few views of each image.
