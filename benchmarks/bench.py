@@ -405,15 +405,20 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n\n".join(header) + "\n\n" + table(rows, args.device) + "\n"
     print(text)
     if args.output:
-        args.output.write_text(text)
-        raw = [
-            {"setting": f"{r.setting.task} {r.setting.size}/{r.setting.batch} {r.setting.allocator}",
-             "config": r.config.name, "seconds": r.seconds, "ratios": r.ratios, "ready": r.ready, "final": r.final,
-             "error": r.error}
-            for r in rows
-        ]  # fmt: skip
-        args.output.with_suffix(".json").write_text(json.dumps(raw, indent=1))
+        write_results(args.output, text, rows)
     return 0 if not any(r.error for r in rows) else 1
+
+
+def write_results(output: Path, text: str, rows: list[Row]) -> None:
+    """The markdown table at ``output`` and every row's raw step times and peaks beside it (``.json``)."""
+    output.write_text(text)
+    raw = [
+        {"setting": f"{r.setting.task} {r.setting.size}/{r.setting.batch} {r.setting.allocator}",
+         "config": r.config.name, "spec": r.config.spec, "seconds": r.seconds, "ratios": r.ratios, "ready": r.ready,
+         "final": r.final, "error": r.error}
+        for r in rows
+    ]  # fmt: skip
+    output.with_suffix(".json").write_text(json.dumps(raw, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ process reports its own peak RSS after the warm-up and the timed steps: the mult
     python benchmarks/memeff_speed.py --output benchmarks/results/memeff_speed.md    # ~25 min on 2 cores
     python benchmarks/memeff_speed.py --models 121 --precisions bf16                   # a subset
     python benchmarks/memeff_speed.py --estimates benchmarks/results/memeff_speed.json   # estimate vs measured
+    python benchmarks/memeff_speed.py --fit benchmarks/results/memeff_speed.json         # the estimate's constants
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import Config, Row, Setting, machine, run_setting  # noqa: E402
+from bench import Config, Row, Setting, machine, run_setting, write_results  # noqa: E402
 
 PRESETS = {"121": "keras_se_densenet121", "169": "keras_se_densenet169", "201": "keras_se_densenet201"}
 SIZES = (128, 224)
@@ -92,6 +93,35 @@ def estimates(results: Path) -> str:
     return "\n".join(lines)
 
 
+def fit(results: Path) -> str:
+    """The least-squares constants of ``sedensenet.engine.memory.CPU_COSTS`` from the peaks in ``results``: per
+    (path, precision), peak - 16 bytes per parameter = fixed + batch x (a x concatenated + b x other elements), with
+    ``a`` held at zero on the memory-efficient path (it keeps no concatenated input)."""
+    import numpy as np
+
+    from sedensenet.engine.memory import _parameter_count, activation_counts
+    from sedensenet.models import model_config
+
+    groups: dict[tuple[bool, bool], list[tuple[list[float], float]]] = {}
+    for r in json.loads(results.read_text()):
+        if not r["final"]:
+            continue
+        spec, (size, batch) = r["spec"], map(int, r["setting"].split()[1].split("/"))
+        cfg = model_config(spec["model"], num_classes=2)
+        concat, outputs = activation_counts(cfg, size)
+        peak = r["final"]["peak_rss_mb"] * 2**20 - 16 * _parameter_count(cfg)
+        key = (bool(spec.get("memory_efficient")), bool(spec.get("amp")))
+        groups.setdefault(key, []).append(([1.0, batch * concat, batch * outputs], peak))
+    lines = []
+    for (me, amp), rows in sorted(groups.items()):
+        a = np.array([x for x, _ in rows])[:, [0, 2] if me else [0, 1, 2]]
+        coef = np.linalg.lstsq(a, np.array([y for _, y in rows]), rcond=None)[0]
+        fixed, per_concat, per_output = (coef[0], 0.0, coef[1]) if me else coef
+        lines.append(f"({me}, {amp}): PathCost(fixed={fixed / 1e9:.3f}e9, per_concat={per_concat:.2f}, "
+                     f"per_output={per_output:.2f}),  # {len(rows)} rows")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(PRESETS), default=sorted(PRESETS))
@@ -100,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--output", type=Path, help="write the markdown table here and the raw times beside it")
     parser.add_argument("--estimates", type=Path, help="print the memory estimates next to the peaks in this JSON")
+    parser.add_argument("--fit", type=Path, help="print the memory estimate's constants fitted to this JSON")
     args = parser.parse_args(argv)
     if args.estimates:
         print(estimates(args.estimates))
+        return 0
+    if args.fit:
+        print(fit(args.fit))
         return 0
     start, load0 = time.perf_counter(), os.getloadavg()
 
@@ -121,14 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     text = header + "\n\n" + table(rows) + "\n"
     print(text)
     if args.output:
-        args.output.write_text(text)
-        raw = [
-            {"setting": f"{r.setting.task} {r.setting.size}/{r.setting.batch}", "config": r.config.name,
-             "spec": r.config.spec, "seconds": r.seconds, "ratios": r.ratios, "ready": r.ready, "final": r.final,
-             "error": r.error}
-            for r in rows
-        ]  # fmt: skip
-        args.output.with_suffix(".json").write_text(json.dumps(raw, indent=1))
+        write_results(args.output, text, rows)
     return 0 if not any(r.error for r in rows) else 1
 
 

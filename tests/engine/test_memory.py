@@ -131,9 +131,9 @@ def test_nothing_fits_stops_with_the_largest_batch_and_the_accumulation_that_kee
     b = memory.largest_batch(config, CPU, parse_size("1.7G"), 32)
     assert 1 <= b < 32 and 32 % b == 0
     assert f"--memory-efficient on --batch-size {b} --accumulate {32 // b}" in message
-    assert memory.run_peak(config.model, 224, b, True) * memory.MARGIN <= parse_size("1.7G")
+    assert memory.estimate_peak(config.model, 224, b, True, whole_run=True) * memory.MARGIN <= parse_size("1.7G")
     bigger = next(n for n in range(b + 1, 33) if 32 % n == 0)
-    assert memory.run_peak(config.model, 224, bigger, True) * memory.MARGIN > parse_size("1.7G")
+    assert memory.estimate_peak(config.model, 224, bigger, True, whole_run=True) * memory.MARGIN > parse_size("1.7G")
     with pytest.raises(memory.MemoryPlanError, match="Even batch 1 does not fit"):
         memory.plan_memory(TrainConfig(**TUTORIAL, memory_limit="500M"), CPU, 32)
 

@@ -133,33 +133,26 @@ def estimate_peak(
     memory_efficient: bool,
     device_type: str = "cpu",
     amp: bool = False,
+    whole_run: bool = False,
 ) -> int:
     """Estimated peak memory of training ``model`` in bytes: resident memory on CPU, allocated memory on a GPU.
 
     ``amp``: under bf16/fp16 autocast (on CPU the bf16 fit; on a GPU the float32 fit's activations halved).
+    ``whole_run``: the peak of a whole ``sedensenet train`` run (times :data:`RUN_OVERHEAD`), what the plan
+    compares with the budget and reports; otherwise that of the training steps alone.
     """
+    factor = RUN_OVERHEAD if whole_run else 1.0
     cfg = model_config(model, num_classes=2) if isinstance(model, str) else model
     concat, outputs = activation_counts(cfg, image_size)
     params = _parameter_count(cfg)
     if device_type == "cpu":
         cost = CPU_COSTS[memory_efficient, amp]
-        return int(cost.fixed + 16 * params + batch_size * (cost.per_concat * concat + cost.per_output * outputs))
+        peak = cost.fixed + 16 * params + batch_size * (cost.per_concat * concat + cost.per_output * outputs)
+        return int(peak * factor)
     cost = CPU_COSTS[memory_efficient, False]
     scale = 0.5 if amp else 1.0  # half-precision activations (uncalibrated on a GPU)
-    return int(GPU_FIXED + 16 * params + batch_size * (cost.per_concat * concat + cost.per_output * outputs) * scale)
-
-
-def run_peak(
-    model: str | DenseNetConfig,
-    image_size: int,
-    batch_size: int,
-    memory_efficient: bool,
-    device_type: str = "cpu",
-    amp: bool = False,
-) -> int:
-    """Estimated peak of a whole training run (:func:`estimate_peak` times :data:`RUN_OVERHEAD`): what the plan
-    compares with the budget and reports."""
-    return int(estimate_peak(model, image_size, batch_size, memory_efficient, device_type, amp) * RUN_OVERHEAD)
+    peak = GPU_FIXED + 16 * params + batch_size * (cost.per_concat * concat + cost.per_output * outputs) * scale
+    return int(peak * factor)
 
 
 def low_precision(config: TrainConfig, device: torch.device) -> bool:
@@ -295,7 +288,10 @@ def plan_memory(
         budget = Budget(int(cap * 0.9), f"90% of where the last run was killed, {cap / GB:.1f} GB")
     share = budget.bytes // replicas if device.type == "cpu" else budget.bytes
     amp = low_precision(config, device)
-    est = {me: run_peak(config.model, config.image_size, batch_size, me, device.type, amp) for me in (False, True)}
+    est = {
+        me: estimate_peak(config.model, config.image_size, batch_size, me, device.type, amp, whole_run=True)
+        for me in (False, True)
+    }
     fits = {me: est[me] * MARGIN <= share for me in est}
     requested = config.memory_efficient
     if requested != "auto":
@@ -362,7 +358,7 @@ def largest_batch(config: TrainConfig, device: torch.device, budget: int, effect
     """The largest batch dividing ``effective`` whose memory-efficient estimate fits ``budget`` (0: none)."""
     amp = low_precision(config, device)
     for b in range(effective, 0, -1):
-        peak = run_peak(config.model, config.image_size, b, True, device.type, amp)
+        peak = estimate_peak(config.model, config.image_size, b, True, device.type, amp, whole_run=True)
         if effective % b == 0 and peak * MARGIN <= budget:
             return b
     return 0
