@@ -98,7 +98,7 @@ def main() -> None:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
         ).stdout.strip(),  # fmt: skip
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "note": "the 2-core VM was shared with other jobs during the run (see load averages)",
+        "note": "read the load averages: other jobs on the machine slow the wall time, not the CPU time",
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
