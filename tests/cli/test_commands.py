@@ -115,7 +115,7 @@ def test_devices_flag_builds_a_torchrun_command() -> None:
 def test_compare_on_builtin_faces(tmp_path: Path) -> None:
     from sedensenet.compare import compare
 
-    result = compare("builtin:faces", ["densenet_bc_100", "se_densenet_bc_100"], seeds=2, epochs=2,
+    result = compare("builtin:faces", ["densenet_bc_100", "se_densenet_bc_100"], seeds=2, epochs=1,
                      project=str(tmp_path), workers=0)  # fmt: skip
     assert [r.model for r in result.rows] == ["densenet_bc_100", "se_densenet_bc_100"]
     assert all(len(r.val_accuracy) == len(r.roc_auc) == 2 for r in result.rows)
