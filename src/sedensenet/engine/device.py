@@ -63,8 +63,9 @@ def cpu_bf16() -> tuple[bool, str]:
     return True, f"oneDNN uses this CPU's {' and '.join(units)}"
 
 
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype ``--amp`` asks for on ``device``; ``auto`` picks it and logs which and why.
+def amp_dtype(amp: str, device: torch.device, *, quiet: bool = False) -> torch.dtype | None:
+    """The autocast dtype ``--amp`` asks for on ``device``; ``auto`` picks it and logs which and why (unless
+    ``quiet``: a caller that only plans, such as the memory estimate, leaves the log line to the run).
 
     ``auto``: bf16 on CUDA GPUs that support it (else fp16), bf16 on CPUs with bf16 matrix units
     (:func:`cpu_bf16`), float32 elsewhere. ``off`` is float32 everywhere.
@@ -79,8 +80,9 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
             amp = "bf16" if ok else "off"
         else:
             amp, why = "off", f"no mixed precision by default on {device.type}"
-        log.info("--amp auto: %s on %s (%s; --amp off forces float32)", "fp32" if amp == "off" else amp,
-                 device.type, why)  # fmt: skip
+        if not quiet:
+            log.info("--amp auto: %s on %s (%s; --amp off forces float32)", "fp32" if amp == "off" else amp,
+                     device.type, why)  # fmt: skip
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 

@@ -157,17 +157,10 @@ def estimate_peak(
 
 
 def low_precision(config: TrainConfig, device: torch.device) -> bool:
-    """Whether the run will train under bf16/fp16 autocast: ``--amp`` as :func:`~sedensenet.engine.device.amp_dtype`
-    resolves it, without its log line (the trainer logs the choice once)."""
-    if config.amp == "off":
-        return False
-    if config.amp != "auto" or device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    from sedensenet.engine.device import cpu_bf16
+    """Whether the run will train under bf16/fp16 autocast, as ``--amp`` resolves on ``device``."""
+    from sedensenet.engine.device import amp_dtype
 
-    return cpu_bf16()[0]
+    return amp_dtype(config.amp, device, quiet=True) is not None
 
 
 def _parameter_count(cfg: DenseNetConfig) -> int:

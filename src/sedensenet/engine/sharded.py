@@ -162,8 +162,8 @@ def _prepare(output: Path, job: dict[str, Any], resume: bool) -> None:
 def _pin_amp(amp: str, device_type: str) -> str:
     """``amp`` as one concrete precision for the whole job (``off``, ``bf16`` or ``fp16``): rank 0's reading of
     ``auto``, so that ranks on machines with and without bf16 units do not predict in different precisions."""
-    dtype = amp_dtype(amp, torch.device(device_type)) if dist.is_main() or amp != "auto" else None
-    chosen = ["off" if dtype is None else precision_name(dtype)]
+    dtype = amp_dtype(amp, torch.device(device_type))
+    chosen = ["off" if dtype is None else precision_name(dtype)]  # rank 0's choice replaces it below
     if dist.is_distributed():
         import torch.distributed as tdist
 
