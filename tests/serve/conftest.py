@@ -144,8 +144,9 @@ def start_server(checkpoint: Path, *args: str, port: int | None = None) -> tuple
 
 
 @pytest.fixture(scope="module")
-def live_server(run_dir: Path) -> Iterator[str]:
-    proc, url = start_server(run_dir, "--backend", "eager")
+def live_server(copied_checkpoint: Path) -> Iterator[str]:
+    """``sedensenet serve`` of the evaluated run's best.safetensors copied alone into another folder."""
+    proc, url = start_server(copied_checkpoint, "--backend", "eager")
     yield url
     proc.terminate()
     proc.wait(timeout=30)

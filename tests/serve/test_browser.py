@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,7 +24,7 @@ if not os.environ.get("CI") and not Path(CHROMIUM).exists():
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from .conftest import DATA_NAME, TRAIN_CLASSES, start_server  # noqa: E402
+from .conftest import DATA_NAME, TRAIN_CLASSES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -108,23 +107,15 @@ def test_page_classifies_explains_refuses_and_stays_on_its_origin(
     context.close()
 
 
-@pytest.fixture(scope="module")
-def copy_server(copied_checkpoint: Path) -> Iterator[str]:
-    """A server of the evaluated run's best.safetensors copied alone into another folder."""
-    proc, url = start_server(copied_checkpoint, "--backend", "eager")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
 def test_card_shows_the_test_figures_with_label_and_interval_and_no_path(
-    browser, copy_server: str, evaluated_run: Path, copied_checkpoint: Path
+    browser, live_server: str, evaluated_run: Path, copied_checkpoint: Path
 ) -> None:
+    """The server runs a copy of the checkpoint alone (``live_server``), so the figures come from the file."""
     test = json.loads((evaluated_run / "test" / "metrics.json").read_text(encoding="utf-8"))
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(copy_server + "/")
+    page.goto(live_server + "/")
     wait_until(page, "() => document.querySelector('#status').textContent.includes('ready')")
     page.click("#card summary")
     shown = page.locator(".split[data-split=test]")
