@@ -120,7 +120,8 @@ class ServedModel:
             image_size=meta.image_size, in_chans=meta.in_chans,
             parameters=sum(p.numel() for p in self.predictor.model.parameters()),
             se=bool(getattr(self.predictor.model, "se_modules", dict)()), data=data_summary(meta), epoch=meta.epoch,
-            evaluation=evaluation, epoch_metrics=meta.metrics, trained_at=trained_at, backend=self.backend_used,
+            evaluation=evaluation, epoch_metrics=_numbers(meta.metrics), trained_at=trained_at,
+            backend=self.backend_used,
             limits=Limits(max_upload_mb=s.max_upload_mb, max_files=s.max_files, max_pixels=s.max_pixels,
                           max_batch=s.max_batch),
         )  # fmt: skip
@@ -147,6 +148,12 @@ def data_name(data: Any) -> str | None:
 
 def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _numbers(metrics: Any) -> dict[str, float]:
+    """The numeric entries of the stored history row (the metadata is not checked field by field there)."""
+    items = metrics.items() if isinstance(metrics, dict) else ()
+    return {str(k): float(v) for k, v in items if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def _png(image: Image.Image) -> str:
