@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -28,11 +29,19 @@ from fastapi.responses import Response
 
 from sedensenet import __version__
 from sedensenet.data import ImageRejected
+from sedensenet.engine.predictor import Prediction, probabilities_to_rows
 from sedensenet.serve.batching import DynamicBatcher, QueueFull
 from sedensenet.serve.errors import ApiError, install_handlers
 from sedensenet.serve.limits import BodySizeLimit
 from sedensenet.serve.model import ServedModel, resolve_safetensors
-from sedensenet.serve.schemas import ERROR_RESPONSES, ExplainResponse, Health, PredictResponse
+from sedensenet.serve.schemas import (
+    ERROR_RESPONSES,
+    ExplainResponse,
+    Health,
+    ImagePrediction,
+    ModelCard,
+    PredictResponse,
+)
 from sedensenet.serve.settings import ServeSettings
 from sedensenet.serve.uploads import read_uploads
 
@@ -94,11 +103,11 @@ def create_app(checkpoint: str | os.PathLike, settings: ServeSettings | None = N
         if settings.threads:
             torch.set_num_threads(settings.threads)
         state.model = await asyncio.to_thread(ServedModel, checkpoint, settings)
+        await asyncio.to_thread(state.model.warm_up)
         state.batcher = DynamicBatcher(
             state.model.predict_batch, settings.max_batch, settings.max_wait_ms, settings.max_queue
         )
         state.batcher.start()
-        await asyncio.to_thread(state.model.warm_up)
         state.ready = True
         try:
             yield
@@ -139,16 +148,16 @@ def _add_page_routes(app: FastAPI, state: ServerState) -> None:
         return Response((static / name).read_bytes(), media_type=ASSETS[name], headers=PAGE_HEADERS)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
-    async def healthz() -> dict[str, str]:
+    async def healthz() -> Health:
         """Alive: the process answers."""
-        return {"status": "ok"}
+        return Health(status="ok")
 
     @app.get("/readyz", response_model=Health, responses={503: ERROR_RESPONSES[503]}, tags=["health"])
     async def readyz() -> Any:
         """Ready: the model is loaded and a warm-up batch has run."""
         if not state.ready:
             return _not_ready().response()
-        return {"status": "ready"}
+        return Health(status="ready")
 
 
 def _not_ready() -> ApiError:
@@ -175,9 +184,10 @@ def _guard(state: ServerState) -> Any:
 def _add_api_routes(app: FastAPI, state: ServerState) -> None:
     guard = _guard(state)
 
-    @app.get("/v1/model", responses=ERROR_RESPONSES, tags=["v1"])
-    async def model_card(model: ServedModel = guard) -> dict[str, Any]:
-        """The model card: classes, preset, image size, parameters, training data, validation metrics."""
+    @app.get("/v1/model", response_model=ModelCard, responses=ERROR_RESPONSES, tags=["v1"])
+    async def model_card(model: ServedModel = guard) -> ModelCard:
+        """The model card: classes, preset, image size, parameters, the training data's name and size, the final
+        evaluation (test first, each split with its label and 95% intervals), the decision rule and calibration."""
         return model.card()
 
     @app.post("/v1/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, tags=["v1"],
@@ -189,10 +199,10 @@ def _add_api_routes(app: FastAPI, state: ServerState) -> None:
         with state.batcher.arriving() as arrival:  # batches wait for this request while it is decoded
             names, tensors = await _decode_request(request, state, keep_images=False)
             probs = await _submit(state, tensors, arrival)
-        preds = [_prediction(model, name, p, top_k) for name, p in zip(names, probs, strict=True)]
+        preds = model.predictor.to_predictions(names, np.stack(probs), top_k)
         if "text/csv" in request.headers.get("accept", ""):
             return Response(_csv(preds), media_type="text/csv; charset=utf-8")
-        return {"model_id": model.model_id, "predictions": preds}
+        return PredictResponse(model_id=model.model_id, predictions=[ImagePrediction.of(p) for p in preds])
 
     @app.post("/v1/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES, tags=["v1"],
               openapi_extra=_PREDICT_BODY)  # fmt: skip
@@ -235,24 +245,9 @@ async def _submit(state: ServerState, tensors: list[torch.Tensor], arrival: Any 
                        headers={"Retry-After": str(RETRY_AFTER_S)}) from None  # fmt: skip
 
 
-def _prediction(model: ServedModel, name: str, probs: Any, top_k: int) -> dict[str, Any]:
-    pred = model.prediction(name, probs, top_k)
-    return {
-        "file": name,
-        "label": pred.label,
-        "probability": pred.probability,
-        "top_k": [{"class": c, "probability": p} for c, p in pred.top_k],
-    }
-
-
-def _csv(preds: list[dict[str, Any]]) -> str:
+def _csv(preds: list[Prediction]) -> str:
     """The rows ``sedensenet predict --output x.csv`` writes, for the same predictions."""
-    from sedensenet.engine.predictor import Prediction, probabilities_to_rows
-
-    rows = probabilities_to_rows(
-        [Prediction(p["file"], p["label"], p["probability"], [(t["class"], t["probability"]) for t in p["top_k"]])
-         for p in preds]
-    )  # fmt: skip
+    rows = probabilities_to_rows(preds)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -264,7 +259,7 @@ async def _explain(request: Request, state: ServerState, model: ServedModel, tar
     from sedensenet.explain import resolve_target
 
     try:
-        target_index = resolve_target(target, model.classes)
+        target_index = resolve_target(target, model.predictor.classes)
     except ValueError as exc:
         raise ApiError(422, "invalid_parameter", f"target: {exc}") from None
     if state.explain_waiting >= state.settings.max_explain_queue:
@@ -277,7 +272,7 @@ async def _explain(request: Request, state: ServerState, model: ServedModel, tar
             raise ApiError(400, "one_image", f"/v1/explain takes one image, got {len(items)}")
         (image, x), name = items[0], names[0]
         (probs,) = await _submit(state, [x], arrival)
-    pred = model.prediction(name, probs, 1)
+    (pred,) = model.predictor.to_predictions([name], probs[None], 1)
     state.explain_waiting += 1
     try:
         async with state.explain_lock:
@@ -287,4 +282,4 @@ async def _explain(request: Request, state: ServerState, model: ServedModel, tar
         state.explain_waiting -= 1
     if "image/png" in request.headers.get("accept", ""):
         return Response(base64.b64decode(result["overlay_png"]), media_type="image/png")
-    return {"model_id": model.model_id, "file": name, "label": pred.label, "probability": pred.probability, **result}
+    return ExplainResponse(model_id=model.model_id, file=name, label=pred.label, probability=pred.probability, **result)
