@@ -7,6 +7,7 @@ import logging
 import os
 import stat
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from sedensenet.data.dicom import (  # noqa: E402
     is_dicom,
     local_salt,
     patient_group,
+    patient_groups,
     read_dicom,
 )
 from sedensenet.data.images import ImageRejected, check_image, decode_image, load_image, open_checked  # noqa: E402
@@ -229,11 +231,13 @@ def test_images_functions_read_dicom_by_content(tmp_path: Path) -> None:
 
 def test_no_patient_tag_leaves_the_decoder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = write_dicom(tmp_path / "a.dcm", np.stack([ramp(12)] * 2), bits_stored=12)
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
         decoded = read_dicom(path, max_pixels=LIMIT)
         check_image(path)
         group = patient_group(path, salt=b"k" * 32)
-    seen = repr(decoded) + repr(decoded.info.__dict__) + caplog.text + str(group)
+    seen = repr(decoded) + repr(decoded.info.__dict__) + caplog.text + str(group) + str([str(w) for w in warned])
+    assert "multi-frame DICOM (2 frames)" in caplog.text  # the log was captured: what is absent is truly absent
     for value in (*PLANTED_PHI.values(), "Zhang", "7734", "1961"):
         assert value not in seen
 
@@ -257,3 +261,12 @@ def test_local_salt_is_made_once_and_kept_private(tmp_path: Path) -> None:
     assert len(first) == 32 and local_salt(tmp_path / "home") == first
     assert stat.S_IMODE(os.stat(tmp_path / "home" / "dicom-salt").st_mode) == 0o600
     assert local_salt(tmp_path / "other") != first
+
+
+def test_a_dicom_folders_patients_become_groups(tmp_path: Path) -> None:
+    rows = make_dicom_folder(tmp_path, per_class=4, bits=12)
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    groups = patient_groups([tmp_path / r[0] for r in rows] + [tmp_path / "notes.txt"], salt=b"k" * 32)
+    assert len(groups) == 8 and len(set(groups.values())) == 4  # two films per patient
+    by_patient = {pid: {groups[tmp_path / rel] for rel, _, p in rows if p == pid} for _, _, pid in rows}
+    assert all(len(g) == 1 for g in by_patient.values())

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
@@ -457,3 +458,20 @@ def patient_group(source: str | os.PathLike | bytes | BinaryIO, *, salt: bytes) 
         return None
     digest = hmac.new(salt, value.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
     return f"patient-{digest[:16]}"
+
+
+def patient_groups(paths: Iterable[str | os.PathLike], *, salt: bytes) -> dict[Path, str]:
+    """Each DICOM file of ``paths`` with a ``PatientID`` -> its :func:`patient_group`: the groups of a DICOM folder,
+    so that a patient's films stay on one side of every split without a groups file. Other files (not DICOM, no
+    id, an unreadable header) are left out, i.e. each is its own group."""
+    groups: dict[Path, str] = {}
+    for path in paths:
+        if not is_dicom(path):
+            continue
+        try:
+            group = patient_group(path, salt=salt)
+        except DicomRejected:
+            continue
+        if group is not None:
+            groups[Path(path)] = group
+    return groups

@@ -170,12 +170,13 @@ def _listing(items: Sequence[str]) -> str:
 
 def _resolver(image_root: Path, image_ext: str | None):
     ext = None if not image_ext else (image_ext if image_ext.startswith(".") else "." + image_ext)
+    root = os.fspath(image_root)
 
     def resolve(cell: str) -> Path:
         name = cell.strip().replace("\\", "/")
         if ext is not None and not name.lower().endswith(ext.lower()):
             name += ext
-        return Path(name) if os.path.isabs(name) else image_root / name
+        return Path(name if os.path.isabs(name) else os.path.join(root, name))  # one parse per row, not two
 
     return resolve
 
