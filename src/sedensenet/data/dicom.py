@@ -132,7 +132,10 @@ def _head(source: str | os.PathLike | bytes | BinaryIO) -> bytes:
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source[: MARKER_OFFSET + 4])
     if hasattr(source, "read"):
-        pos = source.tell()
+        try:
+            pos = source.tell()
+        except (OSError, ValueError):  # a stream that cannot go back: only a seekable one can be DICOM-sniffed
+            return b""
         try:
             return source.read(MARKER_OFFSET + 4)
         finally:
@@ -413,6 +416,7 @@ def read_dicom(
     else:
         raise DicomRejected(f"unsupported photometric interpretation {photometric}", "unsupported")
     image = Image.fromarray(np.ascontiguousarray(pixels), mode=mode)
+    image.format = "DICOM"  # what check-data reports as the file's format
     return DicomImage(image=image, info=DicomInfo(**{**info.__dict__, "window": how}))
 
 
