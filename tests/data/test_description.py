@@ -62,6 +62,7 @@ def test_json_round_trip_is_exact(tmp_path: Path) -> None:
     assert json.loads(text)["version"] == 1 and json.loads(text)["columns"]["image"] == "image_id"
     assert DataDescription.from_json(text) == d
     assert DataDescription.for_data(tmp_path).source == "folder"
+    assert DataDescription.for_data("builtin:digits").path == "builtin:digits"
     with pytest.raises(AttributeError):
         d.val_split = 0.5  # frozen
 

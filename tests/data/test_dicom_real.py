@@ -117,7 +117,7 @@ def test_every_real_dicom_file_is_read_or_skipped_as_listed() -> None:
     unexpected = {n: r for n, r in skipped.items() if expected_skip(n) is None or expected_skip(n) not in r}
     wrongly_read = sorted(n for n in read if expected_skip(n) is not None)
     assert unexpected == {} and wrongly_read == []
-    assert len(read) >= 120 and len(skipped) >= 70  # with pydicom-data: 155 read, 84 skipped
+    assert len(read) >= 80 and len(skipped) >= 60  # pydicom 3.0.2 + pydicom-data 1.0.0: 155 read, 80 skipped
     narrow = sorted(
         n for n, a in read.items() if a.ndim == 2 and int(a.max()) - int(a.min()) < 128
         and not fnmatch.fnmatchcase(n, NARROW_BY_THEIR_OWN_WINDOW)

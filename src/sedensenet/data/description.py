@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from sedensenet.data.builtin import is_builtin, resolve_data
 from sedensenet.data.check import DEDUPE_MODES, drop_duplicates_of_train
 from sedensenet.data.dedupe import DEFAULT_NEAR_DISTANCE, Fingerprint
 from sedensenet.data.folds import fold_splits, fold_units
@@ -58,7 +59,7 @@ class DataDescription:
     source: str
     """``"folder"`` (class sub-folders, or train/val/test folders) or ``"table"`` (a CSV / TSV manifest)."""
     path: str
-    """The folder, or the table file: absolute."""
+    """The folder (or ``"builtin:NAME"``, kept as given), or the table file: absolute."""
     image_root: str | None = None
     """Table only: the folder image paths are relative to (``None``: the table's folder)."""
     image_ext: str | None = None
@@ -98,8 +99,9 @@ class DataDescription:
 
     @classmethod
     def for_data(cls, data: str | os.PathLike, **settings: Any) -> DataDescription:
-        """The description of ``data``: a table when it is named ``*.csv`` / ``*.tsv``, else a folder."""
-        path = os.path.abspath(os.path.expanduser(data))
+        """The description of ``data``: a table when it is named ``*.csv`` / ``*.tsv``, else a folder (a
+        ``"builtin:NAME"`` set is a folder written on first use)."""
+        path = data if is_builtin(data) else os.path.abspath(os.path.expanduser(data))
         columns = settings.pop("columns", None) or TableColumns()
         return cls(source="table" if is_table(path) else "folder", path=path, columns=columns, **settings)
 
@@ -163,7 +165,7 @@ def _resolve_folder(d: DataDescription, workers: int | None) -> DataSplits:
     """Exactly what training does with a folder: scan (val split 0 under folds), then the fold."""
     groups = d.groups_file or None
     val_split = 0 if d.folds else d.val_split
-    splits = scan_folder(d.path, val_split=val_split, seed=d.split_seed, max_pixels=d.max_pixels, workers=workers,
+    splits = scan_folder(resolve_data(d.path), val_split=val_split, seed=d.split_seed, max_pixels=d.max_pixels, workers=workers,
                          groups=groups)  # fmt: skip
     if d.folds:
         splits = fold_splits(splits, d.folds, d.fold, d.val_split, d.split_seed, fold_units(splits))
