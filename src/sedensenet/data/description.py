@@ -165,8 +165,8 @@ def _resolve_folder(d: DataDescription, workers: int | None) -> DataSplits:
     """Exactly what training does with a folder: scan (val split 0 under folds), then the fold."""
     groups = d.groups_file or None
     val_split = 0 if d.folds else d.val_split
-    splits = scan_folder(resolve_data(d.path), val_split=val_split, seed=d.split_seed, max_pixels=d.max_pixels, workers=workers,
-                         groups=groups)  # fmt: skip
+    splits = scan_folder(resolve_data(d.path), val_split=val_split, seed=d.split_seed, max_pixels=d.max_pixels,
+                         workers=workers, groups=groups)  # fmt: skip
     if d.folds:
         splits = fold_splits(splits, d.folds, d.fold, d.val_split, d.split_seed, fold_units(splits))
     return splits
