@@ -74,6 +74,7 @@ def test_json_round_trip_is_exact(tmp_path: Path) -> None:
         ({"folds": 5}, "folds and fold go together"),
         ({"folds": 5, "fold": 6}, "fold must be between 1 and folds"),
         ({"dedupe": "fuzzy"}, "dedupe must be one of off, exact, near"),
+        ({"dicom_window": (40, 0)}, r"dicom_window: a DICOM window is \(center, width\) with a finite width >= 1"),
         ({"groups_file": "g.csv", "columns": TableColumns(group="patient_id")}, r"both a groups file \(g.csv\) and"),
     ],
 )

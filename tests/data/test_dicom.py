@@ -271,3 +271,12 @@ def test_a_dicom_folders_patients_become_groups(tmp_path: Path) -> None:
     assert len(groups) == 8 and len(set(groups.values())) == 4  # two films per patient
     by_patient = {pid: {groups[tmp_path / rel] for rel, _, p in rows if p == pid} for _, _, pid in rows}
     assert all(len(g) == 1 for g in by_patient.values())
+
+
+def test_without_pydicom_a_dicom_file_is_skipped_naming_the_extra(tmp_path: Path, monkeypatch) -> None:
+    path = write_dicom(tmp_path / "film", ramp(12), bits_stored=12)
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # as if it were not installed: importing it fails
+    assert check_image(path) == "DICOM support is not installed: pip install 'sedensenet[dicom]'"
+    with pytest.raises(ImageRejected) as exc:
+        decode_image(path.read_bytes())
+    assert exc.value.kind == "unsupported"

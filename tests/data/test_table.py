@@ -62,6 +62,8 @@ def test_excel_semicolon_csv_is_detected(tmp_path: Path) -> None:
     table = read_table(csv)
     assert [(s.path.name, s.label) for s in table.samples] == [("a.png", "yes"), ("b.png", "no")]
     assert table.columns == ["filename", "label", "score"]
+    write(csv, "sep=;\r\nfilename;label\r\na.png;yes\r\n")  # Excel's hint line
+    assert [(s.path.name, s.label, s.row) for s in read_table(csv).samples] == [("a.png", "yes", 3)]
 
 
 def test_gbk_table_gets_a_clear_error_and_reads_with_the_encoding(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 from sedensenet.data.builtin import is_builtin, resolve_data
 from sedensenet.data.check import DEDUPE_MODES, drop_duplicates_of_train
 from sedensenet.data.dedupe import DEFAULT_NEAR_DISTANCE, Fingerprint
+from sedensenet.data.dicom import DicomOptions
 from sedensenet.data.folds import fold_splits, fold_units
 from sedensenet.data.groups import read_groups, split_units
 from sedensenet.data.images import DEFAULT_MAX_PIXELS, DataError, Sample, inspect_image
@@ -95,7 +96,11 @@ class DataDescription:
                 "keep one of them"
             )
         if self.dicom_window is not None:
-            object.__setattr__(self, "dicom_window", tuple(float(v) for v in self.dicom_window))
+            try:
+                window = DicomOptions(window=tuple(self.dicom_window)).window
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"dicom_window: {exc}") from None
+            object.__setattr__(self, "dicom_window", window)
 
     @classmethod
     def for_data(cls, data: str | os.PathLike, **settings: Any) -> DataDescription:

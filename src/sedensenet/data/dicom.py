@@ -179,7 +179,9 @@ def _read(source: str | os.PathLike | bytes | BinaryIO, *, header_only: bool = F
         source = io.BytesIO(bytes(source))
     force = not has_marker(source)  # a .dcm file without the Part 10 preamble: read the bare data set
     try:
-        ds = pydicom.dcmread(source, force=force, stop_before_pixels=header_only)
+        # A path's large values (the pixel data) are read only when used: the header checks come first.
+        defer = "1 MB" if isinstance(source, str | os.PathLike) else None
+        ds = pydicom.dcmread(source, force=force, stop_before_pixels=header_only, defer_size=defer)
     except (PermissionError, FileNotFoundError) as exc:
         raise DicomRejected(f"unreadable: {exc.strerror or exc}", "unreadable") from None
     except Exception as exc:  # pydicom raises InvalidDicomError, EOFError, ValueError, struct.error ...

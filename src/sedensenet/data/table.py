@@ -102,13 +102,20 @@ def _delimiter(text: str, path: Path) -> str:
     writes ``;`` where the decimal mark is a comma), ``,`` on a tie."""
     if path.suffix.lower() == ".tsv":
         return "\t"
-    header = text.lstrip("\r\n").split("\n", 1)[0]
+    header = text.lstrip("\r\n").split("\n", 1)[0].rstrip("\r")
+    if header.lower().startswith("sep=") and len(header) == 5:  # Excel's own hint line, e.g. "sep=;"
+        return header[4]
     counts = {d: len(next(csv.reader([header], delimiter=d), [])) for d in _DELIMITERS}
     return max(_DELIMITERS, key=lambda d: (counts[d], d == ","))
 
 
 def _rows(text: str, delimiter: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    stream = io.StringIO(text, newline="")
+    first = stream.readline()
+    skipped = int(first.lower().startswith("sep=") and len(first.rstrip("\r\n")) == 5)
+    if not skipped:
+        stream.seek(0)  # no "sep=" line: the first line is the header
+    reader = csv.reader(stream, delimiter=delimiter)
     header: list[str] | None = None
     rows: list[tuple[int, list[str]]] = []
     for cells in reader:
@@ -117,7 +124,7 @@ def _rows(text: str, delimiter: str) -> tuple[list[str], list[tuple[int, list[st
         if header is None:
             header = [c.strip() for c in cells]
         else:
-            rows.append((reader.line_num, cells))
+            rows.append((reader.line_num + skipped, cells))
     return header or [], rows
 
 
