@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from sedensenet.columns import MONITORS
 from sedensenet.errors import UserError
 
 INFERENCE_BACKENDS = ("auto", "onnxruntime", "onnxruntime-int8", "eager", "compile", "reference")
@@ -37,7 +38,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "class_weights": ("none", "auto"),
     "amp": ("auto", "off", "bf16", "fp16"),
     "compile": ("off", "on", "auto"),
-    "monitor": ("val_accuracy", "val_loss"),
+    "monitor": MONITORS,
     "tta": TTA_MODES,
     "dedupe": ("off", "exact", "near"),
     "calibrate": ("none", "temperature"),
