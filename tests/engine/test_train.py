@@ -143,7 +143,7 @@ def test_training_is_deterministic_and_resume_is_exact(tmp_path: Path, monkeypat
     again = sedensenet.train(name="again", **common)
     assert straight.history.history == again.history.history
 
-    real_end = trainer._end_epoch
+    real_end = trainer.end_epoch
 
     def stop_after_two(ctx, epoch, row, train):  # noqa: ANN001, ANN202 - Ctrl-C right after epoch 2 is saved
         stop = real_end(ctx, epoch, row, train)
@@ -151,10 +151,10 @@ def test_training_is_deterministic_and_resume_is_exact(tmp_path: Path, monkeypat
             raise KeyboardInterrupt
         return stop
 
-    monkeypatch.setattr(trainer, "_end_epoch", stop_after_two)
+    monkeypatch.setattr(trainer, "end_epoch", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         sedensenet.train(name="stopped", **common)
-    monkeypatch.setattr(trainer, "_end_epoch", real_end)
+    monkeypatch.setattr(trainer, "end_epoch", real_end)
     stopped = tmp_path / "runs" / "stopped"
     assert len((stopped / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
     resumed = sedensenet.train(resume=stopped)
