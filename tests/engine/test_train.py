@@ -70,6 +70,7 @@ def test_run_folder_has_every_file(awkward_run: tuple) -> None:
     assert 0 <= metrics["accuracy"] <= 1 and metrics["classes"] == list(CLASSES)
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert config["model"] == "se_densenet_tiny" and config["epochs"] == 3
+    assert metrics["intervals"]["seed"] == config["seed"] == 123  # the bootstrap follows --seed (default 123)
 
 
 def test_skipped_csv_names_the_three_bad_files(awkward_run: tuple) -> None:

@@ -368,7 +368,7 @@ def finish(ctx: RunContext) -> dict[str, Any]:
         extra = {"split": split, "label": split_label(split, "test" in outputs), "best_epoch": ctx.state.best_epoch,
                  "epochs_run": ctx.state.epoch, "decision": decision, "tta": c.tta,
                  "precision": precision_name(predictor.amp_dtype)}  # fmt: skip
-        report = write_evaluation(out, res, ctx.splits.classes, samples, c.in_chans, extra, meta=meta)
+        report = write_evaluation(out, res, ctx.splits.classes, samples, c.in_chans, extra, meta=meta, seed=c.seed)
         results[split] = {**report.to_dict(), "label": extra["label"], "decision": decision}
     return results
 
