@@ -269,3 +269,13 @@ def test_builtin_digits_reaches_97_percent(tmp_path: Path, monkeypatch: pytest.M
     result = sedensenet.train(data="builtin:digits", project=str(tmp_path))
     assert max(result.history.history["val_accuracy"]) >= 0.97
     assert (result.run_dir / "curves.png").is_file()
+
+
+def test_train_run_needs_a_config_or_a_run_folder_to_resume(tmp_path: Path) -> None:
+    from sedensenet.config import TrainConfig
+    from sedensenet.engine.run import train_run
+
+    with pytest.raises(ValueError, match="either a config .* or resume .*, not both or neither"):
+        train_run()
+    with pytest.raises(ValueError, match="not both or neither"):
+        train_run(TrainConfig(data=str(tmp_path)), resume=tmp_path)

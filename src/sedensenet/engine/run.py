@@ -54,6 +54,8 @@ def train_run(
     Under torchrun every process calls this; rank 0 alone writes files and speaks. A signal (SIGINT, SIGTERM)
     stops after the current step with :class:`~sedensenet.engine.faults.TrainingInterrupted`.
     """
+    if (config is None) == (resume is None):
+        raise ValueError("train_run needs either a config (a new run) or resume (a run folder), not both or neither")
     reporter = progress or TrainProgress(0)
     # set-up: one process per device under torchrun, and one voice
     device = dist.init(_device_name(config, overrides)) if dist.launched_by_torchrun() else None
