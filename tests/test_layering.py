@@ -26,7 +26,7 @@ RULES = {
 
 
 LAYERS = [
-    ("errors", "fileio", "config", "display"),
+    ("errors", "fileio", "columns", "config", "display"),
     ("models", "model_summary", ""),  # "": the package's __init__ (it exposes the models)
     ("data", "reports"),
     ("checkpoint", "inference", "keras_convert"),

@@ -35,6 +35,8 @@ class TrainResult:
     run_dir: Path
     metrics: dict[str, Any] = field(default_factory=dict)
     best_epoch: int = 0
+    memory_plan: dict[str, Any] = field(default_factory=dict)
+    """The path the run trained on and why (``--memory-efficient``), as config.yaml records it."""
 
     @property
     def best_checkpoint(self) -> Path:
@@ -48,13 +50,15 @@ class TrainResult:
 
     def summary(self) -> Table:
         """A table of the epochs (best marked) and the run's files; prints as text, renders as HTML in Jupyter."""
+        from sedensenet.columns import METRICS
+
         h, best = self.history.history, self.best_epoch
         rows = [
-            [e, h["loss"][i], h["accuracy"][i], h["val_loss"][i], h["val_accuracy"][i], f"{h['lr'][i]:.2e}",
-             f"{self.history.seconds[i]:.1f}", "*" if e == best else ""]
+            [e, *(h[c.name][i] for c in METRICS), f"{h['lr'][i]:.2e}", f"{self.history.seconds[i]:.1f}",
+             "*" if e == best else ""]
             for i, e in enumerate(self.history.epoch)
         ]  # fmt: skip
-        header = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "best"]
+        header = ["epoch", *(c.name for c in METRICS), "lr", "seconds", "best"]
         notes = [f"Run folder: {self.run_dir}", f"Best checkpoint: {self.best_checkpoint} (epoch {best})"]
         notes += [f"{split}, best weights: {_scores(m)}" for split, m in self.metrics.items() if isinstance(m, dict)]
         return Table(header, rows, title=f"Training run {self.run_dir.name}: {len(rows)} epochs", notes=notes)
@@ -123,46 +127,16 @@ def train(
         TrainingInterrupted: on Ctrl-C (SIGINT) or SIGTERM, after the current step; the run folder keeps the
             last complete epoch and ``exc.command`` continues the run. A second signal aborts at once.
     """
-    from sedensenet.engine import distributed as dist
-    from sedensenet.engine import session
-    from sedensenet.engine.faults import stop_on_signals
     from sedensenet.engine.progress import TrainProgress
-    from sedensenet.engine.trainer import fit, write_run_header
-    from sedensenet.fileio import remove_stale_temporaries
+    from sedensenet.engine.run import train_run
 
     reporter = TrainProgress(verbose, bar=progress)  # checks verbose before any work
-    device = dist.init(overrides.get("device", "auto")) if dist.launched_by_torchrun() else None
-    if not dist.is_main():
-        logging.getLogger("sedensenet").setLevel(logging.WARNING)  # one voice: rank 0 reports
-        reporter = TrainProgress(0)
-    try:
-        if resume:
-            if dist.is_main():  # files a killed run was writing when it died
-                for stale in remove_stale_temporaries(resume):
-                    log.info("removed %s, left by an interrupted write", stale)
-            ctx = session.resume(Path(resume), overrides, device=device)
-        else:
-            cfg, recommended = training_config(data, config, **overrides)
-            _check_image_size(cfg)
-            if recommended:
-                log.info("built-in data %s: recommended settings %s", cfg.data, recommended)
-            ctx = session.prepare(cfg, device=device)
-            if dist.is_main():
-                write_run_header(ctx)
-        log_file = _log_to(ctx.run_dir / "train.log") if dist.is_main() else None
-        try:
-            log.info("run folder: %s  (%s)", ctx.run_dir, _data_summary(ctx.splits))
-            reporter.write(f"Run folder: {ctx.run_dir} ({_data_summary(ctx.splits)})")
-            with stop_on_signals(enabled=not dist.is_distributed()) as interrupt:
-                history = fit(ctx, progress=reporter, interrupt=interrupt)
-            metrics = session.finish(ctx)
-        finally:
-            if log_file is not None:
-                logging.getLogger("sedensenet").removeHandler(log_file)
-                log_file.close()
-        return TrainResult(history, ctx.run_dir, metrics, ctx.state.best_epoch)
-    finally:
-        dist.shutdown(clean=sys.exc_info()[0] is None)
+    cfg, recommended = None, {}
+    if not resume:
+        cfg, recommended = training_config(data, config, **overrides)
+        _check_image_size(cfg)
+    run = train_run(cfg, resume=resume or None, overrides=overrides, recommended=recommended, progress=reporter)
+    return TrainResult(run.history, run.run_dir, run.metrics, run.best_epoch, run.memory_plan)
 
 
 def _check_image_size(cfg: TrainConfig) -> None:
@@ -177,27 +151,6 @@ def _check_image_size(cfg: TrainConfig) -> None:
             f"{smallest}x{smallest} pixels (it is made for {usual}); use --image-size {max(smallest, min(usual, 64))} "
             f"or more, or a model for small images (se_densenet_bc_100 takes 32x32)"
         )
-
-
-def _log_to(path: Path) -> logging.Handler:
-    """Append the package's log records to the run's train.log (plain text, UTF-8)."""
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    logger = logging.getLogger("sedensenet")
-    logger.addHandler(handler)
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
-        logger.setLevel(logging.INFO)
-    return handler
-
-
-def _data_summary(splits: Any) -> str:
-    counts = {k: sum(v.values()) for k, v in splits.counts().items()}
-    return (
-        f"{len(splits.classes)} classes; "
-        + ", ".join(f"{k} {n}" for k, n in counts.items() if n)
-        + (f"; {len(splits.skipped)} files skipped (see skipped.csv)" if splits.skipped else "")
-    )
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> torch.nn.Module:

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from sedensenet.columns import MONITORS
 from sedensenet.errors import UserError
 
 INFERENCE_BACKENDS = ("auto", "onnxruntime", "onnxruntime-int8", "eager", "compile", "reference")
@@ -37,7 +38,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "class_weights": ("none", "auto"),
     "amp": ("auto", "off", "bf16", "fp16"),
     "compile": ("off", "on", "auto"),
-    "monitor": ("val_accuracy", "val_loss"),
+    "monitor": MONITORS,
     "tta": TTA_MODES,
     "dedupe": ("off", "exact", "near"),
     "calibrate": ("none", "temperature"),
@@ -152,7 +153,8 @@ class TrainConfig:
     max_steps: int = 0
     """Stop each epoch after this many batches (0: all); for tests and smoke runs."""
     memory_plan: dict[str, Any] = field(default_factory=dict)
-    """Written by the run: the path taken, the estimates and the memory available."""
+    """Written by the run for the record: the path taken, the estimates and the memory available. Every start plans
+    anew (``RunContext.memory_plan``); the value read here never steers a run."""
     drop_rate: float = 0.0
     """Dropout inside dense layers."""
     head_drop_rate: float = 0.0
@@ -215,13 +217,6 @@ class TrainConfig:
             raise ConfigError(f"fold={self.fold} needs folds (the number of folds), e.g. --folds 5")
         if self.pretrained and self.weights:
             raise ConfigError("give either --pretrained or --weights FILE, not both")
-
-    @property
-    def efficient(self) -> bool:
-        """Whether the model trains on the memory-efficient path: ``on``, or what ``auto`` chose (``memory_plan``)."""
-        if self.memory_efficient == "auto":
-            return bool(self.memory_plan.get("memory_efficient", False))
-        return self.memory_efficient == "on"
 
     @property
     def data_split_seed(self) -> int:

@@ -168,10 +168,10 @@ def test_accumulation_gives_the_big_batchs_step() -> None:
 
 
 def test_run_note_is_removed_on_exit_and_tells_a_killed_run(tmp_path: Path) -> None:
-    config = TrainConfig(memory_plan={"memory_efficient": False})
-    with memory.run_note(tmp_path, config, interval=0.01):
+    plan = memory.MemoryPlan(False, "auto", 1.0, 1.0, 0.5, 8.0, "MemAvailable", "fits")
+    with memory.run_note(tmp_path, TrainConfig(), plan, interval=0.01):
         note = json.loads((tmp_path / memory.NOTE).read_text())
-        assert note["peak_rss_gb"] > 0.05 and note["batch_size"] == 32
+        assert note["peak_rss_gb"] > 0.05 and note["batch_size"] == 32 and note["memory_plan"] == plan.to_dict()
     assert not (tmp_path / memory.NOTE).exists()
     assert memory.last_run_died(tmp_path) is None
     (tmp_path / memory.NOTE).write_text(json.dumps(note))

@@ -133,13 +133,13 @@ def test_tensorboard_scalars_are_on_disk_after_training(tmp_path: Path) -> None:
 
 @needs_tensorboard
 def test_tensorboard_scalars_are_on_disk_after_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_end = trainer._end_epoch
+    real_end = trainer.end_epoch
 
     def fail_after_one(ctx, epoch, row, train):  # noqa: ANN001, ANN202
         real_end(ctx, epoch, row, train)
         raise RuntimeError("boom after epoch 1")
 
-    monkeypatch.setattr(trainer, "_end_epoch", fail_after_one)
+    monkeypatch.setattr(trainer, "end_epoch", fail_after_one)
     data = make_folder(tmp_path / "data", per_class=6)
     with pytest.raises(RuntimeError, match="boom after epoch 1"):
         sedensenet.train(data=str(data), project=str(tmp_path / "runs"), name="t", epochs=3, tensorboard=True, **FAST)

@@ -70,6 +70,7 @@ def test_run_folder_has_every_file(awkward_run: tuple) -> None:
     assert 0 <= metrics["accuracy"] <= 1 and metrics["classes"] == list(CLASSES)
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert config["model"] == "se_densenet_tiny" and config["epochs"] == 3
+    assert metrics["intervals"]["seed"] == config["seed"] == 123  # the bootstrap follows --seed (default 123)
 
 
 def test_skipped_csv_names_the_three_bad_files(awkward_run: tuple) -> None:
@@ -143,7 +144,7 @@ def test_training_is_deterministic_and_resume_is_exact(tmp_path: Path, monkeypat
     again = sedensenet.train(name="again", **common)
     assert straight.history.history == again.history.history
 
-    real_end = trainer._end_epoch
+    real_end = trainer.end_epoch
 
     def stop_after_two(ctx, epoch, row, train):  # noqa: ANN001, ANN202 - Ctrl-C right after epoch 2 is saved
         stop = real_end(ctx, epoch, row, train)
@@ -151,10 +152,10 @@ def test_training_is_deterministic_and_resume_is_exact(tmp_path: Path, monkeypat
             raise KeyboardInterrupt
         return stop
 
-    monkeypatch.setattr(trainer, "_end_epoch", stop_after_two)
+    monkeypatch.setattr(trainer, "end_epoch", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         sedensenet.train(name="stopped", **common)
-    monkeypatch.setattr(trainer, "_end_epoch", real_end)
+    monkeypatch.setattr(trainer, "end_epoch", real_end)
     stopped = tmp_path / "runs" / "stopped"
     assert len((stopped / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
     resumed = sedensenet.train(resume=stopped)
@@ -268,3 +269,13 @@ def test_builtin_digits_reaches_97_percent(tmp_path: Path, monkeypatch: pytest.M
     result = sedensenet.train(data="builtin:digits", project=str(tmp_path))
     assert max(result.history.history["val_accuracy"]) >= 0.97
     assert (result.run_dir / "curves.png").is_file()
+
+
+def test_train_run_needs_a_config_or_a_run_folder_to_resume(tmp_path: Path) -> None:
+    from sedensenet.config import TrainConfig
+    from sedensenet.engine.run import train_run
+
+    with pytest.raises(ValueError, match="either a config .* or resume .*, not both or neither"):
+        train_run()
+    with pytest.raises(ValueError, match="not both or neither"):
+        train_run(TrainConfig(data=str(tmp_path)), resume=tmp_path)

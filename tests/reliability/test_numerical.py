@@ -42,7 +42,7 @@ def nan_loss_at_call(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
 
 def snapshot_after_epoch_one(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
     saved: dict[str, bytes] = {}
-    real_end = trainer._end_epoch
+    real_end = trainer.end_epoch
 
     def end(ctx, epoch, row, train):  # noqa: ANN001, ANN202
         stop = real_end(ctx, epoch, row, train)
@@ -50,7 +50,7 @@ def snapshot_after_epoch_one(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes
             saved.update({f: (ctx.run_dir / f).read_bytes() for f in KEPT})
         return stop
 
-    monkeypatch.setattr(trainer, "_end_epoch", end)
+    monkeypatch.setattr(trainer, "end_epoch", end)
     return saved
 
 
@@ -117,7 +117,7 @@ def test_cli_prints_the_nan_message_in_one_line(
     nan_loss_at_call(monkeypatch, 4)
     assert main(["train", "--data", str(data), "--project", str(tmp_path), "-q", "--model", "se_densenet_tiny",
                  "--image-size", "16", "--batch-size", "8", "--workers", "0", "--epochs", "3"]) == 2  # fmt: skip
-    err = capsys.readouterr().err.strip()  # the last line: -q does not hide INFO lines yet (api._log_to)
+    err = capsys.readouterr().err.strip()  # the last line: -q does not hide INFO lines yet (engine.run._log_file)
     assert err.splitlines()[-1].startswith("error: the training loss became nan at epoch 2, step 2")
     assert "Traceback" not in err
 
@@ -150,7 +150,7 @@ def test_out_of_memory_is_explained_without_a_traceback(
     argv = ["train", "--data", str(data), "--project", str(tmp_path), "--model", "se_densenet_tiny",
             "--image-size", "16", "--batch-size", "8", "--workers", "0", "--epochs", "3", "-q"]  # fmt: skip
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()  # (-q does not hide the INFO lines yet: api._log_to; reported)
+    err = capsys.readouterr().err.strip()  # (-q does not hide the INFO lines yet: engine.run._log_file; reported)
     assert err.splitlines()[-1].startswith("error: CPU ran out of memory in epoch 2") and "Traceback" not in err
 
 

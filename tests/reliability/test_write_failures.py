@@ -50,7 +50,7 @@ def test_a_real_write_failure_mid_run_keeps_the_last_complete_epoch(
     import resource
 
     data, ref = reference
-    real_end = trainer._end_epoch
+    real_end = trainer.end_epoch
     saved: dict[str, bytes] = {}
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so the write fails instead of killing us
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -67,7 +67,7 @@ def test_a_real_write_failure_mid_run_keeps_the_last_complete_epoch(
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
         return stop
 
-    monkeypatch.setattr(trainer, "_end_epoch", limit_after_two)
+    monkeypatch.setattr(trainer, "end_epoch", limit_after_two)
     try:
         with pytest.raises(RunWriteError) as info:
             sedensenet.train(data=str(data), project=str(tmp_path), name="full", **SETTINGS)

@@ -19,14 +19,15 @@ from sedensenet.models import DenseNet, create_model
 log = logging.getLogger(__name__)
 
 
-def build_model(config: TrainConfig, num_classes: int) -> DenseNet:
-    """The preset with this run's classes and channels; ImageNet or user weights loaded when asked."""
+def build_model(config: TrainConfig, num_classes: int, *, memory_efficient: bool) -> DenseNet:
+    """The preset with this run's classes and channels, on the path the memory plan chose (``memory_efficient``);
+    ImageNet or user weights loaded when asked."""
     model = create_model(
         config.model,
         num_classes=num_classes,
         in_chans=config.in_chans,
         pretrained=config.pretrained,
-        memory_efficient=config.efficient,
+        memory_efficient=memory_efficient,
         drop_rate=config.drop_rate,
         head_drop_rate=config.head_drop_rate,
     )
@@ -74,41 +75,45 @@ def _check_same_body(path: Path, meta: ckpt.CheckpointMeta, model: DenseNet) -> 
         )
 
 
-def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam (the tutorial's), AdamW or SGD with Nesterov momentum; no weight decay on BN and biases."""
+def build_optimizer(
+    model: nn.Module, *, name: str, lr: float, weight_decay: float, momentum: float
+) -> torch.optim.Optimizer:
+    """``adam`` (the tutorial's), ``adamw`` or ``sgd`` with Nesterov momentum; no weight decay on BN and biases."""
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
 
 
-def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
-    """Per-epoch schedule: cosine after linear warm-up, or reduce-on-plateau of val_loss, or none."""
-    if config.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=max(1, config.patience // 2))
-    if config.scheduler == "cosine":
-        warm = min(config.warmup_epochs, config.epochs - 1)
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs - warm))
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, *, name: str, epochs: int, warmup_epochs: int, patience: int
+) -> Any:
+    """Per-epoch schedule (``name``): ``cosine`` after linear warm-up, ``plateau`` (reduce-on-plateau of val_loss,
+    waiting half the early-stopping ``patience``), or ``none`` (the warm-up alone, if any)."""
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=max(1, patience // 2))
+    if name == "cosine":
+        warm = min(warmup_epochs, epochs - 1)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs - warm))
         if warm == 0:
             return cosine
         linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warm + 1), total_iters=warm)
         return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warm])
-    if config.warmup_epochs:
+    if warmup_epochs:
         return torch.optim.lr_scheduler.LinearLR(
-            optimizer, start_factor=1.0 / (config.warmup_epochs + 1), total_iters=config.warmup_epochs
+            optimizer, start_factor=1.0 / (warmup_epochs + 1), total_iters=warmup_epochs
         )
     return None
 
 
-def class_weight_tensor(config: TrainConfig, splits: DataSplits) -> torch.Tensor | None:
-    """Inverse-frequency weights (scikit-learn's 'balanced') when ``class_weights='auto'``."""
-    if config.class_weights != "auto":
-        return None
+def class_weight_tensor(splits: DataSplits) -> torch.Tensor:
+    """Inverse-frequency weights of the training split's classes (scikit-learn's 'balanced'): ``--class-weights
+    auto``."""
     counts = np.bincount([s.label for s in splits.train], minlength=len(splits.classes)).astype(np.float64)
     weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
     log.info("class weights: %s", dict(zip(splits.classes, np.round(weights, 3).tolist(), strict=True)))
@@ -132,16 +137,18 @@ def freeze_bn_stats(model: nn.Module) -> None:
             m.eval()
 
 
-def normalization(config: TrainConfig, splits: DataSplits) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """ImageNet statistics (per channel, averaged for grayscale) or those of the training split."""
+def normalization(
+    splits: DataSplits, *, normalize: str, image_size: int, in_chans: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``imagenet``: ImageNet's statistics (per channel, averaged for grayscale); ``dataset``: the training split's."""
     from sedensenet.data import IMAGENET_MEAN, IMAGENET_STD
 
-    if config.normalize == "dataset":
-        return compute_mean_std(splits.train, config.image_size, in_chans=config.in_chans)
-    if config.in_chans == 3:
+    if normalize == "dataset":
+        return compute_mean_std(splits.train, image_size, in_chans=in_chans)
+    if in_chans == 3:
         return IMAGENET_MEAN, IMAGENET_STD
     mean, std = float(np.mean(IMAGENET_MEAN)), float(np.mean(IMAGENET_STD))
-    return (mean,) * config.in_chans, (std,) * config.in_chans
+    return (mean,) * in_chans, (std,) * in_chans
 
 
 def open_cache(config: TrainConfig, splits: DataSplits) -> Any:

@@ -41,11 +41,14 @@ def write_evaluation(
     in_chans: int = 3,
     extra: dict | None = None,
     meta: CheckpointMeta | None = None,
+    *,
+    seed: int = 0,
 ) -> ClassificationReport:
     """Compute the metrics of ``result`` (outputs over ``samples``, in order) and write every report file.
 
     With ``meta``, the outputs go through its temperature and its decision rule (:mod:`~sedensenet.engine.decision`)
-    exactly as ``predict`` applies them; without, the argmax of the raw outputs decides.
+    exactly as ``predict`` applies them; without, the argmax of the raw outputs decides. ``seed`` seeds the
+    bootstrap intervals (a run's ``--seed``).
     """
     assert result.probs is not None and result.targets is not None
     raw = result.probs
@@ -56,7 +59,7 @@ def write_evaluation(
     report = compute_metrics(
         result.targets.tolist(), probs, classes, loss=result.loss, y_pred=y_pred, positive=positive,
         threshold=None if meta is None else meta.threshold, uncalibrated=raw if temperature else None,
-        temperature=temperature,
+        temperature=temperature, seed=seed,
     )  # fmt: skip
     write_metrics(report, out_dir / "metrics.json", extra=extra)
     write_classification_table(report, out_dir / "classification_report.txt")

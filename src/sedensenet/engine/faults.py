@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class StopRequest:
-    """Set by a signal handler (Ctrl-C, SIGTERM); :func:`~sedensenet.engine.trainer.fit` checks it after every step."""
+    """Set by a signal handler (Ctrl-C, SIGTERM); the epoch loop checks it after every step."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -113,7 +113,7 @@ def oom_advice(ctx: RunContext) -> str:
     c = ctx.config
     kept = f"the checkpoint of epoch {ctx.state.epoch} is kept" if ctx.state.epoch else "no epoch was complete"
     options = []
-    if not c.efficient:
+    if not ctx.memory_plan.memory_efficient:
         options.append("--memory-efficient on (recomputes features in backward: less memory)")
     if c.batch_size > 1:
         half, twice = max(1, c.batch_size // 2), c.accumulate * 2

@@ -388,12 +388,13 @@ def _peak_rss() -> int:
 
 
 @contextlib.contextmanager
-def run_note(run_dir: Path, config: TrainConfig, interval: float = 1.0) -> Iterator[None]:
-    """Keep ``run_dir/state/running.json`` up to date with this process's peak resident memory while training."""
+def run_note(run_dir: Path, config: TrainConfig, plan: MemoryPlan, interval: float = 1.0) -> Iterator[None]:
+    """Keep ``run_dir/state/running.json`` up to date with this process's peak resident memory while training
+    (with the settings and the memory ``plan`` it trains on, which the next start compares)."""
     path = Path(run_dir) / NOTE
     base = {
         "pid": os.getpid(), "batch_size": config.batch_size, "accumulate": config.accumulate,
-        "image_size": config.image_size, "memory_plan": config.memory_plan,
+        "image_size": config.image_size, "memory_plan": plan.to_dict(),
     }  # fmt: skip
     stop = threading.Event()
     written = [0]

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from sedensenet.columns import METRICS
+
 log = logging.getLogger(__name__)
 
 VERBOSE_LEVELS = (0, 1, 2)
@@ -104,8 +106,8 @@ class TrainProgress:
 def epoch_line(epoch: int, epochs: int, row: dict[str, float], steps: int, best: bool = False) -> str:
     """Keras' per-epoch summary; metrics not measured this epoch (NaN, e.g. no validation split) are left out."""
     parts = [f"Epoch {epoch}/{epochs}", f"{steps}/{steps}", f"{row['seconds']:.1f}s"]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        value = row.get(key, math.nan)
+    for col in METRICS:
+        value = row.get(col.name, math.nan)
         if not math.isnan(value):
-            parts.append(f"{key}: {value:.4f}")
+            parts.append(f"{col.name}: {value:{col.fmt}}")
     return " - ".join(parts) + (" - best" if best else "")

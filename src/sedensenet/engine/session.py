@@ -86,13 +86,14 @@ def prepare(
     ``run_dir`` given (resume) reuses that folder; otherwise a new ``project/name[N]`` is made on rank 0.
     ``epochs_done``: the epochs a resumed run has behind it (``--compile auto`` weighs the remaining ones).
     ``died``: the note a killed run left (:func:`~sedensenet.engine.memory.last_run_died`); the plan stays below it.
+    The plan is ``ctx.memory_plan``; ``config`` is left as it was given.
     """
     device = device or select_device(config.device)
     if config.sync_bn and dist.is_distributed() and device.type != "cuda":
         # PyTorch's SyncBatchNorm has kernels for GPUs only: fail here, not in the first forward pass.
         raise ConfigError(f"--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no {device.type} kernels); drop it")
-    config.memory_plan = _plan_memory(config, device, died)
-    tuned = tune_malloc_for_training(config.efficient)
+    plan = _plan_memory(config, device, died)
+    tuned = tune_malloc_for_training(plan.memory_efficient)
     if tuned:
         log.debug("%s", tuned)
     seed_everything(config.seed)
@@ -101,43 +102,53 @@ def prepare(
         config.threshold, config.positive, config.calibrate, splits.classes, [s.label for s in splits.val]
     )
     _check_batch(config, splits)
-    model = build.build_model(config, num_classes=len(splits.classes)).to(device)
+    model = build.build_model(config, len(splits.classes), memory_efficient=plan.memory_efficient).to(device)
     settings, scaler = step_settings(config, device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    mean, std = build.normalization(config, splits)
+    mean, std = build.normalization(splits, normalize=config.normalize, image_size=config.image_size,
+                                    in_chans=config.in_chans)  # fmt: skip
     settings.mean, settings.std = _channel_stats(mean, std, config.in_chans, device)
     cache = build.open_cache(config, splits)
     train_loader, val_loader = _loaders(config, splits, mean, std, cache, device)
-    optimizer = build.build_optimizer(config, model)
-    meta = ckpt.CheckpointMeta(
+    c = config
+    optimizer = build.build_optimizer(model, name=c.optimizer, lr=c.lr, weight_decay=c.weight_decay,
+                                      momentum=c.momentum)  # fmt: skip
+    return RunContext(
+        config=config,
+        run_dir=run_dir or _new_run_dir(config),
+        splits=splits,
+        model=model,
+        train_model=_wrap(model, config, device, len(train_loader), config.epochs - epochs_done),
+        optimizer=optimizer,
+        scheduler=build.build_scheduler(
+            optimizer, name=c.scheduler, epochs=c.epochs, warmup_epochs=c.warmup_epochs, patience=c.patience
+        ),  # fmt: skip
+        scaler=scaler,
+        criterion=_criterion(config, splits, device),
+        settings=settings,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        meta=_meta(config, splits, model, mean, std),
+        memory_plan=plan,
+        cache=cache,
+    )
+
+
+def _meta(
+    config: TrainConfig, splits: DataSplits, model: nn.Module, mean: Sequence[float], std: Sequence[float]
+) -> ckpt.CheckpointMeta:
+    """The checkpoint metadata every epoch's weights carry: architecture, classes, preprocessing, data set."""
+    return ckpt.CheckpointMeta(
         model=model.config.to_dict(), classes=splits.classes, image_size=config.image_size,
         mean=list(mean), std=list(std),
         extra={"data": str(config.data), "val_split": config.val_split, "seed": config.data_split_seed,
                "groups": config.groups, "train_images": len(splits.train), "val_images": len(splits.val),
                **({"folds": config.folds, "fold": config.fold} if config.folds else {})},
     )  # fmt: skip
-    if run_dir is None:
-        run_dir = _new_run_dir(config)
-    return RunContext(
-        config=config,
-        run_dir=run_dir,
-        splits=splits,
-        model=model,
-        train_model=_wrap(model, config, device, len(train_loader), config.epochs - epochs_done),
-        optimizer=optimizer,
-        scheduler=build.build_scheduler(config, optimizer),
-        scaler=scaler,
-        criterion=_criterion(config, splits, device),
-        settings=settings,
-        train_loader=train_loader,
-        val_loader=val_loader,
-        meta=meta,
-        cache=cache,
-    )
 
 
-def _plan_memory(config: TrainConfig, device: torch.device, died: dict[str, Any] | None) -> dict[str, Any]:
+def _plan_memory(config: TrainConfig, device: torch.device, died: dict[str, Any] | None) -> memory.MemoryPlan:
     """Rank 0 chooses the path (:func:`~sedensenet.engine.memory.plan_memory`); every process takes its choice."""
     holder: list[Any] = [None]
     if dist.is_main():
@@ -151,7 +162,7 @@ def _plan_memory(config: TrainConfig, device: torch.device, died: dict[str, Any]
         torch.distributed.broadcast_object_list(holder, src=0)
     if isinstance(holder[0], str):
         raise memory.MemoryPlanError(holder[0])
-    return holder[0]
+    return memory.MemoryPlan(**holder[0])
 
 
 def _choose(config: TrainConfig, device: torch.device, died: dict[str, Any] | None) -> memory.MemoryPlan:
@@ -193,7 +204,7 @@ def _loaders(
 
 def _criterion(config: TrainConfig, splits: DataSplits, device: torch.device) -> nn.Module:
     """Cross-entropy with the run's label smoothing and (``class_weights='auto'``) class weights."""
-    weights = build.class_weight_tensor(config, splits)
+    weights = build.class_weight_tensor(splits) if config.class_weights == "auto" else None
     return nn.CrossEntropyLoss(
         weight=weights.to(device) if weights is not None else None, label_smoothing=config.label_smoothing
     )
@@ -288,7 +299,7 @@ def resume(run_dir: Path, overrides: dict[str, Any] | None = None, device: torch
         ctx.model.load_state_dict(tensors)
     restore(ctx, state)
     if dist.is_main():
-        _record_plan(run_dir / "config.yaml", config.memory_plan)
+        _record_plan(run_dir / "config.yaml", ctx.memory_plan.to_dict())
     log.info("resuming %s after epoch %d of %d", run_dir, ctx.state.epoch, config.epochs)
     return ctx
 
@@ -357,7 +368,7 @@ def finish(ctx: RunContext) -> dict[str, Any]:
         extra = {"split": split, "label": split_label(split, "test" in outputs), "best_epoch": ctx.state.best_epoch,
                  "epochs_run": ctx.state.epoch, "decision": decision, "tta": c.tta,
                  "precision": precision_name(predictor.amp_dtype)}  # fmt: skip
-        report = write_evaluation(out, res, ctx.splits.classes, samples, c.in_chans, extra, meta=meta)
+        report = write_evaluation(out, res, ctx.splits.classes, samples, c.in_chans, extra, meta=meta, seed=c.seed)
         results[split] = {**report.to_dict(), "label": extra["label"], "decision": decision}
     record_evaluation(best, meta, results)  # the figures travel with the checkpoint (served model card)
     return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -13,14 +14,12 @@ import torch
 from torch import nn
 
 from sedensenet import checkpoint as ckpt
+from sedensenet.columns import HISTORY_COLUMNS, HISTORY_METRICS
 from sedensenet.config import TrainConfig
 from sedensenet.data import DataSplits
 from sedensenet.engine.loop import StepSettings
+from sedensenet.engine.memory import MemoryPlan
 from sedensenet.models import DenseNet
-from sedensenet.reports import HISTORY_COLUMNS
-
-HISTORY_METRICS = tuple(c for c in HISTORY_COLUMNS if c not in ("epoch", "seconds"))
-"""The per-epoch values of :class:`History` (history.csv's columns less ``epoch`` and ``seconds``)."""
 
 
 @dataclass
@@ -46,7 +45,8 @@ class History:
     def from_rows(cls, rows: list[dict[str, Any]]) -> History:
         h = cls()
         for r in rows:
-            h.append(int(r["epoch"]), {k: float(r[k]) for k in (*HISTORY_METRICS, "seconds")})
+            # a column added after the state was written reads as not measured
+            h.append(int(r["epoch"]), {k: float(r.get(k, math.nan)) for k in (*HISTORY_METRICS, "seconds")})
         return h
 
 
@@ -79,12 +79,14 @@ class RunContext:
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader | None
     meta: ckpt.CheckpointMeta
+    memory_plan: MemoryPlan
+    """The path this start trains on (:func:`~sedensenet.engine.memory.plan_memory`); config.yaml records it."""
     history: History = field(default_factory=History)
     state: TrainState = field(default_factory=TrainState)
     cache: Any = None
     """The decoded-image cache (``--cache``) the datasets read, reused for the final evaluation."""
     writer: Any = None
-    """The TensorBoard writer while :func:`~sedensenet.engine.trainer.fit` runs with ``--tensorboard``."""
+    """The TensorBoard writer while the epochs run with ``--tensorboard`` (see ``engine.trainer.training``)."""
 
 
 def rng_state() -> dict[str, Any]:

@@ -30,6 +30,7 @@ from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from sedensenet.columns import METRICS, PANELS
 from sedensenet.fileio import atomic_write
 from sedensenet.reports.metrics import normalize_confusion_matrix
 
@@ -177,14 +178,12 @@ def curves_figure(
     """
     fig = InlineFigure(figsize=(12, 4), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    panels = (
-        ("accuracy", "Accuracy", "lower right"),
-        ("loss", "Loss", "upper right"),
-    )
-    for index, (key, name, legend_loc) in enumerate(panels, start=1):
-        ax = fig.add_subplot(1, 2, index)
-        drawn = _plot_series(ax, _history_series(history, key), f"Training {name}")
-        drawn |= _plot_series(ax, _history_series(history, f"val_{key}"), f"Validation {name}")
+    for index, (panel, (name, legend_loc)) in enumerate(PANELS.items(), start=1):
+        ax = fig.add_subplot(1, len(PANELS), index)
+        drawn = False
+        for c in (c for c in METRICS if c.panel == panel):
+            label = f"{'Validation' if c.split == 'val' else 'Training'} {name}"
+            drawn |= _plot_series(ax, _history_series(history, c.name), label)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="0.4", linestyle="--", linewidth=1, label=f"best epoch {best_epoch}")
             drawn = True
@@ -230,7 +229,7 @@ def plot_history(source: Any, best_epoch: int | None = None, title: str | None =
         if not csv.is_file():
             raise FileNotFoundError(f"{source}: no history.csv there (pass a run folder or its history.csv)")
         rows = read_history_csv(csv)
-        source = {key: [float(r[key]) for r in rows] for key in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        source = {c.name: [float(r[c.name]) for r in rows if c.name in r] for c in METRICS if c.panel}
     while not isinstance(source, dict) and hasattr(source, "history"):
         source = source.history  # TrainResult -> History -> dict, Keras' History -> dict
     if not isinstance(source, dict):

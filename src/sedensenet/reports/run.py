@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from sedensenet.columns import HISTORY_COLUMNS
 from sedensenet.errors import UserError
 from sedensenet.fileio import atomic_write_json, atomic_write_text
 from sedensenet.reports.metrics import ClassificationReport
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 RUN_FILES: dict[str, str] = {
     "config.yaml": "every resolved setting; `--config` re-runs it",
     "classes.json": "the class names, in index order",
-    "history.csv": "one row per epoch: epoch, lr, loss, accuracy, val_loss, val_accuracy, seconds",
+    "history.csv": f"one row per epoch: {', '.join(HISTORY_COLUMNS)}",
     "curves.png": "accuracy and loss, training vs validation (the tutorial's figure)",
     "weights/best.safetensors": "best weights + metadata: preset/config, classes, image size, mean/std, metrics",
     "weights/last.safetensors": "weights after the last epoch, same metadata",
@@ -48,8 +49,6 @@ RUN_FILES: dict[str, str] = {
 }
 """Relative path inside a run folder -> what it holds."""
 
-HISTORY_COLUMNS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
-"""The first columns of history.csv, in order; other keys follow in the order first seen."""
 
 PER_CLASS_COLUMNS = ("class", "precision", "recall", "f1", "support")
 
@@ -162,8 +161,8 @@ def check_writable(directory: str | os.PathLike) -> None:
 def write_history_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Write per-epoch rows to CSV (atomically).
 
-    Columns are :data:`HISTORY_COLUMNS`, then any other keys in the order first seen; a missing or None
-    value is an empty cell.
+    Columns are :data:`~sedensenet.columns.HISTORY_COLUMNS`, then any other keys in the order first seen; a missing
+    or None value is an empty cell.
 
     Returns:
         The path written.
