@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import csv
 import hmac
-import io
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -28,6 +26,7 @@ from fastapi.responses import Response
 
 from sedensenet import __version__
 from sedensenet.data import ImageRejected
+from sedensenet.engine.predictor import Prediction, predictions_csv
 from sedensenet.serve.batching import DynamicBatcher, QueueFull
 from sedensenet.serve.errors import ApiError, install_handlers
 from sedensenet.serve.limits import BodySizeLimit
@@ -189,10 +188,10 @@ def _add_api_routes(app: FastAPI, state: ServerState) -> None:
         with state.batcher.arriving() as arrival:  # batches wait for this request while it is decoded
             names, tensors = await _decode_request(request, state, keep_images=False)
             probs = await _submit(state, tensors, arrival)
-        preds = [_prediction(model, name, p, top_k) for name, p in zip(names, probs, strict=True)]
+        preds = [model.prediction(name, p, top_k) for name, p in zip(names, probs, strict=True)]
         if "text/csv" in request.headers.get("accept", ""):
-            return Response(_csv(preds), media_type="text/csv; charset=utf-8")
-        return {"model_id": model.model_id, "predictions": preds}
+            return Response(predictions_csv(preds), media_type="text/csv; charset=utf-8")
+        return {"model_id": model.model_id, "predictions": [_prediction(p) for p in preds]}
 
     @app.post("/v1/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES, tags=["v1"],
               openapi_extra=_PREDICT_BODY)  # fmt: skip
@@ -235,29 +234,13 @@ async def _submit(state: ServerState, tensors: list[torch.Tensor], arrival: Any 
                        headers={"Retry-After": str(RETRY_AFTER_S)}) from None  # fmt: skip
 
 
-def _prediction(model: ServedModel, name: str, probs: Any, top_k: int) -> dict[str, Any]:
-    pred = model.prediction(name, probs, top_k)
+def _prediction(pred: Prediction) -> dict[str, Any]:
     return {
-        "file": name,
+        "file": pred.path,
         "label": pred.label,
         "probability": pred.probability,
         "top_k": [{"class": c, "probability": p} for c, p in pred.top_k],
     }
-
-
-def _csv(preds: list[dict[str, Any]]) -> str:
-    """The rows ``sedensenet predict --output x.csv`` writes, for the same predictions."""
-    from sedensenet.engine.predictor import Prediction, probabilities_to_rows
-
-    rows = probabilities_to_rows(
-        [Prediction(p["file"], p["label"], p["probability"], [(t["class"], t["probability"]) for t in p["top_k"]])
-         for p in preds]
-    )  # fmt: skip
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 async def _explain(request: Request, state: ServerState, model: ServedModel, target: str | None) -> Any:
