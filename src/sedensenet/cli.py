@@ -12,6 +12,7 @@ import argparse
 import ast
 import contextlib
 import dataclasses
+import importlib
 import inspect
 import logging
 import re
@@ -20,13 +21,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from sedensenet import __version__, api, compare, cv, explain, export, keras_convert, model_summary
-from sedensenet.config import INFERENCE_CHOICES, ConfigError, InferenceSettings, TrainConfig
+from sedensenet import __version__
+from sedensenet.config import CHOICES, INFERENCE_CHOICES, OUTPUT_FIELDS, ConfigError, InferenceSettings, TrainConfig
 from sedensenet.errors import UserError
-from sedensenet.serve.run import run_server
 from sedensenet.serve.settings import ServeSettings
-
-log = logging.getLogger("sedensenet")
 
 REPORT_BUGS_AT = "the sedensenet issue tracker"
 """Where a bug is reported when the package's metadata names no ``Project-URL: Issues`` (pyproject's
@@ -96,8 +94,6 @@ def _arg_docs(func: Callable[..., Any]) -> dict[str, str]:
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field; only flags the user gives override (default=SUPPRESS)."""
-    from sedensenet.config import CHOICES, OUTPUT_FIELDS
-
     docs = _field_docs(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name in OUTPUT_FIELDS:
@@ -122,7 +118,8 @@ def _flag_kwargs(annotation: str, default: Any, name: str) -> dict[str, Any]:
     kw: dict[str, Any] = {}
     base = annotation.replace(" | None", "")
     if base == "bool":
-        return {"action": "store_true"}
+        return {"action": "store_true"} if default is False else {"action": argparse.BooleanOptionalAction,
+                                                                  "default": default}  # fmt: skip
     if base.startswith("tuple["):
         return {"action": "append"}
     if base.startswith("Literal["):
@@ -159,15 +156,16 @@ def _from_text(annotation: str, value: Any, flag: str) -> Any:
 class Command:
     """One subcommand: the function it calls, how its result is shown, what a signature cannot say."""
 
-    run: Callable[..., Any]
-    """The typed function called; its parameters are the flags, its docstring the help."""
+    target: str
+    """``module:function``, the typed function called (looked up at each call): its parameters are the flags, its
+    docstring the help."""
     show: Callable[[Any, dict[str, Any]], int | None]
     """Prints the result for a person (given every value the command had); returns the exit status (None: 0)."""
     positional: tuple[str, ...] = ()
     """Parameters given as positional arguments."""
     names: dict[str, str] = dataclasses.field(default_factory=dict)
     """Parameter -> the flag's name where it differs (``model`` is typed as ``checkpoint``)."""
-    argparse: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    flag_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Extra argparse keywords per parameter (``nargs``, ``metavar``)."""
     train_flags: bool = False
     """``**overrides`` are TrainConfig fields: one flag each (:func:`add_train_flags`)."""
@@ -177,11 +175,15 @@ class Command:
     """Defaults the command passes where the function's would differ from the flag's (``set_defaults``)."""
     given: Callable[[argparse.Namespace], dict[str, Any]] | None = None
     """Values of excluded parameters that follow the common flags (``-q``)."""
-    alternative: tuple[Callable[..., Any], Callable[[dict[str, Any]], bool]] | None = None
-    """Another function with (some of) the same flags, and when it is called instead."""
+    alternative: tuple[str, Callable[[dict[str, Any]], bool]] | None = None
+    """Another function (``module:function``) with some of the same flags, and when it is called instead."""
+
+    @property
+    def run(self) -> Callable[..., Any]:
+        return _resolve(self.target)
 
     def functions(self) -> list[Callable[..., Any]]:
-        return [self.run] + ([self.alternative[0]] if self.alternative else [])
+        return [self.run] + ([_resolve(self.alternative[0])] if self.alternative else [])
 
     def parameters(self) -> dict[str, inspect.Parameter]:
         """Every parameter of the functions that is a flag (a settings parameter: its fields), by name."""
@@ -215,16 +217,21 @@ class Command:
 TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
 
+def _resolve(target: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _add_command(sub: Any, name: str, command: Command) -> None:
     doc = inspect.getdoc(command.run) or ""
     summary = doc.split("\n\n")[0].replace("``", "")
-    p = sub.add_parser(name, help=summary.splitlines()[0], description=summary)
+    p = sub.add_parser(name, help=summary.partition("\n")[0], description=summary)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="debug output")
     docs = command.help_texts()
     for param, spec in command.parameters().items():
         dest = command.names.get(param, param)
-        kw = {**_flag_kwargs(str(spec.annotation), spec.default, param), **command.argparse.get(param, {})}
+        kw = {**_flag_kwargs(str(spec.annotation), spec.default, param), **command.flag_options.get(param, {})}
         kw["help"] = docs.get(param, "")
         if param in command.positional:
             kw.pop("required", None)
@@ -252,7 +259,7 @@ def _call(command: Command, args: argparse.Namespace) -> tuple[Any, dict[str, An
         given.update({k: v for k, v in values.items() if k in TRAIN_FIELDS})
     func = command.run
     if command.alternative and command.alternative[1](given):
-        func = command.alternative[0]
+        func = _resolve(command.alternative[0])
     signature = inspect.signature(func).parameters
     kwargs = {k: v for k, v in given.items() if k in signature}
     for name, p in signature.items():
@@ -306,7 +313,9 @@ def show_evaluation(report: Any, values: dict[str, Any]) -> None:
 
 def _evaluation_folder(args: argparse.Namespace) -> dict[str, Any]:
     """evaluate's reports go to RUN/eval_SPLIT unless --output says where (from Python: returned, not written)."""
-    out = args.output or api.resolve_checkpoint(args.checkpoint).parent.parent / f"eval_{args.split}"
+    from sedensenet.checkpoint import resolve_checkpoint
+
+    out = args.output or resolve_checkpoint(args.checkpoint).parent.parent / f"eval_{args.split}"
     return {"output": out}
 
 
@@ -403,36 +412,38 @@ def show_nothing(_: Any, __: dict[str, Any]) -> None:
 _CHECKPOINT = {"model": "checkpoint"}
 COMMANDS: dict[str, Command] = {
     "train": Command(
-        api.train, show_train, train_flags=True,
+        "sedensenet.api:train", show_train, train_flags=True,
         own={"--devices": {"type": int, "default": 0, "help": "processes to launch with torchrun (DDP), e.g. 2 GPUs"}},
-        argparse={"resume": {"metavar": "RUN_DIR"}},
+        flag_options={"resume": {"metavar": "RUN_DIR"}},
         given=lambda a: {"verbose": 0, "progress": not a.quiet, "tune_malloc": True},
     ),
-    "evaluate": Command(api.evaluate, show_evaluation, positional=("model",), names=_CHECKPOINT,
+    "evaluate": Command("sedensenet.api:evaluate", show_evaluation, positional=("model",), names=_CHECKPOINT,
                         given=_evaluation_folder),
     "check-data": Command(
-        api.check_data, show_check, positional=("data",),
+        "sedensenet.api:check_data", show_check, positional=("data",),
         own={"--strict": {"action": "store_true", "help": "exit with status 1 when any problem is found"}},
     ),
     "predict": Command(
-        api.predict, show_predictions, positional=("model", "inputs"), names={**_CHECKPOINT, "inputs": "images"},
-        argparse={"inputs": {"nargs": "+"}}, alternative=(api.predict_sharded, _sharded),
+        "sedensenet.api:predict", show_predictions, positional=("model", "inputs"),
+        names={**_CHECKPOINT, "inputs": "images"}, flag_options={"inputs": {"nargs": "+"}},
+        alternative=("sedensenet.api:predict_sharded", _sharded),
     ),
-    "summary": Command(model_summary.preset_summary, show_summary, positional=("model",)),
-    "export": Command(export.export_model, show_export, positional=("checkpoint",)),
-    "explain": Command(explain.explain_model, show_explanations, positional=("checkpoint", "images"),
-                       argparse={"images": {"nargs": "*"}}),
-    "compare": Command(compare.compare, show_comparison, train_flags=True, defaults={"name": "compare"}),
-    "cv": Command(cv.cross_validate, show_cv, train_flags=True, defaults={"name": None}),
-    "convert-keras": Command(keras_convert.convert_keras_file, show_path, positional=("path",),
+    "summary": Command("sedensenet.model_summary:preset_summary", show_summary, positional=("model",)),
+    "export": Command("sedensenet.export:export_model", show_export, positional=("checkpoint",)),
+    "explain": Command("sedensenet.explain:explain_model", show_explanations, positional=("checkpoint", "images"),
+                       flag_options={"images": {"nargs": "*"}}),
+    "compare": Command("sedensenet.compare:compare", show_comparison, train_flags=True, defaults={"name": "compare"}),
+    "cv": Command("sedensenet.cv:cross_validate", show_cv, train_flags=True, defaults={"name": None}),
+    "convert-keras": Command("sedensenet.keras_convert:convert_keras_file", show_path, positional=("path",),
                              names={"path": "file"}),
     "serve": Command(
-        run_server, show_nothing, positional=("checkpoint",), names={"cors_origins": "cors_origin"},
-        argparse={"checkpoint": {"metavar": "RUN_OR_CHECKPOINT"}},
+        "sedensenet.serve.run:run_server", show_nothing, positional=("checkpoint",),
+        names={"cors_origins": "cors_origin"},
+        flag_options={"checkpoint": {"metavar": "RUN_OR_CHECKPOINT"}},
         given=lambda a: {"log_level": "warning" if a.quiet else "info"},
     ),
-    "models": Command(model_summary.preset_rows, show_presets, positional=("filter",),
-                      argparse={"filter": {"nargs": "?"}}),
+    "models": Command("sedensenet.model_summary:preset_rows", show_presets, positional=("filter",),
+                      flag_options={"filter": {"nargs": "?"}}),
 }  # fmt: skip
 """Every subcommand: its typed function, its formatter, and what the signature cannot say."""
 

@@ -40,7 +40,6 @@ class ServeSettings:
     """Torch intra-op threads of this process (default: torch's)."""
 
     def __post_init__(self) -> None:
-        self.inference  # noqa: B018  (the backend and device are checked where every command checks them)
         for name in ("max_batch", "max_pixels", "max_files", "max_queue", "max_explain_queue"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -57,6 +56,7 @@ class ServeSettings:
             raise ValueError("the API key must have at least 8 characters")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
+        self.inference  # noqa: B018  (the backend and device, checked where every command checks them)
 
     @property
     def inference(self) -> InferenceSettings:
