@@ -89,7 +89,12 @@ def _arg_docs(func: Callable[..., Any]) -> dict[str, str]:
             docs[name] = rest.strip()
         elif name:
             docs[name] += " " + stripped
-    return {k: re.sub(r":\w+:`~?([^`]+)`", r"\1", v.replace("``", "")) for k, v in docs.items()}
+    return docs
+
+
+def _plain(text: str) -> str:
+    """Docstring markup (````x````, ``:func:`x```) as a terminal shows it: ``x``."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text.replace("``", ""))
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -224,7 +229,7 @@ def _resolve(target: str) -> Callable[..., Any]:
 
 def _add_command(sub: Any, name: str, command: Command) -> None:
     doc = inspect.getdoc(command.run) or ""
-    summary = doc.split("\n\n")[0].replace("``", "")
+    summary = _plain(doc.split("\n\n")[0])
     p = sub.add_parser(name, help=summary.partition("\n")[0], description=summary)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="debug output")
@@ -232,7 +237,7 @@ def _add_command(sub: Any, name: str, command: Command) -> None:
     for param, spec in command.parameters().items():
         dest = command.names.get(param, param)
         kw = {**_flag_kwargs(str(spec.annotation), spec.default, param), **command.flag_options.get(param, {})}
-        kw["help"] = docs.get(param, "")
+        kw["help"] = _plain(docs.get(param, ""))
         if param in command.positional:
             kw.pop("required", None)
             if kw.get("nargs") == "*":
