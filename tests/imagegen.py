@@ -119,3 +119,92 @@ def make_planted_folder(root: Path, per_split: dict[str, int] | None = None, see
         else:
             contrast(im, 1.1 if "up" in dst else 0.9).save(root / dst)
     return planted
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DICOM (needs pydicom: callers skip without it)
+# ---------------------------------------------------------------------------------------------------------------
+
+PLANTED_PHI = {"PatientName": "Zhang^Wei^秘密", "PatientID": "MRN-7734-PHI", "PatientBirthDate": "19610423"}
+"""Patient data planted in generated DICOM files: none of these values may appear in any output."""
+
+
+def write_dicom(
+    path: Path,
+    stored: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 16,
+    rescale: tuple[float, float] | None = None,
+    window: tuple[float, float] | None = None,
+    patient: dict[str, str] | None = None,
+    syntax: str = "1.2.840.10008.1.2.1",
+) -> Path:
+    """A Part 10 file (preamble and ``DICM`` marker) holding ``stored`` (uint16, H x W, or F x H x W frames) as a
+    secondary-capture image; ``rescale`` is (slope, intercept), ``window`` (center, width); ``patient`` sets tags
+    (default :data:`PLANTED_PHI`)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import UID, SecondaryCaptureImageStorage, generate_uid
+
+    stored = np.asarray(stored, dtype=np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = UID(syntax)
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    for key, value in (PLANTED_PHI if patient is None else patient).items():
+        setattr(ds, key, value)
+    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8, for the planted Chinese name
+    ds.Modality = "DX"
+    if stored.ndim == 3:
+        ds.NumberOfFrames = stored.shape[0]
+    ds.Rows, ds.Columns = stored.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = (f"{v:g}" for v in rescale)
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = (f"{v:g}" for v in window)
+    data = stored.astype("<u2").tobytes()
+    if meta.TransferSyntaxUID.is_encapsulated:  # a compressed syntax: fragments, whatever the codec would say
+        from pydicom.encaps import encapsulate
+
+        data = encapsulate([data])
+    ds.PixelData = data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def dicom_pattern(label: int, rng: np.random.Generator, *, size: int = 24, bits: int = 12) -> np.ndarray:
+    """The stored values of a ``bits``-bit film: class 0 dense (high values) at the top, class 1 at the bottom."""
+    top = 2**bits - 1
+    arr = rng.integers(0, top // 3, size=(size, size)).astype(np.uint16)
+    half = slice(0, size // 2) if label == 0 else slice(size // 2, size)
+    arr[half] += np.uint16(top // 2)
+    return arr
+
+
+def make_dicom_folder(
+    root: Path, per_class: int = 6, *, bits: int = 12, photometric: str = "MONOCHROME2", seed: int = 0
+) -> list[tuple[str, str, str]]:
+    """``root/<class>/<n>`` DICOM files (every third without an extension, found by its marker) of ``bits``-bit
+    films in ``photometric``; MONOCHROME1 files store the inverted values so they show the same picture.
+    Two images per patient (planted names, ids and birth dates). Returns ``(relative path, class, patient id)``.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    top = 2**bits - 1
+    for label, name in enumerate(CLASSES):
+        for i in range(per_class):
+            stored = dicom_pattern(label, rng, bits=bits)
+            if photometric == "MONOCHROME1":
+                stored = np.uint16(top) - stored
+            rel = f"{name}/{i:03d}" + ("" if i % 3 == 2 else ".dcm")
+            patient_id = f"{PLANTED_PHI['PatientID']}-{label}{i // 2}"
+            patient = {**PLANTED_PHI, "PatientID": patient_id}
+            write_dicom(root / rel, stored, photometric=photometric, bits_stored=bits, patient=patient)
+            rows.append((rel, name, patient_id))
+    return rows

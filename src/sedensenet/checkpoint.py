@@ -31,6 +31,135 @@ class CheckpointError(UserError, ValueError):
 
 
 @dataclass
+class Estimate:
+    """A figure and its 95% bootstrap interval ``[low, high]`` (None where none was computed, e.g. PPV)."""
+
+    value: float | None
+    interval: list[float] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, name: str) -> Estimate:
+        _known_keys(data, cls, name)
+        interval = data.get("interval")
+        if interval is not None and (not isinstance(interval, list) or len(interval) != 2):
+            raise TypeError(f"{name}.interval must be a list [low, high], got {interval!r}")
+        bounds = None if interval is None else [_number(v, f"{name}.interval", optional=False) for v in interval]
+        return cls(_number(data.get("value"), f"{name}.value"), bounds)  # type: ignore[arg-type]
+
+
+@dataclass
+class SplitEvaluation:
+    """One split's headline figures from the run's final evaluation, decided by the stored rule."""
+
+    split: str
+    """``test`` or ``val``."""
+    label: str
+    """What the figures may be trusted for: ``test (evaluated once, with what validation chose)`` or
+    ``validation (used for selection...)``, as in metrics.json."""
+    images: int
+    accuracy: Estimate
+    balanced_accuracy: Estimate
+    roc_auc: Estimate | None = None
+    sensitivity: Estimate | None = None
+    """Two classes: of the positive class at the stored threshold (and below: specificity, PPV, NPV)."""
+    specificity: Estimate | None = None
+    ppv: Estimate | None = None
+    npv: Estimate | None = None
+    ece: float | None = None
+    """Top-label expected calibration error of the probabilities served (after the temperature)."""
+    ece_before: float | None = None
+    """ECE before the temperature, when one was fitted."""
+
+    @classmethod
+    def from_dict(cls, data: Any, name: str) -> SplitEvaluation:
+        _known_keys(data, cls, name)
+        for key in ("split", "label"):
+            if not isinstance(data.get(key), str):
+                raise TypeError(f"{name}.{key} must be a string, got {data.get(key)!r}")
+        images = data.get("images")
+        if isinstance(images, bool) or not isinstance(images, int) or images < 0:
+            raise ValueError(f"{name}.images must be a count, got {images!r}")
+        figures = {
+            key: None if data.get(key) is None else Estimate.from_dict(data[key], f"{name}.{key}")
+            for key in ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity", "ppv", "npv")
+        }
+        if figures["accuracy"] is None or figures["balanced_accuracy"] is None:
+            raise TypeError(f"{name} needs accuracy and balanced_accuracy")
+        ece = {key: _number(data.get(key), f"{name}.{key}") for key in ("ece", "ece_before")}
+        return cls(split=data["split"], label=data["label"], images=images, **figures, **ece)  # type: ignore[arg-type]
+
+
+@dataclass
+class EvaluationSummary:
+    """The final evaluation of a run, stored in its best checkpoint so that the checkpoint alone (also copied out
+    of its run folder) tells how well the model did, on which split, and with which decision rule."""
+
+    splits: list[SplitEvaluation]
+    """Test first when the run had a test split, then validation."""
+    positive: str | None = None
+    """Two classes: the class that sensitivity and the threshold are about."""
+    threshold: float | None = None
+    """The operating threshold the figures were measured at; None: the argmax decided."""
+    rule: str = "argmax"
+    """How the threshold was chosen (``argmax``, ``youden``, ``sens=0.95``, a fixed value)."""
+    chosen_on: str | None = None
+    """The split the threshold and the temperature were chosen on (``validation``), None when nothing was fitted."""
+    temperature: float | None = None
+    """The calibration applied before deciding (``softmax(log p / T)``); None: none."""
+    calibrate: str = "none"
+    inference: str = ""
+    """The inference backend and precision the outputs came from."""
+    confidence: float | None = None
+    """The intervals' level (0.95) and bootstrap resamples; None and 0 when no intervals were computed."""
+    resamples: int = 0
+    evaluated_at: str | None = None
+    """When the final evaluation ran (UTC, ISO 8601): the end of training."""
+
+    @property
+    def headline(self) -> SplitEvaluation:
+        """The figures to quote: test's when the run had a test split."""
+        return self.splits[0]
+
+    @classmethod
+    def from_dict(cls, data: Any, name: str = "evaluation") -> EvaluationSummary:
+        _known_keys(data, cls, name)
+        splits = data.get("splits")
+        if not isinstance(splits, list) or not splits:
+            raise TypeError(f"{name}.splits must be a non-empty list, got {splits!r}")
+        texts = {"rule": data.get("rule", "argmax"), "calibrate": data.get("calibrate", "none"),
+                 "inference": data.get("inference", "")}  # fmt: skip
+        optional = {k: data.get(k) for k in ("positive", "chosen_on", "evaluated_at")}
+        for key, value in {**texts, **optional}.items():
+            if not isinstance(value, str) and (value is not None or key in texts):
+                raise TypeError(f"{name}.{key} must be a string, got {value!r}")
+        resamples = data.get("resamples", 0)
+        if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 0:
+            raise ValueError(f"{name}.resamples must be a count, got {resamples!r}")
+        return cls(
+            splits=[SplitEvaluation.from_dict(s, f"{name}.splits[{i}]") for i, s in enumerate(splits)],
+            **texts, **optional, resamples=resamples,
+            **{k: _number(data.get(k), f"{name}.{k}") for k in ("threshold", "temperature", "confidence")},
+        )  # fmt: skip
+
+
+def _known_keys(data: Any, cls: type, name: str) -> None:
+    """``data`` is a JSON object whose keys are fields of ``cls`` (a newer field is an error, as at the top)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{name} must be an object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(cls.__dataclass_fields__))  # type: ignore[attr-defined]
+    if unknown:
+        raise TypeError(f"{name} has unknown fields {unknown}")
+
+
+def _number(value: Any, name: str, *, optional: bool = True) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+@dataclass
 class CheckpointMeta:
     """Everything besides the weights that is needed to use a model on new images."""
 
@@ -53,6 +182,9 @@ class CheckpointMeta:
     """The positive class that ``threshold`` is about."""
     decision: dict[str, Any] = field(default_factory=dict)
     """How ``temperature`` and ``threshold`` were chosen (rule, split, inference backend and precision)."""
+    evaluation: EvaluationSummary | None = None
+    """The run's final evaluation (test and validation figures with intervals, the decision rule, the calibration),
+    written after training; None in checkpoints written before it or not by a training run."""
 
     @property
     def preset(self) -> str | None:
@@ -107,8 +239,14 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
 
 
 def meta_to_json(meta: CheckpointMeta, kind: str = FORMAT) -> str:
-    """``meta`` as the JSON text stored in checkpoints (``kind`` = :data:`FORMAT`) and exported files."""
-    return json.dumps({"format": kind, "version": FORMAT_VERSION, **asdict(meta)}, ensure_ascii=False)
+    """``meta`` as the JSON text stored in checkpoints (``kind`` = :data:`FORMAT`) and exported files.
+
+    Without an evaluation the key is left out, so such metadata stays exactly what earlier versions wrote and read.
+    """
+    fields = asdict(meta)
+    if fields["evaluation"] is None:
+        del fields["evaluation"]
+    return json.dumps({"format": kind, "version": FORMAT_VERSION, **fields}, ensure_ascii=False)
 
 
 def meta_from_json(raw: str | bytes, source: str | os.PathLike) -> CheckpointMeta:
@@ -120,7 +258,8 @@ def meta_from_json(raw: str | bytes, source: str | os.PathLike) -> CheckpointMet
             raise TypeError(f"a JSON {type(d).__name__}, not an object")
         d.pop("format", None)
         version = d.pop("version", None)
-        meta = CheckpointMeta(**d)
+        evaluation = d.pop("evaluation", None)
+        meta = CheckpointMeta(**d, evaluation=None if evaluation is None else EvaluationSummary.from_dict(evaluation))
         _check_meta(meta)
     except (json.JSONDecodeError, TypeError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise CheckpointError(f"{source}: its metadata is malformed ({e})") from None

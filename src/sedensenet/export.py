@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -153,7 +153,8 @@ def export_model(
     model, meta = load_checkpoint(source)
     size = int(image_size or meta.image_size)
     if size != meta.image_size:
-        meta = CheckpointMeta(**{**asdict(meta), "image_size": size})
+        # figures measured at another input size do not describe this file
+        meta = replace(meta, image_size=size, evaluation=None)
     try:
         model.check_input(_random_batch(1, meta, size, 0))
     except ValueError as e:
@@ -203,7 +204,7 @@ def _export_int8(
                 f"(accuracy {report.fp32_accuracy:.4f} -> {report.int8_accuracy:.4f}), under the {MIN_AGREEMENT:.0%} "
                 "required; nothing was written (--force writes it anyway)"
             )
-        int8_meta = CheckpointMeta(**{**asdict(meta), "extra": {**meta.extra, QUANT_META_KEY: figures}})
+        int8_meta = replace(meta, extra={**meta.extra, QUANT_META_KEY: figures})
         proto = onnx.load_model(str(int8))
         del proto.metadata_props[:]
         props = _onnx_metadata(int8_meta)

@@ -36,11 +36,8 @@ def model_and_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     meta = ckpt.CheckpointMeta(model=model.config.to_dict(), classes=list(CLASSES), image_size=16)
     path = ckpt.save_checkpoint(root / "plain.safetensors", model, meta)
     files = sorted(data.rglob("*.png"))
-    raw = (
-        Predictor.load(path, InferenceSettings(device="cpu"))
-        .run_samples([sedensenet.data.Sample(f, 0) for f in files], 4)
-        .probs
-    )
+    predictor = Predictor.load(path, InferenceSettings(device="cpu"))
+    raw = predictor.run_samples([sedensenet.data.Sample(f, 0) for f in files], 4).probs
     return path, data, raw
 
 

@@ -49,9 +49,8 @@ def test_every_backend_predicts_what_the_reference_modules_do(checkpoint: tuple[
 
 
 def test_auto_uses_onnxruntime_for_large_jobs_only(checkpoint: tuple[Path, Path]) -> None:
-    predictor = Predictor.load(
-        checkpoint[0], InferenceSettings(device="cpu", amp="off")
-    )  # bf16 CPUs stay eager (test_amp)
+    float32 = InferenceSettings(device="cpu", amp="off")  # bf16 CPUs stay eager (test_amp)
+    predictor = Predictor.load(checkpoint[0], float32)
     small = predictor.runner(images=10)
     assert not isinstance(small, OnnxRuntimeModule)
     large = predictor.runner(images=ONNX_MIN_IMAGES)

@@ -5,7 +5,6 @@ runs. ``SEDENSENET_FUZZ_EXAMPLES`` sets the number of fuzz cases per reader (def
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 import struct
@@ -97,7 +96,7 @@ def test_damaged_safetensors_is_a_clear_error(run: Path, tmp_path: Path, damage,
 def rewritten(src: Path, dst: Path, change) -> Path:  # noqa: ANN001
     tensors, meta = ckpt.read_checkpoint(src)
     tensors = change(dict(tensors))
-    header = {"sedensenet": json.dumps({"format": ckpt.FORMAT, "version": 1, **meta.__dict__})}
+    header = {"sedensenet": ckpt.meta_to_json(meta)}
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(dst), metadata=header)
     return dst
 
@@ -121,7 +120,14 @@ def test_wrong_shape_or_dtype_names_the_tensor(run: Path, tmp_path: Path) -> Non
     "meta, problem",
     [("[1, 2]", "a JSON list"), ('{"model": {}, "classes": "cat"}', "classes must be a list"),
      ('{"model": {}, "classes": ["a"], "image_size": -3}', "image_size must be a positive integer"),
-     ('{"model": {}, "classes": ["a"], "mean": "x"}', "mean must be a list")],
+     ('{"model": {}, "classes": ["a"], "mean": "x"}', "mean must be a list"),
+     ('{"model": {}, "classes": ["a"], "evaluation": [1]}', "evaluation must be an object"),
+     ('{"model": {}, "classes": ["a"], "evaluation": {"splits": [{"split": "test", "label": "t", "images": -1}]}}',
+      r"evaluation\.splits\[0\]\.images must be a count"),
+     ('{"model": {}, "classes": ["a"], "evaluation": {"splits": [{"split": "test", "label": "t", "images": 3, '
+      '"accuracy": {"value": "high"}, "balanced_accuracy": {"value": 1}}]}}',
+      r"evaluation\.splits\[0\]\.accuracy\.value must be a number"),
+     ('{"model": {}, "classes": ["a"], "evaluation": {"splits": [], "threshold": 0.5}}', "non-empty list")],
 )  # fmt: skip
 def test_malformed_metadata_is_a_clear_error(tmp_path: Path, meta: str, problem: str) -> None:
     path = tmp_path / "meta.safetensors"
@@ -137,7 +143,7 @@ def test_metadata_claiming_a_huge_network_allocates_nothing(
     network of the size it claims (here about 40 GB)."""
     tensors, meta = ckpt.read_checkpoint(run / "weights" / "best.safetensors")
     meta.model = {**meta.model, "growth_rate": 2048, "block_config": [64, 64]}
-    header = {"sedensenet": json.dumps({"format": ckpt.FORMAT, "version": 1, **meta.__dict__})}
+    header = {"sedensenet": ckpt.meta_to_json(meta)}
     path = tmp_path / "claims.safetensors"
     save_file(tensors, str(path), metadata=header)
     devices: list[str] = []

@@ -1,10 +1,12 @@
-"""A tiny SE-DenseNet in a run folder (weights + metrics.json), images to send, and a live server."""
+"""A tiny SE-DenseNet in a run folder (weights + metrics.json), a real run with a test split (and its best
+checkpoint copied out alone), images to send, and a live server."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,27 +20,62 @@ import pytest
 import torch
 from PIL import Image
 
+import sedensenet
 from sedensenet.checkpoint import CheckpointMeta, save_checkpoint
 from sedensenet.models import create_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from imagegen import CLASSES as TRAIN_CLASSES  # noqa: E402
+from imagegen import make_folder  # noqa: E402
+
 CLASSES = ["狗", "猫", "鸟"]  # dog, cat, bird
 IMAGE_SIZE = 32
-METRICS = {"accuracy": 0.75, "macro_f1": 0.7, "num_samples": 12, "split": "val", "best_epoch": 2}
+EPOCH_METRICS = {"loss": 1.1, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.75}
+DATA_NAME = "chest x-ray 胸片"
+"""The evaluated run's data folder: the card may show this name, never the path it sits under."""
 
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """runs/训练 (a Chinese run name) with weights/best.safetensors of a fresh se_densenet_tiny and a metrics.json."""
+    """runs/训练 (a Chinese run name) with weights/best.safetensors of a fresh se_densenet_tiny (no stored
+    evaluation, as checkpoints written before it) and a metrics.json."""
     torch.manual_seed(0)
     run = tmp_path_factory.mktemp("serve") / "训练"
     model = create_model("se_densenet_tiny", num_classes=len(CLASSES))
     meta = CheckpointMeta(
-        model=model.config.to_dict(), classes=CLASSES, image_size=IMAGE_SIZE, epoch=2,
+        model=model.config.to_dict(), classes=CLASSES, image_size=IMAGE_SIZE, epoch=2, metrics=EPOCH_METRICS,
         extra={"data": "builtin:test", "train_images": 48, "val_images": 12},
     )  # fmt: skip
     save_checkpoint(run / "weights" / "best.safetensors", model, meta)
-    (run / "metrics.json").write_text(json.dumps({**METRICS, "per_class": []}), encoding="utf-8")
+    (run / "metrics.json").write_text(json.dumps({"accuracy": 0.99, "split": "val", "per_class": []}), encoding="utf-8")
     return run
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real one-epoch run on two classes with train/val/test folders, its threshold (Youden) and temperature
+    chosen on validation: weights/best.safetensors carries the final evaluation. One image of each class is
+    mislabelled in val and test, so the figures (10 of 12 right) have intervals of some width."""
+    root = tmp_path_factory.mktemp("evaluated")
+    data = root / DATA_NAME
+    for split, seed, per_class in (("train", 0, 16), ("val", 1, 6), ("test", 2, 6)):
+        make_folder(data / split, per_class=per_class, seed=seed, size=16)
+        if split != "train":
+            folders = [data / split / name for name in TRAIN_CLASSES]
+            for i, (a, b) in enumerate(((0, 1), (1, 0))):
+                shutil.move(folders[a] / "img 0.png", folders[b] / f"mislabelled {i}.png")
+    result = sedensenet.train(
+        str(data), project=str(root / "runs"), epochs=1, lr=0.01, verbose=0, model="se_densenet_tiny", image_size=16,
+        batch_size=8, workers=0, threshold="youden", calibrate="temperature", positive=TRAIN_CLASSES[0],
+    )  # fmt: skip
+    return result.run_dir
+
+
+@pytest.fixture(scope="session")
+def copied_checkpoint(evaluated_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The evaluated run's best.safetensors alone in another folder: no run folder, no metrics.json beside it."""
+    folder = tmp_path_factory.mktemp("elsewhere")
+    return Path(shutil.copy(evaluated_run / "weights" / "best.safetensors", folder / "best.safetensors"))
 
 
 def png_bytes(seed: int = 0, size: tuple[int, int] = (40, 52), mode: str = "RGB", fmt: str = "PNG") -> bytes:
@@ -107,8 +144,9 @@ def start_server(checkpoint: Path, *args: str, port: int | None = None) -> tuple
 
 
 @pytest.fixture(scope="module")
-def live_server(run_dir: Path) -> Iterator[str]:
-    proc, url = start_server(run_dir, "--backend", "eager")
+def live_server(copied_checkpoint: Path) -> Iterator[str]:
+    """``sedensenet serve`` of the evaluated run's best.safetensors copied alone into another folder."""
+    proc, url = start_server(copied_checkpoint, "--backend", "eager")
     yield url
     proc.terminate()
     proc.wait(timeout=30)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import csv
+import datetime as dt
 import hashlib
 import io
+import json
 import logging
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -24,7 +27,7 @@ from sedensenet.serve import ServeSettings, create_app
 from sedensenet.serve.batching import DynamicBatcher, QueueFull
 from sedensenet.serve.run import is_loopback, threads_per_worker
 
-from .conftest import CLASSES, IMAGE_SIZE, METRICS, png_bytes
+from .conftest import CLASSES, DATA_NAME, EPOCH_METRICS, IMAGE_SIZE, TRAIN_CLASSES, png_bytes
 
 CHECKPOINT = "weights/best.safetensors"
 
@@ -91,18 +94,110 @@ def test_openapi_documents_the_api_and_the_online_docs_pages_are_off(client: Tes
 
 
 def test_model_card(client: TestClient, run_dir: Path) -> None:
+    """A checkpoint without a stored evaluation (as those written before it): the history row of its epoch, and
+    nothing from the metrics.json beside it (the card comes from the file alone)."""
     card = client.get("/v1/model").json()
     weights = run_dir / CHECKPOINT
     assert card["id"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert card["checkpoint"] == "best.safetensors"
     assert card["classes"] == CLASSES
     assert card["preset"] == "se_densenet_tiny"
     assert (card["image_size"], card["in_chans"], card["se"]) == (IMAGE_SIZE, 3, True)
     from sedensenet import load_model
 
     assert card["parameters"] == sum(p.numel() for p in load_model(run_dir).parameters())
-    assert (card["train_images"], card["val_images"], card["epoch"]) == (48, 12, 2)
-    assert card["metrics"] == METRICS
-    assert card["trained_at"].startswith("20") and card["backend"] == "eager"
+    assert card["data"] == {"name": "builtin:test", "train_images": 48, "val_images": 12, "test_images": None}
+    assert (card["epoch"], card["epoch_metrics"], card["evaluation"]) == (2, EPOCH_METRICS, None)
+    mtime = dt.datetime.fromtimestamp(weights.stat().st_mtime, dt.timezone.utc)
+    assert card["trained_at"] == mtime.isoformat(timespec="seconds") and card["backend"] == "eager"
+    assert card["limits"] == {"max_upload_mb": 20.0, "max_files": 64, "max_pixels": 40_000_000, "max_batch": 32}
+
+
+def test_openapi_documents_the_model_card(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    ok = schema["paths"]["/v1/model"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/ModelCard"}
+    components = schema["components"]["schemas"]
+    card = components["ModelCard"]
+    assert set(card["required"]) >= {"id", "classes", "data", "evaluation", "limits"}
+    assert "file system" in components["DataSummary"]["description"]
+    split = components["SplitEvaluation"]["properties"]
+    assert {"label", "images", "accuracy", "sensitivity", "ece"} <= set(split)
+    assert set(components["Estimate"]["properties"]) == {"value", "interval"}
+    for path in ("/v1/predict", "/v1/explain", "/healthz"):
+        method = "get" if path == "/healthz" else "post"
+        assert "$ref" in schema["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+
+
+# --- the model card of a run with a test split ------------------------------------------------------------------
+
+
+def card_of(checkpoint: Path) -> dict:
+    with TestClient(create_app(checkpoint, backend="eager")) as c:
+        return c.get("/v1/model").json()
+
+
+@pytest.fixture(scope="module")
+def evaluated_card(evaluated_run: Path) -> dict:
+    return card_of(evaluated_run)
+
+
+def test_card_shows_the_test_figures_first_with_label_intervals_decision_and_calibration(
+    evaluated_card: dict, evaluated_run: Path
+) -> None:
+    test = json.loads((evaluated_run / "test" / "metrics.json").read_text(encoding="utf-8"))
+    val = json.loads((evaluated_run / "metrics.json").read_text(encoding="utf-8"))
+    evaluation = evaluated_card["evaluation"]
+    assert [s["split"] for s in evaluation["splits"]] == ["test", "val"]
+    shown_test, shown_val = evaluation["splits"]
+    assert shown_test["label"] == test["label"] == "test (evaluated once, with what validation chose)"
+    assert shown_val["label"] == val["label"] == "validation (used for selection)"
+    positive, negative = TRAIN_CLASSES
+    for shown, report in ((shown_test, test), (shown_val, val)):
+        ci = report["intervals"]
+        assert shown["images"] == report["num_samples"] == 12
+        assert shown["accuracy"] == {"value": report["accuracy"], "interval": ci["accuracy"]}
+        assert shown["balanced_accuracy"] == {"value": report["balanced_accuracy"], "interval": ci["balanced_accuracy"]}
+        assert shown["roc_auc"] == {"value": report["roc_auc"], "interval": ci["roc_auc"]}
+        assert shown["sensitivity"] == {"value": report["binary"]["sensitivity"], "interval": ci["recall"][positive]}
+        assert shown["specificity"] == {"value": report["binary"]["specificity"], "interval": ci["recall"][negative]}
+        assert shown["ppv"] == {"value": report["binary"]["ppv"], "interval": None}  # no bootstrap for PPV/NPV
+        assert shown["npv"] == {"value": report["binary"]["npv"], "interval": None}
+        calibration = report["calibration"]
+        assert (shown["ece"], shown["ece_before"]) == (calibration["ece"], calibration["ece_before"])
+        low, high = shown["accuracy"]["interval"]
+        assert 0 <= low <= shown["accuracy"]["value"] <= high <= 1 and low < high
+    assert (evaluation["positive"], evaluation["threshold"]) == (positive, test["threshold"])
+    assert evaluation["temperature"] == test["calibration"]["temperature"] != 1.0
+    how = (evaluation["rule"], evaluation["chosen_on"], evaluation["calibrate"])
+    assert how == ("youden", "validation", "temperature")
+    assert evaluation["inference"] == test["decision"]["inference"]
+    assert (evaluation["confidence"], evaluation["resamples"]) == (0.95, ci["resamples"])
+    assert evaluated_card["data"] == {"name": DATA_NAME, "train_images": 32, "val_images": 12, "test_images": 12}
+    assert evaluated_card["trained_at"] == evaluation["evaluated_at"]
+
+
+def strings(value: object) -> list[str]:
+    """Every string in a JSON document, keys included."""
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [k, *strings(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_a_copy_of_the_checkpoint_alone_serves_the_same_card_and_no_path(
+    evaluated_card: dict, evaluated_run: Path, copied_checkpoint: Path
+) -> None:
+    assert not (copied_checkpoint.parent / "metrics.json").exists()
+    assert card_of(copied_checkpoint) == evaluated_card
+    text = json.dumps(evaluated_card, ensure_ascii=False)
+    data = evaluated_run.parent.parent / DATA_NAME
+    for path in (data, evaluated_run, copied_checkpoint.parent, Path(os.getcwd())):
+        assert str(path) not in text
+    leaks = [s for s in strings(evaluated_card) if os.path.isabs(s) or os.sep in s or s.startswith("~")]
+    assert leaks == []
+    assert DATA_NAME in text  # the data set's name (its folder's own name) is shown
 
 
 # --- predict -----------------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +23,8 @@ if not os.environ.get("CI") and not Path(CHROMIUM).exists():
     pytest.skip(f"no Chromium at {CHROMIUM} (CI installs it; apt-get install chromium)", allow_module_level=True)
 
 from playwright.sync_api import sync_playwright  # noqa: E402
+
+from .conftest import DATA_NAME, TRAIN_CLASSES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +105,46 @@ def test_page_classifies_explains_refuses_and_stays_on_its_origin(
     assert off_origin == []
     assert errors == []
     context.close()
+
+
+def test_card_shows_the_test_figures_with_label_and_interval_and_no_path(
+    browser, live_server: str, evaluated_run: Path, copied_checkpoint: Path
+) -> None:
+    """The server runs a copy of the checkpoint alone (``live_server``), so the figures come from the file."""
+    test = json.loads((evaluated_run / "test" / "metrics.json").read_text(encoding="utf-8"))
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(live_server + "/")
+    wait_until(page, "() => document.querySelector('#status').textContent.includes('ready')")
+    page.click("#card summary")
+    shown = page.locator(".split[data-split=test]")
+    assert shown.locator(".split-label").inner_text().startswith(test["label"] + " · 12 images")
+    assert page.locator(".split").first.get_attribute("data-split") == "test"  # test first, validation after
+    for metric, value, ci in (
+        ("accuracy", test["accuracy"], test["intervals"]["accuracy"]),
+        ("sensitivity", test["binary"]["sensitivity"], test["intervals"]["recall"][TRAIN_CLASSES[0]]),
+        ("specificity", test["binary"]["specificity"], test["intervals"]["recall"][TRAIN_CLASSES[1]]),
+    ):
+        row = shown.locator(f"tr[data-metric={metric}]")
+        assert float(row.locator(".value").inner_text()) == pytest.approx(value, abs=5e-4)
+        bounds = re.fullmatch(r"\[(\S+), (\S+)\]", row.locator(".interval").inner_text())
+        assert bounds is not None and [float(b) for b in bounds.groups()] == pytest.approx(ci, abs=5e-4)
+    low, high = test["intervals"]["accuracy"]
+    assert low < test["accuracy"] < high  # an interval, not a point
+    assert TRAIN_CLASSES[0] in shown.locator("tr[data-metric=sensitivity] th").inner_text()
+    headline = page.locator("#headline").inner_text()
+    assert headline.startswith(f"accuracy {test['accuracy']:.3f} [") and headline.endswith(test["label"])
+    decision = page.locator("#card dd.decision").inner_text()
+    assert f"{TRAIN_CLASSES[0]} when its probability ≥ {test['threshold']:.3f}" in decision and "youden" in decision
+    calibration = page.locator("#card dd.calibration").inner_text()
+    assert calibration.startswith(f"temperature {test['calibration']['temperature']:.3f} (fitted on validation)")
+    assert f"{DATA_NAME} (32 training, 12 validation, 12 test images)" in page.locator("#card-fields").inner_text()
+
+    text = page.evaluate("document.documentElement.outerHTML") + page.locator("body").inner_text()
+    for path in (evaluated_run.parent.parent, evaluated_run, copied_checkpoint.parent, Path.cwd()):
+        assert str(path) not in text
+    card_text = page.locator("#card").inner_text() + page.locator("header").inner_text()
+    assert "/" not in card_text and "\\" not in card_text  # no path of any form on the card
+    assert errors == []
+    page.close()

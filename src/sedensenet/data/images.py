@@ -26,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from sedensenet.data.dedupe import Fingerprint, fingerprint_image
+from sedensenet.data.dicom import DICOM_SUFFIXES, DicomOptions, DicomRejected, is_dicom, read_dicom
 from sedensenet.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,9 @@ def _too_large(exc: Exception, max_pixels: int) -> str:
 
 class ImageRejected(DataError):
     """An image that cannot be used; ``reason`` is the short text :func:`check_image` returns for it and ``kind``
-    one of ``empty``, ``not_image``, ``too_large``, ``corrupt`` or ``unreadable`` (for callers that map kinds to
-    codes, such as the HTTP server)."""
+    one of ``empty``, ``not_image``, ``too_large``, ``corrupt``, ``unreadable`` or ``unsupported`` (a DICOM file
+    whose decoder is not installed, or a refused multi-frame one) for callers that map kinds to codes, such as the
+    HTTP server."""
 
     def __init__(self, reason: str, kind: str) -> None:
         super().__init__(reason)
@@ -85,12 +87,18 @@ class ImageRejected(DataError):
         self.kind = kind
 
 
-def open_checked(source: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_checked(
+    source: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS, *, dicom: DicomOptions | None = None
+) -> Image.Image:
     """Open and fully decode an image, refusing it with :class:`ImageRejected` when it cannot be used.
 
-    Only the decoders of :data:`IMAGE_FORMATS` are tried. The pixel count is read from the header and checked
-    before any pixel is decoded, so a decompression bomb costs nothing. The caller closes the returned image.
+    Only the decoders of :data:`IMAGE_FORMATS` are tried, and DICOM (chosen by content, the ``DICM`` marker, or a
+    ``.dcm`` name: :mod:`sedensenet.data.dicom`, windowed to 8 bits as ``dicom`` says). The pixel count is read
+    from the header and checked before any pixel is decoded, so a decompression bomb costs nothing. The caller
+    closes the returned image.
     """
+    if is_dicom(source):
+        return _open_dicom(source, max_pixels, dicom)
     try:
         im = Image.open(source, formats=IMAGE_FORMATS)  # reads only the header
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -116,6 +124,14 @@ def open_checked(source: str | os.PathLike | BinaryIO, max_pixels: int = DEFAULT
         im.close()
         raise ImageRejected(_corrupt(exc), "corrupt") from None
     return im
+
+
+def _open_dicom(source: str | os.PathLike | BinaryIO, max_pixels: int, options: DicomOptions | None) -> Image.Image:
+    """The DICOM seam: the same rejection error and reasons as any other image."""
+    try:
+        return read_dicom(source, max_pixels=max_pixels, options=options).image
+    except DicomRejected as exc:
+        raise ImageRejected(exc.reason, exc.kind) from None
 
 
 def _corrupt(exc: Exception) -> str:
@@ -202,25 +218,33 @@ def _convert(im: Image.Image, mode: str) -> Image.Image:
         return im.convert("RGB").convert(mode)
 
 
-def load_image(path: str | os.PathLike, in_chans: int = 3) -> Image.Image:
+def load_image(path: str | os.PathLike, in_chans: int = 3, *, dicom: DicomOptions | None = None) -> Image.Image:
     """Open an image as the model will see it.
 
     The EXIF orientation is applied; an animated GIF/WebP/TIFF gives its first frame. Every mode is converted
     to ``L`` for ``in_chans=1``, ``RGB`` for 3 and ``RGBA`` for 4; other counts get ``RGB`` and
     :class:`ImageFolderDataset` repeats its channels. RGBA to RGB drops the alpha channel (as torchvision's
     and Keras' loaders do), 16-bit images are scaled to 8 bits (divided by 257), float images from [0, 1]
-    (or their own range), CMYK and palette images converted by PIL.
+    (or their own range), CMYK and palette images converted by PIL. DICOM files are windowed to 8 bits
+    (:func:`sedensenet.data.dicom.read_dicom`, with ``dicom``'s window).
 
     Raises:
-        OSError, ValueError, PIL.Image.DecompressionBombError: the file cannot be decoded.
+        OSError, ValueError, PIL.Image.DecompressionBombError: the file cannot be decoded (for DICOM,
+            :class:`ImageRejected`, a ``ValueError``).
     """
     mode = _target_mode(in_chans)
-    with Image.open(path, formats=IMAGE_FORMATS) as im:
-        im.load()  # the pixels stay in memory after the file is closed
-        return _as_model_input(im, mode)
+    with open(path, "rb") as f:  # one open for both checks: this is the training loop's path
+        if is_dicom(f) or os.fspath(path).lower().endswith(DICOM_SUFFIXES):
+            with _open_dicom(f, DEFAULT_MAX_PIXELS, dicom) as im:
+                return _as_model_input(im, mode)
+        with Image.open(f, formats=IMAGE_FORMATS) as im:
+            im.load()  # the pixels stay in memory after the file is closed
+            return _as_model_input(im, mode)
 
 
-def decode_image(data: bytes, in_chans: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(
+    data: bytes, in_chans: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS, *, dicom: DicomOptions | None = None
+) -> Image.Image:
     """An image held in memory (an upload), checked as :func:`check_image` checks files and converted as
     :func:`load_image` converts them, so both give the model the same pixels.
 
@@ -230,7 +254,7 @@ def decode_image(data: bytes, in_chans: int = 3, max_pixels: int = DEFAULT_MAX_P
     mode = _target_mode(in_chans)
     if not data:
         raise ImageRejected("empty file (0 bytes)", "empty")
-    with open_checked(io.BytesIO(data), max_pixels) as im:
+    with open_checked(io.BytesIO(data), max_pixels, dicom=dicom) as im:
         try:
             return _as_model_input(im, mode)
         except Exception as exc:  # a conversion PIL cannot make for this mode

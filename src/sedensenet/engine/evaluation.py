@@ -3,12 +3,14 @@ PR, calibration, top losses."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from sedensenet.checkpoint import CheckpointMeta
+from sedensenet.checkpoint import CheckpointMeta, Estimate, EvaluationSummary, SplitEvaluation, update_meta
 from sedensenet.data import Sample, load_image
 from sedensenet.engine.decision import decide, positive_of, postprocess
 from sedensenet.engine.loop import EpochResult
@@ -27,6 +29,8 @@ from sedensenet.reports import (
 
 log = logging.getLogger(__name__)
 TOP_LOSSES = 16
+_SPLIT_ORDER = ("test", "val")
+"""The order of a summary's splits: the figures to quote first."""
 
 
 def write_evaluation(
@@ -95,3 +99,51 @@ def _top_losses(
             f"loss {result.losses[i]:.2f}"
         )
     plot_top_losses(images, titles, path)
+
+
+def record_evaluation(checkpoint: Path, meta: CheckpointMeta, results: dict[str, dict[str, Any]]) -> None:
+    """Store the final evaluation's figures in ``checkpoint`` (its metadata ``meta``, as the run finished it), so
+    the checkpoint alone, also copied out of its run folder, says how well the model did and on what.
+
+    ``results``: per split (``val``, ``test``), the report's ``to_dict()`` with its ``label``, as ``finish`` returns
+    them. A run without best weights or without an evaluated split has nothing to record.
+    """
+    if not results or not checkpoint.is_file():
+        return
+    meta.evaluation = evaluation_summary(results, meta)
+    update_meta(checkpoint, meta)
+
+
+def evaluation_summary(results: dict[str, dict[str, Any]], meta: CheckpointMeta) -> EvaluationSummary:
+    """The headline figures of each evaluated split (test first), with the decision and calibration they used."""
+    reports = {split: ClassificationReport.from_dict(results[split]) for split in _SPLIT_ORDER if split in results}
+    intervals = next(iter(reports.values())).intervals
+    decision = meta.decision or {}
+    return EvaluationSummary(
+        splits=[_split_figures(split, report, results[split]["label"]) for split, report in reports.items()],
+        positive=meta.positive, threshold=meta.threshold, rule=str(decision.get("threshold") or "argmax"),
+        chosen_on=decision.get("chosen_on"), temperature=meta.temperature,
+        calibrate=str(decision.get("calibrate") or "none"), inference=str(decision.get("inference") or ""),
+        confidence=intervals.get("confidence"), resamples=int(intervals.get("resamples", 0)),
+        evaluated_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )  # fmt: skip
+
+
+def _split_figures(split: str, report: ClassificationReport, label: str) -> SplitEvaluation:
+    """Accuracy, balanced accuracy, ROC-AUC and, for two classes, the positive class's figures at the threshold."""
+    ci = report.intervals
+    recall = ci.get("recall", {})
+    binary, positive = report.binary or {}, report.positive_class
+    negative = next((c for c in report.classes if c != positive), None)
+    two = bool(binary) and positive is not None
+    return SplitEvaluation(
+        split=split, label=label, images=report.num_samples,
+        accuracy=Estimate(report.accuracy, ci.get("accuracy")),
+        balanced_accuracy=Estimate(report.balanced_accuracy, ci.get("balanced_accuracy")),
+        roc_auc=None if report.roc_auc is None else Estimate(report.roc_auc, ci.get("roc_auc")),
+        sensitivity=Estimate(binary["sensitivity"], recall.get(positive)) if two else None,
+        specificity=Estimate(binary["specificity"], recall.get(negative)) if two else None,
+        ppv=Estimate(binary["ppv"]) if two else None,
+        npv=Estimate(binary["npv"]) if two else None,
+        ece=report.calibration.get("ece"), ece_before=report.calibration.get("ece_before"),
+    )  # fmt: skip

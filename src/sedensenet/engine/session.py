@@ -20,7 +20,7 @@ from sedensenet.engine import build, memory
 from sedensenet.engine import distributed as dist
 from sedensenet.engine.decision import check_decision_settings
 from sedensenet.engine.device import precision_name, seed_everything, select_device, step_settings
-from sedensenet.engine.evaluation import write_evaluation
+from sedensenet.engine.evaluation import record_evaluation, write_evaluation
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import weighted_loss
 from sedensenet.engine.state import RunContext, restore
@@ -355,6 +355,7 @@ def finish(ctx: RunContext) -> dict[str, Any]:
                  "precision": precision_name(predictor.amp_dtype)}  # fmt: skip
         report = write_evaluation(out, res, ctx.splits.classes, samples, c.in_chans, extra, meta=meta)
         results[split] = {**report.to_dict(), "label": extra["label"], "decision": decision}
+    record_evaluation(best, meta, results)  # the figures travel with the checkpoint (served model card)
     return results
 
 

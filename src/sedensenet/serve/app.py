@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -26,12 +27,19 @@ from fastapi.responses import Response
 
 from sedensenet import __version__
 from sedensenet.data import ImageRejected
-from sedensenet.engine.predictor import Prediction, predictions_csv
+from sedensenet.engine.predictor import predictions_csv
 from sedensenet.serve.batching import DynamicBatcher, QueueFull
 from sedensenet.serve.errors import ApiError, install_handlers
 from sedensenet.serve.limits import BodySizeLimit
 from sedensenet.serve.model import ServedModel, resolve_safetensors
-from sedensenet.serve.schemas import ERROR_RESPONSES, ExplainResponse, Health, PredictResponse
+from sedensenet.serve.schemas import (
+    ERROR_RESPONSES,
+    ExplainResponse,
+    Health,
+    ImagePrediction,
+    ModelCard,
+    PredictResponse,
+)
 from sedensenet.serve.settings import ServeSettings
 from sedensenet.serve.uploads import read_uploads
 
@@ -93,11 +101,11 @@ def create_app(checkpoint: str | os.PathLike, settings: ServeSettings | None = N
         if settings.threads:
             torch.set_num_threads(settings.threads)
         state.model = await asyncio.to_thread(ServedModel, checkpoint, settings)
+        await asyncio.to_thread(state.model.warm_up)
         state.batcher = DynamicBatcher(
             state.model.predict_batch, settings.max_batch, settings.max_wait_ms, settings.max_queue
         )
         state.batcher.start()
-        await asyncio.to_thread(state.model.warm_up)
         state.ready = True
         try:
             yield
@@ -138,16 +146,16 @@ def _add_page_routes(app: FastAPI, state: ServerState) -> None:
         return Response((static / name).read_bytes(), media_type=ASSETS[name], headers=PAGE_HEADERS)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
-    async def healthz() -> dict[str, str]:
+    async def healthz() -> Health:
         """Alive: the process answers."""
-        return {"status": "ok"}
+        return Health(status="ok")
 
     @app.get("/readyz", response_model=Health, responses={503: ERROR_RESPONSES[503]}, tags=["health"])
     async def readyz() -> Any:
         """Ready: the model is loaded and a warm-up batch has run."""
         if not state.ready:
             return _not_ready().response()
-        return {"status": "ready"}
+        return Health(status="ready")
 
 
 def _not_ready() -> ApiError:
@@ -174,9 +182,10 @@ def _guard(state: ServerState) -> Any:
 def _add_api_routes(app: FastAPI, state: ServerState) -> None:
     guard = _guard(state)
 
-    @app.get("/v1/model", responses=ERROR_RESPONSES, tags=["v1"])
-    async def model_card(model: ServedModel = guard) -> dict[str, Any]:
-        """The model card: classes, preset, image size, parameters, training data, validation metrics."""
+    @app.get("/v1/model", response_model=ModelCard, responses=ERROR_RESPONSES, tags=["v1"])
+    async def model_card(model: ServedModel = guard) -> ModelCard:
+        """The model card: classes, preset, image size, parameters, the training data's name and size, the final
+        evaluation (test first, each split with its label and 95% intervals), the decision rule and calibration."""
         return model.card()
 
     @app.post("/v1/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, tags=["v1"],
@@ -188,10 +197,10 @@ def _add_api_routes(app: FastAPI, state: ServerState) -> None:
         with state.batcher.arriving() as arrival:  # batches wait for this request while it is decoded
             names, tensors = await _decode_request(request, state, keep_images=False)
             probs = await _submit(state, tensors, arrival)
-        preds = [model.prediction(name, p, top_k) for name, p in zip(names, probs, strict=True)]
+        preds = model.predictor.to_predictions(names, np.stack(probs), top_k)
         if "text/csv" in request.headers.get("accept", ""):
             return Response(predictions_csv(preds), media_type="text/csv; charset=utf-8")
-        return {"model_id": model.model_id, "predictions": [_prediction(p) for p in preds]}
+        return PredictResponse(model_id=model.model_id, predictions=[ImagePrediction.of(p) for p in preds])
 
     @app.post("/v1/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES, tags=["v1"],
               openapi_extra=_PREDICT_BODY)  # fmt: skip
@@ -234,20 +243,11 @@ async def _submit(state: ServerState, tensors: list[torch.Tensor], arrival: Any 
                        headers={"Retry-After": str(RETRY_AFTER_S)}) from None  # fmt: skip
 
 
-def _prediction(pred: Prediction) -> dict[str, Any]:
-    return {
-        "file": pred.path,
-        "label": pred.label,
-        "probability": pred.probability,
-        "top_k": [{"class": c, "probability": p} for c, p in pred.top_k],
-    }
-
-
 async def _explain(request: Request, state: ServerState, model: ServedModel, target: str | None) -> Any:
     from sedensenet.explain import resolve_target
 
     try:
-        target_index = resolve_target(target, model.classes)
+        target_index = resolve_target(target, model.predictor.classes)
     except ValueError as exc:
         raise ApiError(422, "invalid_parameter", f"target: {exc}") from None
     if state.explain_waiting >= state.settings.max_explain_queue:
@@ -260,7 +260,7 @@ async def _explain(request: Request, state: ServerState, model: ServedModel, tar
             raise ApiError(400, "one_image", f"/v1/explain takes one image, got {len(items)}")
         (image, x), name = items[0], names[0]
         (probs,) = await _submit(state, [x], arrival)
-    pred = model.prediction(name, probs, 1)
+    (pred,) = model.predictor.to_predictions([name], probs[None], 1)
     state.explain_waiting += 1
     try:
         async with state.explain_lock:
@@ -270,4 +270,4 @@ async def _explain(request: Request, state: ServerState, model: ServedModel, tar
         state.explain_waiting -= 1
     if "image/png" in request.headers.get("accept", ""):
         return Response(base64.b64decode(result["overlay_png"]), media_type="image/png")
-    return {"model_id": model.model_id, "file": name, "label": pred.label, "probability": pred.probability, **result}
+    return ExplainResponse(model_id=model.model_id, file=name, label=pred.label, probability=pred.probability, **result)

@@ -1,5 +1,6 @@
-"""The served model: predict's :class:`~sedensenet.engine.predictor.Predictor` for batches, an eager copy for
-Grad-CAM, the model card, and the decoding of uploads (the same functions ``predict`` uses for files)."""
+"""The served model: predict's :class:`~sedensenet.engine.predictor.Predictor` (callers use it directly for
+batches and decisions), the backend chosen at warm-up, an eager copy for Grad-CAM, the decoding of uploads (the
+same functions ``predict`` uses for files) and the model card, built from the checkpoint file alone."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import copy
 import datetime as dt
 import hashlib
 import io
-import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sedensenet.checkpoint import CheckpointError, resolve_checkpoint
+from sedensenet.checkpoint import CheckpointError, CheckpointMeta, resolve_checkpoint
 from sedensenet.data import decode_image
-from sedensenet.engine.predictor import Prediction, Predictor
+from sedensenet.engine.predictor import Predictor
+from sedensenet.inference import describe
+from sedensenet.serve.schemas import DataSummary, Limits, ModelCard
 from sedensenet.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
 DISPLAY_SIDE = 1024
 """Longest side of the PNGs /v1/explain returns (the overlay, the image and the heat-map)."""
-_CARD_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "loss", "num_samples", "split", "best_epoch")
 
 
 def file_sha256(path: Path) -> str:
@@ -52,14 +54,13 @@ def resolve_safetensors(source: str | os.PathLike) -> Path:
 
 
 class ServedModel:
-    """Loads a checkpoint once; decodes, predicts and explains single images for the HTTP layer."""
+    """Loads a checkpoint once, warms its batch backend up, decodes and explains single images for the HTTP layer
+    and describes itself (:meth:`card`)."""
 
     def __init__(self, checkpoint: str | os.PathLike, settings: ServeSettings) -> None:
         self.path = resolve_safetensors(checkpoint)
         self.settings = settings
         self.predictor = Predictor.load(self.path, settings.inference)
-        self.meta = self.predictor.meta
-        self.classes = self.predictor.classes
         # Grad-CAM hooks its model and back-propagates: it gets its own copy, so batches never see its hooks.
         self.explainer = copy.deepcopy(self.predictor.model).eval()
         self.model_id = file_sha256(self.path)
@@ -68,27 +69,23 @@ class ServedModel:
 
     def warm_up(self) -> None:
         """Choose the batch backend (ONNX Runtime is exported and verified here) and run one batch through it."""
-        from sedensenet.inference import describe
-
         self.runner = self.predictor.runner(None)
         self.backend_used = "reference" if self.settings.backend == "reference" else describe(self.runner)
-        size, chans = self.meta.image_size, self.meta.in_chans
-        self.predict_batch(torch.zeros(2, chans, size, size))
-        log.info("model %s ready (%s, backend %s)", self.model_id[:12], self.meta.preset, self.backend_used)
+        meta = self.predictor.meta
+        self.predict_batch(torch.zeros(2, meta.in_chans, meta.image_size, meta.image_size))
+        log.info("model %s ready (%s, backend %s)", self.model_id[:12], meta.preset, self.backend_used)
+
+    def predict_batch(self, images: torch.Tensor) -> np.ndarray:
+        """Class probabilities ``(B, K)`` of a batch ``(B, C, S, S)`` through the backend chosen at warm-up (the
+        batcher calls it on its thread)."""
+        if self.runner is None:
+            raise RuntimeError("warm_up() chooses the backend before the first batch")
+        return self.predictor.probabilities(images, self.runner)
 
     def decode(self, data: bytes) -> tuple[Image.Image, torch.Tensor]:
         """An upload as the image the model sees and its input tensor; raises ImageRejected."""
-        image = decode_image(data, self.meta.in_chans, self.settings.max_pixels)
+        image = decode_image(data, self.predictor.meta.in_chans, self.settings.max_pixels)
         return image, self.predictor.preprocess(image)
-
-    def predict_batch(self, images: torch.Tensor) -> np.ndarray:
-        """Class probabilities ``(B, K)`` of a batch ``(B, C, S, S)``: called in the batcher's thread."""
-        return self.predictor.probabilities(images, self.runner)
-
-    def prediction(self, name: str, probs: np.ndarray, top_k: int) -> Prediction:
-        """One image's record from its probabilities, decided exactly as ``predict`` decides (temperature,
-        threshold)."""
-        return self.predictor.to_predictions([name], np.asarray(probs)[None], top_k)[0]
 
     def explain(self, image: Image.Image, x: torch.Tensor, target: int | None) -> dict[str, Any]:
         """Grad-CAM overlay, image and heat-map PNGs (base64) and the last SE layer's gates of one image."""
@@ -100,7 +97,7 @@ class ServedModel:
         heat = heatmap_colors(result.cam, (shown.height, shown.width))  # (H, W, 3) in [0, 1]
         heat_png = Image.fromarray(np.clip(heat * 255 + 0.5, 0, 255).astype(np.uint8))
         return {
-            "target": self.classes[result.target],
+            "target": self.predictor.classes[result.target],
             "overlay_png": _png(Image.fromarray(overlay(shown, result.cam))),
             "image_png": _png(shown),
             "heatmap_png": _png(heat_png),
@@ -108,44 +105,55 @@ class ServedModel:
             "se_weights": None if result.se_weights is None else [round(float(v), 6) for v in result.se_weights],
         }
 
-    def card(self) -> dict[str, Any]:
-        """The model card: what the model is, what it was trained on, how well it did and when."""
-        meta = self.meta
-        run_dir = self.path.parent.parent if self.path.parent.name == "weights" else None
-        params = sum(p.numel() for p in self.predictor.model.parameters())
-        mtime = dt.datetime.fromtimestamp(self.path.stat().st_mtime, dt.timezone.utc)
-        return {
-            "id": self.model_id,
-            "checkpoint": self.path.name,
-            "classes": list(self.classes),
-            "preset": meta.preset,
-            "image_size": meta.image_size,
-            "in_chans": meta.in_chans,
-            "parameters": params,
-            "se": bool(getattr(self.predictor.model, "se_modules", dict)()),
-            "train_images": meta.extra.get("train_images"),
-            "val_images": meta.extra.get("val_images"),
-            "data": meta.extra.get("data"),
-            "epoch": meta.epoch,
-            "metrics": _run_metrics(run_dir) if run_dir else {},
-            "trained_at": mtime.isoformat(timespec="seconds"),
-            "backend": self.backend_used,
-            "limits": {
-                "max_upload_mb": self.settings.max_upload_mb,
-                "max_files": self.settings.max_files,
-                "max_pixels": self.settings.max_pixels,
-                "max_batch": self.settings.max_batch,
-            },
-        }
+    def card(self) -> ModelCard:
+        """The model card, from the checkpoint file alone (a copy served from elsewhere says the same): what the
+        model is, what it was trained on (a name and sizes, never a path), its final evaluation and how it decides."""
+        meta = self.predictor.meta
+        evaluation = meta.evaluation
+        if evaluation is not None and evaluation.evaluated_at:
+            trained_at = evaluation.evaluated_at
+        else:  # checkpoints written before the evaluation was stored
+            trained_at = dt.datetime.fromtimestamp(self.path.stat().st_mtime, dt.timezone.utc).isoformat("T", "seconds")
+        s = self.settings
+        return ModelCard(
+            id=self.model_id, checkpoint=self.path.name, classes=list(self.predictor.classes), preset=meta.preset,
+            image_size=meta.image_size, in_chans=meta.in_chans,
+            parameters=sum(p.numel() for p in self.predictor.model.parameters()),
+            se=bool(getattr(self.predictor.model, "se_modules", dict)()), data=data_summary(meta), epoch=meta.epoch,
+            evaluation=evaluation, epoch_metrics=_numbers(meta.metrics), trained_at=trained_at,
+            backend=self.backend_used,
+            limits=Limits(max_upload_mb=s.max_upload_mb, max_files=s.max_files, max_pixels=s.max_pixels,
+                          max_batch=s.max_batch),
+        )  # fmt: skip
 
 
-def _run_metrics(run_dir: Path) -> dict[str, Any]:
-    """The validation metrics the run wrote (``metrics.json``), when the checkpoint sits in its run folder."""
-    try:
-        data = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {k: data[k] for k in _CARD_METRICS if isinstance(data, dict) and k in data}
+def data_summary(meta: CheckpointMeta) -> DataSummary:
+    """The training data's name and sizes; ``meta.extra["data"]`` is the folder as it was typed, so only its last
+    component is shown (``builtin:NAME`` as it is)."""
+    test = next((s for s in meta.evaluation.splits if s.split == "test"), None) if meta.evaluation else None
+    return DataSummary(
+        name=data_name(meta.extra.get("data")), train_images=_count(meta.extra.get("train_images")),
+        val_images=_count(meta.extra.get("val_images")), test_images=None if test is None else test.images,
+    )  # fmt: skip
+
+
+def data_name(data: Any) -> str | None:
+    """``/home/me/xray/`` -> ``xray``, ``C:\\data\\xray`` -> ``xray``, ``builtin:digits`` as it is; None when the
+    name says nothing (``.``, ``..``, empty)."""
+    if not isinstance(data, str):
+        return None
+    parts = [p for p in re.split(r"[\\/]+", data) if p not in ("", ".", "..")]
+    return parts[-1] if parts else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _numbers(metrics: Any) -> dict[str, float]:
+    """The numeric entries of the stored history row (the metadata is not checked field by field there)."""
+    items = metrics.items() if isinstance(metrics, dict) else ()
+    return {str(k): float(v) for k, v in items if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def _png(image: Image.Image) -> str:

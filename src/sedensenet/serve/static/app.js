@@ -57,20 +57,96 @@ function downloadCsv() {
   setTimeout(() => URL.revokeObjectURL(link.href), 1000);
 }
 
+const FIGURES = [
+  ["accuracy", "accuracy"], ["balanced_accuracy", "balanced accuracy"], ["roc_auc", "ROC-AUC"],
+  ["sensitivity", "sensitivity"], ["specificity", "specificity"], ["ppv", "PPV"], ["npv", "NPV"],
+];
+const num = (v) => (v === null || v === undefined ? "–" : Number(v).toFixed(3));
+const interval = (e) => (e && e.interval ? `[${num(e.interval[0])}, ${num(e.interval[1])}]` : "");
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = String(text);
+  return node;
+}
+
+function decisionText(ev, classes) {
+  const rule = ev.chosen_on ? `${ev.rule}, chosen on ${ev.chosen_on}` : ev.rule;
+  if (ev.threshold === null) return `the most probable class (${rule})`;
+  const negative = classes.find((c) => c !== ev.positive);
+  return `${ev.positive} when its probability ≥ ${num(ev.threshold)}, else ${negative} (threshold ${rule})`;
+}
+
+function calibrationText(ev, headline) {
+  const ece = headline.ece === null ? "" : headline.ece_before !== null
+    ? `; ECE ${num(headline.ece_before)} → ${num(headline.ece)} on ${headline.split}`
+    : `; ECE ${num(headline.ece)} on ${headline.split}`;
+  if (ev.temperature === null) return `none${ece}`;
+  return `temperature ${num(ev.temperature)} (fitted on ${ev.chosen_on || "validation"})${ece}`;
+}
+
+// One split's figures under its label: what they may be trusted for sits beside the numbers.
+function splitFigures(split, ev, classes) {
+  const box = element("section", "split");
+  box.dataset.split = split.split;
+  const title = element("h3", "split-label", split.label);
+  title.append(element("span", "images", ` · ${split.images} images`));
+  const table = element("table", "figures");
+  for (const [key, name] of FIGURES) {
+    const figure = split[key];
+    if (!figure) continue;
+    const row = element("tr");
+    row.dataset.metric = key;
+    const about = { sensitivity: ev.positive, specificity: classes.find((c) => c !== ev.positive) }[key];
+    const which = about ? ` (${about})` : "";
+    row.append(element("th", "", name + which), element("td", "value", num(figure.value)),
+      element("td", "interval", interval(figure)));
+    table.append(row);
+  }
+  box.append(title, table);
+  return box;
+}
+
+function showFigures(card) {
+  const box = $("#card-figures");
+  box.replaceChildren();
+  const ev = card.evaluation;
+  if (!ev) {
+    const m = card.epoch_metrics || {};
+    const shown = ["val_accuracy", "val_loss"].filter((k) => k in m).map((k) => `${k} ${num(m[k])}`).join(", ");
+    box.append(element("p", "note", shown
+      ? `${shown} at epoch ${card.epoch}: validation (used for selection: optimistic); no final evaluation stored`
+      : "no evaluation stored in this checkpoint"));
+    $("#headline").hidden = true;
+    return;
+  }
+  for (const split of ev.splits) box.append(splitFigures(split, ev, card.classes));
+  const notes = element("dl", "decision");
+  const level = ev.confidence ? `${Math.round(ev.confidence * 100)}%, stratified bootstrap, ` +
+    `${ev.resamples} resamples` : "no intervals computed";
+  for (const [name, value] of [["decision", decisionText(ev, card.classes)],
+    ["calibration", calibrationText(ev, ev.splits[0])], ["intervals", level], ["outputs from", ev.inference]]) {
+    notes.append(element("dt", "", name), element("dd", name, value));
+  }
+  box.append(notes);
+  const head = ev.splits[0];
+  $("#headline").textContent = `accuracy ${num(head.accuracy.value)} ${interval(head.accuracy)} · ${head.label}`;
+  $("#headline").hidden = false;
+}
+
 function showCard(card) {
   state.card = card;
-  const metrics = card.metrics || {};
-  const fmt = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toFixed(4) : v);
+  const data = card.data;
+  const sizes = [["training", data.train_images], ["validation", data.val_images], ["test", data.test_images]]
+    .filter(([, n]) => n !== null).map(([name, n]) => `${n} ${name}`).join(", ");
   const fields = [
     ["classes", card.classes.join(", ")],
     ["preset", card.preset || "–"],
     ["image size", `${card.image_size} px, ${card.in_chans} channel(s)`],
     ["parameters", card.parameters.toLocaleString("en")],
-    ["training images", card.train_images ?? "–"],
-    ["validation images", card.val_images ?? "–"],
-    ["data", card.data ?? "–"],
-    ["validation metrics", Object.keys(metrics).length
-      ? Object.entries(metrics).map(([k, v]) => `${k} ${fmt(v)}`).join(", ") : "–"],
+    ["data", `${data.name ?? "–"}${sizes ? ` (${sizes} images)` : ""}`],
+    ["epoch", card.epoch ?? "–"],
     ["trained", card.trained_at],
     ["backend", card.backend],
     ["model id", card.id],
@@ -80,12 +156,9 @@ function showCard(card) {
   const list = $("#card-fields");
   list.replaceChildren();
   for (const [name, value] of fields) {
-    const dt = document.createElement("dt");
-    dt.textContent = name;
-    const dd = document.createElement("dd");
-    dd.textContent = String(value);
-    list.append(dt, dd);
+    list.append(element("dt", "", name), element("dd", "", value));
   }
+  showFigures(card);
   $("#status").textContent = `${card.preset || "model"} · ${card.classes.length} classes · ready`;
 }
 
