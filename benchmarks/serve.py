@@ -64,12 +64,13 @@ def offline_worker(checkpoint: str, folder: str, backend: str) -> None:
     """In a child process: what ``sedensenet predict`` does, timed; prints JSON."""
     import torch
 
+    from sedensenet.config import InferenceSettings
     from sedensenet.engine.predictor import Predictor
     from sedensenet.inference import describe, tune_malloc
 
     tune_malloc()  # as the CLI does
     start = time.perf_counter()
-    predictor = Predictor.load(checkpoint, device="cpu", backend=backend)
+    predictor = Predictor.load(checkpoint, InferenceSettings(device="cpu", backend=backend))
     files = sorted(Path(folder).iterdir())
     predictor.predict_files(files[:32], batch_size=32)  # warm-up: exports ONNX once, as a long job would
     setup = time.perf_counter() - start

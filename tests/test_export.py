@@ -13,6 +13,7 @@ from PIL import Image
 
 from sedensenet import export
 from sedensenet.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
+from sedensenet.config import InferenceSettings
 from sedensenet.engine.predictor import Predictor
 from sedensenet.export import ExportError, OnnxModel, compare_speed, export_model, load_torchscript
 from sedensenet.models import create_model
@@ -148,7 +149,8 @@ def test_predict_on_onnx_matches_checkpoint(tmp_path: Path) -> None:
     ckpt = _checkpoint(tmp_path)
     onnx_path = export_model(ckpt).path
     files = _write_images(tmp_path / "images")
-    eager = Predictor.load(ckpt, device="cpu", amp="off").predict_files(files, top_k=3)  # float32, as ORT
+    float32 = InferenceSettings(device="cpu", amp="off")  # as ONNX Runtime runs
+    eager = Predictor.load(ckpt, float32).predict_files(files, top_k=3)
     runtime = Predictor.load(onnx_path).predict_files(files, top_k=3)
     assert [p.label for p in runtime] == [p.label for p in eager]
     assert len({p.label for p in eager}) > 1  # the model does not give every image the same class

@@ -13,9 +13,9 @@ import torch
 from sedensenet import quantize
 from sedensenet.checkpoint import CheckpointError, CheckpointMeta, save_checkpoint
 from sedensenet.cli import main
-from sedensenet.config import ConfigError
+from sedensenet.config import ConfigError, InferenceSettings
 from sedensenet.engine.predictor import Predictor
-from sedensenet.export import export_model
+from sedensenet.export import ExportError, export_model
 from sedensenet.inference import OnnxModel
 from sedensenet.models import create_model
 from sedensenet.quantize import QuantizationError
@@ -57,8 +57,8 @@ def test_int8_export_measures_on_held_out_images_and_carries_metadata(run: Path)
 def test_int8_backend_predicts_like_fp32(run: Path, tmp_path: Path) -> None:
     export_model(run, quantize="int8")
     images = tmp_path / "data" / CLASSES[0]
-    int8 = Predictor.load(run, backend="onnxruntime-int8").predict_files(images)
-    fp32 = Predictor.load(run, backend="reference").predict_files(images)
+    int8 = Predictor.load(run, InferenceSettings(backend="onnxruntime-int8")).predict_files(images)
+    fp32 = Predictor.load(run, InferenceSettings(backend="reference")).predict_files(images)
     assert [p.path for p in int8] == [p.path for p in fp32] and len(int8) == 20
     assert sum(a.label == b.label for a, b in zip(int8, fp32, strict=True)) >= 19
     for a, b in zip(int8, fp32, strict=True):
@@ -110,13 +110,30 @@ def test_cli_int8_flags(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "top-1 agreement" in out and "onnx int8 written" in out
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"quantize": "int8", "image_size": 32}, "--image-size cannot be combined with --quantize"),
+        ({"quant_data": "x"}, "go with --quantize int8"),
+        ({"eval_data": "x"}, "go with --quantize int8"),
+        ({"force": True}, "go with --quantize int8"),
+    ],
+)
+def test_export_model_refuses_flags_that_do_not_go_together(run: Path, kwargs: dict, message: str) -> None:
+    """The checks live in the function the CLI calls: from Python the size is not silently ignored."""
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    with pytest.raises(ExportError, match=message):
+        export_model(run, **kwargs)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # refused before anything is written
+
+
 def test_int8_backend_refuses_fp32_file_and_models_in_memory(run: Path) -> None:
     fp32 = export_model(run, "onnx").path
     with pytest.raises(ConfigError, match="is an fp32 model"):
-        Predictor.load(fp32, backend="onnxruntime-int8")
+        Predictor.load(fp32, InferenceSettings(backend="onnxruntime-int8"))
     model = create_model("se_densenet_tiny", num_classes=2)
     model.meta = CheckpointMeta(model=model.config.to_dict(), classes=list(CLASSES), image_size=16)
     with pytest.raises(ConfigError, match="not a model in memory"):
-        Predictor.load(model, backend="onnxruntime-int8")
+        Predictor.load(model, InferenceSettings(backend="onnxruntime-int8"))
     with pytest.raises(CheckpointError, match="no int8 model beside"):
-        Predictor.load(run, backend="onnxruntime-int8")
+        Predictor.load(run, InferenceSettings(backend="onnxruntime-int8"))

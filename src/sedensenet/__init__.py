@@ -1,8 +1,8 @@
 """sedensenet: DenseNet and Squeeze-and-Excitation DenseNet image classifiers in PyTorch.
 
 The public API: ``create_model``, ``list_models``, ``load_model``, ``summary``, ``train``, ``evaluate``,
-``predict``, ``check_data``, ``plot_history``. Heavy parts (training, data) are imported on first use so
-``import sedensenet`` stays fast.
+``predict`` (how a model runs: ``InferenceSettings``), ``check_data``, ``plot_history``. Heavy parts (training,
+data) are imported on first use so ``import sedensenet`` stays fast.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ _LAZY = {
     "check_data": "sedensenet.api",
     "plot_history": "sedensenet.reports.plots",
     "TrainConfig": "sedensenet.config",
+    "InferenceSettings": "sedensenet.config",
 }
 
 __all__ = [
     "DenseNet",
     "DenseNetConfig",
+    "InferenceSettings",
     "SqueezeExcite",
     "TrainConfig",
     "__version__",

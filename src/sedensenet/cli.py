@@ -1,7 +1,9 @@
-"""The ``sedensenet`` command: a thin table of subcommands over the Python API.
+"""The ``sedensenet`` command: a table of subcommands over the Python API.
 
-Each subcommand parses its flags, calls one API function and prints the result for a person;
-nothing else happens here.
+Each row of :data:`COMMANDS` names a typed function: its parameters (and the fields of a settings dataclass it
+takes) become the flags, its docstring the help (the first paragraph, and ``Args:`` per flag). The command calls it
+and hands the result to a small formatter: the only code here that prints for a person. Every check of the
+arguments lives in the function called, so Python callers get the same errors.
 """
 
 from __future__ import annotations
@@ -9,26 +11,52 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import csv
 import dataclasses
+import importlib
 import inspect
-import io
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sedensenet import __version__
-from sedensenet.config import CHOICES, DEFAULT_MODEL, INFERENCE_BACKENDS, TTA_MODES, ConfigError
+from sedensenet.config import CHOICES, INFERENCE_CHOICES, OUTPUT_FIELDS, ConfigError, InferenceSettings, TrainConfig
 from sedensenet.errors import UserError
-
-log = logging.getLogger("sedensenet")
+from sedensenet.serve.settings import ServeSettings
 
 REPORT_BUGS_AT = "the sedensenet issue tracker"
 """Where a bug is reported when the package's metadata names no ``Project-URL: Issues`` (pyproject's
 ``[project.urls]``)."""
+
+SETTINGS = {"InferenceSettings": InferenceSettings, "ServeSettings": ServeSettings}
+"""Settings dataclasses a function may take as a parameter: each field of theirs is a flag."""
+
+EXCLUDED = {
+    "tune_malloc": "not a flag: the commands always tune (SEDENSENET_MALLOC=default opts out)",
+    "options": "InferenceSettings' fields as keywords, for Python callers: the command passes settings",
+    "InferenceSettings.workers": "loader workers: the default count (serve's --workers are server processes)",
+    "train.verbose": "the CLI logs lines instead of Keras' epoch lines (verbose=0)",
+    "train.progress": "the progress bar, unless -q",
+    "run_server.log_level": "uvicorn's level follows -q",
+    "ServeSettings.max_explain_queue": "a limit with no flag (its default)",
+    "ServeSettings.threads": "the cores shared out among --workers",
+    "export_model.verify": "the command always verifies",
+    "check_data.montage_per_class": "the report's montage keeps its default",
+}
+"""Parameters (``function.name``, or any function's ``name``) and settings fields (``Class.name``) that have no
+flag, and why; the test that flags and parameters agree reads this."""
+
+
+def settings_class(parameter: inspect.Parameter) -> type | None:
+    """The settings dataclass a parameter takes (its fields are flags), if it takes one of :data:`SETTINGS`."""
+    return SETTINGS.get(str(parameter.annotation).replace(" | None", ""))
+
+
+def excluded(owner: Any, name: str) -> bool:
+    """Whether ``owner``'s (a function's or a settings class') parameter or field ``name`` has no flag."""
+    return name in EXCLUDED or f"{owner.__name__}.{name}" in EXCLUDED
 
 
 def _field_docs(cls: type) -> dict[str, str]:
@@ -42,10 +70,35 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def _arg_docs(func: Callable[..., Any]) -> dict[str, str]:
+    """The ``Args:`` section of a Google-style docstring: parameter name to its (joined) text."""
+    docs: dict[str, str] = {}
+    name, indent, inside = None, 0, False
+    for line in inspect.getdoc(func).splitlines() if func.__doc__ else []:
+        stripped = line.strip()
+        if stripped in ("Args:", "Arguments:"):
+            inside, indent = True, len(line) - len(line.lstrip()) + 4
+            continue
+        if inside and stripped and len(line) - len(line.lstrip()) < indent:
+            inside = False
+        if not inside or not stripped:
+            continue
+        head, sep, rest = stripped.partition(":")
+        if len(line) - len(line.lstrip()) == indent and sep and head.lstrip("*").isidentifier():
+            name = head.lstrip("*")
+            docs[name] = rest.strip()
+        elif name:
+            docs[name] += " " + stripped
+    return docs
+
+
+def _plain(text: str) -> str:
+    """Docstring markup (````x````, ``:func:`x```) as a terminal shows it: ``x``."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text.replace("``", ""))
+
+
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field; only flags the user gives override (default=SUPPRESS)."""
-    from sedensenet.config import CHOICES, OUTPUT_FIELDS, TrainConfig
-
     docs = _field_docs(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name in OUTPUT_FIELDS:
@@ -65,25 +118,175 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=f.name, **kw)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train a DenseNet / SE-DenseNet on a folder of images (or builtin:digits, builtin:faces)."""
-    from sedensenet.api import train
+def _flag_kwargs(annotation: str, default: Any, name: str) -> dict[str, Any]:
+    """argparse keywords for a parameter or field from its annotation (a string) and default."""
+    kw: dict[str, Any] = {}
+    base = annotation.replace(" | None", "")
+    if base == "bool":
+        return {"action": "store_true"} if default is False else {"action": argparse.BooleanOptionalAction,
+                                                                  "default": default}  # fmt: skip
+    if base.startswith("tuple["):
+        return {"action": "append"}
+    if base.startswith("Literal["):
+        kw["choices"] = tuple(ast.literal_eval(f"({base[8:-1]},)"))
+    elif name in INFERENCE_CHOICES:
+        kw["choices"] = INFERENCE_CHOICES[name]
+    elif base in ("int", "float"):
+        kw["type"] = int if base == "int" else float
+    if default is inspect.Parameter.empty:
+        kw["required"] = True
+    else:
+        kw["default"] = default
+    return kw
 
-    overrides = {k: v for k, v in vars(args).items() if k not in _COMMON}
-    if args.devices and args.devices > 1:
-        from sedensenet.engine.launch import launch_torchrun
 
-        return launch_torchrun(args.devices, sys.argv[1:] if args.argv is None else args.argv)
-    result = train(config=args.config, resume=args.resume, verbose=0, progress=not args.quiet, **overrides)
-    h = result.history.history
-    best = result.best_epoch
+def _from_text(annotation: str, value: Any, flag: str) -> Any:
+    """Comma-separated lists (``--models a,b``, ``--blocks 6,12,24,16``) and repeated flags as the function wants."""
+    if value is None or not isinstance(value, (str, list)):
+        return value
+    if annotation.startswith("tuple["):
+        return tuple(value)
+    if not any(annotation.startswith(t) for t in ("list[str]", "Sequence[str]", "Sequence[int]")):
+        return value
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if "int" not in annotation.split("|")[0]:
+        return items
+    try:
+        return [int(v) for v in items]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated whole numbers, e.g. 6,12,24,16; got {value!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand: the function it calls, how its result is shown, what a signature cannot say."""
+
+    target: str
+    """``module:function``, the typed function called (looked up at each call): its parameters are the flags, its
+    docstring the help."""
+    show: Callable[[Any, dict[str, Any]], int | None]
+    """Prints the result for a person (given every value the command had); returns the exit status (None: 0)."""
+    positional: tuple[str, ...] = ()
+    """Parameters given as positional arguments."""
+    names: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Parameter -> the flag's name where it differs (``model`` is typed as ``checkpoint``)."""
+    flag_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Extra argparse keywords per parameter (``nargs``, ``metavar``)."""
+    train_flags: bool = False
+    """``**overrides`` are TrainConfig fields: one flag each (:func:`add_train_flags`)."""
+    own: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """The command's own flags, not parameters of ``run`` (``--strict``'s exit status, ``--devices``' relaunch)."""
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Defaults the command passes where the function's would differ from the flag's (``set_defaults``)."""
+    given: Callable[[argparse.Namespace], dict[str, Any]] | None = None
+    """Values of excluded parameters that follow the common flags (``-q``)."""
+    alternative: tuple[str, Callable[[dict[str, Any]], bool]] | None = None
+    """Another function (``module:function``) with some of the same flags, and when it is called instead."""
+
+    @property
+    def run(self) -> Callable[..., Any]:
+        return _resolve(self.target)
+
+    def functions(self) -> list[Callable[..., Any]]:
+        return [self.run] + ([_resolve(self.alternative[0])] if self.alternative else [])
+
+    def parameters(self) -> dict[str, inspect.Parameter]:
+        """Every parameter of the functions that is a flag (a settings parameter: its fields), by name."""
+        params: dict[str, inspect.Parameter] = {}
+        for func in self.functions():
+            for name, p in inspect.signature(func).parameters.items():
+                if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or excluded(func, name) or name in params:
+                    continue
+                if self.train_flags and name in TRAIN_FIELDS:
+                    continue
+                settings = settings_class(p)
+                if settings is None:
+                    params[name] = p
+                    continue
+                for f in dataclasses.fields(settings):
+                    if not excluded(settings, f.name):
+                        params[f.name] = inspect.Parameter(f.name, p.KEYWORD_ONLY, default=f.default,
+                                                           annotation=f.type)  # fmt: skip
+        return params
+
+    def help_texts(self) -> dict[str, str]:
+        docs: dict[str, str] = {}
+        for func in reversed(self.functions()):
+            docs.update(_arg_docs(func))
+            for p in inspect.signature(func).parameters.values():
+                if settings_class(p) is not None:
+                    docs.update(_field_docs(settings_class(p)))  # type: ignore[arg-type]
+        return docs
+
+
+TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _add_command(sub: Any, name: str, command: Command) -> None:
+    doc = inspect.getdoc(command.run) or ""
+    summary = _plain(doc.split("\n\n")[0])
+    p = sub.add_parser(name, help=summary.partition("\n")[0], description=summary)
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug output")
+    docs = command.help_texts()
+    for param, spec in command.parameters().items():
+        dest = command.names.get(param, param)
+        kw = {**_flag_kwargs(str(spec.annotation), spec.default, param), **command.flag_options.get(param, {})}
+        kw["help"] = _plain(docs.get(param, ""))
+        if param in command.positional:
+            kw.pop("required", None)
+            if kw.get("nargs") == "*":
+                kw.pop("default", None)
+            p.add_argument(dest, **kw)
+        else:
+            p.add_argument("--" + dest.replace("_", "-"), dest=dest, **kw)
+    for flag, kw in command.own.items():
+        p.add_argument(flag, **kw)
+    if command.train_flags:
+        add_train_flags(p)
+    p.set_defaults(**command.defaults)
+
+
+def _call(command: Command, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """Call the row's function with the parsed flags; returns its result and every value the command had."""
+    values = vars(args)
+    params = command.parameters()
+    given = {k: _from_text(str(params[k].annotation), values[command.names.get(k, k)], "--" + k.replace("_", "-"))
+             for k in params if command.names.get(k, k) in values}  # fmt: skip
+    if command.given:
+        given.update(command.given(args))
+    if command.train_flags:
+        given.update({k: v for k, v in values.items() if k in TRAIN_FIELDS})
+    func = command.run
+    if command.alternative and command.alternative[1](given):
+        func = _resolve(command.alternative[0])
+    signature = inspect.signature(func).parameters
+    kwargs = {k: v for k, v in given.items() if k in signature}
+    for name, p in signature.items():
+        settings = settings_class(p)
+        if settings is not None:
+            fields = {f.name for f in dataclasses.fields(settings)}
+            kwargs[name] = settings(**{k: v for k, v in given.items() if k in fields and v is not None})
+        elif p.kind is p.VAR_KEYWORD and command.train_flags:
+            kwargs.update({k: v for k, v in given.items() if k in TRAIN_FIELDS and k not in signature})
+        elif p.default is p.empty and p.kind is not p.VAR_KEYWORD and name not in kwargs:
+            kwargs[name] = None  # a training setting not given (--data): the function says what is missing
+    return func(**kwargs), {**values, **kwargs}
+
+
+def show_train(result: Any, _: dict[str, Any]) -> None:
+    h, best = result.history.history, result.best_epoch
     print(f"\nRun folder: {result.run_dir}")
     if h["val_accuracy"] and best:
         i = result.history.epoch.index(best)
         print(f"Best epoch {best}: val_accuracy {h['val_accuracy'][i]:.4f}, val_loss {h['val_loss'][i]:.4f}")
     _print_final_metrics(result.metrics)
     print(f"Checkpoint: {result.best_checkpoint}")
-    return 0
 
 
 def _print_final_metrics(metrics: dict[str, Any]) -> None:
@@ -103,156 +306,70 @@ def _print_final_metrics(metrics: dict[str, Any]) -> None:
               f"with {decision['inference']}, stored in the checkpoint and applied by predict")  # fmt: skip
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint (or run folder) on a labelled image folder and write the reports."""
-    from sedensenet.api import evaluate, resolve_checkpoint
+def show_evaluation(report: Any, values: dict[str, Any]) -> None:
     from sedensenet.engine.tta import view_count
 
-    out = args.output or (resolve_checkpoint(args.checkpoint).parent.parent / f"eval_{args.split}")
-    report = evaluate(args.checkpoint, args.data, split=args.split, output=out, batch_size=args.batch_size,
-                      device=args.device, backend=args.backend, dedupe=args.dedupe, tta=args.tta,
-                      amp=args.amp,
-                      positive=args.positive)  # fmt: skip
+    tta = values["settings"].tta
     print(report.format_text())
-    tta = "" if args.tta == "none" else f" (TTA {args.tta}: mean of {view_count(args.tta)} views)"
-    print(f"accuracy {report.accuracy:.4f}" + (f", ROC-AUC {report.roc_auc:.4f}" if report.roc_auc else "") + tta)
-    print(f"Reports: {out}")
-    return 0
+    views = "" if tta == "none" else f" (TTA {tta}: mean of {view_count(tta)} views)"
+    print(f"accuracy {report.accuracy:.4f}" + (f", ROC-AUC {report.roc_auc:.4f}" if report.roc_auc else "") + views)
+    print(f"Reports: {values['output']}")
 
 
-def cmd_check_data(args: argparse.Namespace) -> int:
-    """Check a data folder before training: counts, image properties, unusable files, duplicates and leaks."""
-    from sedensenet.api import check_data
+def _evaluation_folder(args: argparse.Namespace) -> dict[str, Any]:
+    """evaluate's reports go to RUN/eval_SPLIT unless --output says where (from Python: returned, not written)."""
+    from sedensenet.checkpoint import resolve_checkpoint
 
-    result = check_data(args.data, output=args.output, near_distance=args.near_distance, project=args.project,
-                        groups=args.groups)  # fmt: skip
+    out = args.output or resolve_checkpoint(args.checkpoint).parent.parent / f"eval_{args.split}"
+    return {"output": out}
+
+
+def show_check(result: Any, values: dict[str, Any]) -> int:
     check = result.check
     print(f"{check.root}: {len(check.files)} usable images in {len(check.classes)} classes, "
           f"{len(check.skipped)} files skipped, {len(check.pairs)} duplicate pairs")  # fmt: skip
     for verdict in check.verdicts:
         print(f"- {verdict.message}")
     print(f"Report: {result.files['data_report.md']}")
-    return 1 if any(v.problem != "none" for v in check.verdicts) and args.strict else 0
+    return 1 if any(v.problem != "none" for v in check.verdicts) and values["strict"] else 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    """Classify images or folders of images with a checkpoint (or run folder, or exported .onnx file)."""
-    from sedensenet.api import predict, probabilities_to_rows
-    from sedensenet.engine.distributed import launched_by_torchrun
-
-    if args.resume or launched_by_torchrun():
-        return _predict_sharded(args)
-    preds = predict(
-        args.checkpoint, args.images, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
-        backend=args.backend, tta=args.tta, amp=args.amp,
-    )  # fmt: skip
-    rows = probabilities_to_rows(preds)
-    if args.output:
-        _write_rows(Path(args.output), rows)
-        print(f"{len(rows)} predictions written to {args.output}")
-    for p in preds:
+def show_predictions(result: Any, values: dict[str, Any]) -> int:
+    if not isinstance(result, list):  # sharded: rank 0's summary (None on the other ranks)
+        if result is not None:
+            resumed = f"; {result.resumed_parts} of {result.parts} parts were already written"
+            resumed = resumed if result.resumed_parts else ""
+            print(f"{result.rows} predictions written to {result.output} ({result.parts} processes, backend "
+                  f"{result.backend}, --amp {result.amp}{resumed})")  # fmt: skip
+        return 0
+    if values["output"]:
+        print(f"{len(result)} predictions written to {values['output']}")
+    for p in result:
         if p.error:
             print(f"{p.path}\tERROR: {p.error}")
         else:
             decided = f"\t-> {p.label} (the checkpoint's threshold)" if p.top_k and p.label != p.top_k[0][0] else ""
             print(f"{p.path}\t" + "  ".join(f"{c} {s:.4f}" for c, s in p.top_k) + decided)
-    return 1 if all(p.error for p in preds) else 0
+    return 1 if all(p.error for p in result) else 0
 
 
-def _predict_sharded(args: argparse.Namespace) -> int:
-    """``predict`` under torchrun (or with ``--resume``): shares of the file list per process, one merged CSV."""
-    from sedensenet.api import predict_sharded
+def _sharded(values: dict[str, Any]) -> bool:
+    from sedensenet.engine.distributed import launched_by_torchrun
 
-    if not args.output:
-        raise ConfigError("sharded prediction (torchrun, --resume) writes its rows to a file: give --output FILE.csv")
-    res = predict_sharded(args.checkpoint, args.images, args.output, top_k=args.top_k, batch_size=args.batch_size,
-                          device=args.device, backend=args.backend, resume=args.resume, tta=args.tta,
-                          amp=args.amp)  # fmt: skip
-    if res is not None:
-        resumed = f"; {res.resumed_parts} of {res.parts} parts were already written" if res.resumed_parts else ""
-        print(f"{res.rows} predictions written to {res.output} ({res.parts} processes, backend {res.backend}, "
-              f"--amp {res.amp}{resumed})")  # fmt: skip
-    return 0
+    return bool(values.get("resume")) or launched_by_torchrun()
 
 
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    from sedensenet.fileio import atomic_write_json, atomic_write_text
-
-    if path.suffix.lower() == ".json":
-        atomic_write_json(path, rows)
-        return
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["path"])
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+def show_summary(result: Any, _: dict[str, Any]) -> None:
+    print(result)
 
 
-def cmd_summary(args: argparse.Namespace) -> int:
-    """Print a model's stages, output shapes, parameters and MACs/FLOPs (like Keras' model.summary())."""
-    from sedensenet import create_model
-    from sedensenet.model_summary import summary
-
-    model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans)
-    print(summary(model, args.image_size, title=f"{args.model} ({args.num_classes} classes)"))
-    return 0
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    """List the model presets with parameters and GFLOPs (MACs) at their default input size."""
-    import torch
-
-    from sedensenet.model_summary import count_macs
-    from sedensenet.models import create_model, get_preset, list_models
-
+def show_presets(rows: list[Any], _: dict[str, Any]) -> None:
     print(f"{'name':<24}{'params':>14}{'GMACs':>9}{'size':>6}  {'SE placement':<18}description")
-    for name in list_models(args.filter):
-        preset = get_preset(name)
-        model = create_model(name, num_classes=args.num_classes)
-        size = preset.default_image_size
-        macs = count_macs(model, torch.zeros(1, 3, size, size))
-        params = sum(p.numel() for p in model.parameters())
-        se = ",".join(model.config.se_placement) or "-"
-        print(f"{name:<24}{params:>14,}{macs / 1e9:>9.3f}{size:>6}  {se:<18}{preset.description}")
-    return 0
+    for r in rows:
+        print(f"{r.name:<24}{r.params:>14,}{r.macs / 1e9:>9.3f}{r.image_size:>6}  {r.se_placement:<18}{r.description}")
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    """Train several models on the same split, settings and seeds; write a table and the validation curves."""
-    from sedensenet.compare import compare
-
-    overrides = {k: v for k, v in vars(args).items() if k not in _COMMON | {"models", "seeds", "model", "data"}}
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    seeds = args.seeds if args.seeds is not None else 1 if getattr(args, "folds", 0) else 3
-    result = compare(args.data, models, seeds=seeds, **overrides)
-    print(result.markdown())
-    print(f"\nTable, CSV and val_curves.png in {result.out_dir}")
-    return 0
-
-
-def cmd_cv(args: argparse.Namespace) -> int:
-    """k-fold cross-validation (--folds K, default 5): one run per fold, then every held-out metric as mean ± std
-    with a 95% interval across folds, and the pooled out-of-fold predictions. Rerun it to continue it."""
-    from sedensenet.cv import cross_validate
-
-    overrides = {k: v for k, v in vars(args).items() if k not in _COMMON | {"data"}}
-    result = cross_validate(getattr(args, "data", None), **{"folds": 5, **overrides})
-    print(result.markdown())
-    print(f"\ncv.md, cv.csv, oof.csv and the fold runs in {result.out_dir}")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """Export a checkpoint to ONNX or TorchScript, verified against the eager model on the spot."""
-    from sedensenet.export import export_model
-
-    if args.quantize is None and (args.quant_data or args.eval_data or args.force):
-        raise ConfigError("--quant-data, --eval-data and --force go with --quantize int8")
-    if args.quantize and args.image_size:
-        raise ConfigError("--image-size cannot be combined with --quantize: int8 is calibrated at the model's size")
-    res = export_model(args.checkpoint, format=args.format, output=args.output, opset=args.opset,
-                       image_size=args.image_size, quantize=args.quantize, quant_data=args.quant_data,
-                       eval_data=args.eval_data, force=args.force)  # fmt: skip
+def show_export(res: Any, _: dict[str, Any]) -> None:
     diff = "not verified" if res.max_abs_diff is None else f"max abs difference vs eager {res.max_abs_diff:.2e}"
     if res.quantization:
         q = res.quantization
@@ -262,233 +379,90 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"{q['calibration_data']}")  # fmt: skip
         diff = f"fp32 graph: {diff}"
     print(f"{res.format}{' int8' if res.quantization else ''} written: {res.path} ({diff}, {res.seconds:.1f} s)")
-    return 0
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    """Grad-CAM heat-maps for images, and the SE channel weights each class receives on a data folder."""
-    from sedensenet.checkpoint import resolve_checkpoint
-    from sedensenet.explain import explain_images, se_channel_weights
-
-    if not args.images and not args.data:
-        raise ConfigError("give image files or folders for Grad-CAM, and/or --data DIR for the SE channel weights")
-    out = Path(args.output) if args.output else resolve_checkpoint(args.checkpoint).parent.parent / "explain"
-    if args.images:
-        res = explain_images(args.checkpoint, args.images, out, target=args.target, method=args.method,
-                             device=args.device)  # fmt: skip
-        for item in res.images:
+def show_explanations(run: Any, _: dict[str, Any]) -> None:
+    if run.images is not None:
+        for item in run.images.images:
             print(f"{item.source}\tpred {item.predicted} ({item.probability:.3f})\t-> {item.output}")
-        for path, reason in res.skipped:
+        for path, reason in run.images.skipped:
             print(f"{path}\tSKIPPED: {reason}")
-        print(f"Grid: {res.grid}")
-    if args.data:
-        se = se_channel_weights(args.checkpoint, args.data, out, split=args.split, se_layer=args.se_layer,
-                                device=args.device)  # fmt: skip
+        print(f"Grid: {run.images.grid}")
+    if run.se is not None:
+        se = run.se
         print(f"SE layer {se.layer}: {se.matrix.shape[1]} channels x {len(se.classes)} classes")
         for d in se.distances:
             print("  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items()))
         print("Files: " + ", ".join(str(p) for p in se.paths.values()))
-    return 0
 
 
-def cmd_convert_keras(args: argparse.Namespace) -> int:
-    """Convert the tutorial's Keras model (.h5, .weights.h5 or .keras) into a sedensenet checkpoint."""
-    from sedensenet.keras_convert import convert_keras_file
-
-    out = convert_keras_file(
-        args.file,
-        args.output,
-        model=args.model,
-        num_classes=args.num_classes,
-        blocks=_int_list("--blocks", args.blocks) if args.blocks else None,
-        classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
-        image_size=args.image_size,
-    )
-    print(f"Checkpoint written: {out}")
-    return 0
+def show_comparison(result: Any, _: dict[str, Any]) -> None:
+    print(result.markdown())
+    print(f"\nTable, CSV and val_curves.png in {result.out_dir}")
 
 
-def _int_list(flag: str, text: str) -> list[int]:
-    """``"6,12,24,16"`` as integers; a :class:`ConfigError` naming the flag otherwise."""
-    try:
-        return [int(b) for b in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"{flag} takes comma-separated whole numbers, e.g. 6,12,24,16; got {text!r}") from None
+def show_cv(result: Any, _: dict[str, Any]) -> None:
+    print(result.markdown())
+    print(f"\ncv.md, cv.csv, oof.csv and the fold runs in {result.out_dir}")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve a model: a web page to drop images on and a JSON API (/v1/predict, /v1/explain, /v1/model)."""
-    import os
-
-    from sedensenet.serve import ServeSettings, run_server
-
-    key = args.api_key or os.environ.get("SEDENSENET_API_KEY") or None
-    settings = ServeSettings(
-        backend=args.backend, device=args.device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_files=args.max_files,
-        max_queue=args.max_queue, api_key=key, cors_origins=tuple(args.cors_origin or ()),
-    )  # fmt: skip
-    print(f"Serving {args.checkpoint} on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
-    run_server(args.checkpoint, settings, host=args.host, port=args.port, workers=args.workers,
-               log_level="warning" if args.quiet else "info")  # fmt: skip
-    return 0
+def show_path(path: Any, _: dict[str, Any]) -> None:
+    print(f"Checkpoint written: {path}")
 
 
-_COMMON = {"command", "func", "config", "resume", "quiet", "verbose", "devices", "argv"}
+def show_nothing(_: Any, __: dict[str, Any]) -> None:
+    """serve returns when the server stops."""
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug output")
-
-
-def _add_inference_flags(p: argparse.ArgumentParser) -> None:
-    """Batch size, device and inference backend: the flags evaluate and predict share."""
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--backend", default="auto", choices=INFERENCE_BACKENDS,
-        help="auto: the eager fast path, or ONNX Runtime on CPU for 256+ images when installed and the CPU runs "
-        "float32 (no bf16 units, or --amp off); "
-        "reference: the unoptimised modules",
-    )  # fmt: skip
-    p.add_argument("--tta", default="none", choices=TTA_MODES, help=TTA_HELP)
-    p.add_argument(
-        "--amp", default="auto", choices=CHOICES["amp"],
-        help="auto: bf16 on CPUs with bf16 matrix units (AVX512-BF16/AMX) and on GPUs, else fp32; off: fp32",
-    )  # fmt: skip
-
-
-TTA_HELP = (
-    "test-time augmentation: average the probabilities of the image and its mirror image (flip), upside-down copy "
-    "(vflip), a zoomed-in view (scale) or all four of flip+scale. Horizontal flips swap left and right: for chest "
-    "X-rays, text or asymmetric anatomy use vflip, scale or none"
-)
+_CHECKPOINT = {"model": "checkpoint"}
+COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "sedensenet.api:train", show_train, train_flags=True,
+        own={"--devices": {"type": int, "default": 0, "help": "processes to launch with torchrun (DDP), e.g. 2 GPUs"}},
+        flag_options={"resume": {"metavar": "RUN_DIR"}},
+        given=lambda a: {"verbose": 0, "progress": not a.quiet, "tune_malloc": True},
+    ),
+    "evaluate": Command("sedensenet.api:evaluate", show_evaluation, positional=("model",), names=_CHECKPOINT,
+                        given=_evaluation_folder),
+    "check-data": Command(
+        "sedensenet.api:check_data", show_check, positional=("data",),
+        own={"--strict": {"action": "store_true", "help": "exit with status 1 when any problem is found"}},
+    ),
+    "predict": Command(
+        "sedensenet.api:predict", show_predictions, positional=("model", "inputs"),
+        names={**_CHECKPOINT, "inputs": "images"}, flag_options={"inputs": {"nargs": "+"}},
+        alternative=("sedensenet.api:predict_sharded", _sharded),
+    ),
+    "summary": Command("sedensenet.model_summary:preset_summary", show_summary, positional=("model",)),
+    "export": Command("sedensenet.export:export_model", show_export, positional=("checkpoint",)),
+    "explain": Command("sedensenet.explain:explain_model", show_explanations, positional=("checkpoint", "images"),
+                       flag_options={"images": {"nargs": "*"}}),
+    "compare": Command("sedensenet.compare:compare", show_comparison, train_flags=True, defaults={"name": "compare"}),
+    "cv": Command("sedensenet.cv:cross_validate", show_cv, train_flags=True, defaults={"name": None}),
+    "convert-keras": Command("sedensenet.keras_convert:convert_keras_file", show_path, positional=("path",),
+                             names={"path": "file"}),
+    "serve": Command(
+        "sedensenet.serve.run:run_server", show_nothing, positional=("checkpoint",),
+        names={"cors_origins": "cors_origin"},
+        flag_options={"checkpoint": {"metavar": "RUN_OR_CHECKPOINT"}},
+        given=lambda a: {"log_level": "warning" if a.quiet else "info"},
+    ),
+    "models": Command("sedensenet.model_summary:preset_rows", show_presets, positional=("filter",),
+                      flag_options={"filter": {"nargs": "?"}}),
+}  # fmt: skip
+"""Every subcommand: its typed function, its formatter, and what the signature cannot say."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, generated from :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="sedensenet",
         description="DenseNet and SE-DenseNet image classification: train, evaluate, predict, export, explain.",
     )
     parser.add_argument("--version", action="version", version=f"sedensenet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        doc = (func.__doc__ or "").strip()
-        p = sub.add_parser(name, help=doc.splitlines()[0], description=doc)
-        p.set_defaults(func=func)
-        _add_common(p)
-        return p
-
-    p = command("train", cmd_train)
-    p.add_argument("--config", help="YAML file of settings (a run folder's config.yaml re-runs that run)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last completed epoch")
-    p.add_argument("--devices", type=int, default=0, help="processes to launch with torchrun (DDP), e.g. 2 GPUs")
-    p.set_defaults(argv=None)
-    add_train_flags(p)
-
-    p = command("evaluate", cmd_evaluate)
-    p.add_argument("checkpoint", help="checkpoint .safetensors or run folder")
-    p.add_argument("--data", required=True, help="labelled image folder (class sub-folders) or builtin:NAME")
-    p.add_argument("--split", default="auto", choices=("auto", "train", "val", "test", "all"))
-    p.add_argument("--output", help="folder for the reports (default: RUN/eval_SPLIT)")
-    p.add_argument("--dedupe", default="off", choices=("off", "exact", "near"),
-                   help="leave out val/test images that duplicate training images (exact: same pixels)")  # fmt: skip
-    p.add_argument("--positive", help="two classes: the positive class (default: the checkpoint's, else the second)")
-    _add_inference_flags(p)
-
-    p = command("check-data", cmd_check_data)
-    p.add_argument("data", help="image folder (class sub-folders, or train/ val/ test/) or builtin:NAME")
-    p.add_argument("--output", help="report folder (default: runs/check-data/<folder name>)")
-    p.add_argument("--near-distance", type=int, default=None,
-                   help="perceptual-hash bits (0-32) within which two images are compared as near copies "
-                   "(default: 10)")  # fmt: skip
-    p.add_argument("--project", default="runs", help="folder that holds run folders (default: runs)")
-    p.add_argument("--groups", help="CSV of file,group (e.g. patient id): report groups found in two splits")
-    p.add_argument("--strict", action="store_true", help="exit with status 1 when any problem is found")
-
-    p = command("predict", cmd_predict)
-    p.add_argument("checkpoint", help="checkpoint .safetensors, run folder or exported .onnx")
-    p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--output", help="write predictions to a .csv or .json file")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="sharded prediction (torchrun): keep the parts a killed run of the same job already wrote",
-    )
-    _add_inference_flags(p)
-
-    p = command("summary", cmd_summary)
-    p.add_argument("model", help="preset name (see 'sedensenet models')")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--in-chans", type=int, default=3)
-
-    p = command("export", cmd_export)
-    p.add_argument("checkpoint", help="checkpoint .safetensors or run folder")
-    p.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
-    p.add_argument("--output", help="file to write (default: beside the checkpoint)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
-    p.add_argument("--image-size", type=int, help="size of the example input (default: the checkpoint's)")
-    p.add_argument("--quantize", choices=("int8",), help="ONNX Runtime static int8 quantization (measured; see docs)")
-    p.add_argument("--quant-data", help="images to calibrate int8 on (default: the run's training split)")
-    p.add_argument("--eval-data", help="labelled images to judge int8 on (default: the run's validation split)")
-    p.add_argument("--force", action="store_true", help="write an int8 model even under 99%% agreement with fp32")
-
-    p = command("explain", cmd_explain)
-    p.add_argument("checkpoint", help="checkpoint .safetensors or run folder")
-    p.add_argument("images", nargs="*", help="images or folders to explain with Grad-CAM")
-    p.add_argument("--method", default="gradcam", choices=("gradcam",))
-    p.add_argument("--target", help="class name (or index) to explain; default: the predicted class")
-    p.add_argument("--data", help="labelled folder: mean SE gate per channel for each class (se_weights.png)")
-    p.add_argument("--split", default="all", choices=("auto", "train", "val", "test", "all"))
-    p.add_argument("--se-layer", help="SE module to read (default: the last one, e.g. features.se_head)")
-    p.add_argument("--output", help="folder for the outputs (default: RUN/explain)")
-    p.add_argument("--device", default="auto")
-
-    p = command("compare", cmd_compare)
-    p.add_argument("--models", required=True, help="comma-separated presets, e.g. densenet121,keras_se_densenet121")
-    p.add_argument("--seeds", type=int, default=None,
-                   help="runs per model (seed, seed+1, ...); the split stays fixed (default 3; with --folds K, "
-                   "each model is cross-validated over K folds with one seed instead)")  # fmt: skip
-    add_train_flags(p)
-    p.set_defaults(name="compare")
-
-    p = command("cv", cmd_cv)
-    add_train_flags(p)
-    p.set_defaults(name=None)
-
-    p = command("convert-keras", cmd_convert_keras)
-    p.add_argument("file", help="Keras file: tf.keras 2 .h5 (model or weights), Keras 3 .weights.h5, or .keras")
-    p.add_argument("--output", required=True, help="checkpoint to write (.safetensors)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="preset the Keras model corresponds to")
-    p.add_argument("--num-classes", type=int, help="classes of the Keras model (read from the file by default)")
-    p.add_argument("--blocks", help="the tutorial's block list, e.g. 6,12,48,32 (read from the file by default)")
-    p.add_argument("--classes", help="class names in index order, comma-separated (Keras files do not store them)")
-    p.add_argument("--image-size", type=int, help="input size (read from the file when it has a model config)")
-
-    p = command("serve", cmd_serve)
-    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder or .safetensors checkpoint")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="processes, each with the model (threads shared out)")
-    p.add_argument("--backend", default="auto", choices=INFERENCE_BACKENDS,
-                   help="as for predict; auto: ONNX Runtime on CPU when installed, else eager")  # fmt: skip
-    p.add_argument("--device", default="auto")
-    p.add_argument("--max-batch", type=int, default=32, help="images per forward pass")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit, counted as it arrives")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="pixels per image")
-    p.add_argument("--max-files", type=int, default=64, help="files per request")
-    p.add_argument("--max-queue", type=int, default=256, help="images waiting; beyond it 503 with Retry-After")
-    p.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1 (or set SEDENSENET_API_KEY)")
-    p.add_argument("--cors-origin", action="append", help="allow this browser origin (repeatable; default none)")
-
-    p = command("models", cmd_models)
-    p.add_argument("filter", nargs="?", default="", help="only names containing this")
-    p.add_argument("--num-classes", type=int, default=1000)
+    for name, command in COMMANDS.items():
+        _add_command(sub, name, command)
     return parser
 
 
@@ -505,19 +479,16 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sedensenet`` command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if hasattr(args, "argv"):
-        args.argv = argv
+    args = build_parser().parse_args(argv)
     _configure_logging(args)
-    if args.command in ("train", "evaluate", "predict", "compare", "cv", "explain"):
-        from sedensenet import inference
-
-        inference.MALLOC_TUNING_ALLOWED = True  # training tunes unless memory-efficient (session.prepare)
-        if args.command in ("evaluate", "predict", "explain"):
-            log.debug("%s", inference.tune_malloc())  # 1.3-1.6x faster CPU inference under glibc
+    command = COMMANDS[args.command]
     try:
-        return args.func(args)
+        if getattr(args, "devices", 0) > 1:  # train --devices N: the same command under torchrun
+            from sedensenet.engine.launch import launch_torchrun
+
+            return launch_torchrun(args.devices, sys.argv[1:] if argv is None else argv)
+        result, values = _call(command, args)
+        return command.show(result, values) or 0
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

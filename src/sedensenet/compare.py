@@ -176,18 +176,19 @@ class CompareResult:
 def compare(
     data: str,
     models: list[str],
-    seeds: int = 3,
+    seeds: int | None = None,
     project: str | os.PathLike = "runs",
     name: str = "compare",
     folds: int = 0,
     **overrides: Any,
 ) -> CompareResult:
-    """Train every model in ``models`` once per seed on the same split and settings; write the table and figure.
+    """Train several models on the same split, settings and seeds; write a table and the validation curves.
 
     Args:
         data: image folder or ``builtin:NAME``.
-        models: preset names.
-        seeds: how many seeds (``seed``, ``seed + 1``, …; the split always uses the first).
+        models: comma-separated presets, e.g. densenet121,keras_se_densenet121.
+        seeds: runs per model (seed, seed+1, ...); the split stays fixed (default 3; with ``folds``, each model is
+            cross-validated over the folds with one seed instead).
         project: folder that receives the comparison folder.
         name: the comparison folder's name (``compare``, ``compare2``, … when it exists).
         folds: cross-validate every model over this many folds (the same folds for each) instead of seeds; the
@@ -199,6 +200,8 @@ def compare(
 
     if not models:
         raise ConfigError("give at least one model to compare")
+    if seeds is None:
+        seeds = 1 if folds else 3
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     if folds and seeds != 1:

@@ -46,6 +46,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+INFERENCE_CHOICES: dict[str, tuple[str, ...]] = {"backend": INFERENCE_BACKENDS, "tta": TTA_MODES, "amp": CHOICES["amp"]}
+"""The choices of :class:`InferenceSettings`' fields (its flags' ``choices``)."""
+
 RESUME_MAY_CHANGE = frozenset(
     {"epochs", "device", "workers", "patience", "batch_size", "accumulate", "memory_efficient", "memory_limit",
      "amp", "cache", "tta"}
@@ -65,6 +68,41 @@ DEFAULT_MODEL = "keras_se_densenet201"
 
 class ConfigError(UserError, ValueError):
     """A setting that cannot work; the message says which and what to change."""
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a model runs batches: one object taken by ``predict``, ``evaluate``, sharded prediction, the
+    ``Predictor`` and ``serve``; the commands' flags are generated from these fields."""
+
+    device: str = "auto"
+    """``auto`` (CUDA, then Apple's MPS, then the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    backend: str = "auto"
+    """auto: the eager fast path, or ONNX Runtime on CPU for 256+ images when installed and the CPU runs float32 (no
+    bf16 units, or --amp off); reference: the unoptimised modules (see ``INFERENCE_BACKENDS``)."""
+    tta: str = "none"
+    """test-time augmentation: average the probabilities of the image and its mirror image (flip), upside-down copy
+    (vflip), a zoomed-in view (scale) or all four of flip+scale. Horizontal flips swap left and right: for chest
+    X-rays, text or asymmetric anatomy use vflip, scale or none"""
+    amp: str = "auto"
+    """auto: bf16 on CPUs with bf16 matrix units (AVX512-BF16/AMX) and on GPUs, else fp32; off: fp32"""
+    batch_size: int = 32
+    """Images per forward pass."""
+    workers: int = -1
+    """DataLoader worker processes for files (-1: the default count, none on the CPU)."""
+
+    def __post_init__(self) -> None:
+        for name, choices in INFERENCE_CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                what = {"backend": "an inference backend", "tta": "a test-time augmentation"}.get(name, "a precision")
+                raise ConfigError(f"--{name} {value!r} is not {what}: choose from {', '.join(choices)}")
+        if not isinstance(self.device, str) or not self.device:
+            raise ConfigError(f"--device {self.device!r}: give auto, cpu, cuda, cuda:N or mps")
+        for name, low in (("batch_size", 1), ("workers", -1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= {low}, got {value!r}")
 
 
 @dataclass

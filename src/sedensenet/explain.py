@@ -21,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -254,7 +254,7 @@ def explain_images(
     """
     from sedensenet.checkpoint import resolve_checkpoint
     from sedensenet.engine.device import select_device
-    from sedensenet.engine.predictor import expand_inputs
+    from sedensenet.engine.samples import expand_inputs
     from sedensenet.reports import plot_gradcam_grid
 
     if method not in METHODS:
@@ -420,13 +420,14 @@ def se_channel_weights(
     from sedensenet.checkpoint import resolve_checkpoint
     from sedensenet.engine.device import select_device
     from sedensenet.engine.predictor import Predictor
+    from sedensenet.engine.samples import labelled_samples
 
     source = resolve_checkpoint(checkpoint)
     dev = select_device(device)
     model, meta = load_checkpoint(source, map_location=dev)
     layer, module = _se_layer(model, se_layer, source)
-    predictor = Predictor(model, meta, dev)
-    samples, _ = predictor.labelled_samples(data, split)
+    predictor = Predictor(model, meta, device=dev)
+    samples, _ = labelled_samples(meta, data, split)
     gates, labels = _collect_gates(predictor, module, samples, batch_size)
     present = sorted(set(labels.tolist()))
     names = [meta.classes[k] for k in present]
@@ -480,3 +481,61 @@ def _write_se_files(
         "png": plot_se_weights(means, names, out / "se_weights.png", order=order.tolist(), title=title),
         "json": atomic_write_json(out / "se_weights.json", summary),
     }
+
+
+@dataclass
+class ExplainRun:
+    """What :func:`explain_model` wrote: the Grad-CAM result (when images were given), the SE channel weights (when
+    a data folder was given) and the folder they went to."""
+
+    output: Path
+    images: ExplainResult | None = None
+    se: SEWeightsResult | None = None
+
+
+def explain_model(
+    checkpoint: str | os.PathLike,
+    images: list[str | os.PathLike] | tuple[str | os.PathLike, ...] = (),
+    *,
+    data: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    target: str | None = None,
+    method: Literal["gradcam"] = "gradcam",
+    split: Literal["auto", "train", "val", "test", "all"] = "all",
+    se_layer: str | None = None,
+    device: str = "auto",
+    tune_malloc: bool = True,
+) -> ExplainRun:
+    """Grad-CAM heat-maps for images, and the SE channel weights each class receives on a data folder.
+
+    Args:
+        checkpoint: checkpoint .safetensors or run folder.
+        images: images or folders to explain with Grad-CAM.
+        data: labelled folder: mean SE gate per channel for each class (se_weights.png).
+        output: folder for the outputs (default: RUN/explain).
+        target: class name (or index) to explain; default: the predicted class.
+        method: how heat-maps are made.
+        split: the split of ``data`` whose images are read.
+        se_layer: SE module to read (default: the last one, e.g. features.se_head).
+        device: auto, cpu, cuda, cuda:N or mps.
+        tune_malloc: tune glibc's allocator for speed (the whole process; ``SEDENSENET_MALLOC=default`` opts out), as
+            the ``explain`` command always has.
+
+    Raises:
+        ConfigError: neither images nor ``data`` given.
+    """
+    from sedensenet.checkpoint import resolve_checkpoint
+
+    if not images and not data:
+        raise ConfigError("give image files or folders for Grad-CAM, and/or --data DIR for the SE channel weights")
+    if tune_malloc:
+        from sedensenet.inference import tune_malloc as tune
+
+        logger.debug("%s", tune())
+    out = Path(output) if output else resolve_checkpoint(checkpoint).parent.parent / "explain"
+    run = ExplainRun(out)
+    if images:
+        run.images = explain_images(checkpoint, list(images), out, target=target, method=method, device=device)
+    if data:
+        run.se = se_channel_weights(checkpoint, data, out, split=split, se_layer=se_layer, device=device)
+    return run

@@ -18,6 +18,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -97,30 +98,32 @@ def _check_diff(diff: float, fmt: str) -> None:
 
 def export_model(
     checkpoint: str | os.PathLike,
-    format: str = "onnx",
+    format: Literal["onnx", "torchscript"] = "onnx",
     output: str | os.PathLike | None = None,
     opset: int = MIN_OPSET,
     image_size: int | None = None,
     verify: bool = True,
-    quantize: str | None = None,
+    quantize: Literal["int8"] | None = None,
     quant_data: str | os.PathLike | None = None,
     eval_data: str | os.PathLike | None = None,
     force: bool = False,
 ) -> ExportResult:
-    """Export a checkpoint to ONNX or TorchScript, checked against the eager model on random input.
+    """Export a checkpoint to ONNX or TorchScript, verified against the eager model on the spot.
 
     Args:
-        checkpoint: a ``.safetensors`` checkpoint or a run folder (its best checkpoint).
+        checkpoint: checkpoint .safetensors or run folder (its best checkpoint).
         format: ``"onnx"`` or ``"torchscript"``.
-        output: the file to write; default beside the checkpoint as ``.onnx`` / ``.torchscript.pt``.
+        output: file to write (default: beside the checkpoint, as ``.onnx`` / ``.torchscript.pt``).
         opset: ONNX opset (17 or newer).
-        image_size: input side the graph is built for; default the checkpoint's image size.
+        image_size: size of the example input (default: the checkpoint's); not with ``quantize``: int8 is calibrated
+            at the model's size.
         verify: run the written model on a random batch and compare with the eager model.
-        quantize: ``"int8"`` for an ONNX model quantized by ONNX Runtime (see :mod:`sedensenet.quantize`), written
-            by default as ``<checkpoint>.int8.onnx``; ``None`` for fp32.
-        quant_data: images that calibrate int8 ranges (default: the run's training split).
-        eval_data: labelled held-out images that judge the int8 model (default: the run's validation split).
-        force: write an int8 model even when its top-1 agreement with fp32 is under 99%.
+        quantize: ONNX Runtime static int8 quantization (measured; see docs): ``"int8"`` for an ONNX model quantized
+            by ONNX Runtime (see :mod:`sedensenet.quantize`), written by default as ``<checkpoint>.int8.onnx``;
+            ``None`` for fp32.
+        quant_data: images to calibrate int8 on (default: the run's training split); with ``quantize`` only.
+        eval_data: labelled images to judge int8 on (default: the run's validation split); with ``quantize`` only.
+        force: write an int8 model even under 99% agreement with fp32; with ``quantize`` only.
 
     Returns:
         The path written, the largest absolute logit difference, the time taken and, for int8, the measurement.
@@ -139,6 +142,10 @@ def export_model(
         raise ExportError(f"unknown quantization {quantize!r}: the one supported is int8")
     if quantize and format != "onnx":
         raise ExportError(f"--quantize {quantize} needs --format onnx (ONNX Runtime quantizes), not {format}")
+    if quantize is None and (quant_data or eval_data or force):
+        raise ExportError("--quant-data, --eval-data and --force go with --quantize int8")
+    if quantize and image_size:
+        raise ExportError("--image-size cannot be combined with --quantize: int8 is calibrated at the model's size")
     if quantize:
         return _export_int8(checkpoint, output, opset, quant_data, eval_data, force)
     start = time.perf_counter()

@@ -352,15 +352,11 @@ def should_compile(
     return saved > cost, reason
 
 
-MALLOC_TUNING_ALLOWED = False
-"""Set by applications (the command-line tool) to let training call :func:`tune_malloc` when the run is not in
-memory-efficient mode (tuning trades 5-20% more peak memory for speed, the wrong trade in that mode)."""
-
-
 def tune_malloc_for_training(memory_efficient: bool) -> str | None:
-    """:func:`tune_malloc` when the application allowed it (:data:`MALLOC_TUNING_ALLOWED`) and the run is not
-    memory-efficient; ``None`` when nothing was tried."""
-    if not MALLOC_TUNING_ALLOWED or memory_efficient:
+    """:func:`tune_malloc` unless the run is memory-efficient (tuning trades 5-20% more peak memory for speed, the
+    wrong trade in that mode); ``None`` when nothing was tried. The caller decides whether to tune at all
+    (``sedensenet.train(tune_malloc=...)``)."""
+    if memory_efficient:
         return None
     return tune_malloc()
 
@@ -372,8 +368,8 @@ def tune_malloc() -> str:
     ``mmap`` calls whose pages the kernel must fault in and zero each time (17-35% of CPU time measured
     here). Turning off ``mmap`` for allocations and trimming (``mallopt``) made DenseNet training and inference
     as fast as with jemalloc. Does nothing when another allocator is preloaded, off glibc, or when the
-    environment sets ``SEDENSENET_MALLOC=default``. Affects the whole process: call it from applications
-    (the CLI), not from library code.
+    environment sets ``SEDENSENET_MALLOC=default``. Affects the whole process: ``train``, ``predict`` and
+    ``evaluate`` call it unless given ``tune_malloc=False``; library code below them never does.
 
     Returns:
         What was done, for the log.

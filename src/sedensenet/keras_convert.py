@@ -648,10 +648,18 @@ def convert_keras_file(
     classes: Sequence[str] | None = None,
     image_size: int | None = None,
 ) -> Path:
-    """Convert a Keras file (see :func:`convert_keras`) and write our checkpoint to ``output`` (``.safetensors``).
+    """Convert the tutorial's Keras model (.h5, .weights.h5 or .keras) into a sedensenet checkpoint.
 
-    The arguments map one to one onto ``sedensenet convert-keras FILE --model --num-classes --blocks --classes
-    --image-size --output``. Returns the path written.
+    See :func:`convert_keras`; the arguments are ``sedensenet convert-keras``'s. Returns the path written.
+
+    Args:
+        path: Keras file: tf.keras 2 .h5 (model or weights), Keras 3 .weights.h5, or .keras.
+        output: checkpoint to write (.safetensors).
+        model: preset the Keras model corresponds to.
+        num_classes: classes of the Keras model (read from the file by default).
+        blocks: the tutorial's block list, e.g. 6,12,48,32 (read from the file by default).
+        classes: class names in index order (Keras files do not store them).
+        image_size: input size (read from the file when it has a model config).
     """
     net, meta = convert_keras(
         path, model=model, num_classes=num_classes, blocks=blocks, classes=classes, image_size=image_size

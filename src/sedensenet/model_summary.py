@@ -156,3 +156,50 @@ def _stages(model: nn.Module) -> list[_Stage]:
             stages.append(_Stage(f"features.{name}", type(module).__name__, module, [module]))
     stages.append(_Stage("head (norm5+relu+pool+fc)", "Head", model.classifier, [feats.norm5, model.classifier]))
     return stages
+
+
+def preset_summary(model: str, num_classes: int = 1000, image_size: int = 224, in_chans: int = 3) -> ModelSummary:
+    """A model's stages, output shapes, parameters and MACs/FLOPs (like Keras' model.summary()).
+
+    Args:
+        model: preset name (see 'sedensenet models').
+        num_classes: classes of the classifier.
+        image_size: side of the square input.
+        in_chans: input channels.
+    """
+    from sedensenet.models import create_model
+
+    net = create_model(model, num_classes=num_classes, in_chans=in_chans)
+    return summary(net, image_size, title=f"{model} ({num_classes} classes)")
+
+
+@dataclass(frozen=True)
+class PresetRow:
+    """One preset as ``sedensenet models`` lists it."""
+
+    name: str
+    params: int
+    macs: int
+    image_size: int
+    se_placement: str
+    description: str
+
+
+def preset_rows(filter: str = "", num_classes: int = 1000) -> list[PresetRow]:
+    """The model presets with parameters and GFLOPs (MACs) at their default input size.
+
+    Args:
+        filter: only names containing this.
+        num_classes: classes of the classifier the figures are counted with.
+    """
+    from sedensenet.models import create_model, get_preset, list_models
+
+    rows = []
+    for name in list_models(filter):
+        preset = get_preset(name)
+        net = create_model(name, num_classes=num_classes)
+        size = preset.default_image_size
+        macs = count_macs(net, torch.zeros(1, 3, size, size))
+        params = sum(p.numel() for p in net.parameters())
+        rows.append(PresetRow(name, params, macs, size, ",".join(net.config.se_placement) or "-", preset.description))
+    return rows

@@ -106,7 +106,7 @@ def choose_images(
     if quant_data is None:
         calibration, calibration_source = [s.path for s in run_splits.train], f"{run['data']} (training split)"
     else:
-        from sedensenet.engine.predictor import expand_inputs
+        from sedensenet.engine.samples import expand_inputs
 
         calibration, calibration_source = expand_inputs(resolve_data(str(quant_data))), str(quant_data)
     if eval_data is None:

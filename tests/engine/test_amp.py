@@ -16,7 +16,7 @@ from imagegen import CLASSES, make_folder  # noqa: E402
 
 import sedensenet  # noqa: E402
 from sedensenet.cli import main  # noqa: E402
-from sedensenet.config import TrainConfig  # noqa: E402
+from sedensenet.config import InferenceSettings, TrainConfig  # noqa: E402
 from sedensenet.engine import device as device_mod  # noqa: E402
 from sedensenet.engine.predictor import Predictor  # noqa: E402
 from sedensenet.inference import ONNX_MIN_IMAGES, OnnxRuntimeModule, describe, resolve_backend  # noqa: E402
@@ -94,7 +94,7 @@ def test_bf16_predictions_agree_with_fp32_and_large_jobs_stay_on_bf16_eager(
     bf16, fp32 = (sedensenet.predict(path, data, top_k=2, device="cpu", amp=a) for a in ("auto", "off"))
     probs = [torch.tensor([[dict(p.top_k)[c] for c in CLASSES] for p in ps]) for ps in (bf16, fp32)]
     assert (probs[0] - probs[1]).abs().max() <= 0.02  # probabilities carry bf16's ~2^-9 relative rounding
-    predictor = Predictor.load(path, device="cpu")
+    predictor = Predictor.load(path, InferenceSettings(device="cpu"))
     predictor.runner(images=10)
     assert predictor.amp_dtype == torch.bfloat16  # small jobs: the eager path under bf16 autocast
     # Large jobs too: bf16 eager beats ONNX Runtime's float32 on a CPU with bf16 units (1.57x measured).
@@ -106,4 +106,4 @@ def test_bf16_predictions_agree_with_fp32_and_large_jobs_stay_on_bf16_eager(
 
 def test_unknown_amp_is_refused_by_name(checkpoint: tuple[Path, Path]) -> None:
     with pytest.raises(sedensenet.config.ConfigError, match="--amp 'int8'"):
-        Predictor.load(checkpoint[0], device="cpu", amp="int8")
+        Predictor.load(checkpoint[0], InferenceSettings(device="cpu", amp="int8"))

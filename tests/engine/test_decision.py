@@ -19,7 +19,7 @@ from imagegen import CLASSES, make_folder  # noqa: E402
 import sedensenet  # noqa: E402
 from sedensenet import checkpoint as ckpt  # noqa: E402
 from sedensenet.cli import main  # noqa: E402
-from sedensenet.config import ConfigError  # noqa: E402
+from sedensenet.config import ConfigError, InferenceSettings  # noqa: E402
 from sedensenet.engine.decision import check_decision_settings, decide, fit_decision, postprocess  # noqa: E402
 from sedensenet.engine.predictor import Predictor  # noqa: E402
 from sedensenet.reports import apply_temperature  # noqa: E402
@@ -36,7 +36,8 @@ def model_and_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     meta = ckpt.CheckpointMeta(model=model.config.to_dict(), classes=list(CLASSES), image_size=16)
     path = ckpt.save_checkpoint(root / "plain.safetensors", model, meta)
     files = sorted(data.rglob("*.png"))
-    raw = Predictor.load(path, device="cpu").run_samples([sedensenet.data.Sample(f, 0) for f in files], 4).probs
+    predictor = Predictor.load(path, InferenceSettings(device="cpu"))
+    raw = predictor.run_samples([sedensenet.data.Sample(f, 0) for f in files], 4).probs
     return path, data, raw
 
 

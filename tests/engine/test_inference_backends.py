@@ -18,6 +18,7 @@ from modelgen import moved_tiny_checkpoint  # noqa: E402
 
 import sedensenet  # noqa: E402
 from sedensenet.cli import main  # noqa: E402
+from sedensenet.config import InferenceSettings  # noqa: E402
 from sedensenet.engine.predictor import Predictor  # noqa: E402
 from sedensenet.inference import ONNX_MIN_IMAGES, OnnxRuntimeModule  # noqa: E402
 
@@ -48,7 +49,8 @@ def test_every_backend_predicts_what_the_reference_modules_do(checkpoint: tuple[
 
 
 def test_auto_uses_onnxruntime_for_large_jobs_only(checkpoint: tuple[Path, Path]) -> None:
-    predictor = Predictor.load(checkpoint[0], device="cpu", amp="off")  # bf16 CPUs stay eager (test_amp)
+    float32 = InferenceSettings(device="cpu", amp="off")  # bf16 CPUs stay eager (test_amp)
+    predictor = Predictor.load(checkpoint[0], float32)
     small = predictor.runner(images=10)
     assert not isinstance(small, OnnxRuntimeModule)
     large = predictor.runner(images=ONNX_MIN_IMAGES)
@@ -57,7 +59,7 @@ def test_auto_uses_onnxruntime_for_large_jobs_only(checkpoint: tuple[Path, Path]
 
 
 def test_reference_backend_runs_the_unoptimised_modules(checkpoint: tuple[Path, Path]) -> None:
-    predictor = Predictor.load(checkpoint[0], device="cpu", backend="reference")
+    predictor = Predictor.load(checkpoint[0], InferenceSettings(device="cpu", backend="reference"))
     runner = predictor.runner(images=ONNX_MIN_IMAGES)
     assert runner is predictor.model
     assert not any(getattr(m, "fast", False) for m in runner.modules())
@@ -82,8 +84,8 @@ def test_unknown_backend_is_refused_by_name(checkpoint: tuple[Path, Path], capsy
     with pytest.raises(SystemExit):
         main(["predict", str(checkpoint[0]), str(checkpoint[1]), "--backend", "tensorrt"])
     assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="unknown inference backend 'tensorrt'"):
-        Predictor.load(checkpoint[0], device="cpu", backend="tensorrt")
+    with pytest.raises(ValueError, match="--backend 'tensorrt' is not an inference backend: choose from auto"):
+        Predictor.load(checkpoint[0], InferenceSettings(device="cpu", backend="tensorrt"))
 
 
 def test_compile_auto_logs_its_decision(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

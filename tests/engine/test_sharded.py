@@ -15,6 +15,7 @@ import torch
 from sedensenet import inference
 from sedensenet.checkpoint import CheckpointMeta, save_checkpoint
 from sedensenet.cli import main
+from sedensenet.config import InferenceSettings
 from sedensenet.engine import distributed, sharded
 from sedensenet.models import create_model
 
@@ -100,10 +101,10 @@ def test_every_rank_runs_the_backend_chosen_for_the_whole_job(
     monkeypatch.setattr(distributed, "rank", lambda: 1)
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     seen = []
-    monkeypatch.setattr(sharded, "_predict", lambda model, files, k, b, d, backend, *rest: seen.append(
-        (len(files), backend)) or "path,label,probability,top_k,error\n")  # fmt: skip
+    monkeypatch.setattr(sharded, "_predict", lambda model, files, k, settings: seen.append(
+        (len(files), settings.backend)) or "path,label,probability,top_k,error\n")  # fmt: skip
     out = job["tmp"] / "pinned.csv"
-    assert sharded.predict_sharded(job["ckpt"], job["data"], out, backend="auto") is None
+    assert sharded.predict_sharded(job["ckpt"], job["data"], out, settings=InferenceSettings(backend="auto")) is None
     assert seen == [(10, "onnxruntime")]
 
 

@@ -18,9 +18,10 @@ from modelgen import moved_tiny_checkpoint  # noqa: E402
 
 import sedensenet  # noqa: E402
 from sedensenet.cli import main  # noqa: E402
-from sedensenet.config import TTA_MODES, ConfigError  # noqa: E402
+from sedensenet.config import TTA_MODES, ConfigError, InferenceSettings  # noqa: E402
 from sedensenet.engine.loop import StepSettings, evaluate_loader  # noqa: E402
 from sedensenet.engine.predictor import Predictor  # noqa: E402
+from sedensenet.engine.samples import labelled_samples  # noqa: E402
 from sedensenet.engine.tta import TTAModule, make_views, view_count, with_tta  # noqa: E402
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
@@ -65,10 +66,10 @@ def test_tta_probabilities_are_the_mean_of_each_views(checkpoint: tuple[Path, Pa
 
 def test_tta_none_is_bit_identical_to_the_plain_path(checkpoint: tuple[Path, Path]) -> None:
     path, data = checkpoint
-    predictor = Predictor.load(path, device="cpu", backend="eager")
-    samples, _ = predictor.labelled_samples(data, "all")
+    predictor = Predictor.load(path, InferenceSettings(device="cpu", backend="eager"))
+    samples, _ = labelled_samples(predictor.meta, data, "all")
     assert with_tta(predictor.runner(12), "none") is predictor.runner(12)
-    plain = Predictor.load(path, device="cpu", backend="eager")
+    plain = Predictor.load(path, InferenceSettings(device="cpu", backend="eager"))
     dataset = sedensenet.data.ImageFolderDataset(samples, transform=plain.transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=32)
     before = evaluate_loader(plain.runner(12), loader, torch.nn.CrossEntropyLoss(), StepSettings(torch.device("cpu")))
@@ -117,8 +118,8 @@ def test_onnx_backends_get_the_views_too(checkpoint: tuple[Path, Path], tmp_path
 
 
 def test_unknown_tta_is_refused_before_any_work(checkpoint: tuple[Path, Path]) -> None:
-    with pytest.raises(ConfigError, match="unknown test-time augmentation 'mirror'.*flip"):
-        Predictor.load(checkpoint[0], device="cpu", tta="mirror")
+    with pytest.raises(ConfigError, match="--tta 'mirror' is not a test-time augmentation: choose from none, flip"):
+        Predictor.load(checkpoint[0], InferenceSettings(device="cpu", tta="mirror"))
     with pytest.raises(ConfigError, match="tta='mirror' is not valid"):
         sedensenet.config.TrainConfig(tta="mirror")
 

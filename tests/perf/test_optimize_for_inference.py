@@ -122,12 +122,8 @@ def test_tune_malloc_respects_the_opt_out(monkeypatch: pytest.MonkeyPatch) -> No
     assert allocator_name() in ("glibc", "jemalloc", "tcmalloc", "mimalloc")
 
 
-def test_training_tunes_malloc_only_when_the_app_allows_and_not_memory_efficient(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_training_tunes_malloc_only_when_not_memory_efficient(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEDENSENET_MALLOC", "default")  # exercise the decision without changing this process
-    monkeypatch.setattr(inference, "MALLOC_TUNING_ALLOWED", False)
-    assert inference.tune_malloc_for_training(memory_efficient=False) is None  # library use: never
-    monkeypatch.setattr(inference, "MALLOC_TUNING_ALLOWED", True)
     assert inference.tune_malloc_for_training(memory_efficient=True) is None  # the user asked for less memory
     assert inference.tune_malloc_for_training(memory_efficient=False) == "allocator left as is (SEDENSENET_MALLOC)"
+    assert not hasattr(inference, "MALLOC_TUNING_ALLOWED")  # a parameter now (train(tune_malloc=...)), not a global

@@ -1,7 +1,13 @@
-"""Inference with a checkpoint: classify files, evaluate a labelled folder. Batched, robust to bad files."""
+"""A loaded model and how it runs: checkpoint, run folder or exported ``.onnx`` file, the backend and the precision;
+batched prediction of files, the ``Prediction`` record and its CSV/JSON rows. Robust to bad files.
+
+Evaluation on labelled data lives in :mod:`sedensenet.engine.labelled`, the listing of files and labelled samples in
+:mod:`sedensenet.engine.samples`."""
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -15,40 +21,22 @@ from PIL import Image
 from torch import nn
 
 from sedensenet import checkpoint as ckpt
-from sedensenet.config import CHOICES, ConfigError
-from sedensenet.data import (
-    IMG_EXTENSIONS,
-    DataError,
-    DataSplits,
-    ImageFolderDataset,
-    Sample,
-    build_transforms,
-    check_image,
-    image_to_tensor,
-    resolve_data,
-    scan_folder,
-)
-from sedensenet.data.check import drop_duplicates_of_train
-from sedensenet.data.folds import fold_splits, fold_units
+from sedensenet.config import ConfigError, InferenceSettings
+from sedensenet.data import ImageFolderDataset, Sample, build_transforms, check_image, image_to_tensor
 from sedensenet.display import Table
-from sedensenet.engine.decision import decide, positive_of, postprocess
-from sedensenet.engine.device import amp_dtype, precision_name
+from sedensenet.engine.decision import decide, postprocess
+from sedensenet.engine.device import amp_dtype, select_device
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import EpochResult, StepSettings, class_probabilities, evaluate_loader
-from sedensenet.engine.tta import check_tta, view_count, with_tta
-from sedensenet.inference import (
-    BACKENDS,
-    INT8_BACKEND,
-    OnnxModel,
-    describe,
-    int8_model_path,
-    is_int8,
-    optimize_for_inference,
-)
-from sedensenet.reports.clinical import positive_index
+from sedensenet.engine.samples import expand_inputs
+from sedensenet.engine.tta import view_count, with_tta
+from sedensenet.fileio import atomic_write_json, atomic_write_text
+from sedensenet.inference import INT8_BACKEND, OnnxModel, describe, int8_model_path, is_int8, optimize_for_inference
 
 log = logging.getLogger(__name__)
-AMP_CHOICES = CHOICES["amp"]
+
+ROW_FIELDS = ["path", "label", "probability", "top_k", "error"]
+"""The columns of :func:`probabilities_to_rows` (and of ``predict --output x.csv``, sharded parts, serve's CSV)."""
 
 
 @dataclass
@@ -104,6 +92,26 @@ def probabilities_to_rows(preds: list[Prediction]) -> list[dict[str, Any]]:
     ]
 
 
+def predictions_csv(preds: list[Prediction]) -> str:
+    """The CSV text of :func:`probabilities_to_rows` (header :data:`ROW_FIELDS`): ``predict --output x.csv``, the
+    parts of sharded prediction and serve's ``Accept: text/csv`` write these rows."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS)
+    writer.writeheader()
+    writer.writerows(probabilities_to_rows(preds))
+    return buffer.getvalue()
+
+
+def write_predictions(path: str | os.PathLike, preds: list[Prediction]) -> Path:
+    """``preds`` as rows in a ``.json`` file (a list of objects) or CSV (any other suffix), written atomically."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        atomic_write_json(path, probabilities_to_rows(preds))
+    else:
+        atomic_write_text(path, predictions_csv(preds))
+    return path
+
+
 class Predictor:
     """A model plus the preprocessing and class names its checkpoint carries."""
 
@@ -111,21 +119,17 @@ class Predictor:
         self,
         model: nn.Module,
         meta: ckpt.CheckpointMeta,
-        device: torch.device,
-        backend: str = "auto",
-        tta: str = "none",
-        amp: str = "auto",
+        settings: InferenceSettings | None = None,
+        *,
+        device: torch.device | None = None,
     ) -> None:
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown inference backend {backend!r}: choose from {list(BACKENDS)}")
-        self.tta = check_tta(tta)
-        if amp not in AMP_CHOICES:
-            raise ConfigError(f"--amp {amp!r}: choose from {list(AMP_CHOICES)}")
-        self.model = model.to(device).eval()
+        """``settings``: how batches run (checked when built); ``device``: one already chosen (a run's, a rank's)
+        instead of ``settings.device``."""
+        self.settings = settings = settings or InferenceSettings()
+        self.device = device if device is not None else select_device(settings.device)
+        self.model = model.to(self.device).eval()
         self.meta = meta
-        self.device = device
-        self.backend = backend
-        self.amp = amp
+        self.backend, self.tta, self.amp = settings.backend, settings.tta, settings.amp
         self._amp_dtype: torch.dtype | None | bool = False  # resolved on first use (False: not yet)
         self._runner: tuple[str, nn.Module] | None = None
         self.classes = list(meta.classes)
@@ -139,32 +143,21 @@ class Predictor:
         )
 
     @classmethod
-    def load(
-        cls,
-        source: str | os.PathLike | nn.Module,
-        device: str = "auto",
-        backend: str = "auto",
-        tta: str = "none",
-        amp: str = "auto",
-    ) -> Predictor:
-        """From a checkpoint, a run folder, or a model returned by :func:`sedensenet.load_model`.
+    def load(cls, source: str | os.PathLike | nn.Module, settings: InferenceSettings | None = None) -> Predictor:
+        """From a checkpoint, a run folder, an exported ``.onnx`` file, or a model returned by
+        :func:`sedensenet.load_model`, to run as ``settings`` say.
 
-        ``backend`` picks how batches run (see :data:`sedensenet.inference.BACKENDS`); the default, ``auto``, uses ONNX
-        Runtime on CPU for jobs of 256 images or more when it is installed and ``amp`` resolves to float32, else the
-        model's eager fast path (under bf16 autocast on a CPU with bf16 units, faster than ONNX Runtime's float32).
-        ``onnxruntime-int8`` runs the int8 model exported beside the checkpoint (``<checkpoint>.int8.onnx``), or
-        ``source`` itself when it is an int8 ``.onnx`` file. ``tta`` (see :data:`sedensenet.config.TTA_MODES`)
-        averages the probabilities of a few views of each image.
-        ``amp`` as training's ``--amp``: ``auto`` runs the eager path under bf16 autocast on CPUs with bf16 matrix
-        units, ``off`` in float32. ONNX Runtime always runs float32 (``backend='auto'`` still picks it for large jobs:
-        on a 2-core AVX512-BF16 CPU it measured 1.8x faster than the eager path in bf16).
+        ``settings.backend`` picks how batches run (see :data:`sedensenet.inference.BACKENDS`); the default, ``auto``,
+        uses ONNX Runtime on CPU for jobs of 256 images or more when it is installed and ``amp`` resolves to float32,
+        else the model's eager fast path (under bf16 autocast on a CPU with bf16 units, faster than ONNX Runtime's
+        float32). ``onnxruntime-int8`` runs the int8 model exported beside the checkpoint (``<checkpoint>.int8.onnx``),
+        or ``source`` itself when it is an int8 ``.onnx`` file. ``tta`` averages the probabilities of a few views of
+        each image. ``amp`` as training's ``--amp``: ``auto`` runs the eager path under bf16 autocast on CPUs with bf16
+        matrix units, ``off`` in float32. ONNX Runtime always runs float32 (``backend='auto'`` still picks it for large
+        jobs: on a 2-core AVX512-BF16 CPU it measured 1.8x faster than the eager path in bf16).
         """
-        from sedensenet.engine.device import select_device
-
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown inference backend {backend!r}: choose from {list(BACKENDS)}")
-        check_tta(tta)
-        dev = select_device(device)
+        settings = settings or InferenceSettings()
+        backend = settings.backend
         if isinstance(source, nn.Module):
             meta = getattr(source, "meta", None)
             if meta is None:
@@ -172,34 +165,43 @@ class Predictor:
             if backend == INT8_BACKEND:
                 raise ConfigError(f"--backend {INT8_BACKEND} runs an exported int8 .onnx file: pass its path or the "
                                   "checkpoint it was exported from, not a model in memory")  # fmt: skip
-            return cls(source, meta, dev, backend, tta, amp)
+            return cls(source, meta, settings)
         path = ckpt.resolve_checkpoint(source)
         if backend == INT8_BACKEND:
             path = int8_model_path(path)
         if path.suffix == ".onnx":
-            onnx_model = OnnxModel(path)
-            int8 = is_int8(onnx_model)
-            if backend == INT8_BACKEND and not int8:
-                raise ConfigError(f"{path} is an fp32 model; --backend {INT8_BACKEND} needs one exported with "
-                                  "--quantize int8")  # fmt: skip
-            predictor = cls(onnx_model, onnx_model.meta, torch.device("cpu"), "reference", tta, "off")
-            name = INT8_BACKEND if int8 else "onnxruntime"
-            predictor._runner = (f"{name} (exported file)", onnx_model)
-            return predictor
+            return cls._exported(path, settings)
         model, meta = ckpt.load_checkpoint(path)
-        return cls(model, meta, dev, backend, tta, amp)
+        return cls(model, meta, settings)
+
+    @classmethod
+    def _exported(cls, path: Path, settings: InferenceSettings) -> Predictor:
+        """An exported ``.onnx`` file: ONNX Runtime on the CPU in float32, whatever ``settings`` ask of those."""
+        select_device(settings.device)  # an unavailable device is refused here too, as for a checkpoint
+        onnx_model = OnnxModel(path)
+        int8 = is_int8(onnx_model)
+        if settings.backend == INT8_BACKEND and not int8:
+            raise ConfigError(f"{path} is an fp32 model; --backend {INT8_BACKEND} needs one exported with "
+                              "--quantize int8")  # fmt: skip
+        pinned = replace(settings, backend="reference", amp="off")
+        predictor = cls(onnx_model, onnx_model.meta, pinned, device=torch.device("cpu"))
+        name = INT8_BACKEND if int8 else "onnxruntime"
+        predictor._runner = (f"{name} (exported file)", onnx_model)
+        return predictor
 
     @property
     def backend_used(self) -> str:
         """The backend batches went through (``auto`` resolved once a batch has run)."""
         return self._runner[0] if self._runner is not None else self.backend
 
-    def run_samples(self, samples: list[Sample], batch_size: int) -> EpochResult:
+    def run_samples(self, samples: list[Sample], batch_size: int | None = None) -> EpochResult:
         """The model's raw softmax outputs (no temperature, no threshold) over labelled ``samples``; with TTA the mean
-        of its views' probabilities, each batch's views through the backend in one call."""
+        of its views' probabilities, each batch's views through the backend in one call. ``batch_size``: default the
+        settings'."""
         in_chans = self.meta.in_chans
         dataset = ImageFolderDataset(samples, transform=self.transform, in_chans=in_chans)
-        loader = make_loader(dataset, batch_size, seed=0, train=False, device=self.device, workers=-1)
+        batch = batch_size or self.settings.batch_size
+        loader = make_loader(dataset, batch, seed=0, train=False, device=self.device, workers=self.settings.workers)
         criterion = nn.CrossEntropyLoss()
         runner = with_tta(self.runner(len(samples) * view_count(self.tta)), self.tta)
         return evaluate_loader(runner, loader, criterion, self.step_settings())
@@ -236,7 +238,7 @@ class Predictor:
         return module
 
     def predict_files(
-        self, inputs: list[str | os.PathLike] | str | os.PathLike, top_k: int = 1, batch_size: int = 32
+        self, inputs: list[str | os.PathLike] | str | os.PathLike, top_k: int = 1, batch_size: int | None = None
     ) -> list[Prediction]:
         """Predictions for every image file in ``inputs`` (folders searched recursively), in input order."""
         files = expand_inputs(inputs)
@@ -283,120 +285,3 @@ class Predictor:
         with settings.autocast():
             logits = module(x)
         return class_probabilities(logits).cpu().numpy()
-
-    def evaluate_folder(
-        self,
-        data: str | os.PathLike,
-        split: str = "auto",
-        output: str | os.PathLike | None = None,
-        batch_size: int = 32,
-        dedupe: str = "off",
-        positive: str | None = None,
-    ) -> Any:
-        """Metrics of the model on a labelled folder, decided as :meth:`predict_files` decides; reports written to
-        ``output`` when given. ``positive`` names the positive class of a two-class model (default: the stored
-        one, else the second class). ``dedupe`` (``exact`` or ``near``) leaves out the val/test images that
-        duplicate a training image."""
-        from sedensenet.engine.evaluation import write_evaluation
-
-        meta = self._meta_for(positive)
-        samples, data_classes = self.labelled_samples(data, split, dedupe)
-        res = self.run_samples(samples, batch_size)
-        res.targets = np.asarray([s.label for s in samples])
-        if output is None:
-            from sedensenet.reports import compute_metrics
-
-            probs = postprocess(res.probs, meta)
-            return compute_metrics(
-                res.targets.tolist(), probs, self.classes, loss=res.loss, y_pred=decide(probs, meta),
-                positive=positive_of(meta), threshold=meta.threshold,
-                uncalibrated=res.probs if meta.temperature else None, temperature=meta.temperature,
-            )  # fmt: skip
-        out = Path(output)
-        extra = {"data": str(data), "split": split, "data_classes": data_classes,
-                 "inference_backend": self.backend_used, "decision": meta.decision, "dedupe": dedupe,
-                 "tta": self.tta,
-                 "precision": precision_name(self.amp_dtype)}  # fmt: skip
-        return write_evaluation(out, res, self.classes, samples, self.meta.in_chans, extra, meta=meta)
-
-    def _meta_for(self, positive: str | None) -> ckpt.CheckpointMeta:
-        """The metadata with ``positive`` as the positive class (checked before any image is read)."""
-        if not positive or positive == self.meta.positive:
-            return self.meta
-        positive_index(self.classes, positive)
-        if self.meta.threshold is not None:
-            raise ConfigError(
-                f"--positive {positive!r}: this checkpoint's threshold {self.meta.threshold:.4f} is about "
-                f"{self.meta.positive!r}; evaluate with --positive {self.meta.positive!r} or none"
-            )
-        return replace(self.meta, positive=positive)
-
-    def labelled_samples(
-        self, data: str | os.PathLike, split: str, dedupe: str = "off"
-    ) -> tuple[list[Sample], list[str]]:
-        """The split's samples with labels mapped to the model's class indices by name (without the duplicates of
-        training images when ``dedupe`` is ``exact`` or ``near``)."""
-        extra = self.meta.extra
-        val_split = float(extra.get("val_split", 0.2)) if split == "val" else 0.0
-        seed = int(extra.get("seed", 123))
-        folds = int(extra.get("folds", 0)) if split in ("val", "test") else 0
-        groups = (extra.get("groups") or None) if val_split or folds else None
-        if groups and not Path(groups).is_file():
-            log.warning("the groups file %s the model was trained with is gone: the val split may differ", groups)
-            groups = None
-        splits = scan_folder(resolve_data(str(data)), val_split=0.0 if folds else val_split, seed=seed,
-                             groups=groups)  # fmt: skip
-        if folds:  # a cross-validation fold's model: its own held-out fold and val split
-            splits = fold_splits(splits, folds, int(extra["fold"]), float(extra.get("val_split", 0.2)), seed,
-                                 fold_units(splits))  # fmt: skip
-        kept, dropped = drop_duplicates_of_train(splits, dedupe)
-        chosen = _choose_split(kept, split)
-        if dedupe != "off":
-            if chosen is kept.train:
-                raise DataError(f"--dedupe drops val/test images that duplicate training images, but {split!r} "
-                                 f"chose the training images of {splits.root}: use --split val or test")  # fmt: skip
-            which = "test" if chosen is kept.test else "val"
-            log.info("--dedupe %s: %d %s images left out as duplicates of training images", dedupe, dropped[which],
-                     which)  # fmt: skip
-        unknown = sorted(set(splits.classes) - set(self.classes))
-        if unknown:
-            raise DataError(
-                f"{data}: class folder(s) {unknown} are not classes of this model ({self.classes}); "
-                f"the folder names must match the classes the model was trained on"
-            )
-        index = {name: i for i, name in enumerate(self.classes)}
-        return [Sample(s.path, index[splits.classes[s.label]]) for s in chosen], splits.classes
-
-
-def _choose_split(splits: DataSplits, split: str) -> list[Sample]:
-    if split == "auto":
-        return splits.test or splits.val or splits.train
-    if split == "all":
-        return splits.train + splits.val + splits.test
-    chosen = {"train": splits.train, "val": splits.val, "test": splits.test}.get(split)
-    if chosen is None:
-        raise ConfigError(f"unknown split {split!r}: choose auto, train, val, test or all")
-    if not chosen:
-        raise DataError(f"{splits.root} has no {split} split")
-    return chosen
-
-
-def expand_inputs(inputs: list[str | os.PathLike] | str | os.PathLike) -> list[Path]:
-    """Files as given, folders expanded to their image files (sorted, recursive, hidden files skipped)."""
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS and not f.name.startswith(".")
-            )
-            files.extend(found)
-        else:
-            files.append(p)
-    if not files:
-        raise DataError(f"no image files found in {[str(i) for i in inputs]}")
-    return files

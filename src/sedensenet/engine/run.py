@@ -22,6 +22,7 @@ from sedensenet.engine.faults import interrupted, stop_on_signals
 from sedensenet.engine.progress import TrainProgress
 from sedensenet.engine.state import History, RunContext
 from sedensenet.fileio import atomic_write_json, atomic_write_text, remove_stale_temporaries
+from sedensenet.inference import tune_malloc_for_training
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,12 @@ def train_run(
     overrides: dict[str, Any] | None = None,
     recommended: dict[str, Any] | None = None,
     progress: TrainProgress | None = None,
+    tune_malloc: bool = False,
 ) -> RunOutcome:
     """Train the run ``config`` describes, or continue the one in the folder ``resume`` (with ``overrides``, the
     settings a resume may change). ``recommended``: the built-in data set's settings ``config`` took (logged);
-    ``progress`` shows the bar and epoch lines (default: nothing).
+    ``progress`` shows the bar and epoch lines (default: nothing); ``tune_malloc`` tunes glibc's allocator for the
+    whole process unless the run is memory-efficient (``api.train`` and the CLI do; library callers opt in).
 
     Under torchrun every process calls this; rank 0 alone writes files and speaks. A signal (SIGINT, SIGTERM)
     stops after the current step with :class:`~sedensenet.engine.faults.TrainingInterrupted`.
@@ -72,6 +75,8 @@ def train_run(
             ctx = session.prepare(config, device=device)
             if dist.is_main():
                 write_run_header(ctx)
+        if tune_malloc and (tuned := tune_malloc_for_training(ctx.memory_plan.memory_efficient)):
+            log.debug("%s", tuned)
         with _log_file(ctx.run_dir / "train.log", enabled=dist.is_main()):
             log.info("run folder: %s  (%s)", ctx.run_dir, data_summary(ctx.splits))
             reporter.write(f"Run folder: {ctx.run_dir} ({data_summary(ctx.splits)})")

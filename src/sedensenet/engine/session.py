@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sedensenet import checkpoint as ckpt
-from sedensenet.config import ConfigError, TrainConfig
+from sedensenet.config import ConfigError, InferenceSettings, TrainConfig
 from sedensenet.data import DataError, DataSplits, resolve_data, scan_folder
 from sedensenet.data.check import drop_duplicates_of_train, exact_leaks, groups_across_splits
 from sedensenet.data.folds import fold_splits, fold_units
@@ -24,7 +24,6 @@ from sedensenet.engine.evaluation import record_evaluation, write_evaluation
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import weighted_loss
 from sedensenet.engine.state import RunContext, restore
-from sedensenet.inference import tune_malloc_for_training
 from sedensenet.reports import check_writable, new_run_dir
 
 log = logging.getLogger(__name__)
@@ -93,9 +92,6 @@ def prepare(
         # PyTorch's SyncBatchNorm has kernels for GPUs only: fail here, not in the first forward pass.
         raise ConfigError(f"--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no {device.type} kernels); drop it")
     plan = _plan_memory(config, device, died)
-    tuned = tune_malloc_for_training(plan.memory_efficient)
-    if tuned:
-        log.debug("%s", tuned)
     seed_everything(config.seed)
     splits = scan(config)
     check_decision_settings(
@@ -343,7 +339,7 @@ def finish(ctx: RunContext) -> dict[str, Any]:
         ckpt.check_state_dict(best, tensors, ctx.model.state_dict())
         ctx.model.load_state_dict(tensors)
     c = ctx.config
-    predictor = Predictor(ctx.model, meta, ctx.settings.device, backend="auto", tta=c.tta, amp="auto")
+    predictor = Predictor(ctx.model, meta, InferenceSettings(tta=c.tta), device=ctx.settings.device)
     outputs, inference = {}, ""
     for split, samples in (("val", ctx.splits.val), ("test", ctx.splits.test)):
         if samples:

@@ -18,25 +18,25 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sedensenet.config import ConfigError
+from sedensenet.config import ConfigError, InferenceSettings
 from sedensenet.engine import distributed as dist
-from sedensenet.engine.device import amp_dtype, precision_name
-from sedensenet.engine.predictor import Predictor, expand_inputs, probabilities_to_rows
-from sedensenet.engine.tta import check_tta
+from sedensenet.engine.device import amp_dtype, precision_name, select_device
+from sedensenet.engine.predictor import ROW_FIELDS, Predictor, predictions_csv
+from sedensenet.engine.samples import expand_inputs
 from sedensenet.errors import UserError
 from sedensenet.fileio import atomic_write_json, atomic_write_text
 from sedensenet.inference import resolve_backend
 
 log = logging.getLogger(__name__)
 
-FIELDS = ["path", "label", "probability", "top_k", "error"]
-"""The columns of a part and of the merged file (those of :func:`probabilities_to_rows`)."""
+FIELDS = ROW_FIELDS
+"""The columns of a part and of the merged file (those of ``probabilities_to_rows``)."""
 
 
 class ShardError(UserError, RuntimeError):
@@ -76,12 +76,8 @@ def predict_sharded(
     output: str | os.PathLike,
     *,
     top_k: int = 1,
-    batch_size: int = 32,
-    device: str = "cpu",
-    backend: str = "auto",
     resume: bool = False,
-    tta: str = "none",
-    amp: str = "auto",
+    settings: InferenceSettings | None = None,
 ) -> ShardedResult | None:
     """This rank's share of the prediction job; on rank 0, also the merge. Call in every process of the group.
 
@@ -90,8 +86,8 @@ def predict_sharded(
         inputs: image files and folders; the job is their :func:`expand_inputs` list, in that order.
         output: the merged ``.csv``; the parts go to ``OUTPUT.parts/``.
         resume: keep parts already written by an earlier run of the same job.
-        tta: test-time augmentation, as ``predict --tta``.
-        amp: as ``predict --amp``; ``auto`` is resolved once, on rank 0, and every rank runs that precision.
+        settings: how batches run, as for ``predict`` (this rank's device: torchrun's, chosen by the caller);
+            ``amp='auto'`` is resolved once, on rank 0, and every rank runs that precision.
 
     Returns:
         On rank 0 what was written; ``None`` on the other ranks.
@@ -99,14 +95,15 @@ def predict_sharded(
     output = Path(output)
     if output.suffix.lower() != ".csv":
         raise ConfigError(f"sharded prediction writes one CSV: --output must end in .csv, got {output}")
+    settings = settings or InferenceSettings()
     files = expand_inputs(inputs)
     rank, world = dist.rank(), dist.world_size()
-    device_type = "cpu" if device in ("auto", "cpu") else device.split(":")[0]
-    check_tta(tta)
-    precision = _pin_amp(amp, device_type)
+    device_type = select_device(settings.device).type
+    precision = _pin_amp(settings.amp, device_type)
     # One backend for the whole job, not per share (bf16 eager on a CPU where the precision is bf16).
-    pinned = resolve_backend(backend, device_type, len(files), device_type == "cpu" and precision != "off")
-    job = {**_job(model, files, pinned, top_k, world), "tta": tta, "amp": precision}
+    backend = resolve_backend(settings.backend, device_type, len(files), device_type == "cpu" and precision != "off")
+    pinned = replace(settings, backend=backend, amp=precision)
+    job = {**_job(model, files, backend, top_k, world), "tta": settings.tta, "amp": precision}
     _check_resumable(output, job, resume)  # every rank, before anything is removed
     dist.barrier()
     if rank == 0:
@@ -118,12 +115,12 @@ def predict_sharded(
     if done:
         log.warning("rank %d: %s already written (%d rows), skipped", rank, part.name, len(mine))
     else:
-        _write_part(part, _predict(model, mine, top_k, batch_size, device, pinned, tta, precision))
+        _write_part(part, _predict(model, mine, top_k, pinned))
     resumed = _gather_flags(done)
     if rank != 0:
         return None
     rows = _merge(output, [str(f) for f in files], world)
-    return ShardedResult(output, rows, world, sum(resumed), pinned, precision)
+    return ShardedResult(output, rows, world, sum(resumed), backend, precision)
 
 
 def _job(model: str | os.PathLike, files: list[Path], backend: str, top_k: int, world: int) -> dict[str, Any]:
@@ -171,15 +168,9 @@ def _pin_amp(amp: str, device_type: str) -> str:
     return str(chosen[0])
 
 
-def _predict(model: str | os.PathLike, files: list[str], top_k: int, batch: int, device: str, backend: str,
-             tta: str = "none", amp: str = "off") -> str:  # fmt: skip
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS)
-    writer.writeheader()
-    if files:
-        predictor = Predictor.load(model, device=device, backend=backend, tta=tta, amp=amp)
-        writer.writerows(probabilities_to_rows(predictor.predict_files(files, top_k=top_k, batch_size=batch)))
-    return buf.getvalue()
+def _predict(model: str | os.PathLike, files: list[str], top_k: int, settings: InferenceSettings) -> str:
+    """This rank's part: the CSV rows of ``files`` (a header alone when its share is empty: nothing is loaded)."""
+    return predictions_csv(Predictor.load(model, settings).predict_files(files, top_k=top_k) if files else [])
 
 
 def _write_part(part: Path, text: str) -> None:

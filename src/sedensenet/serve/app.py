@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import csv
 import hmac
-import io
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -29,7 +27,7 @@ from fastapi.responses import Response
 
 from sedensenet import __version__
 from sedensenet.data import ImageRejected
-from sedensenet.engine.predictor import Prediction, probabilities_to_rows
+from sedensenet.engine.predictor import predictions_csv
 from sedensenet.serve.batching import DynamicBatcher, QueueFull
 from sedensenet.serve.errors import ApiError, install_handlers
 from sedensenet.serve.limits import BodySizeLimit
@@ -201,7 +199,7 @@ def _add_api_routes(app: FastAPI, state: ServerState) -> None:
             probs = await _submit(state, tensors, arrival)
         preds = model.predictor.to_predictions(names, np.stack(probs), top_k)
         if "text/csv" in request.headers.get("accept", ""):
-            return Response(_csv(preds), media_type="text/csv; charset=utf-8")
+            return Response(predictions_csv(preds), media_type="text/csv; charset=utf-8")
         return PredictResponse(model_id=model.model_id, predictions=[ImagePrediction.of(p) for p in preds])
 
     @app.post("/v1/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES, tags=["v1"],
@@ -243,16 +241,6 @@ async def _submit(state: ServerState, tensors: list[torch.Tensor], arrival: Any 
     except QueueFull as exc:
         raise ApiError(503, "busy", f"the server is busy: {exc}; retry shortly",
                        headers={"Retry-After": str(RETRY_AFTER_S)}) from None  # fmt: skip
-
-
-def _csv(preds: list[Prediction]) -> str:
-    """The rows ``sedensenet predict --output x.csv`` writes, for the same predictions."""
-    rows = probabilities_to_rows(preds)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 async def _explain(request: Request, state: ServerState, model: ServedModel, target: str | None) -> Any:

@@ -60,7 +60,7 @@ class ServedModel:
     def __init__(self, checkpoint: str | os.PathLike, settings: ServeSettings) -> None:
         self.path = resolve_safetensors(checkpoint)
         self.settings = settings
-        self.predictor = Predictor.load(self.path, device=settings.device, backend=settings.backend)
+        self.predictor = Predictor.load(self.path, settings.inference)
         # Grad-CAM hooks its model and back-propagates: it gets its own copy, so batches never see its hooks.
         self.explainer = copy.deepcopy(self.predictor.model).eval()
         self.model_id = file_sha256(self.path)

@@ -6,7 +6,7 @@ import ipaddress
 import json
 import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from sedensenet.serve.settings import ServeSettings
@@ -52,7 +52,18 @@ def run_server(
     workers: int = 1,
     log_level: str = "info",
 ) -> None:
-    """Serve ``checkpoint`` until SIGINT/SIGTERM (queued batches finish first).
+    """Serve a model: a web page to drop images on and a JSON API (/v1/predict, /v1/explain, /v1/model).
+
+    Runs until SIGINT/SIGTERM (queued batches finish first).
+
+    Args:
+        checkpoint: run folder or .safetensors checkpoint.
+        settings: limits, batching, backend and device (:class:`ServeSettings`); without an API key, the one in
+            the environment variable SEDENSENET_API_KEY, if set.
+        host: address to bind (default: this machine only).
+        port: the port to listen on.
+        workers: processes, each with the model (threads shared out).
+        log_level: uvicorn's log level.
 
     Raises:
         ValueError: a bad port or worker count, or bad settings.
@@ -66,6 +77,8 @@ def run_server(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     settings = settings or ServeSettings()
+    if settings.api_key is None and os.environ.get("SEDENSENET_API_KEY"):
+        settings = replace(settings, api_key=os.environ["SEDENSENET_API_KEY"])
     if settings.threads is None:
         settings = ServeSettings(**{**asdict(settings), "threads": threads_per_worker(workers)})
     if not is_loopback(host) and settings.api_key is None:
@@ -73,6 +86,7 @@ def run_server(
             "serving on %s without --api-key: anyone who can reach this address can use the model; "
             "set --api-key (or SEDENSENET_API_KEY) or bind 127.0.0.1", host
         )  # fmt: skip
+    log.info("serving %s on http://%s:%d/ (Ctrl-C to stop)", checkpoint, host, port)
     common = {"host": host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 30}
     if workers == 1:
         uvicorn.run(create_app(checkpoint, settings), **common)

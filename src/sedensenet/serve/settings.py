@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sedensenet.config import INFERENCE_BACKENDS
+from sedensenet.config import InferenceSettings
 
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -15,32 +15,31 @@ class ServeSettings:
     """The limits and batching of :func:`~sedensenet.serve.create_app` (the ``serve`` command's flags)."""
 
     backend: str = "auto"
-    """How batches run: ``predict``'s backends; ``auto`` is ONNX Runtime on CPU when installed, else eager."""
+    """as for predict; auto: ONNX Runtime on CPU when installed, else eager"""
     device: str = "auto"
+    """as for predict: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``"""
     max_batch: int = 32
-    """Images per forward pass at most."""
+    """images per forward pass"""
     max_wait_ms: float = 5.0
-    """How long the first image of a batch waits for others while more requests are arriving."""
+    """how long a batch waits for more images (the first image, while more requests are arriving)"""
     max_upload_mb: float = 20.0
-    """Bytes per request body, counted as they arrive."""
+    """request body limit, counted as it arrives"""
     max_pixels: int = DEFAULT_MAX_PIXELS
-    """Pixels per image (width x height, read from the header before decoding)."""
+    """pixels per image (width x height, read from the header before decoding)"""
     max_files: int = 64
-    """Files per request."""
+    """files per request"""
     max_queue: int = 256
-    """Images waiting for a forward pass; beyond it requests get 503 with Retry-After."""
+    """images waiting; beyond it 503 with Retry-After"""
     max_explain_queue: int = 8
     """Explain requests waiting for the one explain slot; beyond it 503."""
     api_key: str | None = None
-    """When set, every /v1 call needs ``Authorization: Bearer KEY``."""
+    """require Authorization: Bearer KEY on /v1 (or set SEDENSENET_API_KEY)"""
     cors_origins: tuple[str, ...] = ()
-    """Origins allowed to call the API from a browser; none (CORS off) by default."""
+    """allow this browser origin (repeatable; default none: CORS off)"""
     threads: int | None = None
     """Torch intra-op threads of this process (default: torch's)."""
 
     def __post_init__(self) -> None:
-        if self.backend not in INFERENCE_BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}: choose from {list(INFERENCE_BACKENDS)}")
         for name in ("max_batch", "max_pixels", "max_files", "max_queue", "max_explain_queue"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -57,6 +56,13 @@ class ServeSettings:
             raise ValueError("the API key must have at least 8 characters")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
+        self.inference  # noqa: B018  (the backend and device, checked where every command checks them)
+
+    @property
+    def inference(self) -> InferenceSettings:
+        """How the served model runs batches: predict's settings with this server's backend, device and
+        ``max_batch``."""
+        return InferenceSettings(device=self.device, backend=self.backend, batch_size=self.max_batch)
 
     @property
     def max_upload_bytes(self) -> int:
