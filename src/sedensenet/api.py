@@ -277,6 +277,7 @@ def evaluate(
     *,
     dedupe: Literal["off", "exact", "near"] = "off",
     positive: str | None = None,
+    seed: int = 0,
     settings: InferenceSettings | None = None,
     tune_malloc: bool = True,
     **options: Any,
@@ -296,6 +297,7 @@ def evaluate(
         dedupe: leave out val/test images that duplicate training images (exact: same pixels; near: also
             re-encoded or resized copies).
         positive: two classes: the positive class (default: the checkpoint's, else the second).
+        seed: seed of the bootstrap resamples behind the 95% intervals.
         settings: how batches run, as for :func:`predict`.
         tune_malloc: as for :func:`predict`.
         **options: any field of ``settings`` by name.
@@ -306,7 +308,7 @@ def evaluate(
     run = inference_settings(settings, **options)
     _tune_malloc(tune_malloc)
     return evaluate_folder(Predictor.load(model, run), data, split=split, output=output, dedupe=dedupe,
-                           positive=positive)  # fmt: skip
+                           positive=positive, seed=seed)  # fmt: skip
 
 
 @dataclass

@@ -93,8 +93,8 @@ def _arg_docs(func: Callable[..., Any]) -> dict[str, str]:
 
 
 def _plain(text: str) -> str:
-    """Docstring markup (````x````, ``:func:`x```) as a terminal shows it: ``x``."""
-    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text.replace("``", ""))
+    """Docstring markup (````x````, ``:func:`x```) as a terminal shows it: ``x``; ``%`` escaped for argparse."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text.replace("``", "")).replace("%", "%%")
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +104,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         if f.name in OUTPUT_FIELDS:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{docs.get(f.name, '')} (default: {f.default})"}
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _plain(f"{docs.get(f.name, '')} (default: {f.default})")}
         if f.name == "memory_efficient":  # on/off/auto; the bare flag (and --no-...) as when it was a switch
             kw.update(nargs="?", const="on", choices=CHOICES[f.name], metavar="{auto,on,off}")
             parser.add_argument("--no-memory-efficient", dest=f.name, action="store_const", const="off",

@@ -213,6 +213,11 @@ def test_evaluate_matches_hand_computed_metrics(tmp_path: Path) -> None:
     assert report.per_class[1]["precision"] == pytest.approx(precision)
     assert report.per_class[1]["recall"] == pytest.approx(tp / 5)
     assert (tmp_path / "eval" / "metrics.json").is_file()
+    # The bootstrap follows the seed it is given: the same figures, intervals drawn from other resamples.
+    again = sedensenet.evaluate(ckpt, data, split="all", device="cpu", seed=0)
+    other = sedensenet.evaluate(ckpt, data, split="all", device="cpu", seed=7)
+    assert again.intervals == report.intervals and other.accuracy == report.accuracy
+    assert other.intervals["seed"] == 7 and other.intervals != report.intervals
 
 
 def test_evaluate_refuses_unknown_classes(tmp_path: Path) -> None:
