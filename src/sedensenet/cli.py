@@ -104,7 +104,8 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         if f.name in OUTPUT_FIELDS:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _plain(f"{docs.get(f.name, '')} (default: {f.default})")}
+        text = _plain(f"{docs.get(f.name, '')} (default: {f.default})")
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": text}
         if f.name == "memory_efficient":  # on/off/auto; the bare flag (and --no-...) as when it was a switch
             kw.update(nargs="?", const="on", choices=CHOICES[f.name], metavar="{auto,on,off}")
             parser.add_argument("--no-memory-efficient", dest=f.name, action="store_const", const="off",
