@@ -140,8 +140,14 @@ def train(
     if not resume:
         cfg, recommended = training_config(data, config, **overrides)
         _check_image_size(cfg)
-    run = train_run(cfg, resume=resume or None, overrides=overrides, recommended=recommended, progress=reporter,
-                    tune_malloc=tune_malloc)
+    run = train_run(
+        cfg,
+        resume=resume or None,
+        overrides=overrides,
+        recommended=recommended,
+        progress=reporter,
+        tune_malloc=tune_malloc,
+    )
     return TrainResult(run.history, run.run_dir, run.metrics, run.best_epoch, run.memory_plan)
 
 
