@@ -13,7 +13,15 @@ from torch import nn
 
 from sedensenet import checkpoint as ckpt
 from sedensenet.config import TrainConfig
-from sedensenet.data import DataSplits, ImageFolderDataset, Sample, build_transforms, compute_mean_std
+from sedensenet.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataSplits,
+    ImageFolderDataset,
+    Sample,
+    build_transforms,
+    compute_mean_std,
+)
 from sedensenet.models import DenseNet, create_model
 
 log = logging.getLogger(__name__)
@@ -134,8 +142,6 @@ def freeze_bn_stats(model: nn.Module) -> None:
 
 def normalization(config: TrainConfig, splits: DataSplits) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """ImageNet statistics (per channel, averaged for grayscale) or those of the training split."""
-    from sedensenet.data import IMAGENET_MEAN, IMAGENET_STD
-
     if config.normalize == "dataset":
         return compute_mean_std(splits.train, config.image_size, in_chans=config.in_chans)
     if config.in_chans == 3:
