@@ -132,3 +132,17 @@ def test_the_check_sees_a_repeat(tmp_path: Path) -> None:
         "mod.py: from sedensenet.sibling import helper as h",
         "mod.py: from elsewhere import TrainConfig",
     ]
+
+
+def test_no_module_imports_a_private_name_of_another() -> None:
+    """A leading underscore means "this module's own": a helper another module needs is public where it lives
+    (reports/figures.py holds what the plot modules share)."""
+    private = sorted(
+        f"{path.relative_to(PACKAGE).as_posix()}: {ast.unparse(node)}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom)
+        and (node.level or (node.module or "").startswith("sedensenet"))
+        and any(alias.name.startswith("_") and not alias.name.startswith("__") for alias in node.names)
+    )
+    assert private == []
