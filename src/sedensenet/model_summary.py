@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from sedensenet.models.densenet import DenseNet
+from sedensenet.display import Table
+from sedensenet.models import DenseNet, create_model, get_preset, list_models
 
 
 @dataclass
@@ -85,6 +86,22 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def models_table(filter: str = "", *, num_classes: int = 1000) -> Table:
+    """The presets whose name contains ``filter`` (``sedensenet models``): parameters and GMACs (multiply-accumulates,
+    for 3-channel inputs at the preset's default size), SE placement and description, one row each, with columns
+    sized from their content."""
+    rows = []
+    for name in list_models(filter):
+        preset = get_preset(name)
+        model = create_model(name, num_classes=num_classes)
+        size = preset.default_image_size
+        macs = count_macs(model, torch.zeros(1, 3, size, size))
+        params = sum(p.numel() for p in model.parameters())
+        se = ",".join(model.config.se_placement) or "-"
+        rows.append([name, params, macs / 1e9, size, se, preset.description])
+    return Table(["name", "params", "GMACs", "size", "SE placement", "description"], rows)
 
 
 def summary(
