@@ -47,8 +47,6 @@ class ModelSummary:
         return str(self)
 
     def _repr_html_(self) -> str:
-        from sedensenet.display import Table
-
         rows = [[r.name, r.kind, "x".join(str(s) for s in r.output_shape), r.params] for r in self.rows]
         notes = str(self).splitlines()[len(self.rows) + 4 + bool(self.title) :]  # Input, totals, notes
         return Table(["Stage", "Type", "Output shape", "Params"], rows, title=self.title, notes=notes)._repr_html_()
