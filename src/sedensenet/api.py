@@ -17,9 +17,9 @@ import torch
 
 from sedensenet import checkpoint as ckpt
 from sedensenet.checkpoint import resolve_checkpoint
-from sedensenet.config import ConfigError, InferenceSettings, TrainConfig, resolve_config
+from sedensenet.config import ConfigError, InferenceSettings, TrainConfig, load_yaml, resolve_config
 from sedensenet.display import Table
-from sedensenet.engine.predictor import Prediction, Predictions, probabilities_to_rows
+from sedensenet.engine.predictor import Prediction, Predictions, Predictor, probabilities_to_rows, write_predictions
 
 __all__ = ["DataCheckResult", "InferenceSettings", "Prediction", "Predictions", "TrainResult", "check_data",
            "evaluate", "inference_settings", "load_model", "predict", "predict_sharded", "probabilities_to_rows",
@@ -84,7 +84,6 @@ def training_config(
 
     Returns the config and the recommendations that were applied (to show the user).
     """
-    from sedensenet.config import load_yaml
     from sedensenet.data import BUILTIN, is_builtin
 
     if data is not None:
@@ -215,8 +214,6 @@ def predict(
             ``SEDENSENET_MALLOC=default`` opts out), as the ``predict`` command always has.
         **options: any field of ``settings`` by name, e.g. ``device="cpu", amp="off", tta="vflip"``.
     """
-    from sedensenet.engine.predictor import Predictor, write_predictions
-
     run = inference_settings(settings, **options)
     _tune_malloc(tune_malloc)
     preds = Predictions(Predictor.load(model, run).predict_files(inputs, top_k=top_k))
@@ -309,7 +306,6 @@ def evaluate(
         **options: any field of ``settings`` by name.
     """
     from sedensenet.engine.labelled import evaluate_folder
-    from sedensenet.engine.predictor import Predictor
 
     run = inference_settings(settings, **options)
     _tune_malloc(tune_malloc)

@@ -13,6 +13,7 @@ import ast
 import contextlib
 import dataclasses
 import importlib
+import importlib.metadata
 import inspect
 import logging
 import re
@@ -365,9 +366,9 @@ def show_summary(result: Any, _: dict[str, Any]) -> None:
 
 
 def show_presets(rows: list[Any], _: dict[str, Any]) -> None:
-    print(f"{'name':<24}{'params':>14}{'GMACs':>9}{'size':>6}  {'SE placement':<18}description")
-    for r in rows:
-        print(f"{r.name:<24}{r.params:>14,}{r.macs / 1e9:>9.3f}{r.image_size:>6}  {r.se_placement:<18}{r.description}")
+    from sedensenet.model_summary import presets_table
+
+    print(presets_table(rows))
 
 
 def show_export(res: Any, _: dict[str, Any]) -> None:
@@ -525,10 +526,8 @@ def _report_bug(error: Exception, *, verbose: bool) -> int:
 
 def _issues_url() -> str:
     """The issue tracker named in the installed package's metadata, else :data:`REPORT_BUGS_AT`."""
-    from importlib import metadata
-
-    with contextlib.suppress(metadata.PackageNotFoundError):
-        for entry in metadata.metadata("sedensenet").get_all("Project-URL") or []:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        for entry in importlib.metadata.metadata("sedensenet").get_all("Project-URL") or []:
             label, _, url = entry.partition(",")
             if label.strip().lower() in ("issues", "bug tracker", "tracker") and url.strip():
                 return url.strip()
