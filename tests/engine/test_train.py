@@ -273,12 +273,12 @@ def test_builtin_digits_reaches_97_percent(tmp_path: Path, monkeypatch: pytest.M
     # after the first epoch at 97%: the verdict is known, and the epochs up to it are those of the full run
     # (the cosine schedule follows the configured 8 epochs).
     monkeypatch.delenv("SEDENSENET_CPU_BF16", raising=False)
-    real_end = trainer._end_epoch
+    real_end = trainer.end_epoch
 
     def stop_once_reached(ctx, epoch, row, train):  # noqa: ANN001, ANN202
         return real_end(ctx, epoch, row, train) or row["val_accuracy"] >= 0.97
 
-    monkeypatch.setattr(trainer, "_end_epoch", stop_once_reached)
+    monkeypatch.setattr(trainer, "end_epoch", stop_once_reached)
     result = sedensenet.train(data="builtin:digits", project=str(tmp_path))
     assert yaml.safe_load((result.run_dir / "config.yaml").read_text(encoding="utf-8"))["epochs"] == 8
     assert max(result.history.history["val_accuracy"]) >= 0.97
