@@ -277,7 +277,7 @@ def predict_sharded(
 
 def evaluate(
     model: str | os.PathLike | torch.nn.Module,
-    data: str | os.PathLike,
+    data: str | os.PathLike | None = None,
     split: Literal["auto", "train", "val", "test", "all"] = "auto",
     output: str | os.PathLike | None = None,
     *,
@@ -295,7 +295,8 @@ def evaluate(
 
     Args:
         model: checkpoint .safetensors or run folder (or a model from :func:`load_model`).
-        data: labelled image folder (class sub-folders) or builtin:NAME.
+        data: labelled image folder (class sub-folders), CSV / TSV manifest or builtin:NAME (default: the run's own
+            data, split as the run split it; a run folder's ``split.csv`` is checked against the images first).
         split: auto (test/ if present, else val/, else every image of a class-per-folder tree), train, val, test,
             all.
         output: folder for the reports (the command's default: RUN/eval_SPLIT; from Python, none returns the
@@ -313,8 +314,14 @@ def evaluate(
 
     run = inference_settings(settings, **options)
     _tune_malloc(tune_malloc)
+    record = None
+    if isinstance(model, str | os.PathLike):
+        from sedensenet.checkpoint import resolve_checkpoint
+
+        weights = resolve_checkpoint(model).parent
+        record = weights.parent / "split.csv" if weights.name == "weights" else None
     return evaluate_folder(Predictor.load(model, run), data, split=split, output=output, dedupe=dedupe,
-                           positive=positive, seed=seed)  # fmt: skip
+                           positive=positive, seed=seed, split_record=record)  # fmt: skip
 
 
 @dataclass
