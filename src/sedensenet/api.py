@@ -101,7 +101,7 @@ def training_config(
 
 
 def train(
-    data: str | None = None,
+    data: str | Any | None = None,
     *,
     config: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
@@ -113,7 +113,9 @@ def train(
     """Train a DenseNet / SE-DenseNet on a folder of images and write a run folder.
 
     Args:
-        data: image folder or ``builtin:digits`` / ``builtin:faces``.
+        data: image folder, CSV / TSV manifest (``labels.csv``; see the ``image_col`` ... ``skip_missing``
+            settings), a pandas DataFrame of the same columns (written into the run folder as ``manifest.csv``), or
+            ``builtin:digits`` / ``builtin:faces``.
         config: a YAML file of settings (e.g. a run folder's ``config.yaml``).
         resume: a run folder to continue from its last completed epoch.
         verbose: as Keras' ``fit``: 0 silent, 1 a live progress bar per epoch (a widget in Jupyter, text on a
@@ -137,6 +139,8 @@ def train(
 
     reporter = TrainProgress(verbose, bar=progress)  # checks verbose before any work
     cfg, recommended = None, {}
+    if not resume and _is_dataframe(data):
+        data = _dataframe_manifest(data, config, overrides)
     if not resume:
         cfg, recommended = training_config(data, config, **overrides)
         _check_image_size(cfg)
@@ -149,6 +153,25 @@ def train(
         tune_malloc=tune_malloc,
     )
     return TrainResult(run.history, run.run_dir, run.metrics, run.best_epoch, run.memory_plan)
+
+
+def _is_dataframe(data: Any) -> bool:
+    from sedensenet.data.table import is_dataframe
+
+    return is_dataframe(data)
+
+
+def _dataframe_manifest(frame: Any, config: str | os.PathLike | None, overrides: dict[str, Any]) -> str:
+    """A DataFrame becomes the run's manifest: written to ``RUN/manifest.csv`` (the run folder made here and reused
+    by the run), so the run can be redone from its folder. Its relative image paths stay relative to the working
+    folder (``image_root``, unless given)."""
+    from sedensenet.data.table import write_dataframe
+    from sedensenet.reports import new_run_dir
+
+    settings = resolve_config({**overrides, "data": "dataframe"}, config_file=config)
+    run_dir = new_run_dir(settings.project, settings.name, settings.exist_ok)
+    overrides.update(name=run_dir.name, exist_ok=True, image_root=settings.image_root or os.getcwd())
+    return str(write_dataframe(frame, run_dir / "manifest.csv"))
 
 
 def _check_image_size(cfg: TrainConfig) -> None:
@@ -195,6 +218,10 @@ def predict(
     top_k: int = 1,
     *,
     output: str | os.PathLike | None = None,
+    image_col: str | None = None,
+    image_root: str | os.PathLike | None = None,
+    image_ext: str | None = None,
+    encoding: str = "utf-8",
     settings: InferenceSettings | None = None,
     tune_malloc: bool = True,
     **options: Any,
@@ -206,22 +233,34 @@ def predict(
 
     Args:
         model: checkpoint .safetensors, run folder or exported .onnx (or a model from :func:`load_model`).
-        inputs: image files or folders.
+        inputs: image files or folders, or one CSV / TSV manifest (its image column is read; its other columns are
+            written through to ``output``, prefixed ``input_`` where a name collides with a prediction column).
         top_k: how many of the most probable classes each prediction lists.
         output: write predictions to a .csv or .json file.
+        image_col: a manifest's image column (default: found by name, as for training).
+        image_root: the folder a manifest's image paths are relative to (default: the manifest's folder).
+        image_ext: appended to a manifest's image names that lack it (tables of ids).
+        encoding: a manifest's text encoding (e.g. gbk).
         settings: how batches run (device, backend, ``amp``, TTA, batch size, workers): see
             :class:`~sedensenet.config.InferenceSettings`.
         tune_malloc: tune glibc's allocator for speed (:func:`sedensenet.inference.tune_malloc`; the whole process;
             ``SEDENSENET_MALLOC=default`` opts out), as the ``predict`` command always has.
         **options: any field of ``settings`` by name, e.g. ``device="cpu", amp="off", tta="vflip"``.
     """
+    from sedensenet.data.table import is_table, read_image_list
     from sedensenet.engine.predictor import Predictor, write_predictions
 
     run = inference_settings(settings, **options)
     _tune_malloc(tune_malloc)
+    columns = None
+    if isinstance(inputs, str | os.PathLike) or len(inputs) == 1:
+        single = inputs if isinstance(inputs, str | os.PathLike) else inputs[0]
+        if is_table(single) and Path(single).is_file():  # a manifest: its image column, its other columns through
+            inputs, columns = read_image_list(single, image_col=image_col, image_root=image_root, image_ext=image_ext,
+                                              encoding=encoding)  # fmt: skip
     preds = Predictions(Predictor.load(model, run).predict_files(inputs, top_k=top_k))
     if output is not None:
-        write_predictions(output, preds)
+        write_predictions(output, preds, columns=columns)
     return preds
 
 
@@ -340,32 +379,57 @@ def check_data(
     project: str | os.PathLike = "runs",
     montage_per_class: int = 6,
     groups: str | os.PathLike | None = None,
+    image_col: str | None = None,
+    label_col: str | None = None,
+    image_root: str | os.PathLike | None = None,
+    image_ext: str | None = None,
+    encoding: str = "utf-8",
 ) -> DataCheckResult:
-    """Check a data folder before training and write ``data_report.md``, ``data_report.json`` and a montage.
+    """Check a data folder or manifest before training and write ``data_report.md``, ``data_report.json`` and a
+    montage.
 
     Args:
-        data: an image folder (class sub-folders, or train/ val/ test/) or ``builtin:NAME``.
+        data: an image folder (class sub-folders, or train/ val/ test/), a CSV / TSV manifest (its rows whose file
+            is missing are listed as skipped; other table problems stop with the row named) or ``builtin:NAME``.
         output: the report folder; default ``project/check-data/<folder name>`` (numbered when it exists).
         near_distance: perceptual-hash bits (0-32) within which images are compared as near duplicates.
         project: the folder that holds run folders.
         montage_per_class: images per class in ``montage.png`` (0: no montage).
         groups: a ``file,group`` CSV (e.g. patient ids): groups with images in two splits are reported.
+        image_col: a manifest's image column (default: found by name, as for training).
+        label_col: a manifest's label column (default: found by name).
+        image_root: the folder a manifest's image paths are relative to (default: the manifest's folder).
+        image_ext: appended to a manifest's image names that lack it (tables of ids).
+        encoding: a manifest's text encoding (e.g. gbk).
 
     Raises:
-        ValueError: ``near_distance`` out of range; DataError: a missing, empty or badly laid out folder.
+        ValueError: ``near_distance`` out of range; DataError: a missing, empty or badly laid out folder or table.
     """
     import numpy as np
 
     from sedensenet.data import load_image, resolve_data
     from sedensenet.data.check import check_data as run_check
     from sedensenet.data.dedupe import DEFAULT_NEAR_DISTANCE, check_near_distance
+    from sedensenet.data.description import DataDescription, TableColumns, resolve
+    from sedensenet.data.table import is_table
     from sedensenet.reports import new_run_dir
     from sedensenet.reports.data_report import write_data_report
 
     distance = DEFAULT_NEAR_DISTANCE if near_distance is None else near_distance
     check_near_distance(distance)
-    root = resolve_data(str(data))
-    check = run_check(root, near_distance=distance, groups=groups)
+    splits = None
+    if is_table(str(data)):
+        columns = TableColumns(image=image_col, label=label_col)
+        description = DataDescription.for_data(
+            data, columns=columns, image_root=os.path.abspath(image_root) if image_root else None,
+            image_ext=image_ext, encoding=encoding, skip_missing=True, val_split=0.0,
+            groups_file=os.path.abspath(groups) if groups else None,
+        )  # fmt: skip
+        splits = resolve(description)
+        root = splits.root
+    else:
+        root = resolve_data(str(data))
+    check = run_check(root, near_distance=distance, groups=groups, splits=splits)
     if output is None:
         name = str(data).split(":", 1)[1] if str(data).startswith("builtin:") else Path(root).name or "data"
         out = new_run_dir(Path(project) / "check-data", name)

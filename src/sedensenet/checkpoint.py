@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from sedensenet.data.description import DataDescription
+from sedensenet.data.dicom import DicomOptions
 from sedensenet.data.images import DataError
 from sedensenet.errors import UserError
 from sedensenet.fileio import atomic_write
@@ -190,6 +191,12 @@ class CheckpointMeta:
     data: DataDescription | None = None
     """The training data and its split, as the run resolved it; None in checkpoints written before it (see
     :meth:`description`) or not by a training run."""
+
+    def dicom_options(self) -> DicomOptions | None:
+        """How the run decoded DICOM files (its ``--dicom-window``), for predicting as it trained; None: each file's
+        own window."""
+        window = self.data.dicom_window if self.data is not None else None
+        return DicomOptions(window=window) if window else None
 
     def description(self) -> DataDescription | None:
         """The run's data and split: the stored description, else one derived from the loose ``extra`` keys that

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from sedensenet.checkpoint import CheckpointMeta
 from sedensenet.config import ConfigError
-from sedensenet.data import IMG_EXTENSIONS, DataError, DataSplits, Sample
+from sedensenet.data import DataError, DataSplits, Sample
 from sedensenet.data.check import drop_duplicates_of_train
 from sedensenet.data.description import DataDescription, check_split_csv, resolve
+from sedensenet.data.scan import is_image_path
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,7 @@ def expand_inputs(inputs: list[str | os.PathLike] | str | os.PathLike) -> list[P
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS and not f.name.startswith(".")
-            )
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".") and is_image_path(f))
             files.extend(found)
         else:
             files.append(p)
