@@ -96,8 +96,8 @@ def test_evaluate_run_stops_when_images_have_gone(sources: dict, tmp_path: Path)
         w = csv.DictWriter(f, fieldnames=["path", "split", "class", "group"])
         w.writeheader()
         w.writerows(edited)
-    with pytest.raises(DataError, match=r"1 listed images are gone or unreadable \(e\.g\. 猫/gone\.png\).*1 images "
-                                        r"are new"):  # fmt: skip
+    with pytest.raises(DataError, match=r"1 listed image\(s\) gone or unreadable \(e\.g\. 猫/gone\.png\); 1 new "
+                                        r"image\(s\)"):  # fmt: skip
         labelled_samples(meta, None, "val", split_record=record)
     assert labelled_samples(meta, splits.root, "val")[0]  # --data given: no record to check against
 

@@ -347,8 +347,8 @@ def check_split_csv(path: str | os.PathLike, splits: DataSplits, *, compare_spli
     moved = sorted(p for p in set(now) & set(recorded) if any(now[p][k] != recorded[p][k] for k in keys))
     problems = [
         f"{len(files)} {what} (e.g. {', '.join(files[:3])})"
-        for files, what in ((gone, "listed images are gone or unreadable"), (new, "images are new"),
-                            (moved, "images changed class or split"))
+        for files, what in ((gone, "listed image(s) gone or unreadable"), (new, "new image(s)"),
+                            (moved, "image(s) now in another class or split"))
         if files
     ]  # fmt: skip
     if problems:
