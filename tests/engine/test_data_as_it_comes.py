@@ -159,3 +159,29 @@ def test_serve_refuses_a_multiframe_dicom_with_a_reason(manifest_run: Path, tmp_
     with TestClient(create_app(manifest_run, backend="eager")) as client:
         r = client.post("/v1/predict", files=[("file", ("cine.dcm", cine.read_bytes(), "application/dicom"))])
     assert r.status_code == 415 and r.json()["error"] == "unsupported" and "frame" in r.json()["detail"]
+
+
+def test_the_dicom_window_reaches_the_dataset_the_cache_and_the_checkpoint(tmp_path: Path) -> None:
+    import numpy as np
+    from imagegen import write_dicom
+
+    from sedensenet.checkpoint import CheckpointMeta
+    from sedensenet.config import ConfigError, TrainConfig
+    from sedensenet.data import ImageFolderDataset, Sample
+    from sedensenet.data.cache import ImageCache
+    from sedensenet.engine import build, session
+
+    ramp = np.tile(np.arange(0, 4096, 256, dtype=np.uint16), (16, 1))  # 0 .. 3840 across the columns
+    film = Sample(write_dicom(tmp_path / "ramp.dcm", ramp, bits_stored=12), 0)
+    config = TrainConfig(data=str(tmp_path), dicom_window="1024,512", in_chans=1)
+    own = ImageFolderDataset([film], in_chans=1)[0][0][0, 0]
+    windowed = build.make_dataset(config, [film], [0.0], [1.0], train=False).dicom
+    narrow = ImageFolderDataset([film], in_chans=1, dicom=windowed)[0][0][0, 0]
+    assert own[0] == 0 and own[-1] == 1  # min/max: the whole ramp
+    assert narrow[:3].tolist() == [0, 0, 0] and narrow[6:].tolist() == [1] * 10  # 768..1280 spans columns 3-5
+    plain = ImageCache.build([film], 16, 1, root=tmp_path / "cache")
+    assert ImageCache.build([film], 16, 1, root=tmp_path / "cache", dicom=windowed).array_path != plain.array_path
+    stored = CheckpointMeta(model={}, classes=["a", "b"], data=session.describe(config))
+    assert stored.dicom_options().window == (1024.0, 512.0)
+    with pytest.raises(ConfigError, match="--dicom-window '40': give CENTER,WIDTH"):
+        TrainConfig(dicom_window="40")
