@@ -18,6 +18,8 @@ import torch
 from sedensenet import checkpoint as ckpt
 from sedensenet.checkpoint import resolve_checkpoint
 from sedensenet.config import ConfigError, InferenceSettings, TrainConfig, load_yaml, resolve_config
+from sedensenet.data import BUILTIN, DataSplits, is_builtin, load_image, resolve_data
+from sedensenet.data.table import is_dataframe, is_table, read_image_list, write_dataframe
 from sedensenet.display import Table
 from sedensenet.engine.predictor import Prediction, Predictions, Predictor, probabilities_to_rows, write_predictions
 
@@ -84,8 +86,6 @@ def training_config(
 
     Returns the config and the recommendations that were applied (to show the user).
     """
-    from sedensenet.data import BUILTIN, is_builtin
-
     if data is not None:
         overrides["data"] = data
     spec = overrides.get("data") or (load_yaml(config).get("data") if config else None)
@@ -100,7 +100,7 @@ def training_config(
 
 
 def train(
-    data: str | None = None,
+    data: str | Any | None = None,
     *,
     config: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
@@ -112,7 +112,9 @@ def train(
     """Train a DenseNet / SE-DenseNet on a folder of images and write a run folder.
 
     Args:
-        data: image folder or ``builtin:digits`` / ``builtin:faces``.
+        data: image folder, CSV / TSV manifest (``labels.csv``; see the ``image_col`` ... ``skip_missing``
+            settings), a pandas DataFrame of the same columns (written into the run folder as ``manifest.csv``), or
+            ``builtin:digits`` / ``builtin:faces``.
         config: a YAML file of settings (e.g. a run folder's ``config.yaml``).
         resume: a run folder to continue from its last completed epoch.
         verbose: as Keras' ``fit``: 0 silent, 1 a live progress bar per epoch (a widget in Jupyter, text on a
@@ -136,6 +138,8 @@ def train(
 
     reporter = TrainProgress(verbose, bar=progress)  # checks verbose before any work
     cfg, recommended = None, {}
+    if not resume and is_dataframe(data):
+        data = _dataframe_manifest(data, config, overrides)
     if not resume:
         cfg, recommended = training_config(data, config, **overrides)
         _check_image_size(cfg)
@@ -148,6 +152,18 @@ def train(
         tune_malloc=tune_malloc,
     )
     return TrainResult(run.history, run.run_dir, run.metrics, run.best_epoch, run.memory_plan)
+
+
+def _dataframe_manifest(frame: Any, config: str | os.PathLike | None, overrides: dict[str, Any]) -> str:
+    """A DataFrame becomes the run's manifest: written to ``RUN/manifest.csv`` (the run folder made here and reused
+    by the run), so the run can be redone from its folder. Its relative image paths stay relative to the working
+    folder (``image_root``, unless given)."""
+    from sedensenet.reports import new_run_dir
+
+    settings = resolve_config({**overrides, "data": "dataframe"}, config_file=config)
+    run_dir = new_run_dir(settings.project, settings.name, settings.exist_ok)
+    overrides.update(name=run_dir.name, exist_ok=True, image_root=settings.image_root or os.getcwd())
+    return str(write_dataframe(frame, run_dir / "manifest.csv"))
 
 
 def _check_image_size(cfg: TrainConfig) -> None:
@@ -194,6 +210,10 @@ def predict(
     top_k: int = 1,
     *,
     output: str | os.PathLike | None = None,
+    image_col: str | None = None,
+    image_root: str | os.PathLike | None = None,
+    image_ext: str | None = None,
+    encoding: str = "utf-8",
     settings: InferenceSettings | None = None,
     tune_malloc: bool = True,
     **options: Any,
@@ -205,9 +225,14 @@ def predict(
 
     Args:
         model: checkpoint .safetensors, run folder or exported .onnx (or a model from :func:`load_model`).
-        inputs: image files or folders.
+        inputs: image files or folders, or one CSV / TSV manifest (its image column is read; its other columns are
+            written through to ``output``, prefixed ``input_`` where a name collides with a prediction column).
         top_k: how many of the most probable classes each prediction lists.
         output: write predictions to a .csv or .json file.
+        image_col: a manifest's image column (default: found by name, as for training).
+        image_root: the folder a manifest's image paths are relative to (default: the manifest's folder).
+        image_ext: appended to a manifest's image names that lack it (tables of ids).
+        encoding: a manifest's text encoding (e.g. gbk).
         settings: how batches run (device, backend, ``amp``, TTA, batch size, workers): see
             :class:`~sedensenet.config.InferenceSettings`.
         tune_malloc: tune glibc's allocator for speed (:func:`sedensenet.inference.tune_malloc`; the whole process;
@@ -216,9 +241,15 @@ def predict(
     """
     run = inference_settings(settings, **options)
     _tune_malloc(tune_malloc)
+    columns = None
+    if isinstance(inputs, str | os.PathLike) or len(inputs) == 1:
+        single = inputs if isinstance(inputs, str | os.PathLike) else inputs[0]
+        if is_table(single) and Path(single).is_file():  # a manifest: its image column, its other columns through
+            inputs, columns = read_image_list(single, image_col=image_col, image_root=image_root, image_ext=image_ext,
+                                              encoding=encoding)  # fmt: skip
     preds = Predictions(Predictor.load(model, run).predict_files(inputs, top_k=top_k))
     if output is not None:
-        write_predictions(output, preds)
+        write_predictions(output, preds, columns=columns)
     return preds
 
 
@@ -274,7 +305,7 @@ def predict_sharded(
 
 def evaluate(
     model: str | os.PathLike | torch.nn.Module,
-    data: str | os.PathLike,
+    data: str | os.PathLike | None = None,
     split: Literal["auto", "train", "val", "test", "all"] = "auto",
     output: str | os.PathLike | None = None,
     *,
@@ -292,7 +323,8 @@ def evaluate(
 
     Args:
         model: checkpoint .safetensors or run folder (or a model from :func:`load_model`).
-        data: labelled image folder (class sub-folders) or builtin:NAME.
+        data: labelled image folder (class sub-folders), CSV / TSV manifest or builtin:NAME (default: the run's own
+            data, split as the run split it; a run folder's ``split.csv`` is checked against the images first).
         split: auto (test/ if present, else val/, else every image of a class-per-folder tree), train, val, test,
             all.
         output: folder for the reports (the command's default: RUN/eval_SPLIT; from Python, none returns the
@@ -309,8 +341,12 @@ def evaluate(
 
     run = inference_settings(settings, **options)
     _tune_malloc(tune_malloc)
+    record = None
+    if isinstance(model, str | os.PathLike):
+        weights = resolve_checkpoint(model).parent
+        record = weights.parent / "split.csv" if weights.name == "weights" else None
     return evaluate_folder(Predictor.load(model, run), data, split=split, output=output, dedupe=dedupe,
-                           positive=positive, seed=seed)  # fmt: skip
+                           positive=positive, seed=seed, split_record=record)  # fmt: skip
 
 
 @dataclass
@@ -329,23 +365,32 @@ def check_data(
     project: str | os.PathLike = "runs",
     montage_per_class: int = 6,
     groups: str | os.PathLike | None = None,
+    image_col: str | None = None,
+    label_col: str | None = None,
+    image_root: str | os.PathLike | None = None,
+    image_ext: str | None = None,
+    encoding: str = "utf-8",
 ) -> DataCheckResult:
-    """Check a data folder before training and write ``data_report.md``, ``data_report.json`` and a montage.
+    """Check a data folder or manifest before training and write ``data_report.md``, ``data_report.json`` and a
+    montage.
 
     Args:
-        data: an image folder (class sub-folders, or train/ val/ test/) or ``builtin:NAME``.
+        data: an image folder (class sub-folders, or train/ val/ test/), a CSV / TSV manifest (its rows whose file
+            is missing are listed as skipped; other table problems stop with the row named) or ``builtin:NAME``.
         output: the report folder; default ``project/check-data/<folder name>`` (numbered when it exists).
         near_distance: perceptual-hash bits (0-32) within which images are compared as near duplicates.
         project: the folder that holds run folders.
         montage_per_class: images per class in ``montage.png`` (0: no montage).
         groups: a ``file,group`` CSV (e.g. patient ids): groups with images in two splits are reported.
+        image_col: a manifest's image column (default: found by name, as for training).
+        label_col: a manifest's label column (default: found by name).
+        image_root: the folder a manifest's image paths are relative to (default: the manifest's folder).
+        image_ext: appended to a manifest's image names that lack it (tables of ids).
+        encoding: a manifest's text encoding (e.g. gbk).
 
     Raises:
-        ValueError: ``near_distance`` out of range; DataError: a missing, empty or badly laid out folder.
+        ValueError: ``near_distance`` out of range; DataError: a missing, empty or badly laid out folder or table.
     """
-    import numpy as np
-
-    from sedensenet.data import load_image, resolve_data
     from sedensenet.data.check import check_data as run_check
     from sedensenet.data.dedupe import DEFAULT_NEAR_DISTANCE, check_near_distance
     from sedensenet.reports import new_run_dir
@@ -353,20 +398,46 @@ def check_data(
 
     distance = DEFAULT_NEAR_DISTANCE if near_distance is None else near_distance
     check_near_distance(distance)
-    root = resolve_data(str(data))
-    check = run_check(root, near_distance=distance, groups=groups)
+    root, splits = _data_to_check(data, groups, image_col=image_col, label_col=label_col, image_root=image_root,
+                                  image_ext=image_ext, encoding=encoding)  # fmt: skip
+    check = run_check(root, near_distance=distance, groups=groups, splits=splits)
     if output is None:
         name = str(data).split(":", 1)[1] if str(data).startswith("builtin:") else Path(root).name or "data"
         out = new_run_dir(Path(project) / "check-data", name)
     else:
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
+    files = write_data_report(check, out, _montage(check, montage_per_class))
+    log.info("data report written to %s", out)
+    return DataCheckResult(check, out, files)
+
+
+def _data_to_check(
+    data: str | os.PathLike, groups: str | os.PathLike | None, **table: Any
+) -> tuple[Path, DataSplits | None]:
+    """The folder to check and, for a manifest, its rows as one resolved split (missing files listed as skipped)."""
+    from sedensenet.data.description import DataDescription, TableColumns, resolve
+
+    if not is_table(str(data)):
+        return Path(resolve_data(str(data))), None
+    description = DataDescription.for_data(
+        data, columns=TableColumns(image=table["image_col"], label=table["label_col"]),
+        image_root=os.path.abspath(table["image_root"]) if table["image_root"] else None,
+        image_ext=table["image_ext"], encoding=table["encoding"], skip_missing=True, val_split=0.0,
+        groups_file=os.path.abspath(groups) if groups else None,
+    )  # fmt: skip
+    splits = resolve(description)
+    return Path(splits.root), splits
+
+
+def _montage(check: Any, per_class: int) -> list[tuple[str, Any]]:
+    """Up to ``per_class`` thumbnails (128 px) of each class, for ``montage.png``."""
+    import numpy as np
+
     montage = []
     for label in check.classes:
-        for ref in [f for f in check.files if f.label == label][:montage_per_class]:
+        for ref in [f for f in check.files if f.label == label][:per_class]:
             image = load_image(Path(check.root) / ref.path, 3)
             image.thumbnail((128, 128))
             montage.append((label, np.asarray(image)))
-    files = write_data_report(check, out, montage)
-    log.info("data report written to %s", out)
-    return DataCheckResult(check, out, files)
+    return montage

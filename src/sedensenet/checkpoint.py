@@ -17,6 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from sedensenet.data.description import DataDescription
+from sedensenet.data.dicom import DicomOptions
+from sedensenet.data.images import DataError
 from sedensenet.errors import UserError
 from sedensenet.fileio import atomic_write
 from sedensenet.models.densenet import DenseNet, DenseNetConfig
@@ -185,6 +188,31 @@ class CheckpointMeta:
     evaluation: EvaluationSummary | None = None
     """The run's final evaluation (test and validation figures with intervals, the decision rule, the calibration),
     written after training; None in checkpoints written before it or not by a training run."""
+    data: DataDescription | None = None
+    """The training data and its split, as the run resolved it; None in checkpoints written before it (see
+    :meth:`description`) or not by a training run."""
+
+    def dicom_options(self) -> DicomOptions | None:
+        """How the run decoded DICOM files (its ``--dicom-window``), for predicting as it trained; None: each file's
+        own window."""
+        window = self.data.dicom_window if self.data is not None else None
+        return DicomOptions(window=window) if window else None
+
+    def description(self) -> DataDescription | None:
+        """The run's data and split: the stored description, else one derived from the loose ``extra`` keys that
+        earlier versions wrote (``data``, ``val_split``, ``seed``, ``groups``, ``folds``, ``fold``, ``dedupe``);
+        None when neither names the data."""
+        if self.data is not None:
+            return self.data
+        extra = self.extra
+        if not extra.get("data"):
+            return None
+        folds = int(extra.get("folds") or 0) or None
+        return DataDescription.for_data(
+            str(extra["data"]), val_split=float(extra.get("val_split", 0.2)), split_seed=int(extra.get("seed", 123)),
+            groups_file=extra.get("groups") or None, folds=folds, fold=int(extra["fold"]) if folds else None,
+            dedupe=str(extra.get("dedupe") or "off"),
+        )  # fmt: skip
 
     @property
     def preset(self) -> str | None:
@@ -246,6 +274,10 @@ def meta_to_json(meta: CheckpointMeta, kind: str = FORMAT) -> str:
     fields = asdict(meta)
     if fields["evaluation"] is None:
         del fields["evaluation"]
+    if meta.data is None:
+        del fields["data"]
+    else:
+        fields["data"] = meta.data.to_dict()
     return json.dumps({"format": kind, "version": FORMAT_VERSION, **fields}, ensure_ascii=False)
 
 
@@ -259,9 +291,11 @@ def meta_from_json(raw: str | bytes, source: str | os.PathLike) -> CheckpointMet
         d.pop("format", None)
         version = d.pop("version", None)
         evaluation = d.pop("evaluation", None)
-        meta = CheckpointMeta(**d, evaluation=None if evaluation is None else EvaluationSummary.from_dict(evaluation))
+        data = d.pop("data", None)
+        meta = CheckpointMeta(**d, evaluation=None if evaluation is None else EvaluationSummary.from_dict(evaluation),
+                              data=None if data is None else DataDescription.from_dict(data))  # fmt: skip
         _check_meta(meta)
-    except (json.JSONDecodeError, TypeError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+    except (json.JSONDecodeError, TypeError, ValueError, DataError) as e:  # UnicodeDecodeError is a ValueError
         raise CheckpointError(f"{source}: its metadata is malformed ({e})") from None
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise CheckpointError(f"{source} was written by a newer sedensenet (format {version}); please upgrade")

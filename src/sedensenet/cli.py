@@ -477,6 +477,19 @@ def _configure_logging(args: argparse.Namespace) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    _quiet_pydicom()
+
+
+def _quiet_pydicom() -> None:
+    """pydicom logs and warns about the files it reads, quoting tag values (a patient's name in a malformed
+    element): none of it reaches the console. Our own messages name the file and the problem, never a tag value."""
+    import warnings
+
+    pydicom_log = logging.getLogger("pydicom")
+    pydicom_log.handlers[:] = [logging.NullHandler()]
+    pydicom_log.propagate = False
+    pydicom_log.setLevel(logging.CRITICAL + 1)
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,7 +110,28 @@ class TrainConfig:
     """Settings of one training run; the run folder's ``config.yaml`` holds them all, resolved."""
 
     data: str = ""
-    """Image folder (one sub-folder per class, or train/ val/ [test/] inside) or ``builtin:digits|faces``."""
+    """Image folder (one sub-folder per class, or train/ val/ [test/] inside), a CSV / TSV manifest of images and
+    labels (``labels.csv``), or ``builtin:digits|faces``."""
+    image_col: str = ""
+    """Manifest: the image column (default: found by name: path, file, filename, image, image_id, Image Index)."""
+    label_col: str = ""
+    """Manifest: the label column (default: found by name: label, class, target, dx)."""
+    group_col: str = ""
+    """Manifest: the group column, e.g. a patient id kept on one side of every split (default: lesion_id,
+    patient_id, patient or Patient ID when present)."""
+    split_col: str = ""
+    """Manifest: the column of train / val / test values used as given (default: a column named split)."""
+    image_root: str = ""
+    """Manifest: the folder its image paths are relative to (default: the manifest's folder)."""
+    image_ext: str = ""
+    """Manifest: appended to image names that lack it, for tables of ids (e.g. .jpg for HAM10000's image_id)."""
+    encoding: str = "utf-8"
+    """Manifest: the table's text encoding (e.g. gbk for a table saved by a Chinese Excel)."""
+    skip_missing: bool = False
+    """Manifest: leave out (and list in skipped.csv) rows whose image file does not exist, instead of stopping."""
+    dicom_window: str = ""
+    """DICOM: window CENTER,WIDTH applied to every image, e.g. 40,400 (default: the file's VOI LUT or window, else
+    the image's own range)."""
     model: str = DEFAULT_MODEL
     """Preset name (``sedensenet models`` lists them); the tutorial's model by default."""
     image_size: int = 224
@@ -253,6 +274,8 @@ class TrainConfig:
             raise ConfigError(f"folds={self.folds}, fold={self.fold}: give folds >= 2 and a fold from 1 to folds")
         if self.fold and not self.folds:
             raise ConfigError(f"fold={self.fold} needs folds (the number of folds), e.g. --folds 5")
+        if self.dicom_window:
+            parse_window(self.dicom_window)
         if self.pretrained and self.weights:
             raise ConfigError("give either --pretrained or --weights FILE, not both")
 
@@ -336,6 +359,24 @@ def _number(text: str, original: str) -> float:
     if not math.isfinite(value):
         raise ConfigError(f"--threshold {original!r} must be a finite number; allowed: {THRESHOLD_RULES}")
     return value
+
+
+def parse_window(text: str) -> tuple[float, float] | None:
+    """``--dicom-window CENTER,WIDTH`` as two numbers (``""``: none); a width must be positive.
+
+    Raises:
+        ConfigError: naming the value and the form expected.
+    """
+    if not str(text).strip():
+        return None
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        center, width = (float(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"--dicom-window {text!r}: give CENTER,WIDTH, e.g. 40,400") from None
+    if not (math.isfinite(center) and math.isfinite(width)) or width < 1:
+        raise ConfigError(f"--dicom-window {text!r}: the centre must be a number and the width at least 1, e.g. 40,400")
+    return center, width
 
 
 def parse_size(text: str | int | float, what: str = "--memory-limit") -> int:

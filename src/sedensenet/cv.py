@@ -90,9 +90,10 @@ def _fmt(value: float | None) -> str:
 
 
 def default_name(data: str) -> str:
-    """The cross-validation folder's name: the built-in set's or the data folder's name."""
+    """The cross-validation folder's name: the built-in set's, the data folder's, or a manifest's folder's name."""
     text = str(data).rstrip("/\\")
-    return text.split(":", 1)[1] if text.startswith("builtin:") else (Path(text).name or "cv")
+    path = Path(text).resolve().parent if text.lower().endswith((".csv", ".tsv")) else Path(text)
+    return text.split(":", 1)[1] if text.startswith("builtin:") else (path.name or "cv")
 
 
 def cross_validate(

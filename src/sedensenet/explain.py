@@ -220,7 +220,7 @@ def _load_inputs(files: list[Path], meta: CheckpointMeta) -> tuple[list[tuple[Pa
         reason = check_image(path)
         if reason is None:
             try:
-                loaded.append((path, load_image(path, meta.in_chans)))
+                loaded.append((path, load_image(path, meta.in_chans, dicom=meta.dicom_options())))
                 continue
             except Exception as exc:  # any decode failure (it changed since the check): report and go on
                 reason = str(exc)

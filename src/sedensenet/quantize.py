@@ -21,7 +21,7 @@ import os
 import random
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from sedensenet.checkpoint import CheckpointMeta
-from sedensenet.config import load_yaml
-from sedensenet.data import ImageFolderDataset, Sample, build_transforms, resolve_data, scan_folder
+from sedensenet.config import TrainConfig, load_yaml
+from sedensenet.data import ImageFolderDataset, Sample, build_transforms, resolve_data
+from sedensenet.data.description import DataDescription, resolve
 from sedensenet.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -100,21 +101,19 @@ def choose_images(
             f"{checkpoint} names no training data (no run folder config.yaml, no data in its metadata): "
             "give --quant-data DIR (calibration images) and --eval-data DIR (labelled held-out images)"
         )
-    run_splits = None
-    if run is not None and (quant_data is None or eval_data is None):
-        run_splits = scan_folder(resolve_data(run["data"]), val_split=run["val_split"], seed=run["seed"])
+    run_splits = resolve(run) if run is not None and (quant_data is None or eval_data is None) else None
     if quant_data is None:
-        calibration, calibration_source = [s.path for s in run_splits.train], f"{run['data']} (training split)"
+        calibration, calibration_source = [s.path for s in run_splits.train], f"{run.path} (training split)"
     else:
         from sedensenet.engine.samples import expand_inputs
 
         calibration, calibration_source = expand_inputs(resolve_data(str(quant_data))), str(quant_data)
     if eval_data is None:
         if not run_splits.val:
-            raise QuantizationError(f"{run['data']} has no validation split to judge the int8 model: give --eval-data")
-        evaluation, evaluation_source = _relabel(run_splits.val, run_splits.classes, meta), f"{run['data']} (val)"
+            raise QuantizationError(f"{run.path} has no validation split to judge the int8 model: give --eval-data")
+        evaluation, evaluation_source = _relabel(run_splits.val, run_splits.classes, meta), f"{run.path} (val)"
     else:
-        splits = scan_folder(resolve_data(str(eval_data)), val_split=0.0)
+        splits = resolve(replace(DataDescription.for_data(eval_data), val_split=0.0))
         chosen = splits.test or splits.val or splits.train
         evaluation, evaluation_source = _relabel(chosen, splits.classes, meta), str(eval_data)
     judged = {Path(s.path).resolve() for s in evaluation}
@@ -131,19 +130,18 @@ def choose_images(
     return QuantData(chosen_files, calibration_source, evaluation, evaluation_source)
 
 
-def _run_data(checkpoint: Path, meta: CheckpointMeta) -> dict[str, Any] | None:
+def _run_data(checkpoint: Path, meta: CheckpointMeta) -> DataDescription | None:
+    """The run's data and split: its checkpoint's description, else the run folder's config.yaml beside
+    ``RUN/weights/`` (runs from before the checkpoint stored one; their split is rebuilt from the same settings)."""
     config = checkpoint.parent.parent / "config.yaml"
-    if checkpoint.parent.name == "weights" and config.is_file():
+    if meta.data is None and checkpoint.parent.name == "weights" and config.is_file():
+        from sedensenet.engine.session import describe
+
         cfg = load_yaml(config)
         if cfg.get("data"):
-            split_seed = int(cfg.get("split_seed", -1))  # TrainConfig.data_split_seed: -1 means "the seed"
-            seed = int(cfg.get("seed", 123)) if split_seed < 0 else split_seed
-            return {"data": str(cfg["data"]), "val_split": float(cfg.get("val_split", 0.2)), "seed": int(seed)}
-    extra = meta.extra
-    if extra.get("data"):
-        return {"data": str(extra["data"]), "val_split": float(extra.get("val_split", 0.2)),
-                "seed": int(extra.get("seed", 123))}  # fmt: skip
-    return None
+            known = {f.name for f in fields(TrainConfig)}
+            return describe(TrainConfig.from_dict({k: v for k, v in cfg.items() if k in known}, source=str(config)))
+    return meta.description()
 
 
 def _relabel(samples: list[Sample], data_classes: list[str], meta: CheckpointMeta) -> list[Sample]:

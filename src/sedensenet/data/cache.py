@@ -23,6 +23,7 @@ from numpy.lib.format import open_memmap
 from torchvision.transforms.v2 import functional as TF
 
 from sedensenet.data.builtin import default_cache_dir
+from sedensenet.data.dicom import DicomOptions
 from sedensenet.data.images import ImageFolderDataset, Sample, load_image
 from sedensenet.data.transforms import image_channels
 
@@ -30,16 +31,19 @@ logger = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
-def _manifest(samples: Sequence[Sample], image_size: int, in_chans: int) -> dict:
+def _manifest(samples: Sequence[Sample], image_size: int, in_chans: int, dicom: DicomOptions | None) -> dict:
     files = []
     for s in sorted({str(s.path) for s in samples}):
         st = os.stat(s)
         files.append([s, st.st_size, st.st_mtime_ns])
-    return {"version": CACHE_VERSION, "image_size": image_size, "channels": image_channels(in_chans), "files": files}
+    out = {"version": CACHE_VERSION, "image_size": image_size, "channels": image_channels(in_chans), "files": files}
+    if dicom is not None and dicom.window is not None:  # another window is another image (keys unchanged without)
+        out["dicom_window"] = list(dicom.window)
+    return out
 
 
-def _decode(path: str, image_size: int, in_chans: int) -> np.ndarray:
-    image = TF.resize(load_image(path, in_chans), [image_size, image_size], antialias=True)
+def _decode(path: str, image_size: int, in_chans: int, dicom: DicomOptions | None = None) -> np.ndarray:
+    image = TF.resize(load_image(path, in_chans, dicom=dicom), [image_size, image_size], antialias=True)
     arr = np.asarray(image, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr  # (H, W, C)
 
@@ -75,9 +79,11 @@ class ImageCache:
         in_chans: int = 3,
         root: Path | None = None,
         workers: int | None = None,
+        dicom: DicomOptions | None = None,
     ) -> ImageCache:
-        """Open the cache for ``samples`` at ``image_size``, decoding the images first if it is missing or stale."""
-        manifest = _manifest(samples, image_size, in_chans)
+        """Open the cache for ``samples`` at ``image_size``, decoding the images first if it is missing or stale
+        (DICOM files windowed as ``dicom`` says; the cache holds pixels only, no DICOM tag)."""
+        manifest = _manifest(samples, image_size, in_chans, dicom)
         files = [f[0] for f in manifest["files"]]
         digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:20]
         root = root or default_cache_dir() / "cache"
@@ -92,7 +98,7 @@ class ImageCache:
         out = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         try:
             with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-                for i, arr in enumerate(pool.map(lambda f: _decode(f, image_size, in_chans), files)):
+                for i, arr in enumerate(pool.map(lambda f: _decode(f, image_size, in_chans, dicom), files)):
                     out[i] = arr
             out.flush()
             del out

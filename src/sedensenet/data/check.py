@@ -180,8 +180,12 @@ def check_data(
     max_pixels: int | None = None,
     workers: int | None = None,
     groups: str | os.PathLike | None = None,
+    splits: DataSplits | None = None,
 ) -> DataCheck:
     """Check every file under ``root`` and find its duplicates; see the module docstring.
+
+    ``splits``: images already listed and checked (a manifest's, resolved by
+    :func:`sedensenet.data.description.resolve`) instead of scanning ``root``.
 
     A folder without ``train/`` is checked as one split ("train"); ``--val-split`` at training time keeps each
     duplicate cluster on one side, so only copies within and across classes matter there.
@@ -191,7 +195,9 @@ def check_data(
         ValueError: ``near_distance`` out of range.
     """
     kwargs: dict[str, Any] = {} if max_pixels is None else {"max_pixels": max_pixels}
-    splits = scan_folder(root, val_split=0.0, near_distance=near_distance, workers=workers, groups=groups, **kwargs)
+    if splits is None:
+        splits = scan_folder(root, val_split=0.0, near_distance=near_distance, workers=workers, groups=groups,
+                             **kwargs)  # fmt: skip
     samples = _samples(splits)
     files = [FileRef(_rel(s.path, splits.root), split, splits.classes[s.label]) for split, s in samples]
     logger.info("looking for duplicates among %d images", len(files))

@@ -282,3 +282,77 @@ def _carve_val(
         logger.info("%s: %d validation images instead of %d, to keep groups and duplicates on one side",
                     classes[label], count, n_val[label])  # fmt: skip
     return [s for s in pool if s.path not in val_files], [s for s in pool if s.path in val_files]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# split.csv: every image's split, written by a run and checked by ``evaluate RUN``
+# ---------------------------------------------------------------------------------------------------------------
+
+SPLIT_CSV = "split.csv"
+SPLIT_COLUMNS = ("path", "split", "class", "group")
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def split_rows(splits: DataSplits) -> list[dict[str, str]]:
+    """One row per image: its path relative to the data root (``/``-separated), split, class and group."""
+    return [
+        {"path": _relative(s.path, splits.root), "split": name, "class": splits.classes[s.label],
+         "group": splits.groups.get(s.path, "")}
+        for name in ("train", "val", "test")
+        for s in getattr(splits, name)
+    ]  # fmt: skip
+
+
+def write_split_csv(splits: DataSplits, dest: str | os.PathLike) -> Path:
+    """``split.csv`` (UTF-8): every image of ``splits`` with its split, class and group (a DICOM patient's group is
+    a salted hash, never the patient id)."""
+    import csv
+
+    dest = Path(dest)
+    with open(dest, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SPLIT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(split_rows(splits))
+    return dest
+
+
+def read_split_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows :func:`write_split_csv` wrote."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def check_split_csv(path: str | os.PathLike, splits: DataSplits, *, compare_split: bool) -> None:
+    """Stop when the images of ``splits`` are no longer those the run listed in ``path`` (its ``split.csv``).
+
+    Images listed but gone (or now unreadable), images that are new, and images whose class (or, with
+    ``compare_split``, split) differs are named, the first few of each.
+
+    Raises:
+        DataError: naming the files that changed, and ``path``.
+    """
+    recorded = {r["path"]: r for r in read_split_csv(path)}
+    now = {r["path"]: r for r in split_rows(splits)}
+    gone = sorted(set(recorded) - set(now))
+    new = sorted(set(now) - set(recorded))
+    keys = ("class", "split") if compare_split else ("class",)
+    moved = sorted(p for p in set(now) & set(recorded) if any(now[p][k] != recorded[p][k] for k in keys))
+    problems = [
+        f"{len(files)} {what} (e.g. {', '.join(files[:3])})"
+        for files, what in ((gone, "listed image(s) gone or unreadable"), (new, "new image(s)"),
+                            (moved, "image(s) now in another class or split"))
+        if files
+    ]  # fmt: skip
+    if problems:
+        raise DataError(
+            f"the images under {splits.root} are no longer those the run used (its {Path(path).name}): "
+            f"{'; '.join(problems)}. Evaluate the run on the data as it was, or pass --data to evaluate on this data"
+        )

@@ -127,7 +127,8 @@ def fold_splits(
         raise DataError(f"--fold must be between 1 and --folds {folds}, got {fold}")
     pool = sorted(splits.train + splits.val, key=lambda s: (s.label, str(s.path)))
     if splits.test:
-        logger.warning("%d images of the test/ folder are left out of cross-validation", len(splits.test))
+        logger.warning("%d images of the test split (a test/ folder, or a manifest's test rows) are left out of "
+                       "cross-validation", len(splits.test))  # fmt: skip
     unit_of = units or {}
     unit_list = [unit_of.get(s.path, f"\0{s.path}") for s in pool]
     labels = [s.label for s in pool]

@@ -287,11 +287,15 @@ class ImageFolderDataset(Dataset):
         samples: Sequence[Sample],
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
         in_chans: int = 3,
+        *,
+        dicom: DicomOptions | None = None,
     ) -> None:
+        """``dicom``: how DICOM files are windowed (``--dicom-window``); default: each file's own window."""
         _target_mode(in_chans)
         self.samples = list(samples)
         self.transform = transform
         self.in_chans = in_chans
+        self.dicom = dicom
         self.bad: set[int] = set()
 
     def __len__(self) -> int:
@@ -312,7 +316,7 @@ class ImageFolderDataset(Dataset):
                 continue
             sample = self.samples[i]
             try:
-                image = load_image(sample.path, self.in_chans)
+                image = load_image(sample.path, self.in_chans, dicom=self.dicom)
             except Exception as exc:  # any decode failure: the file changed after the scan
                 self.bad.add(i)
                 logger.warning("cannot load %s (%s); using the next image instead", sample.path, exc)

@@ -28,6 +28,7 @@ from pathlib import Path
 from PIL import Image
 
 from sedensenet.data.dedupe import DEFAULT_NEAR_DISTANCE, Fingerprint, check_near_distance, clusters, find_pairs
+from sedensenet.data.dicom import DICOM_SUFFIXES, has_marker, is_dicom, local_salt, patient_groups
 from sedensenet.data.groups import read_groups, split_units
 from sedensenet.data.images import DEFAULT_MAX_PIXELS, DataError, Sample, inspect_image
 from sedensenet.fileio import atomic_path
@@ -80,8 +81,18 @@ class DataSplits:
 
 
 def is_image_file(name: str | os.PathLike) -> bool:
-    """True when the file name ends with one of :data:`IMG_EXTENSIONS` (case-insensitive)."""
-    return os.fspath(name).lower().endswith(IMG_EXTENSIONS)
+    """True when the file name ends with one of :data:`IMG_EXTENSIONS` or a DICOM suffix (``.dcm``, ``.dicom``;
+    case-insensitive)."""
+    return os.fspath(name).lower().endswith(IMG_EXTENSIONS + DICOM_SUFFIXES)
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """:func:`is_image_file`, or a file with no extension that carries DICOM's ``DICM`` marker (exports from
+    PACS often name files by their UID alone)."""
+    if is_image_file(path):
+        return True
+    name = os.path.basename(os.fspath(path))
+    return "." not in name and os.path.isfile(path) and has_marker(path)
 
 
 def _ignored_dir(name: str) -> bool:
@@ -203,7 +214,7 @@ def _list_images(class_dir: Path, skipped: list[Skipped]) -> tuple[list[Path], i
         for name in filenames:
             if _ignored_file(name):
                 continue
-            if is_image_file(name):
+            if is_image_path(os.path.join(dirpath, name)):
                 files.append(Path(dirpath, name))
             else:
                 ignored += 1
@@ -325,7 +336,7 @@ def scan_folder(
     classes = _common_classes(dirs)
     found, skipped, ignored = _gather(dirs, classes)
     paths = [p for group in found.values() for p in group]
-    group_of = read_groups(groups, root, paths) if groups else {}
+    group_of = read_groups(groups, root, paths) if groups else _patients(paths)
     logger.info("checking %d image files in %d classes under %s", len(paths), len(classes), root)
     checked = _check_all(paths, max_pixels, workers)
     fingerprints = {p: fp for p, (_, fp) in zip(paths, checked, strict=True) if fp is not None}
@@ -347,6 +358,21 @@ def scan_folder(
                         group_of)  # fmt: skip
     _log_summary(result, ignored)
     return result
+
+
+def _patients(paths: Sequence[Path]) -> dict[Path, str]:
+    """In a folder with DICOM files, each patient's films are one group (a keyed hash of ``PatientID``, never the
+    id itself), so a patient never straddles train and val without a groups file."""
+    dicom = [p for p in paths if p.suffix.lower() in DICOM_SUFFIXES or (not p.suffix and is_dicom(p))]
+    if not dicom:
+        return {}
+    from sedensenet.data.builtin import default_cache_dir  # builtin writes folders with this module's helpers
+
+    groups = patient_groups(dicom, salt=local_salt(default_cache_dir()))
+    if groups:
+        logger.info("%d DICOM files of %d patients: each patient's images stay on one side of every split",
+                    len(groups), len(set(groups.values())))  # fmt: skip
+    return groups
 
 
 def linked_units(

@@ -319,6 +319,43 @@ def read_table(
     return Table(path, root, header, cols[0], cols[1], cols[2], cols[3], samples, missing)
 
 
+def read_image_list(
+    path: str | os.PathLike,
+    *,
+    image_col: str | None = None,
+    image_root: str | os.PathLike | None = None,
+    image_ext: str | None = None,
+    encoding: str = "utf-8",
+) -> tuple[list[Path], list[dict[str, str]]]:
+    """The image files a manifest lists (in row order, labels optional: ``predict`` reads it) and each row's other
+    columns, to be written through next to the predictions.
+
+    Raises:
+        DataError: an unreadable or empty table, or no image column (naming the columns that exist).
+    """
+    path = Path(os.path.abspath(os.path.expanduser(path)))
+    try:
+        text = _decode(path.read_bytes(), path, encoding)
+    except OSError as exc:
+        raise DataError(f"cannot read table {path}: {exc.strerror or exc}") from None
+    header, rows = _rows(text, _delimiter(text, path))
+    column = _find(header, image_col, IMAGE_COLUMNS, "image", "--image-col", path)
+    if column is None:
+        raise DataError(f"{path} has no image column: name one {'/'.join(IMAGE_COLUMNS)}, or give --image-col; "
+                        f"its columns are: {', '.join(header) or '(none)'}")  # fmt: skip
+    root = Path(os.path.abspath(os.path.expanduser(image_root))) if image_root is not None else path.parent
+    resolve, at = _resolver(root, image_ext), header.index(column)
+    files, others = [], []
+    for _, cells in rows:
+        cells = cells + [""] * (len(header) - len(cells))
+        if cells[at].strip():
+            files.append(resolve(cells[at]))
+            others.append({h: c for h, c in zip(header, cells, strict=False) if h != column})
+    if not files:
+        raise DataError(f"{path} lists no images: add one row per image under the header")
+    return files, others
+
+
 def is_dataframe(data: Any) -> bool:
     """True for a pandas DataFrame (checked without importing pandas)."""
     return type(data).__module__.startswith("pandas") and type(data).__name__ == "DataFrame"

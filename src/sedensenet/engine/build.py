@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from sedensenet import checkpoint as ckpt
-from sedensenet.config import TrainConfig
+from sedensenet.config import TrainConfig, parse_window
 from sedensenet.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -22,6 +22,7 @@ from sedensenet.data import (
     build_transforms,
     compute_mean_std,
 )
+from sedensenet.data.dicom import DicomOptions
 from sedensenet.models import DenseNet, create_model
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,8 @@ def open_cache(config: TrainConfig, splits: DataSplits) -> Any:
         return None
     from sedensenet.data.cache import ImageCache
 
-    return ImageCache.build(splits.train + splits.val + splits.test, config.image_size, config.in_chans)
+    return ImageCache.build(splits.train + splits.val + splits.test, config.image_size, config.in_chans,
+                            dicom=dicom_options(config.dicom_window))  # fmt: skip
 
 
 def make_dataset(
@@ -193,4 +195,10 @@ def make_dataset(
         from sedensenet.data.cache import CachedImageDataset
 
         return CachedImageDataset(samples, cache, tf, config.in_chans)
-    return ImageFolderDataset(samples, transform=tf, in_chans=config.in_chans)
+    return ImageFolderDataset(samples, transform=tf, in_chans=config.in_chans, dicom=dicom_options(config.dicom_window))
+
+
+def dicom_options(window: str | tuple[float, float] | list[float] | None) -> DicomOptions | None:
+    """How DICOM files are decoded for ``--dicom-window`` (text ``C,W`` or a stored pair); None: each file's own."""
+    pair = parse_window(window) if isinstance(window, str) else window
+    return DicomOptions(window=tuple(pair)) if pair else None

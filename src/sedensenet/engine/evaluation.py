@@ -12,6 +12,7 @@ import numpy as np
 
 from sedensenet.checkpoint import CheckpointMeta, Estimate, EvaluationSummary, SplitEvaluation, update_meta
 from sedensenet.data import Sample, load_image
+from sedensenet.data.dicom import DicomOptions
 from sedensenet.engine.decision import decide, positive_of, postprocess
 from sedensenet.engine.loop import EpochResult
 from sedensenet.reports import (
@@ -74,7 +75,8 @@ def write_evaluation(
         plot_pr(is_pos, probs[:, positive], out_dir / "pr.png", classes[positive], threshold=report.threshold)
     if np.all(np.isfinite(probs)):
         plot_reliability(result.targets, probs, out_dir / "calibration.png", uncalibrated=raw if temperature else None)
-    _top_losses(out_dir / "top_losses.png", result, y_pred, probs, classes, samples, in_chans)
+    dicom = meta.dicom_options() if meta is not None else None
+    _top_losses(out_dir / "top_losses.png", result, y_pred, probs, classes, samples, in_chans, dicom)
     log.info("%s\n%s", out_dir / "metrics.json", report.format_text())
     return report
 
@@ -87,14 +89,16 @@ def _top_losses(
     classes: list[str],
     samples: list[Sample],
     in_chans: int,
+    dicom: DicomOptions | None = None,
 ) -> None:
-    """The most confidently wrong images: wrong decisions sorted by the model's loss, highest first."""
+    """The most confidently wrong images: wrong decisions sorted by the model's loss, highest first (DICOM files
+    windowed as the run windowed them)."""
     assert result.targets is not None and result.losses is not None
     wrong = np.flatnonzero(pred != result.targets)
     order = wrong[np.argsort(-result.losses[wrong], kind="stable")][:TOP_LOSSES]
     images, titles = [], []
     for i in order:
-        img = load_image(samples[i].path, in_chans=1 if in_chans == 1 else 3)
+        img = load_image(samples[i].path, in_chans=1 if in_chans == 1 else 3, dicom=dicom)
         img.thumbnail((160, 160))
         images.append(np.asarray(img))
         titles.append(

@@ -23,20 +23,25 @@ from sedensenet.reports.clinical import positive_index
 
 def evaluate_folder(
     predictor: Predictor,
-    data: str | os.PathLike,
+    data: str | os.PathLike | None,
     *,
     split: str = "auto",
     output: str | os.PathLike | None = None,
     dedupe: str = "off",
     positive: str | None = None,
     seed: int = 0,
+    split_record: str | os.PathLike | None = None,
 ) -> Any:
     """Metrics of ``predictor`` on a labelled folder, decided as its ``predict_files`` decides; the reports written to
     ``output`` when given. ``positive`` names the positive class of a two-class model (default: the stored one, else
     the second class). ``dedupe`` (``exact`` or ``near``) leaves out the val/test images that duplicate a training
-    image. Batches are ``predictor.settings.batch_size`` images; ``seed`` seeds the bootstrap intervals."""
+    image. Batches are ``predictor.settings.batch_size`` images; ``seed`` seeds the bootstrap intervals. ``data`` None:
+    the run's own data and split (its checkpoint's data description); ``split_record``: the run's ``split.csv``,
+    checked against the images first."""
     meta = meta_for(predictor.meta, positive)
-    samples, data_classes = labelled_samples(predictor.meta, data, split, dedupe)
+    samples, data_classes = labelled_samples(predictor.meta, data, split, dedupe, split_record=split_record)
+    if data is None:
+        data = predictor.meta.description().path
     res = predictor.run_samples(samples)
     res.targets = np.asarray([s.label for s in samples])
     if output is None:

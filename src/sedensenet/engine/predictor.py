@@ -102,13 +102,28 @@ def predictions_csv(preds: list[Prediction]) -> str:
     return buffer.getvalue()
 
 
-def write_predictions(path: str | os.PathLike, preds: list[Prediction]) -> Path:
-    """``preds`` as rows in a ``.json`` file (a list of objects) or CSV (any other suffix), written atomically."""
+def write_predictions(
+    path: str | os.PathLike, preds: list[Prediction], *, columns: list[dict[str, str]] | None = None
+) -> Path:
+    """``preds`` as rows in a ``.json`` file (a list of objects) or CSV (any other suffix), written atomically.
+
+    ``columns``: per prediction, a manifest row's other columns, written after the prediction's own; a name that
+    collides with one of :data:`ROW_FIELDS` gets the prefix ``input_``."""
     path = Path(path)
+    rows = probabilities_to_rows(preds)
+    if columns is not None:
+        rows = [{**row, **{(f"input_{k}" if k in ROW_FIELDS else k): v for k, v in extra.items()}}
+                for row, extra in zip(rows, columns, strict=True)]  # fmt: skip
     if path.suffix.lower() == ".json":
-        atomic_write_json(path, probabilities_to_rows(preds))
-    else:
+        atomic_write_json(path, rows)
+    elif columns is None:
         atomic_write_text(path, predictions_csv(preds))
+    else:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else list(ROW_FIELDS))
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, buffer.getvalue())
     return path
 
 
@@ -199,7 +214,9 @@ class Predictor:
         of its views' probabilities, each batch's views through the backend in one call. ``batch_size``: default the
         settings'."""
         in_chans = self.meta.in_chans
-        dataset = ImageFolderDataset(samples, transform=self.transform, in_chans=in_chans)
+        dataset = ImageFolderDataset(
+            samples, transform=self.transform, in_chans=in_chans, dicom=self.meta.dicom_options()
+        )
         batch = batch_size or self.settings.batch_size
         loader = make_loader(dataset, batch, seed=0, train=False, device=self.device, workers=self.settings.workers)
         criterion = nn.CrossEntropyLoss()

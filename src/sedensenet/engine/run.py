@@ -16,6 +16,7 @@ import torch
 from sedensenet.config import TrainConfig, dump_yaml
 from sedensenet.data import DataSplits, write_skipped_csv
 from sedensenet.data.check import exact_leaks, write_leaks_csv
+from sedensenet.data.description import SPLIT_CSV, write_split_csv
 from sedensenet.engine import distributed as dist
 from sedensenet.engine import session, trainer
 from sedensenet.engine.faults import interrupted, stop_on_signals
@@ -120,11 +121,12 @@ def _resume(run_dir: Path, overrides: dict[str, Any], device: torch.device | Non
 
 
 def write_run_header(ctx: RunContext) -> None:
-    """config.yaml (with this start's memory plan), classes.json, skipped.csv and duplicates.csv: what the run is,
-    before the first epoch."""
+    """config.yaml (with this start's memory plan), classes.json, split.csv (every image's split, class and group),
+    skipped.csv and duplicates.csv: what the run is, before the first epoch."""
     recorded = replace(ctx.config, memory_plan=ctx.memory_plan.to_dict())
     atomic_write_text(ctx.run_dir / "config.yaml", dump_yaml(recorded))
     atomic_write_json(ctx.run_dir / "classes.json", ctx.splits.classes)
+    write_split_csv(ctx.splits, ctx.run_dir / SPLIT_CSV)
     write_skipped_csv(ctx.splits.skipped, ctx.run_dir / "skipped.csv")
     write_leaks_csv(exact_leaks(ctx.splits), ctx.run_dir / "duplicates.csv")
 

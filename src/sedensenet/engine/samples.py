@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from sedensenet.checkpoint import CheckpointMeta
 from sedensenet.config import ConfigError
-from sedensenet.data import IMG_EXTENSIONS, DataError, DataSplits, Sample, resolve_data, scan_folder
+from sedensenet.data import DataError, DataSplits, Sample
 from sedensenet.data.check import drop_duplicates_of_train
-from sedensenet.data.folds import fold_splits, fold_units
+from sedensenet.data.description import DataDescription, check_split_csv, resolve
+from sedensenet.data.scan import is_image_path
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +26,7 @@ def expand_inputs(inputs: list[str | os.PathLike] | str | os.PathLike) -> list[P
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS and not f.name.startswith(".")
-            )
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".") and is_image_path(f))
             files.extend(found)
         else:
             files.append(p)
@@ -37,27 +35,54 @@ def expand_inputs(inputs: list[str | os.PathLike] | str | os.PathLike) -> list[P
     return files
 
 
+def split_description(meta: CheckpointMeta, data: str | os.PathLike | None, split: str) -> DataDescription:
+    """The description that lists ``split`` of ``data`` (default: the run's data) for a checkpoint's model.
+
+    The run's own description (:meth:`CheckpointMeta.description`) with the data swapped when another is given: so
+    ``val`` and a fold's ``test`` are the images the run held out. ``train``, ``all`` and ``auto`` without folds
+    take no val share (``auto``: the test split, else the val split, else every image)."""
+    run = meta.description()
+    if data is None:
+        if run is None:
+            raise DataError("this checkpoint names no training data (written before runs recorded it): give --data")
+        base = run
+    else:
+        given = DataDescription.for_data(data)
+        base = given if run is None else replace(run, source=given.source, path=given.path)
+    folds = base.folds if split in ("val", "test") else None
+    changes: dict = {"dedupe": "off", "folds": folds, "fold": base.fold if folds else None}
+    if split != "val" and not folds:
+        changes["val_split"] = 0.0
+    if base.groups_file and not Path(base.groups_file).is_file():
+        log.warning("the groups file %s the model was trained with is gone: the val split may differ",
+                    base.groups_file)  # fmt: skip
+        changes["groups_file"] = None
+    return replace(base, **changes)
+
+
 def labelled_samples(
-    meta: CheckpointMeta, data: str | os.PathLike, split: str, dedupe: str = "off"
+    meta: CheckpointMeta,
+    data: str | os.PathLike | None,
+    split: str,
+    dedupe: str = "off",
+    *,
+    split_record: str | os.PathLike | None = None,
 ) -> tuple[list[Sample], list[str]]:
     """The split's samples with labels mapped to the model's class indices by name (without the duplicates of
     training images when ``dedupe`` is ``exact`` or ``near``), and the data's own classes.
 
-    The val split, folds and groups are rebuilt from what the checkpoint recorded (``meta.extra``), so ``val`` and
-    a fold's ``test`` are the images the run held out."""
-    extra, classes = meta.extra, list(meta.classes)
-    val_split = float(extra.get("val_split", 0.2)) if split == "val" else 0.0
-    seed = int(extra.get("seed", 123))
-    folds = int(extra.get("folds", 0)) if split in ("val", "test") else 0
-    groups = (extra.get("groups") or None) if val_split or folds else None
-    if groups and not Path(groups).is_file():
-        log.warning("the groups file %s the model was trained with is gone: the val split may differ", groups)
-        groups = None
-    splits = scan_folder(resolve_data(str(data)), val_split=0.0 if folds else val_split, seed=seed,
-                         groups=groups)  # fmt: skip
-    if folds:  # a cross-validation fold's model: its own held-out fold and val split
-        splits = fold_splits(splits, folds, int(extra["fold"]), float(extra.get("val_split", 0.2)), seed,
-                             fold_units(splits))  # fmt: skip
+    The split comes from the run's data description (:func:`split_description`); ``data`` None means the run's own
+    data. ``split_record``: the run's ``split.csv``, checked against the images when given and the data is the run's
+    (:func:`~sedensenet.data.description.check_split_csv`)."""
+    classes = list(meta.classes)
+    description = split_description(meta, data, split)
+    splits = resolve(description)
+    run = meta.description()
+    if split_record is not None and Path(split_record).is_file() and run is not None and run.path == description.path:
+        same = all(getattr(description, k) == getattr(run, k) for k in ("val_split", "folds", "groups_file"))
+        check_split_csv(split_record, splits, compare_split=same)
+    if dedupe == "off" and split in ("val", "test") and run is not None and run.path == description.path:
+        dedupe = run.dedupe  # the run's own held-out images: without the duplicates it dropped
     kept, dropped = drop_duplicates_of_train(splits, dedupe)
     chosen = choose_split(kept, split)
     if dedupe != "off":
@@ -70,8 +95,8 @@ def labelled_samples(
     unknown = sorted(set(splits.classes) - set(classes))
     if unknown:
         raise DataError(
-            f"{data}: class folder(s) {unknown} are not classes of this model ({classes}); "
-            f"the folder names must match the classes the model was trained on"
+            f"{description.path}: class(es) {unknown} are not classes of this model ({classes}); "
+            f"the class names must match the classes the model was trained on"
         )
     index = {name: i for i, name in enumerate(classes)}
     return [Sample(s.path, index[splits.classes[s.label]]) for s in chosen], splits.classes

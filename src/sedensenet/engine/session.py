@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +14,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sedensenet import checkpoint as ckpt
-from sedensenet.config import RESUME_MAY_CHANGE, ConfigError, InferenceSettings, TrainConfig, load_yaml, resolve_config
-from sedensenet.data import DataError, DataSplits, resolve_data, scan_folder
+from sedensenet.config import (
+    RESUME_MAY_CHANGE,
+    ConfigError,
+    InferenceSettings,
+    TrainConfig,
+    load_yaml,
+    parse_window,
+    resolve_config,
+)
+from sedensenet.data import DataError, DataSplits
 from sedensenet.data.check import drop_duplicates_of_train, exact_leaks, groups_across_splits
-from sedensenet.data.folds import fold_splits, fold_units
+from sedensenet.data.description import DataDescription, TableColumns, resolve
 from sedensenet.engine import build, memory
 from sedensenet.engine import distributed as dist
 from sedensenet.engine.decision import check_decision_settings, fit_decision
@@ -29,27 +39,38 @@ from sedensenet.reports import check_writable, new_run_dir
 log = logging.getLogger(__name__)
 
 
+def describe(config: TrainConfig) -> DataDescription:
+    """The run's data and split as one :class:`~sedensenet.data.description.DataDescription` (what the checkpoint
+    stores, and what ``evaluate RUN``, ``export --quantize`` and ``cv`` resolve again)."""
+    c = config
+    columns = TableColumns(image=c.image_col or None, label=c.label_col or None, group=c.group_col or None,
+                           split=c.split_col or None)  # fmt: skip
+    try:
+        return DataDescription.for_data(
+            c.data, image_root=os.path.abspath(c.image_root) if c.image_root else None, image_ext=c.image_ext or None,
+            columns=columns, encoding=c.encoding, skip_missing=c.skip_missing,
+            groups_file=os.path.abspath(c.groups) if c.groups else None, val_split=c.val_split,
+            split_seed=c.data_split_seed, folds=c.folds or None, fold=c.fold or None, dedupe=c.dedupe,
+            max_pixels=c.max_pixels, dicom_window=parse_window(c.dicom_window),
+        )  # fmt: skip
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+
+
 def scan(config: TrainConfig) -> DataSplits:
-    """Resolve ``config.data`` (a folder or ``builtin:NAME``), check every file in it, warn of exact leaks and
-    drop duplicates of training images from val/test when ``config.dedupe`` asks. With ``config.folds``, fold
-    ``config.fold`` is the test split and train and val come from the other folds (groups and duplicate clusters
-    kept whole)."""
-    root = resolve_data(config.data)
-    if config.folds:
-        splits = scan_folder(root, val_split=0, seed=config.data_split_seed, max_pixels=config.max_pixels,
-                             groups=config.groups or None)  # fmt: skip
-        splits = fold_splits(splits, config.folds, config.fold, config.val_split, config.data_split_seed,
-                             fold_units(splits))  # fmt: skip
-    else:
-        splits = scan_folder(root, val_split=config.val_split, seed=config.data_split_seed,
-                             max_pixels=config.max_pixels, groups=config.groups or None)  # fmt: skip
+    """Resolve the run's data (a folder, a CSV / TSV manifest or ``builtin:NAME``) as :func:`describe` says, check
+    every file in it, warn of exact leaks and drop duplicates of training images from val/test when
+    ``config.dedupe`` asks. With ``config.folds``, fold ``config.fold`` is the test split and train and val come
+    from the other folds (groups and duplicate clusters kept whole)."""
+    description = describe(config)
+    splits = resolve(replace(description, dedupe="off"))
     warn_leaks(splits, config.dedupe)
     splits, dropped = drop_duplicates_of_train(splits, config.dedupe)
     if config.dedupe != "off":
         log.info("--dedupe %s: dropped %d val and %d test images that duplicate training images",
                  config.dedupe, dropped["val"], dropped["test"])  # fmt: skip
     if len(splits.train) < 2:
-        raise DataError(f"{root}: training needs at least 2 images, found {len(splits.train)}")
+        raise DataError(f"{description.path}: training needs at least 2 images, found {len(splits.train)}")
     return splits
 
 
@@ -137,7 +158,7 @@ def _meta(
     """The checkpoint metadata every epoch's weights carry: architecture, classes, preprocessing, data set."""
     return ckpt.CheckpointMeta(
         model=model.config.to_dict(), classes=splits.classes, image_size=config.image_size,
-        mean=list(mean), std=list(std),
+        mean=list(mean), std=list(std), data=describe(config),
         extra={"data": str(config.data), "val_split": config.val_split, "seed": config.data_split_seed,
                "groups": config.groups, "train_images": len(splits.train), "val_images": len(splits.val),
                **({"folds": config.folds, "fold": config.fold} if config.folds else {})},

@@ -53,7 +53,8 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-_KIND_STATUS = {"not_image": 415, "empty": 422, "too_large": 422, "corrupt": 422, "unreadable": 422}
+_KIND_STATUS = {"not_image": 415, "unsupported": 415, "empty": 422, "too_large": 422, "corrupt": 422,
+                "unreadable": 422}  # fmt: skip
 _PREDICT_BODY = {
     "requestBody": {
         "required": True,

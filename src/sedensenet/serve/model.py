@@ -21,6 +21,7 @@ from PIL import Image
 
 from sedensenet.checkpoint import CheckpointError, CheckpointMeta, resolve_checkpoint
 from sedensenet.data import decode_image
+from sedensenet.data.dicom import DicomOptions
 from sedensenet.engine.predictor import Predictor
 from sedensenet.inference import describe
 from sedensenet.serve.schemas import DataSummary, Limits, ModelCard
@@ -66,6 +67,9 @@ class ServedModel:
         self.model_id = file_sha256(self.path)
         self.runner: torch.nn.Module | None = None
         self.backend_used = "not loaded"
+        # DICOM uploads are windowed as the run was; a multi-frame file (a cine loop) is not one image: refused.
+        window = self.predictor.meta.dicom_options()
+        self.dicom = DicomOptions(window=window.window if window else None, multiframe="refuse")
 
     def warm_up(self) -> None:
         """Choose the batch backend (ONNX Runtime is exported and verified here) and run one batch through it."""
@@ -84,7 +88,7 @@ class ServedModel:
 
     def decode(self, data: bytes) -> tuple[Image.Image, torch.Tensor]:
         """An upload as the image the model sees and its input tensor; raises ImageRejected."""
-        image = decode_image(data, self.predictor.meta.in_chans, self.settings.max_pixels)
+        image = decode_image(data, self.predictor.meta.in_chans, self.settings.max_pixels, dicom=self.dicom)
         return image, self.predictor.preprocess(image)
 
     def explain(self, image: Image.Image, x: torch.Tensor, target: int | None) -> dict[str, Any]:
