@@ -178,6 +178,8 @@ def _drops(ctx: RunContext, epoch: int) -> bool:
     b = ctx.budget
     assert b is not None
     steps, took = _steps(ctx), b.clock() - b.epoch_began
+    if not dist.is_main():
+        return bool(ctx.state.epoch)
     if ctx.state.epoch:
         log.warning("--time %s: epoch %d could not end within the budget; stopped after %d of %d steps, epoch %d "
                     "is kept", ctx.config.time, epoch, b.steps, steps, ctx.state.epoch)  # fmt: skip
