@@ -20,6 +20,7 @@ from imagegen import make_folder  # noqa: E402
 import sedensenet  # noqa: E402
 import sedensenet.engine.run  # noqa: E402, F401  (imported before the timed call, as a CLI process has it)
 from sedensenet import checkpoint as ckpt  # noqa: E402
+from sedensenet.api import training_config  # noqa: E402
 from sedensenet.config import ConfigError, TrainConfig, parse_duration, resolve_config  # noqa: E402
 from sedensenet.engine import session  # noqa: E402
 from sedensenet.engine.budget import FINAL_SECONDS, TimeBudget, plan_epochs  # noqa: E402
@@ -63,6 +64,8 @@ def test_time_alone_has_no_epoch_cap_and_explicit_epochs_cap_it(tmp_path: Path) 
     file.write_text("epochs: 12\n", encoding="utf-8")
     assert resolve_config({"data": "x", "time": "2h"}, config_file=file).epochs == 12
     assert resolve_config({"data": "x"}).epochs == 25  # no budget: the default as before
+    config, recommended = training_config("builtin:digits", time="30m")
+    assert config.epochs == 0 and "epochs" not in recommended and recommended["image_size"] == 16
     with pytest.raises(ConfigError, match="epochs must be at least 1 .*--time"):
         TrainConfig(data="x", epochs=0)
     with pytest.raises(ConfigError, match="'ten' is not a duration"):

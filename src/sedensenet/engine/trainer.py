@@ -21,6 +21,7 @@ from sedensenet.columns import HISTORY_METRICS, METRICS, improved
 from sedensenet.engine import distributed as dist
 from sedensenet.engine.budget import EXPORT_SECONDS, FINAL_SECONDS
 from sedensenet.engine.build import freeze_bn_stats, refit_schedule, set_frozen
+from sedensenet.engine.device import amp_dtype
 from sedensenet.engine.faults import (
     Abandon,
     RunWriteError,
@@ -95,8 +96,9 @@ def _first_plan(ctx: RunContext) -> None:
     b, done = ctx.budget, ctx.state.epoch
     assert b is not None
     b.eval_images = (len(ctx.splits.val), len(ctx.splits.val) + len(ctx.splits.test))
-    if ctx.settings.device.type == "cpu" and max(len(ctx.splits.val), len(ctx.splits.test)) >= ONNX_MIN_IMAGES:
-        b.final_fixed = FINAL_SECONDS + EXPORT_SECONDS  # predict's path exports the model for that many images
+    device, largest = ctx.settings.device, max(len(ctx.splits.val), len(ctx.splits.test))
+    if device.type == "cpu" and largest >= ONNX_MIN_IMAGES and amp_dtype("auto", device, quiet=True) is None:
+        b.final_fixed = FINAL_SECONDS + EXPORT_SECONDS  # predict's float32 path exports the model for that many images
     # a new run trains at least a step, even past its budget: else there would be nothing to evaluate
     room = (b.left() > 0 or not done) and (not b.cap or done < b.cap)
     b.planned = dist.rank0_decides(max(b.planned, done + 1) if room else done, ctx.settings.device)
