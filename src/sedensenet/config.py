@@ -85,7 +85,7 @@ class TrainConfig:
     time: str = ""
     """Train to a time budget, final evaluation included: ``30m``, ``2h``, ``90s``, ``1h30m`` or seconds. After every
     epoch the epoch count is re-planned from the measured epoch time (training, validation, checkpoint); ``cosine``
-    and the warm-up are re-fitted to reach their end (1% of ``lr``) at the last planned epoch, ``plateau`` needs no
+    and the warm-up are re-fitted to reach their end (0.01 x ``lr``) at the last planned epoch, ``plateau`` needs no
     re-fit. ``epochs`` caps it only when given. ``cv``: the budget of each fold; ``compare``: of each run (every
     model and seed alike). On ``--resume`` the run continues to its budget; a new ``--time`` is the time still to
     spend."""

@@ -221,3 +221,18 @@ def test_a_resume_state_from_before_time_budgets_counts_nothing_spent() -> None:
     assert (ctx.budget.seconds, ctx.budget.spent_before, ctx.budget.planned) == (3600.0, 0.0, 3)
     session._continue_budget(ctx, {"epoch": 3, "time_spent": 100.0, "time_budget": 900.0}, {"time": "5m"})
     assert (ctx.budget.seconds, ctx.budget.spent_before) == (400.0, 100.0)
+
+
+def test_help_shows_the_budget_and_studies_say_how_they_share_it(capsys: pytest.CaptureFixture) -> None:
+    from sedensenet.cli import main
+    from sedensenet.compare import CompareResult, ModelRow
+    from sedensenet.cv import CVResult
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])  # argparse expands % in help: the field docs must not hold one
+    assert exit_.value.code == 0 and "--time TIME" in capsys.readouterr().out
+    rows = [ModelRow("small", 10, 0.1, 1.0, [0.9], epochs=[12]), ModelRow("large", 99, 0.9, 4.0, [0.9], epochs=[3])]
+    text = CompareResult(rows, Path("c"), [123], time="5m").markdown()
+    assert "every run had the same time budget, --time 5m; epochs trained: small 12; large 3" in text
+    settings = {"data": "d", "model": "m", "epochs": 0, "time": "10m", "image_size": 16, "seed": 1}
+    assert "m, --time 10m per fold, 16 px" in CVResult(Path("cv"), 2, [], {}, {}, settings=settings).markdown()
