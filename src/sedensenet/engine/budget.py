@@ -125,8 +125,9 @@ class TimeBudget:
         """The plan as the log says it after each epoch."""
         cap = f", --epochs {self.cap} at most" if self.cap else ""
         spent, left = format_seconds(self.elapsed()), format_seconds(max(0.0, self.left()))
+        per_epoch = f"{self.mean_epoch():.1f}s per epoch" if self.epoch_seconds else "no whole epoch measured"
         return (
-            f"--time {format_seconds(self.seconds)}: {spent} spent, {left} left; {self.mean_epoch():.1f}s per epoch, "
+            f"--time {format_seconds(self.seconds)}: {spent} spent, {left} left; {per_epoch}, "
             f"the final evaluation ~{self.final_estimate():.1f}s: {self.planned} epochs planned ({done} done{cap})"
         )
 

@@ -180,6 +180,8 @@ def _drops(ctx: RunContext, epoch: int) -> bool:
     b = ctx.budget
     assert b is not None
     steps, took = _steps(ctx), b.clock() - b.epoch_began
+    if ctx.state.epoch:
+        b.planned = ctx.state.epoch  # the final plan: the epochs that were completed
     if not dist.is_main():
         return bool(ctx.state.epoch)
     if ctx.state.epoch:
