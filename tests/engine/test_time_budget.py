@@ -238,3 +238,14 @@ def test_help_shows_the_budget_and_studies_say_how_they_share_it(capsys: pytest.
     assert "every run had the same time budget, --time 5m; epochs trained: small 12; large 3" in text
     settings = {"data": "d", "model": "m", "epochs": 0, "time": "10m", "image_size": 16, "seed": 1}
     assert "m, --time 10m per fold, 16 px" in CVResult(Path("cv"), 2, [], {}, {}, settings=settings).markdown()
+
+
+def test_a_run_started_without_a_budget_resumes_under_one_with_a_fitted_cosine(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "data", per_class=6)
+    first = sedensenet.train(str(data), epochs=1, scheduler="cosine", project=str(tmp_path / "runs"), **FAST)
+    assert "lr_lambdas" not in ckpt.load_state(first.run_dir / "state" / "last.pt")["scheduler"]  # PyTorch's cosine
+    sedensenet.train(resume=first.run_dir, epochs=3, time="1h", verbose=0)
+    state = ckpt.load_state(first.run_dir / "state" / "last.pt")
+    assert state["scheduler"]["lr_lambdas"][0] == {"warmup": 0, "total": 3} and state["time_budget"] == 3600.0
+    rows = read_history_csv(first.run_dir / "history.csv")
+    assert rows[-1]["epoch"] == 3 and rows[-1]["lr"] == pytest.approx(1e-3 * FittedCosine.FLOOR)
