@@ -96,6 +96,8 @@ def training_config(
         name = str(spec).split(":", 1)[1]
         file_keys = set(load_yaml(config)) if config else set()
         recommended = {k: v for k, v in BUILTIN[name].items() if k not in overrides and k not in file_keys}
+        if overrides.get("time") or (config and load_yaml(config).get("time")):
+            recommended.pop("epochs", None)  # a time budget plans the epochs (resolve_config: no cap unless given)
     return resolve_config(overrides, config_file=config, recommended=recommended), recommended
 
 

@@ -129,6 +129,8 @@ class ModelRow:
     test_accuracy: list[float] = field(default_factory=list)
     """Accuracy on each fold's held-out images (``folds`` only)."""
     test_roc_auc: list[float] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)
+    """Epochs each run trained (under a time budget, what fitted in it)."""
 
     def mean_std(self, values: list[float]) -> tuple[float, float]:
         s = summarize(values)
@@ -143,6 +145,8 @@ class CompareResult:
     out_dir: Path
     seeds: list[int]
     folds: int = 0
+    time: str = ""
+    """The time budget every run had (``--time``), if any."""
 
     def markdown(self) -> str:
         """The table as markdown: parameters, GMACs, seconds per epoch, accuracy (and AUC) mean ± std.
@@ -170,6 +174,9 @@ class CompareResult:
             )
         else:
             lines.append(f"\nmean ± sample std over {len(self.seeds)} seed(s): {', '.join(map(str, self.seeds))}")
+        if self.time:
+            trained = "; ".join(f"{r.model} {', '.join(map(str, r.epochs))}" for r in self.rows)
+            lines.append(f"every run had the same time budget, --time {self.time}; epochs trained: {trained}")
         return "\n".join(lines)
 
 
@@ -193,7 +200,9 @@ def compare(
         name: the comparison folder's name (``compare``, ``compare2``, … when it exists).
         folds: cross-validate every model over this many folds (the same folds for each) instead of seeds; the
             table then reports held-out accuracy. ``seeds`` must be 1 then.
-        **overrides: training settings shared by every run (epochs, image_size, batch_size, …).
+        **overrides: training settings shared by every run (epochs, image_size, batch_size, …). ``time`` is the
+            budget of each run, the same for every model: the fair comparison of a small and a large model (the
+            small one trains more epochs in it).
     """
     from sedensenet.api import training_config
     from sedensenet.reports import new_run_dir, plot_history_comparison
@@ -217,7 +226,7 @@ def compare(
         row, model_curves = _train_model(data, model, jobs, base.data_split_seed, out_dir, overrides)
         rows.append(row)
         curves[model] = model_curves
-    result = CompareResult(rows, out_dir, seed_list, folds)
+    result = CompareResult(rows, out_dir, seed_list, folds, base.time)
     _write(result)
     plot_history_comparison(_mean_curves(curves), out_dir / "val_curves.png")
     log.info("comparison written to %s\n%s", out_dir, result.markdown())
@@ -252,6 +261,7 @@ def _train_model(
                 row.test_roc_auc.append(res.metrics["test"]["roc_auc"])
         row.seconds_per_epoch += float(np.mean(res.column("seconds"))) / len(jobs)
         row.runs.append(str(res.run_dir))
+        row.epochs.append(len(res.history))
         curves.append(res.column("val_accuracy"))
     assert row is not None
     return row, curves

@@ -51,14 +51,15 @@ INFERENCE_CHOICES: dict[str, tuple[str, ...]] = {"backend": INFERENCE_BACKENDS, 
 
 RESUME_MAY_CHANGE = frozenset(
     {"epochs", "device", "workers", "patience", "batch_size", "accumulate", "memory_efficient", "memory_limit",
-     "amp", "cache", "tta"}
+     "amp", "cache", "tta", "time"}
     | {"threshold", "positive", "calibrate"}
 )  # fmt: skip
 """Settings a resumed run may change: more epochs, another device, and what it takes to fit in memory
-(a different ``batch_size`` or ``accumulate`` changes the results from there on; the others do not), and what the
-end of the run does: the test-time augmentation of its evaluation and the decision rule it chooses on validation."""
+(a different ``batch_size`` or ``accumulate`` changes the results from there on; the others do not), a new
+``time`` (the time still to spend), and what the end of the run does: the test-time augmentation of its evaluation
+and the decision rule it chooses on validation."""
 
-OUTPUT_FIELDS = frozenset({"memory_plan"})
+OUTPUT_FIELDS = frozenset({"memory_plan", "time_plan"})
 """Fields the run writes into config.yaml for the record (no command-line flag); each run writes its own."""
 
 
@@ -139,6 +140,14 @@ class TrainConfig:
     in_chans: int = 3
     """Image channels fed to the model: 1 keeps grayscale, 3 is RGB."""
     epochs: int = 25
+    """Epochs to train; with ``time``, the most it may train (0: no cap, the default when ``time`` is given alone)."""
+    time: str = ""
+    """Train to a time budget, final evaluation included: ``30m``, ``2h``, ``90s``, ``1h30m`` or seconds. After every
+    epoch the epoch count is re-planned from the measured epoch time (training, validation, checkpoint); ``cosine``
+    and the warm-up are re-fitted to reach their end (0.01 x ``lr``) at the last planned epoch, ``plateau`` needs no
+    re-fit. ``epochs`` caps it only when given. ``cv``: the budget of each fold; ``compare``: of each run (every
+    model and seed alike). On ``--resume`` the run continues to its budget; a new ``--time`` is the time still to
+    spend."""
     batch_size: int = 32
     lr: float = 1e-3
     """Learning rate (Keras' Adam default, as the tutorial uses)."""
@@ -214,6 +223,9 @@ class TrainConfig:
     memory_plan: dict[str, Any] = field(default_factory=dict)
     """Written by the run for the record: the path taken, the estimates and the memory available. Every start plans
     anew (``RunContext.memory_plan``); the value read here never steers a run."""
+    time_plan: dict[str, Any] = field(default_factory=dict)
+    """Written by a run with ``time`` for the record: the budget in seconds, the time spent, the epochs planned last
+    and the measured epoch time. The resume state carries what steers a resumed run."""
     drop_rate: float = 0.0
     """Dropout inside dense layers."""
     head_drop_rate: float = 0.0
@@ -243,10 +255,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.memory_efficient = _tri_state(self.memory_efficient)
-        if self.memory_plan is None:
-            self.memory_plan = {}
-        if not isinstance(self.memory_plan, dict):
-            raise ConfigError(f"memory_plan is written by the run and must be a mapping, got {self.memory_plan!r}")
+        for key in OUTPUT_FIELDS:
+            if getattr(self, key) is None:
+                setattr(self, key, {})
+            if not isinstance(getattr(self, key), dict):
+                raise ConfigError(f"{key} is written by the run and must be a mapping, got {getattr(self, key)!r}")
         if self.memory_limit:
             parse_size(self.memory_limit)
         for f in fields(self):
@@ -256,7 +269,11 @@ class TrainConfig:
         for key, choices in CHOICES.items():
             if getattr(self, key) not in choices:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not valid; choose from {', '.join(choices)}")
-        positive = ("image_size", "in_chans", "epochs", "batch_size", "accumulate")
+        if self.time:
+            parse_duration(self.time)
+        if self.epochs == 0 and not self.time:
+            raise ConfigError("epochs must be at least 1 (0, no cap, only goes with a time budget: --time 30m)")
+        positive = ("image_size", "in_chans", "batch_size", "accumulate") + (("epochs",) if not self.time else ())
         for key in positive:
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
@@ -388,6 +405,22 @@ def parse_size(text: str | int | float, what: str = "--memory-limit") -> int:
     return int(float(m.group(1)) * 1024**power)
 
 
+def parse_duration(text: str | int | float, what: str = "--time") -> float:
+    """Seconds from ``30m``, ``2h``, ``90s``, ``1h30m``, ``1.5h`` or a number of seconds.
+
+    Raises:
+        ConfigError: naming the value and how to write one.
+    """
+    spec = str(text).strip().lower().replace(" ", "")
+    parts = re.findall(r"([0-9]*\.?[0-9]+)([hms]?)", spec)
+    if not spec or "".join(n + u for n, u in parts) != spec or any(not u for _, u in parts[:-1]):
+        raise ConfigError(f"{what} {text!r} is not a duration; write e.g. 30m, 2h, 90s, 1h30m or a number of seconds")
+    seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[u] for n, u in parts)
+    if not 0 < seconds < math.inf:
+        raise ConfigError(f"{what} {text!r}: the budget must be more than 0 seconds")
+    return seconds
+
+
 def _tri_state(value: Any) -> Any:
     """``memory_efficient`` as on/off/auto: config files written before it had ``auto`` hold true/false."""
     if isinstance(value, bool):
@@ -443,9 +476,15 @@ def resolve_config(
     config_file: str | os.PathLike | None = None,
     recommended: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Merge defaults < ``recommended`` (a built-in data set's) < ``config_file`` < ``overrides``."""
+    """Merge defaults < ``recommended`` (a built-in data set's) < ``config_file`` < ``overrides``.
+
+    With a ``time`` budget, ``epochs`` caps the run only where the file or the overrides give it: else it is 0 (no
+    cap), whatever a built-in data set recommends.
+    """
     merged: dict[str, Any] = dict(recommended or {})
-    if config_file:
-        merged.update(load_yaml(config_file))
-    merged.update(overrides or {})
+    given = dict(load_yaml(config_file)) if config_file else {}
+    given.update(overrides or {})
+    merged.update(given)
+    if merged.get("time") and "epochs" not in given:
+        merged["epochs"] = 0
     return TrainConfig.from_dict(merged, source=str(config_file) if config_file else "settings")

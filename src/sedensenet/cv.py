@@ -55,7 +55,7 @@ class CVResult:
         lines = [
             f"# Cross-validation: {s.get('data')}, {self.folds} folds",
             "",
-            f"{s.get('model')}, {s.get('epochs')} epochs, {s.get('image_size')} px, seed {s.get('seed')}; folds "
+            f"{s.get('model')}, {_length(s)}, {s.get('image_size')} px, seed {s.get('seed')}; folds "
             f"stratified by class{' and grouped by ' + str(s['groups']) if s.get('groups') else ''}, duplicate "
             "clusters kept in one fold; best epoch chosen on each fold's own val part"
             + (f"; TTA {s['tta']}" if s.get("tta", "none") != "none" else ""),
@@ -85,6 +85,14 @@ class CVResult:
         return "\n".join(lines)
 
 
+def _length(settings: dict[str, Any]) -> str:
+    """How long each fold trained: ``10 epochs``, or ``--time 5m per fold`` (``, at most 10 epochs``)."""
+    if not settings.get("time"):
+        return f"{settings.get('epochs')} epochs"
+    cap = f", at most {settings['epochs']} epochs" if settings.get("epochs") else ""
+    return f"--time {settings['time']} per fold{cap}"
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
@@ -112,6 +120,7 @@ def cross_validate(
         name: the cross-validation's folder name (default: the data set's name); rerunning with the same name
             continues it.
         **overrides: any training setting (epochs, model, image_size, groups, threshold, …), shared by every fold.
+            ``time`` is the budget of each fold (a 5-fold cv with ``time="10m"`` takes about 50 minutes).
 
     Raises:
         ConfigError / DataError: bad settings, a fold count the data cannot fill, a groups file that misses

@@ -33,6 +33,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
     for name, extra in {"frozen": ["--freeze-epochs", "2"], "full": []}.items():
         for nproc in (1, 2):
+            # full2 also has a time budget (capped at the 2 epochs): rank 0's plan and step decisions reach rank 1
+            extra = [*extra, "--time", "1h"] if name == "full" and nproc == 2 else extra
             argv = ["--data", str(data), "--model", "se_densenet_tiny", "--image-size", "16", "--batch-size", "8",
                     "--epochs", "2", "--workers", "0", "--project", str(tmp / "runs"), "--name", f"{name}{nproc}",
                     "--augment", "light", *extra]  # fmt: skip
@@ -73,6 +75,7 @@ def test_only_rank_zero_writes(runs: dict[str, Path]) -> None:
     assert (runs["full2"] / "metrics.json").is_file()
     log = (runs["full2"] / "train.log").read_text(encoding="utf-8")
     assert log.count("epoch 2/2") == 1
+    assert log.count("epochs planned") == 2 and "2 epochs planned (2 done, --epochs 2 at most)" in log
 
 
 def test_sync_bn_on_cpu_is_refused_before_training(tmp_path: Path) -> None:

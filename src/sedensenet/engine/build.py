@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -100,12 +101,15 @@ def build_optimizer(
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, *, name: str, epochs: int, warmup_epochs: int, patience: int
+    optimizer: torch.optim.Optimizer, *, name: str, epochs: int, warmup_epochs: int, patience: int, fitted: bool = False
 ) -> Any:
     """Per-epoch schedule (``name``): ``cosine`` after linear warm-up, ``plateau`` (reduce-on-plateau of val_loss,
-    waiting half the early-stopping ``patience``), or ``none`` (the warm-up alone, if any)."""
+    waiting half the early-stopping ``patience``), or ``none`` (the warm-up alone, if any). ``fitted`` (``--time``):
+    the cosine is a :class:`FittedCosine`, whose length the epoch loop re-fits to each new plan."""
     if name == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=max(1, patience // 2))
+    if name == "cosine" and fitted:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, FittedCosine(warmup_epochs, epochs))
     if name == "cosine":
         warm = min(warmup_epochs, epochs - 1)
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs - warm))
@@ -118,6 +122,41 @@ def build_scheduler(
             optimizer, start_factor=1.0 / (warmup_epochs + 1), total_iters=warmup_epochs
         )
     return None
+
+
+class FittedCosine:
+    """The learning-rate factor of a cosine schedule that ends at ``total`` epochs, which may change as a time
+    budget is re-planned: ``warmup`` epochs of linear warm-up (``e / (warmup + 1)`` in epoch ``e``, as
+    ``LinearLR``), 1 in the epoch after them, then half a cosine down to :attr:`FLOOR` in epoch ``total`` itself,
+    so the last planned epoch trains at the floor. ``total`` 0: not planned yet (no decay).
+
+    A callable object, so ``LambdaLR.state_dict`` keeps ``warmup`` and ``total`` and a resumed run goes on with the
+    same fit."""
+
+    FLOOR = 0.01
+    """The end of the schedule, as a fraction of ``lr`` (Ultralytics' ``lrf``)."""
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        e = step + 1  # LambdaLR counts steps from 0: the factor of epoch step + 1
+        warm = max(0, min(self.warmup, self.total - 2)) if self.total else self.warmup
+        if e <= warm:
+            return e / (warm + 1)
+        if not self.total:
+            return 1.0
+        span = self.total - warm - 1
+        t = min(1.0, (e - warm - 1) / span) if span > 0 else 1.0
+        return self.FLOOR + (1 - self.FLOOR) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def refit_schedule(scheduler: Any, total: int) -> None:
+    """Fit a :class:`FittedCosine` schedule to end at epoch ``total`` (other schedules: nothing to fit)."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        for fn in scheduler.lr_lambdas:
+            if isinstance(fn, FittedCosine):
+                fn.total = total
 
 
 def class_weight_tensor(splits: DataSplits) -> torch.Tensor:

@@ -84,6 +84,16 @@ def barrier() -> None:
         tdist.barrier()
 
 
+def rank0_decides(value: int, device: torch.device) -> int:
+    """Rank 0's ``value`` on every rank (a stop, a planned epoch count): decisions from one process's clock, so
+    all ranks stop at the same step and train the same epochs. The value itself when not distributed."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    tdist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def reduce_epoch(res: EpochResult, device: torch.device) -> EpochResult:
     """Loss and accuracy of a training epoch over all processes (sample-weighted means)."""
     if not is_distributed():

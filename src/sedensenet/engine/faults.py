@@ -137,7 +137,8 @@ def resume_command(ctx: RunContext) -> str:
         saved = load_yaml(ctx.run_dir / "config.yaml")
     except ConfigError:
         saved = {}
-    changed = sorted(k for k in RESUME_MAY_CHANGE if saved.get(k) != getattr(ctx.config, k))
+    # not --time: the resume state carries the budget and the time spent
+    changed = sorted(k for k in RESUME_MAY_CHANGE - {"time"} if saved.get(k) != getattr(ctx.config, k))
     flags = "".join(_flag(k, getattr(ctx.config, k)) for k in changed)
     return f"sedensenet train --resume {run}{flags}"
 
@@ -155,7 +156,7 @@ def interrupted(ctx: RunContext, interrupt: StopRequest) -> TrainingInterrupted:
     name, done, command = signal.Signals(signum).name, ctx.state.epoch, resume_command(ctx)
     if done:
         message = (
-            f"stopped by {name} after epoch {done} of {ctx.config.epochs}; its checkpoint is saved in "
+            f"stopped by {name} after epoch {done} of {ctx.epochs_planned}; its checkpoint is saved in "
             f"{ctx.run_dir}. Continue with: {command}"
         )
     else:

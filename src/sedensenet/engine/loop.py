@@ -80,7 +80,8 @@ def train_one_epoch(
     """Train ``model`` for one pass over ``loader``; raise NonFiniteLossError naming the step on NaN/Inf loss.
 
     The caller puts the model in training mode (so it can keep frozen BatchNorm layers in eval mode).
-    ``progress`` is an optional callable ``(batch_images, loss, correct)`` called after each batch.
+    ``progress`` is an optional callable ``(batch_images, loss, correct)`` called after each batch; a true return
+    value ends the pass after that batch.
     ``accumulate``: one optimiser step every that many batches, on the mean of their gradients (a last, shorter
     group is averaged over its own batches); BatchNorm still sees each batch alone. ``max_steps`` > 0 ends the
     pass after that many batches (tests, smoke runs).
@@ -113,8 +114,8 @@ def train_one_epoch(
         total_loss += loss.detach().double() * n
         batch_correct = (logits.detach().argmax(1) == labels).sum()
         correct += batch_correct
-        if progress is not None:
-            progress(n, loss, batch_correct)
+        if progress is not None and progress(n, loss, batch_correct):
+            break  # the caller ends the pass here (a --time budget): what was trained so far is the result
     seconds = time.perf_counter() - start
     return EpochResult(_mean(total_loss, seen), _mean(correct, seen), seen, seconds)
 

@@ -80,10 +80,13 @@ def train_run(
             with stop_on_signals(enabled=not dist.is_distributed()) as interrupt, trainer.training(ctx, interrupt):
                 for epoch in trainer.epochs_left(ctx):
                     row, train = trainer.train_epoch(ctx, epoch, reporter, interrupt)
+                    if row is None:  # --time: the epoch could not end within the budget; the last complete one is kept
+                        break
                     ctx.history.append(epoch, row)
+                    trainer.replan(ctx, epoch, row, train)  # --time: the epochs that fit, the cosine fitted to them
                     trainer.step_scheduler(ctx, row["val_loss"])
                     stop = trainer.end_epoch(ctx, epoch, row, train)
-                    reporter.epoch_end(epoch, ctx.config.epochs, row, len(ctx.train_loader),
+                    reporter.epoch_end(epoch, ctx.epochs_planned, row, len(ctx.train_loader),
                                        best=ctx.state.best_epoch == epoch)  # fmt: skip
                     if interrupt:  # asked during validation or the writes: this epoch is saved, stop here
                         raise interrupted(ctx, interrupt)
@@ -92,6 +95,7 @@ def train_run(
                                        f"{ctx.config.patience} epochs)")  # fmt: skip
                         break
             # the final evaluation of the best weights: decision rule, calibration, reports (rank 0)
+            trainer.record_time_plan(ctx)  # --time: config.yaml keeps the budget and the epochs planned
             metrics = session.finish(ctx)
         return RunOutcome(ctx.history, ctx.run_dir, metrics, ctx.state.best_epoch, ctx.memory_plan.to_dict())
     finally:

@@ -20,6 +20,7 @@ from sedensenet.config import (
     InferenceSettings,
     TrainConfig,
     load_yaml,
+    parse_duration,
     parse_window,
     resolve_config,
 )
@@ -28,6 +29,7 @@ from sedensenet.data.check import drop_duplicates_of_train, exact_leaks, groups_
 from sedensenet.data.description import DataDescription, TableColumns, resolve
 from sedensenet.engine import build, memory
 from sedensenet.engine import distributed as dist
+from sedensenet.engine.budget import TimeBudget, format_seconds
 from sedensenet.engine.decision import check_decision_settings, fit_decision
 from sedensenet.engine.device import precision_name, seed_everything, select_device, step_settings
 from sedensenet.engine.evaluation import record_evaluation, write_evaluation
@@ -106,8 +108,9 @@ def prepare(
     ``run_dir`` given (resume) reuses that folder; otherwise a new ``project/name[N]`` is made on rank 0.
     ``epochs_done``: the epochs a resumed run has behind it (``--compile auto`` weighs the remaining ones).
     ``died``: the note a killed run left (:func:`~sedensenet.engine.memory.last_run_died`); the plan stays below it.
-    The plan is ``ctx.memory_plan``; ``config`` is left as it was given.
+    The plan is ``ctx.memory_plan``; ``config`` is left as it was given. A ``--time`` budget starts counting here.
     """
+    budget = TimeBudget(parse_duration(config.time), cap=config.epochs).start() if config.time else None
     device = device or select_device(config.device)
     if config.sync_bn and dist.is_distributed() and device.type != "cuda":
         # PyTorch's SyncBatchNorm has kernels for GPUs only: fail here, not in the first forward pass.
@@ -131,16 +134,16 @@ def prepare(
     c = config
     optimizer = build.build_optimizer(model, name=c.optimizer, lr=c.lr, weight_decay=c.weight_decay,
                                       momentum=c.momentum)  # fmt: skip
+    scheduler = build.build_scheduler(optimizer, name=c.scheduler, epochs=c.epochs, warmup_epochs=c.warmup_epochs,
+                                      patience=c.patience, fitted=budget is not None)  # fmt: skip
     return RunContext(
         config=config,
         run_dir=run_dir or _new_run_dir(config),
         splits=splits,
         model=model,
-        train_model=_wrap(model, config, device, len(train_loader), config.epochs - epochs_done),
+        train_model=_wrap(model, config, device, len(train_loader), max(0, config.epochs - epochs_done)),
         optimizer=optimizer,
-        scheduler=build.build_scheduler(
-            optimizer, name=c.scheduler, epochs=c.epochs, warmup_epochs=c.warmup_epochs, patience=c.patience
-        ),  # fmt: skip
+        scheduler=scheduler,
         scaler=scaler,
         criterion=_criterion(config, splits, device),
         settings=settings,
@@ -149,6 +152,7 @@ def prepare(
         meta=_meta(config, splits, model, mean, std),
         memory_plan=plan,
         cache=cache,
+        budget=budget,
     )
 
 
@@ -264,7 +268,8 @@ def _wrap(
 ) -> nn.Module:
     """The module the training loop calls: SyncBN and DDP when distributed, torch.compile when asked.
 
-    ``--compile auto`` weighs the cost of compiling against the ``epochs_left`` this process will train.
+    ``--compile auto`` weighs the cost of compiling against the ``epochs_left`` this process will train (0 under a
+    time budget without an epoch cap: not known, so not compiled).
     """
     wrapped: nn.Module = model
     if dist.is_distributed():
@@ -312,22 +317,54 @@ def resume(run_dir: Path, overrides: dict[str, Any] | None = None, device: torch
         tensors, _ = ckpt.read_checkpoint(last)
         ckpt.check_state_dict(last, tensors, ctx.model.state_dict())
         ctx.model.load_state_dict(tensors)
+    if ctx.budget is not None:
+        state = _adopt_schedule(ctx, state)
     restore(ctx, state)
     if dist.is_main():
-        _record_plan(run_dir / "config.yaml", ctx.memory_plan.to_dict())
-    log.info("resuming %s after epoch %d of %d", run_dir, ctx.state.epoch, config.epochs)
+        record(run_dir / "config.yaml", "memory_plan", ctx.memory_plan.to_dict())
+    if ctx.budget is not None:
+        _continue_budget(ctx, state, overrides or {})
+    else:
+        log.info("resuming %s after epoch %d of %d", run_dir, ctx.state.epoch, config.epochs)
     return ctx
 
 
-def _record_plan(path: Path, plan: dict[str, Any]) -> None:
-    """config.yaml's ``memory_plan`` becomes this start's; the settings it was started with stay as written."""
+def _adopt_schedule(ctx: RunContext, state: dict[str, Any]) -> dict[str, Any]:
+    """A run started without ``--time`` and resumed with one: its cosine goes on as a fitted one, from its epoch."""
+    saved = state.get("scheduler")
+    if not isinstance(ctx.scheduler, torch.optim.lr_scheduler.LambdaLR) or not saved or "lr_lambdas" in saved:
+        return state
+    fitted = ctx.scheduler.state_dict()
+    fitted["last_epoch"] = fitted["_step_count"] = _epochs_done(state)
+    return {**state, "scheduler": fitted}
+
+
+def _continue_budget(ctx: RunContext, state: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """The budget of a resumed ``--time`` run: the one it started with, less the time its state records as spent;
+    a ``--time`` given to the resume is the time still to spend. (States from before ``--time``: nothing spent.)"""
+    budget, done = ctx.budget, ctx.state.epoch
+    assert budget is not None
+    budget.spent_before = float(state.get("time_spent") or 0.0)
+    if "time" in overrides:
+        budget.seconds = budget.spent_before + parse_duration(overrides["time"])
+    elif state.get("time_budget"):
+        budget.seconds = float(state["time_budget"])
+    budget.planned = max(done, int(state.get("time_planned") or 0))
+    log.info("resuming %s after epoch %d: %s of its --time %s spent, %s left", ctx.run_dir, done,
+             format_seconds(budget.spent_before), format_seconds(budget.seconds),
+             format_seconds(max(0.0, budget.left())))  # fmt: skip
+
+
+def record(path: Path, key: str, value: Any) -> None:
+    """config.yaml's ``key`` (an output field: ``memory_plan``, ``time_plan``) becomes ``value``; the settings the
+    run was started with stay as written."""
     import yaml
 
     from sedensenet.fileio import atomic_write_text
 
     saved = load_yaml(path)
-    if saved.get("memory_plan") != plan:
-        atomic_write_text(path, yaml.safe_dump({**saved, "memory_plan": plan}, sort_keys=False, allow_unicode=True))
+    if saved.get(key) != value:
+        atomic_write_text(path, yaml.safe_dump({**saved, key: value}, sort_keys=False, allow_unicode=True))
 
 
 def _epochs_done(state: dict[str, Any]) -> int:

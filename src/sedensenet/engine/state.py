@@ -17,6 +17,7 @@ from sedensenet import checkpoint as ckpt
 from sedensenet.columns import HISTORY_COLUMNS, HISTORY_METRICS
 from sedensenet.config import TrainConfig
 from sedensenet.data import DataSplits
+from sedensenet.engine.budget import TimeBudget
 from sedensenet.engine.loop import StepSettings
 from sedensenet.engine.memory import MemoryPlan
 from sedensenet.models import DenseNet
@@ -87,6 +88,13 @@ class RunContext:
     """The decoded-image cache (``--cache``) the datasets read, reused for the final evaluation."""
     writer: Any = None
     """The TensorBoard writer while the epochs run with ``--tensorboard`` (see ``engine.trainer.training``)."""
+    budget: TimeBudget | None = None
+    """``--time``: the budget, the time spent and the epochs planned (re-planned after every epoch)."""
+
+    @property
+    def epochs_planned(self) -> int:
+        """The epochs this run will train: ``config.epochs``, or under ``--time`` the current plan."""
+        return self.budget.planned if self.budget is not None else self.config.epochs
 
 
 def rng_state() -> dict[str, Any]:
@@ -133,7 +141,13 @@ def resume_state(ctx: RunContext) -> dict[str, Any]:
         "rng": rng_state(),
         "history": ctx.history.rows(),
         "time": time.time(),
+        **(_budget_state(ctx.budget) if ctx.budget is not None else {}),
     }
+
+
+def _budget_state(budget: TimeBudget) -> dict[str, Any]:
+    """What a resumed ``--time`` run continues from: the budget, the time spent so far and the last plan."""
+    return {"time_budget": budget.seconds, "time_spent": budget.elapsed(), "time_planned": budget.planned}
 
 
 def restore(ctx: RunContext, state: dict[str, Any]) -> None:
