@@ -111,6 +111,8 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
                                 default=argparse.SUPPRESS, help="the same as --memory-efficient off")  # fmt: skip
         elif f.type == "bool":
             kw["action"] = argparse.BooleanOptionalAction
+        elif f.type == "str | None":  # an optional value: the bare flag means "" (``--mlflow``: the default store)
+            kw.update(nargs="?", const="", type=str)
         else:
             kw["type"] = {"int": int, "float": float}.get(str(f.type), str)
             if f.name in CHOICES:
