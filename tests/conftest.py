@@ -41,3 +41,14 @@ def _clean_package_logger() -> Iterator[None]:
     _reset_package_logger()
     yield
     _reset_package_logger()
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> "os.PathLike[str]":
+    """Two classes of six 16x16 images, shared by the tests that train a few tiny runs (tracking, tuning)."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from imagegen import make_folder
+
+    return make_folder(tmp_path_factory.mktemp("tiny") / "images", per_class=6, size=16)

@@ -9,9 +9,9 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -153,8 +153,15 @@ def train(
     uri = overrides.get("mlflow", cfg.mlflow if cfg else _recorded_mlflow(resume))
     tracker = _tracker(uri)
     try:
-        run = train_run(cfg, resume=resume or None, overrides=overrides, recommended=recommended, progress=reporter,
-                        tune_malloc=tune_malloc, callbacks=[*callbacks, *([tracker] if tracker else [])])
+        run = train_run(
+            cfg,
+            resume=resume or None,
+            overrides=overrides,
+            recommended=recommended,
+            progress=reporter,
+            tune_malloc=tune_malloc,
+            callbacks=[*callbacks, *([tracker] if tracker else [])],
+        )
     except BaseException:
         if tracker is not None:
             tracker.finish(Path(), {}, status="KILLED")

@@ -408,6 +408,12 @@ def show_cv(result: Any, _: dict[str, Any]) -> None:
     print(f"\ncv.md, cv.csv, oof.csv and the fold runs in {result.out_dir}")
 
 
+def show_tune(result: Any, _: dict[str, Any]) -> None:
+    print(result.markdown())
+    print(f"\nBest settings: {result.best_yaml} (sedensenet train --config {result.best_yaml})")
+    print(f"Trials table and plots in {result.out_dir}; study: {result.storage}")
+
+
 def show_path(path: Any, _: dict[str, Any]) -> None:
     print(f"Checkpoint written: {path}")
 
@@ -441,6 +447,7 @@ COMMANDS: dict[str, Command] = {
                        flag_options={"images": {"nargs": "*"}}),
     "compare": Command("sedensenet.compare:compare", show_comparison, train_flags=True, defaults={"name": "compare"}),
     "cv": Command("sedensenet.cv:cross_validate", show_cv, train_flags=True, defaults={"name": None}),
+    "tune": Command("sedensenet.tune:tune", show_tune, train_flags=True, defaults={"name": "tune"}),
     "convert-keras": Command("sedensenet.keras_convert:convert_keras_file", show_path, positional=("path",),
                              names={"path": "file"}),
     "serve": Command(

@@ -39,6 +39,9 @@ OUTPUT_COLUMNS = ("path", "label", "probability", "top_k", "error")
 SKIPPED_FOLDERS = ("weights", "state")
 """Run-folder parts not logged as artifacts: the model is logged as an MLflow model; resume states are not reports."""
 
+_unreachable: set[str] = set()
+"""Tracking URIs found down in this process: later runs (a cv's next fold) skip them at once, and say nothing."""
+
 _parent: contextvars.ContextVar[RunHandle | None] = contextvars.ContextVar("sedensenet_mlflow_parent", default=None)
 
 
@@ -80,7 +83,11 @@ class RunHandle:
         holder: list[Any] = []
 
         def create() -> None:
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # a dead server: seconds, not minutes
+            if self.uri in _unreachable:
+                raise ConnectionError("found unavailable earlier in this process")
+            # a dead server costs seconds, not MLflow's minutes of retries (a user's own settings win)
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
             from mlflow.tracking import MlflowClient
 
@@ -102,7 +109,7 @@ class RunHandle:
 
     def _attempt(self, call: Callable[[], None]) -> bool:
         """Run ``call``, retried after :data:`RETRIES`; on the last failure the store counts as down (said once)."""
-        for wait in (*RETRIES, None):
+        for wait in (*(() if self.uri in _unreachable else RETRIES), None):
             try:
                 call()
                 return True
@@ -116,8 +123,13 @@ class RunHandle:
     def _give_up(self, error: Exception) -> None:
         if not self._down:
             self._down = True
+            if self.uri in _unreachable:
+                return
+            _unreachable.add(self.uri)
+            first = (str(error).splitlines() or [""])[0][:200]
+            where = self.uri or "the default store"
             log.warning("MLflow tracking at %s is unavailable (%s: %s); training goes on without it",
-                        self.uri or "the default store", type(error).__name__, str(error).splitlines()[0][:200])  # fmt: skip
+                        where, type(error).__name__, first)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -264,7 +276,6 @@ def log_model(client: Any, run_id: str, run_dir: Path, *, artifact_path: str = "
     import mlflow.pyfunc
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
-
 
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "path")]),
