@@ -110,7 +110,7 @@ def tune(
     out_dir.mkdir(parents=True, exist_ok=True)
     base = _base_config(data, overrides)
     spec = search_space(base, models=models, space_file=space)
-    url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    url = storage_url(storage) if storage else f"sqlite:///{(out_dir / 'study.db').resolve()}"
     study = _study(url, name, "accuracy" if folds else base.monitor, heartbeat)
     if not study.trials:  # trial 0: the settings as given, so the study shows whether tuning beat them
         study.enqueue_trial(default_params(base, spec), user_attrs={"defaults": True}, skip_if_exists=True)
@@ -125,6 +125,17 @@ def tune(
                                                                   optuna.trial.TrialState.PRUNED))  # fmt: skip
             study.optimize(objective, callbacks=[stop], gc_after_trial=True)
     return write_outputs(study, out_dir, url, data, overrides)
+
+
+def storage_url(url: str) -> str:
+    """``postgresql://...`` through psycopg2 when psycopg 3 (SQLAlchemy 2.1's default driver) is not installed."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None:
+        if importlib.util.find_spec("psycopg2") is not None:
+            return f"postgresql+psycopg2://{rest}"
+    return url
 
 
 def _base_config(data: str, overrides: dict[str, Any]) -> TrainConfig:
