@@ -37,6 +37,7 @@ EXCLUDED = {
     "tune_malloc": "not a flag: the commands always tune (SEDENSENET_MALLOC=default opts out)",
     "options": "InferenceSettings' fields as keywords, for Python callers: the command passes settings",
     "InferenceSettings.workers": "loader workers: the default count (serve's --workers are server processes)",
+    "train.callbacks": "epoch callbacks are for Python callers (--mlflow and tune add their own)",
     "train.verbose": "the CLI logs lines instead of Keras' epoch lines (verbose=0)",
     "train.progress": "the progress bar, unless -q",
     "run_server.log_level": "uvicorn's level follows -q",
