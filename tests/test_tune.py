@@ -20,7 +20,7 @@ from sedensenet.api import training_config  # noqa: E402
 from sedensenet.config import resolve_config  # noqa: E402
 
 optuna = pytest.importorskip("optuna")
-from optuna.storages import RetryFailedTrialCallback  # noqa: E402
+from optuna import storages  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from sedensenet.tune import storage_url, tune  # noqa: E402
@@ -100,7 +100,8 @@ def test_a_killed_study_continues_and_retries_the_killed_trial(tiny_images: Path
     result = tune(str(tiny_images), trials=3, project=tmp_path, heartbeat=1, **TINY)
     trials = _study(url).get_trials(deepcopy=False)
     assert trials[killed].state == TrialState.FAIL
-    retried = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == killed]
+    retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+    retried = [t for t in trials if retry.retried_trial_number(t) == killed]
     assert len(retried) == 1 and retried[0].params == trials[killed].params and retried[0].state in FINISHED
     assert len([t for t in trials if t.state in FINISHED]) == 3 == len([r for r in result.trials if r["value"]])
 

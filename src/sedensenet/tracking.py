@@ -18,6 +18,7 @@ import queue
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -281,7 +282,10 @@ def log_model(client: Any, run_id: str, run_dir: Path, *, artifact_path: str = "
         inputs=Schema([ColSpec("string", "path")]),
         outputs=Schema([ColSpec("double" if c == "probability" else "string", c) for c in OUTPUT_COLUMNS]),
     )
-    with tempfile.TemporaryDirectory() as tmp:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar across the training log
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # MLflow's advice on type hints and input examples: the signature is given, the input is file paths
+        warnings.simplefilter("ignore", UserWarning)
         local = Path(tmp) / artifact_path
         mlflow.pyfunc.save_model(
             str(local), python_model=str(Path(__file__).with_name("mlflow_model.py")),

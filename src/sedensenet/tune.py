@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import socket
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -60,11 +61,12 @@ class TuneResult:
     defaults: dict[str, Any] | None
     """Trial 0's row: the default settings."""
     best_yaml: Path
-    monitor: str
+    score: str
+    """What a trial's value is: the best epoch's ``monitor``, or the held-out accuracy over folds."""
 
     def markdown(self) -> str:
         """The trials table, best first marked, and the defaults against the best."""
-        return _markdown(self.trials, self.best, self.defaults, self.monitor)
+        return _markdown(self.trials, self.best, self.defaults, self.score)
 
 
 def tune(
@@ -124,7 +126,8 @@ def tune(
             stop = optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE,
                                                                   optuna.trial.TrialState.PRUNED))  # fmt: skip
             study.optimize(objective, callbacks=[stop], gc_after_trial=True)
-    return write_outputs(study, out_dir, url, data, overrides)
+    score = f"held-out accuracy ({folds} folds)" if folds else base.monitor
+    return write_outputs(study, out_dir, url, data, overrides, score=score)
 
 
 def storage_url(url: str) -> str:
@@ -149,17 +152,25 @@ def _study(url: str, name: str, score: str, heartbeat: int) -> Any:
     """The study in ``url`` (created on first use), with TPE, the median pruner and the heartbeat that retries
     trials whose process died; ``score`` (a loss is minimised) gives the direction."""
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage
 
-    storage = RDBStorage(
-        url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=RETRIES),
-    )  # fmt: skip
+    with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna since 2.8: it is what we rely on
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **_retry_callback())
     return optuna.create_study(
         storage=storage, study_name=name, load_if_exists=True,
         direction="minimize" if score.endswith("loss") else "maximize",
         sampler=optuna.samplers.TPESampler(seed=None), pruner=optuna.pruners.MedianPruner(n_warmup_steps=0),
     )  # fmt: skip
+
+
+def _retry_callback() -> dict[str, Any]:
+    """Retry a trial whose heartbeat stopped: Optuna 4.9's name for it, or the older one."""
+    from optuna import storages
+
+    if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):
+        return {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)}
+    return {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=RETRIES)}
 
 
 def _finished(study: Any) -> int:
@@ -231,7 +242,7 @@ class Objective:
         settings = {**self.overrides, **params, "project": str(self.out_dir / "trials"), "exist_ok": True,
                     "name": f"trial_{trial.number}"}  # fmt: skip
         try:
-            value = self._cross_validated(settings) if self.folds else self._trained(trial, settings)
+            value = self._cross_validated(trial, settings) if self.folds else self._trained(trial, settings)
         except StopRun as e:
             trial.set_user_attr("reason", e.reason)
             raise optuna.TrialPruned(e.reason) from None
@@ -259,13 +270,14 @@ class Objective:
             return math.nan
         return min(pruning.values) if monitor.endswith("loss") else max(pruning.values)
 
-    def _cross_validated(self, settings: dict[str, Any]) -> float:
+    def _cross_validated(self, trial: Any, settings: dict[str, Any]) -> float:
         from sedensenet.compare import compare, summarize
 
         model = settings.pop("model", self.base.model)
         name, project = settings.pop("name"), settings.pop("project")
         settings.pop("exist_ok")
         result = compare(self.data, [model], seeds=1, folds=self.folds, project=project, name=name, **settings)
+        trial.set_user_attr("run_dir", str(result.out_dir))
         return summarize(result.rows[0].test_accuracy).mean
 
 
@@ -300,7 +312,8 @@ class _Pruning:
             raise LastEpoch("the trial's last epoch", epoch=event.epoch)
         if self.trial.should_prune():
             raise StopRun(
-                f"pruned at epoch {event.epoch}: {self.monitor} {value:.4f} below the median", epoch=event.epoch
+                f"pruned at epoch {event.epoch}: {self.monitor} {value:.4f}, worse than earlier trials' median there",
+                epoch=event.epoch,
             )
 
 
@@ -316,8 +329,11 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def write_outputs(study: Any, out_dir: Path, url: str, data: str, overrides: dict[str, Any]) -> TuneResult:
-    """trials.csv, trials.md, best.yaml (a config ``train --config`` takes) and Optuna's plots."""
+def write_outputs(
+    study: Any, out_dir: Path, url: str, data: str, overrides: dict[str, Any], *, score: str
+) -> TuneResult:
+    """trials.csv, trials.md, best.yaml (a config ``train --config`` takes) and Optuna's plots; ``score`` names
+    what a trial's value is."""
     rows = trial_rows(study)
     complete = [r for r in rows if r["state"] == "COMPLETE"]
     if not complete:
@@ -325,13 +341,12 @@ def write_outputs(study: Any, out_dir: Path, url: str, data: str, overrides: dic
                           f"{out_dir / 'trials.csv'}")  # fmt: skip
     best = next(r for r in rows if r["number"] == study.best_trial.number)
     defaults = next((r for r in rows if r["defaults"]), None)
-    monitor = _base_config(data, dict(overrides)).monitor
     _write_table(rows, out_dir)
     settings = {**overrides, **study.best_trial.params}
     config = _base_config(data, settings)
     best_yaml = out_dir / "best.yaml"
     atomic_write_text(best_yaml, dump_yaml(config))
-    result = TuneResult(out_dir, url, rows, best, defaults, best_yaml, monitor)
+    result = TuneResult(out_dir, url, rows, best, defaults, best_yaml, score)
     atomic_write_text(out_dir / "trials.md", result.markdown() + "\n")
     _plots(study, out_dir)
     log.info("tuning written to %s\n%s", out_dir, result.markdown())
@@ -377,12 +392,16 @@ def _plots(study: Any, out_dir: Path) -> None:
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    import optuna
     from optuna.visualization import matplotlib as oplt
 
     for file, plot in (("optimization_history.png", oplt.plot_optimization_history),
                        ("param_importances.png", oplt.plot_param_importances)):  # fmt: skip
         try:
-            ax = plot(study)
+            with warnings.catch_warnings():  # "experimental" since Optuna 2.2, and few trials' importances
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", UserWarning)
+                ax = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
             log.info("%s not drawn: %s", file, e)
             continue
