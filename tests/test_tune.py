@@ -79,6 +79,17 @@ def test_trial_0_is_the_defaults_and_the_best_settings_load_as_a_config(tiny_ima
     assert (out / "optimization_history.png").stat().st_size > 1000
 
 
+def test_a_trial_that_does_not_fit_in_memory_is_pruned_with_the_reason(tiny_images: Path, tmp_path: Path) -> None:
+    from sedensenet.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no trial of study tune completed.*not enough memory"):
+        tune(str(tiny_images), trials=1, project=tmp_path, memory_limit="64K", **TINY)
+    study = _study(f"sqlite:///{tmp_path / 'tune' / 'tune' / 'study.db'}")
+    [trial] = study.get_trials(deepcopy=False)
+    assert trial.state == TrialState.PRUNED and "--memory-limit 64K" in trial.user_attrs["reason"]
+    assert "not enough memory" in (tmp_path / "tune" / "tune" / "trials.csv").read_text(encoding="utf-8")
+
+
 def test_a_killed_study_continues_and_retries_the_killed_trial(tiny_images: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'tune' / 'tune' / 'study.db'}"
     proc = subprocess.Popen(_command(tiny_images, tmp_path, 3), env=_env(), stdout=subprocess.DEVNULL,

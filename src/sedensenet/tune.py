@@ -335,13 +335,13 @@ def write_outputs(
     """trials.csv, trials.md, best.yaml (a config ``train --config`` takes) and Optuna's plots; ``score`` names
     what a trial's value is."""
     rows = trial_rows(study)
-    complete = [r for r in rows if r["state"] == "COMPLETE"]
-    if not complete:
-        raise ConfigError(f"no trial of study {study.study_name} finished: see the pruned trials' reasons in "
-                          f"{out_dir / 'trials.csv'}")  # fmt: skip
+    _write_table(rows, out_dir)
+    if not any(r["state"] == "COMPLETE" for r in rows):
+        reasons = sorted({r["reason"] for r in rows if r["reason"]})
+        raise ConfigError(f"no trial of study {study.study_name} completed ({'; '.join(reasons) or 'none ran'}); "
+                          f"every trial is in {out_dir / 'trials.csv'}")  # fmt: skip
     best = next(r for r in rows if r["number"] == study.best_trial.number)
     defaults = next((r for r in rows if r["defaults"]), None)
-    _write_table(rows, out_dir)
     settings = {**overrides, **study.best_trial.params}
     config = _base_config(data, settings)
     best_yaml = out_dir / "best.yaml"
