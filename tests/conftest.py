@@ -3,6 +3,9 @@
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -43,12 +46,39 @@ def _clean_package_logger() -> Iterator[None]:
     _reset_package_logger()
 
 
-@pytest.fixture(scope="session")
-def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> "os.PathLike[str]":
-    """Two classes of six 16x16 images, shared by the tests that train a few tiny runs (tracking, tuning)."""
-    import sys
+TINY_RUN_SETTINGS = {"model": "se_densenet_tiny", "image_size": 16, "batch_size": 8, "workers": 0, "augment": "none"}
+"""The shared run's settings: a tiny SE-DenseNet on 16x16 images, 16 training images (two steps an epoch)."""
 
-    sys.path.insert(0, os.path.dirname(__file__))
+
+@dataclass(frozen=True)
+class TinyRun:
+    data: Path
+    """The generated two-class folder it trained on (tests/imagegen.py, 8 images per class)."""
+    result: Any
+    """What ``sedensenet.train`` returned (a ``TrainResult``)."""
+
+    @property
+    def run_dir(self) -> Path:
+        return self.result.run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """A finished two-epoch run, trained once per session for the tests that only read a run folder (copy it
+    before changing anything: every test that asks for it sees the same folder)."""
+    from imagegen import make_folder
+
+    import sedensenet
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    data = make_folder(root / "data", per_class=8)  # beside runs/: a test finds it at run_dir.parent.parent / "data"
+    result = sedensenet.train(data=str(data), epochs=2, project=str(root / "runs"), verbose=0, **TINY_RUN_SETTINGS)
+    return TinyRun(data=data, result=result)
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two classes of six 16x16 images, shared by the tests that train a few tiny runs (tracking, tuning)."""
     from imagegen import make_folder
 
     return make_folder(tmp_path_factory.mktemp("tiny") / "images", per_class=6, size=16)

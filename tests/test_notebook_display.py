@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from imagegen import CLASSES, make_folder  # noqa: E402
+from imagegen import CLASSES  # noqa: E402
 
 import sedensenet  # noqa: E402
 from sedensenet.api import Prediction, Predictions  # noqa: E402
@@ -27,13 +27,13 @@ ROW = {"loss": 0.69314, "accuracy": 0.5, "val_loss": 0.6, "val_accuracy": 0.75, 
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_folder(tmp_path_factory.mktemp("data") / "images", per_class=8)
+def data(tiny_run) -> Path:  # noqa: ANN001
+    return tiny_run.data  # 8 images per class
 
 
 @pytest.fixture(scope="module")
-def run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> sedensenet.api.TrainResult:
-    return sedensenet.train(data=str(data), epochs=2, project=str(tmp_path_factory.mktemp("runs")), verbose=0, **FAST)
+def run(tiny_run) -> sedensenet.api.TrainResult:  # noqa: ANN001
+    return tiny_run.result  # two epochs with FAST's settings (tests/conftest.py)
 
 
 def test_epoch_line_has_keras_shape() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
@@ -71,21 +72,38 @@ def _stream(cell: nbformat.NotebookNode, name: str) -> str:
     return "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == name)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_and_shows_what_the_reader_needs(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    nbclient = pytest.importorskip("nbclient")
+def _execute(name: str, folder: Path) -> nbformat.NotebookNode:
+    import nbclient
+
+    for f in (name, KERAS_FILE):
+        shutil.copy(EXAMPLES / f, folder / f)  # the run folders go to folder/runs, not examples/
+    nb = nbformat.read(folder / name, as_version=4)
+    nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": folder}}
+    ).execute()
+    return nb
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Future, Path]]:
+    """Both notebooks executed at the same time, each in its own kernel with one intra-op thread: on two cores the
+    pair takes about as long as one. A notebook that fails raises in its own test (``Future.result()``)."""
+    pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     pytest.importorskip("ipywidgets")
-    for f in (name, KERAS_FILE):
-        shutil.copy(EXAMPLES / f, tmp_path / f)  # the run folders go to tmp_path/runs, not examples/
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel inherits it: one intra-op thread, as in every test
-    nb = nbformat.read(tmp_path / name, as_version=4)
-    nbclient.NotebookClient(
-        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
-    ).execute()
+    folders = {name: tmp_path_factory.mktemp("notebook") for name in NOTEBOOKS}
+    with pytest.MonkeyPatch.context() as patch, ThreadPoolExecutor(len(NOTEBOOKS)) as pool:
+        patch.setenv("OMP_NUM_THREADS", "1")  # the kernels inherit it: one intra-op thread, as in every test
+        futures = {name: pool.submit(_execute, name, folders[name]) for name in NOTEBOOKS}
+        wait(futures.values())
+    return {name: (futures[name], folders[name]) for name in NOTEBOOKS}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_and_shows_what_the_reader_needs(name: str, executed: dict[str, tuple[Future, Path]]) -> None:
+    future, tmp_path = executed[name]
+    nb = future.result()
 
     training = _cell(nb, "result = sedensenet.train(\n")
     lines = [line for line in _stream(training, "stdout").splitlines() if line.startswith("Epoch")]

@@ -18,9 +18,9 @@ import torch
 
 from sedensenet import checkpoint as ckpt
 from sedensenet.checkpoint import resolve_checkpoint
-from sedensenet.config import ConfigError, InferenceSettings, TrainConfig, resolve_config
+from sedensenet.config import ConfigError, InferenceSettings, TrainConfig, load_yaml, resolve_config
 from sedensenet.display import Table
-from sedensenet.engine.predictor import Prediction, Predictions, probabilities_to_rows
+from sedensenet.engine.predictor import Prediction, Predictions, Predictor, probabilities_to_rows, write_predictions
 
 __all__ = ["DataCheckResult", "InferenceSettings", "Prediction", "Predictions", "TrainResult", "check_data",
            "evaluate", "inference_settings", "load_model", "predict", "predict_sharded", "probabilities_to_rows",
@@ -91,7 +91,6 @@ def training_config(
 
     Returns the config and the recommendations that were applied (to show the user).
     """
-    from sedensenet.config import load_yaml
     from sedensenet.data import BUILTIN, is_builtin
 
     if data is not None:
@@ -151,30 +150,28 @@ def train(
         cfg, recommended = training_config(data, config, **overrides)
         _check_image_size(cfg)
     uri = overrides.get("mlflow", cfg.mlflow if cfg else _recorded_mlflow(resume))
+    run = _tracked(uri, train_run, cfg, resume=resume or None, overrides=overrides, recommended=recommended,
+                   progress=reporter, tune_malloc=tune_malloc, callbacks=callbacks)  # fmt: skip
+    return TrainResult(run.history, run.run_dir, run.metrics, run.best_epoch, run.memory_plan)
+
+
+def _tracked(uri: str | None, train_run: Any, cfg: TrainConfig | None, *, callbacks: Sequence[Any], **kw: Any) -> Any:
+    """``train_run`` with the MLflow tracker among its callbacks when ``uri`` is given (``--mlflow``); the MLflow
+    run ends with the training run, as FINISHED or, on any exception, KILLED."""
     tracker = _tracker(uri)
     try:
-        run = train_run(
-            cfg,
-            resume=resume or None,
-            overrides=overrides,
-            recommended=recommended,
-            progress=reporter,
-            tune_malloc=tune_malloc,
-            callbacks=[*callbacks, *([tracker] if tracker else [])],
-        )
+        run = train_run(cfg, callbacks=[*callbacks, *([tracker] if tracker else [])], **kw)
     except BaseException:
         if tracker is not None:
             tracker.finish(Path(), {}, status="KILLED")
         raise
     if tracker is not None:
         tracker.finish(run.run_dir, run.metrics)
-    return TrainResult(run.history, run.run_dir, run.metrics, run.best_epoch, run.memory_plan)
+    return run
 
 
 def _recorded_mlflow(resume: str | os.PathLike | None) -> str | None:
     """The ``mlflow`` setting a resumed run was started with (its config.yaml)."""
-    from sedensenet.config import load_yaml
-
     path = Path(resume) / "config.yaml" if resume else None
     return load_yaml(path).get("mlflow") if path is not None and path.is_file() else None
 
@@ -252,8 +249,6 @@ def predict(
             ``SEDENSENET_MALLOC=default`` opts out), as the ``predict`` command always has.
         **options: any field of ``settings`` by name, e.g. ``device="cpu", amp="off", tta="vflip"``.
     """
-    from sedensenet.engine.predictor import Predictor, write_predictions
-
     run = inference_settings(settings, **options)
     _tune_malloc(tune_malloc)
     preds = Predictions(Predictor.load(model, run).predict_files(inputs, top_k=top_k))
@@ -320,6 +315,7 @@ def evaluate(
     *,
     dedupe: Literal["off", "exact", "near"] = "off",
     positive: str | None = None,
+    seed: int = 0,
     settings: InferenceSettings | None = None,
     tune_malloc: bool = True,
     **options: Any,
@@ -339,17 +335,17 @@ def evaluate(
         dedupe: leave out val/test images that duplicate training images (exact: same pixels; near: also
             re-encoded or resized copies).
         positive: two classes: the positive class (default: the checkpoint's, else the second).
+        seed: seed of the bootstrap resamples behind the 95% intervals.
         settings: how batches run, as for :func:`predict`.
         tune_malloc: as for :func:`predict`.
         **options: any field of ``settings`` by name.
     """
     from sedensenet.engine.labelled import evaluate_folder
-    from sedensenet.engine.predictor import Predictor
 
     run = inference_settings(settings, **options)
     _tune_malloc(tune_malloc)
     return evaluate_folder(Predictor.load(model, run), data, split=split, output=output, dedupe=dedupe,
-                           positive=positive)  # fmt: skip
+                           positive=positive, seed=seed)  # fmt: skip
 
 
 @dataclass

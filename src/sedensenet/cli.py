@@ -13,6 +13,7 @@ import ast
 import contextlib
 import dataclasses
 import importlib
+import importlib.metadata
 import inspect
 import logging
 import re
@@ -94,8 +95,8 @@ def _arg_docs(func: Callable[..., Any]) -> dict[str, str]:
 
 
 def _plain(text: str) -> str:
-    """Docstring markup (````x````, ``:func:`x```) as a terminal shows it: ``x``."""
-    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text.replace("``", ""))
+    """Docstring markup (````x````, ``:func:`x```) as a terminal shows it: ``x``; ``%`` escaped for argparse."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text.replace("``", "")).replace("%", "%%")
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +106,8 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         if f.name in OUTPUT_FIELDS:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{docs.get(f.name, '')} (default: {f.default})"}
+        text = _plain(f"{docs.get(f.name, '')} (default: {f.default})")
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": text}
         if f.name == "memory_efficient":  # on/off/auto; the bare flag (and --no-...) as when it was a switch
             kw.update(nargs="?", const="on", choices=CHOICES[f.name], metavar="{auto,on,off}")
             parser.add_argument("--no-memory-efficient", dest=f.name, action="store_const", const="off",
@@ -367,9 +369,9 @@ def show_summary(result: Any, _: dict[str, Any]) -> None:
 
 
 def show_presets(rows: list[Any], _: dict[str, Any]) -> None:
-    print(f"{'name':<24}{'params':>14}{'GMACs':>9}{'size':>6}  {'SE placement':<18}description")
-    for r in rows:
-        print(f"{r.name:<24}{r.params:>14,}{r.macs / 1e9:>9.3f}{r.image_size:>6}  {r.se_placement:<18}{r.description}")
+    from sedensenet.model_summary import presets_table
+
+    print(presets_table(rows))
 
 
 def show_export(res: Any, _: dict[str, Any]) -> None:
@@ -534,10 +536,8 @@ def _report_bug(error: Exception, *, verbose: bool) -> int:
 
 def _issues_url() -> str:
     """The issue tracker named in the installed package's metadata, else :data:`REPORT_BUGS_AT`."""
-    from importlib import metadata
-
-    with contextlib.suppress(metadata.PackageNotFoundError):
-        for entry in metadata.metadata("sedensenet").get_all("Project-URL") or []:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        for entry in importlib.metadata.metadata("sedensenet").get_all("Project-URL") or []:
             label, _, url = entry.partition(",")
             if label.strip().lower() in ("issues", "bug tracker", "tracker") and url.strip():
                 return url.strip()

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sedensenet.config import ConfigError
+from sedensenet.config import ConfigError, load_yaml
 from sedensenet.fileio import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,6 @@ def _train_model(
     data: str, model: str, jobs: list[tuple[str, dict[str, Any]]], split_seed: int, out_dir: Path,
     overrides: dict[str, Any],
 ) -> tuple[ModelRow, list[list[float]]]:  # fmt: skip
-    from sedensenet.config import load_yaml
     from sedensenet.model_summary import summary
     from sedensenet.models import create_model
 

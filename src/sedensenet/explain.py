@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from sedensenet.checkpoint import CheckpointMeta, load_checkpoint
+from sedensenet.checkpoint import CheckpointMeta, load_checkpoint, resolve_checkpoint
 from sedensenet.config import ConfigError
 from sedensenet.data import build_transforms, check_image, load_image
 from sedensenet.fileio import atomic_write, atomic_write_json, atomic_write_text
@@ -252,7 +252,6 @@ def explain_images(
     Raises:
         ValueError: an unknown method or target class (the message lists the classes).
     """
-    from sedensenet.checkpoint import resolve_checkpoint
     from sedensenet.engine.device import select_device
     from sedensenet.engine.samples import expand_inputs
     from sedensenet.reports import plot_gradcam_grid
@@ -417,7 +416,6 @@ def se_channel_weights(
     Raises:
         ValueError: the model has no SE layers, or an unknown ``se_layer`` (the message lists them).
     """
-    from sedensenet.checkpoint import resolve_checkpoint
     from sedensenet.engine.device import select_device
     from sedensenet.engine.predictor import Predictor
     from sedensenet.engine.samples import labelled_samples
@@ -524,8 +522,6 @@ def explain_model(
     Raises:
         ConfigError: neither images nor ``data`` given.
     """
-    from sedensenet.checkpoint import resolve_checkpoint
-
     if not images and not data:
         raise ConfigError("give image files or folders for Grad-CAM, and/or --data DIR for the SE channel weights")
     if tune_malloc:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from sedensenet.models.densenet import DenseNet
+from sedensenet.display import Table
+from sedensenet.models import DenseNet, create_model, get_preset, list_models
 
 
 @dataclass
@@ -46,8 +48,6 @@ class ModelSummary:
         return str(self)
 
     def _repr_html_(self) -> str:
-        from sedensenet.display import Table
-
         rows = [[r.name, r.kind, "x".join(str(s) for s in r.output_shape), r.params] for r in self.rows]
         notes = str(self).splitlines()[len(self.rows) + 4 + bool(self.title) :]  # Input, totals, notes
         return Table(["Stage", "Type", "Output shape", "Params"], rows, title=self.title, notes=notes)._repr_html_()
@@ -85,6 +85,18 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def models_table(filter: str = "", *, num_classes: int = 1000) -> Table:
+    """The presets whose name contains ``filter`` (``sedensenet models``) as a table sized from its content."""
+    return presets_table(preset_rows(filter, num_classes))
+
+
+def presets_table(rows: Sequence[PresetRow]) -> Table:
+    """Parameters and GMACs (multiply-accumulates, for 3-channel inputs at the preset's default size), SE placement
+    and description, one row per preset, with columns sized from their content."""
+    cells = [[r.name, r.params, r.macs / 1e9, r.image_size, r.se_placement, r.description] for r in rows]
+    return Table(["name", "params", "GMACs", "size", "SE placement", "description"], cells)
 
 
 def summary(
@@ -167,8 +179,6 @@ def preset_summary(model: str, num_classes: int = 1000, image_size: int = 224, i
         image_size: side of the square input.
         in_chans: input channels.
     """
-    from sedensenet.models import create_model
-
     net = create_model(model, num_classes=num_classes, in_chans=in_chans)
     return summary(net, image_size, title=f"{model} ({num_classes} classes)")
 
@@ -192,8 +202,6 @@ def preset_rows(filter: str = "", num_classes: int = 1000) -> list[PresetRow]:
         filter: only names containing this.
         num_classes: classes of the classifier the figures are counted with.
     """
-    from sedensenet.models import create_model, get_preset, list_models
-
     rows = []
     for name in list_models(filter):
         preset = get_preset(name)

@@ -9,6 +9,7 @@ import torch
 
 from sedensenet import create_model, summary
 from sedensenet.cli import main
+from sedensenet.model_summary import models_table
 
 
 def test_summary_totals_and_stages() -> None:
@@ -46,6 +47,17 @@ def test_cli_summary_and_models(capsys: pytest.CaptureFixture) -> None:
     assert main(["models", "bc_100", "--num-classes", "10"]) == 0
     out = capsys.readouterr().out
     assert "769,162" in out and "densenet121" not in out
+
+
+def test_models_table_sizes_its_columns_from_the_content() -> None:
+    """The tiny preset's SE placement is the longest cell of its column: the description still starts two spaces
+    after it (the text ``sedensenet models`` printed ran them together)."""
+    lines = str(models_table("tiny", num_classes=10)).splitlines()
+    assert lines[0].split() == ["name", "params", "GMACs", "size", "SE", "placement", "description"]
+    assert lines[2] == (
+        "se_densenet_tiny   2,570  0.0003    16  head,block,transition,layer  "
+        "tiny SE-DenseNet with SE in every placement, for tests and smoke runs"
+    )
 
 
 def test_cli_errors_are_messages_not_tracebacks(capsys: pytest.CaptureFixture) -> None:

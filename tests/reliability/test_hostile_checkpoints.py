@@ -44,11 +44,9 @@ class RunsCode:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished two-epoch run whose files the tests copy and damage."""
-    root = tmp_path_factory.mktemp("hostile")
-    data = make_folder(root / "data", per_class=6)
-    return sedensenet.train(data=str(data), project=str(root / "runs"), epochs=2, **FAST).run_dir
+def run(tiny_run) -> Path:  # noqa: ANN001
+    """A finished two-epoch run whose files the tests copy and damage (the session's shared run: never changed)."""
+    return tiny_run.run_dir
 
 
 @pytest.fixture

@@ -9,9 +9,13 @@ import pytest
 from PIL import Image
 
 from sedensenet.reports import (
+    diagnostic_plots,
+    figures,
     plot_confusion_matrix,
     plot_curves,
     plot_history_comparison,
+    plot_pr,
+    plot_reliability,
     plot_roc,
     plot_top_losses,
     plots,
@@ -56,13 +60,13 @@ def _no_temp_files(directory: Path) -> bool:
 def test_plot_curves_is_12_by_4_inches(tmp_path: Path, history: dict[str, list[float]]) -> None:
     path = plot_curves(history, tmp_path / "curves.png", best_epoch=1, title="运行 train")
     assert path == tmp_path / "curves.png"
-    assert _png_size(path) == (12 * plots.DPI, 4 * plots.DPI)
+    assert _png_size(path) == (12 * figures.DPI, 4 * figures.DPI)
     assert _no_temp_files(tmp_path)
 
 
 def test_plot_curves_panels_follow_the_tutorial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     figures = []
-    real_save = plots._save
+    real_save = plots.save_figure
 
     def spy(fig, path):  # inspect the figure before it is written and cleared
         figures.append(
@@ -72,7 +76,7 @@ def test_plot_curves_panels_follow_the_tutorial(tmp_path: Path, monkeypatch: pyt
         figures.append(list(xs))
         return real_save(fig, path)
 
-    monkeypatch.setattr(plots, "_save", spy)
+    monkeypatch.setattr(plots, "save_figure", spy)
     plot_curves(HISTORY, tmp_path / "c.png", best_epoch=3)
     (left, right), xs = figures
     assert left[0] == "Training and Validation Accuracy"
@@ -120,7 +124,7 @@ def test_cell_text_contrasts_with_the_cell(tmp_path: Path, monkeypatch: pytest.M
             colours[text.get_text()] = text.get_color()
         return path
 
-    monkeypatch.setattr(plots, "_save", spy)
+    monkeypatch.setattr(diagnostic_plots, "save_figure", spy)
     plot_confusion_matrix([[100, 0], [1, 99]], ["a", "b"], tmp_path / "cm.png")
     assert colours["100"] == "white"  # dark blue cell
     assert colours["0"] == "black"  # near-white cell
@@ -129,17 +133,58 @@ def test_cell_text_contrasts_with_the_cell(tmp_path: Path, monkeypatch: pytest.M
 @pytest.mark.filterwarnings("error")
 def test_plot_roc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     labels = []
-    real_save = plots._save
+    real_save = diagnostic_plots.save_figure
 
     def spy(fig, path):
         labels.extend(t.get_text() for t in fig.axes[0].get_legend().get_texts())
         return real_save(fig, path)
 
-    monkeypatch.setattr(plots, "_save", spy)
+    monkeypatch.setattr(diagnostic_plots, "save_figure", spy)
     path = plot_roc([0, 0, 1, 1, 1], [0.1, 0.6, 0.7, 0.2, 0.9], tmp_path / "roc.png", pos_label_name="狗")
     assert _png_size(path) == (550, 500)
     assert "狗 (AUC = 0.833)" in labels
     assert any(label.startswith("chance") for label in labels)
+
+
+@pytest.mark.filterwarnings("error")
+def test_plot_pr_marks_the_operating_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+    real_save = diagnostic_plots.save_figure
+
+    def spy(fig, path):
+        ax = fig.axes[0]
+        seen["labels"] = [t.get_text() for t in ax.get_legend().get_texts()]
+        point = next(line for line in ax.get_lines() if line.get_label().startswith("threshold"))
+        seen["point"] = (float(point.get_xdata()[0]), float(point.get_ydata()[0]))
+        return real_save(fig, path)
+
+    monkeypatch.setattr(diagnostic_plots, "save_figure", spy)
+    positive = [False, False, True, True, True]
+    path = plot_pr(positive, [0.1, 0.6, 0.7, 0.2, 0.9], tmp_path / "pr.png", pos_label_name="狗", threshold=0.5)
+    assert _png_size(path) == (550, 500)
+    # Called at 0.5: 0.6 (a negative), 0.7 and 0.9: 2 of 3 positives found, 2 of 3 calls right.
+    assert seen["point"] == pytest.approx((2 / 3, 2 / 3))
+    # Ranked 0.9 P, 0.7 P, 0.6 N, 0.2 P: AP = (1 + 1 + 3/4) / 3.
+    assert seen["labels"] == ["chance (prevalence 0.600)", "狗 (AP = 0.917)", "threshold 0.500"]
+
+
+@pytest.mark.filterwarnings("error")
+def test_plot_reliability_before_and_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    labels = []
+
+    def spy(fig, path):
+        labels.append([t.get_text() for t in fig.axes[0].get_legend().get_texts()])
+        return path
+
+    monkeypatch.setattr(diagnostic_plots, "save_figure", spy)
+    # Top-label confidences 0.9 and 0.8, both right, in two of the 15 bins: ECE = (0.1 + 0.2) / 2.
+    calibrated = np.array([[0.9, 0.1], [0.2, 0.8]])
+    plot_reliability([0, 1], calibrated, tmp_path / "cal.png")
+    plot_reliability([0, 1], calibrated, tmp_path / "cal.png", uncalibrated=np.array([[0.6, 0.4], [0.4, 0.6]]))
+    assert labels == [
+        ["perfect calibration", "model (ECE = 0.150)"],
+        ["perfect calibration", "before scaling (ECE = 0.400)", "after scaling (ECE = 0.150)"],
+    ]
 
 
 @pytest.mark.filterwarnings("error")
@@ -160,11 +205,11 @@ def test_plot_top_losses_mixed_images(tmp_path: Path) -> None:
     titles = [f"true: 猫\npred: 狗 (0.9{i})\nloss {i + 1.5:.2f}" for i in range(len(images))]
     path = plot_top_losses(images, titles, tmp_path / "top.png", ncols=4)
     width, height = _png_size(path)
-    assert (width, height) == (round(2.8 * 4 * plots.DPI), round(3.2 * 2 * plots.DPI))
+    assert (width, height) == (round(2.8 * 4 * figures.DPI), round(3.2 * 2 * figures.DPI))
 
 
 def test_plot_top_losses_without_images(tmp_path: Path) -> None:
-    assert _png_size(plot_top_losses([], [], tmp_path / "top.png")) == (4 * plots.DPI, 2 * plots.DPI)
+    assert _png_size(plot_top_losses([], [], tmp_path / "top.png")) == (4 * figures.DPI, 2 * figures.DPI)
 
 
 def test_plot_top_losses_rejects_mismatch(tmp_path: Path) -> None:
@@ -176,18 +221,18 @@ def test_plot_top_losses_rejects_mismatch(tmp_path: Path) -> None:
 def test_plot_history_comparison(tmp_path: Path) -> None:
     curves = {"densenet121": [0.5, 0.6, 0.7], "se_densenet121 (SE)": [0.55, float("nan"), 0.75], "单轮": [0.4]}
     path = plot_history_comparison(curves, tmp_path / "sub" / "compare.png")
-    assert _png_size(path) == (8 * plots.DPI, 5 * plots.DPI)
+    assert _png_size(path) == (8 * figures.DPI, 5 * figures.DPI)
 
 
 @pytest.mark.filterwarnings("ignore:Glyph")  # drawn directly here, outside the plot functions' guard
 def test_font_fallback_reaches_every_text() -> None:
-    fig = plots._new_figure((4, 3))
+    fig = figures.new_figure((4, 3))
     ax = fig.add_subplot()
     ax.set_title("猫")
     ax.set_xticks([0, 1], ["猫", "狗"])
     ax.plot([0, 1], [0, 1], label="狗")
     ax.legend()
-    plots._apply_font_fallback(fig, "DejaVu Serif")
+    figures.apply_font_fallback(fig, "DejaVu Serif")
     fig.canvas.draw()  # tick labels are (re)made at draw time
     texts = [ax.title, *ax.get_xticklabels(), *ax.get_yticklabels(), *ax.get_legend().get_texts()]
     assert all(text.get_fontfamily()[-1] == "DejaVu Serif" for text in texts)
@@ -195,14 +240,14 @@ def test_font_fallback_reaches_every_text() -> None:
 
 def test_cjk_font_is_used_when_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # No CJK font may be installed here: pretend one is, to run the path that applies it.
-    monkeypatch.setattr(plots, "find_cjk_font", lambda: "DejaVu Serif")
+    monkeypatch.setattr(figures, "find_cjk_font", lambda: "DejaVu Serif")
     assert plot_confusion_matrix([[1, 0], [0, 1]], ["猫", "狗"], tmp_path / "cm.png").exists()
 
 
 def test_find_cjk_font_returns_an_installed_family_or_none() -> None:
     from matplotlib import font_manager
 
-    family = plots.find_cjk_font()
+    family = figures.find_cjk_font()
     assert family is None or family in {f.name for f in font_manager.fontManager.ttflist}
 
 

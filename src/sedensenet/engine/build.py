@@ -13,7 +13,15 @@ from torch import nn
 
 from sedensenet import checkpoint as ckpt
 from sedensenet.config import TrainConfig
-from sedensenet.data import DataSplits, ImageFolderDataset, Sample, build_transforms, compute_mean_std
+from sedensenet.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataSplits,
+    ImageFolderDataset,
+    Sample,
+    build_transforms,
+    compute_mean_std,
+)
 from sedensenet.models import DenseNet, create_model
 
 log = logging.getLogger(__name__)
@@ -141,8 +149,6 @@ def normalization(
     splits: DataSplits, *, normalize: str, image_size: int, in_chans: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``imagenet``: ImageNet's statistics (per channel, averaged for grayscale); ``dataset``: the training split's."""
-    from sedensenet.data import IMAGENET_MEAN, IMAGENET_STD
-
     if normalize == "dataset":
         return compute_mean_std(splits.train, image_size, in_chans=in_chans)
     if in_chans == 3:

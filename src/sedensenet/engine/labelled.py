@@ -29,11 +29,12 @@ def evaluate_folder(
     output: str | os.PathLike | None = None,
     dedupe: str = "off",
     positive: str | None = None,
+    seed: int = 0,
 ) -> Any:
     """Metrics of ``predictor`` on a labelled folder, decided as its ``predict_files`` decides; the reports written to
     ``output`` when given. ``positive`` names the positive class of a two-class model (default: the stored one, else
     the second class). ``dedupe`` (``exact`` or ``near``) leaves out the val/test images that duplicate a training
-    image. Batches are ``predictor.settings.batch_size`` images."""
+    image. Batches are ``predictor.settings.batch_size`` images; ``seed`` seeds the bootstrap intervals."""
     meta = meta_for(predictor.meta, positive)
     samples, data_classes = labelled_samples(predictor.meta, data, split, dedupe)
     res = predictor.run_samples(samples)
@@ -43,13 +44,13 @@ def evaluate_folder(
         return compute_metrics(
             res.targets.tolist(), probs, predictor.classes, loss=res.loss, y_pred=decide(probs, meta),
             positive=positive_of(meta), threshold=meta.threshold,
-            uncalibrated=res.probs if meta.temperature else None, temperature=meta.temperature,
+            uncalibrated=res.probs if meta.temperature else None, temperature=meta.temperature, seed=seed,
         )  # fmt: skip
     extra = {"data": str(data), "split": split, "data_classes": data_classes,
              "inference_backend": predictor.backend_used, "decision": meta.decision, "dedupe": dedupe,
              "tta": predictor.tta,
              "precision": precision_name(predictor.amp_dtype)}  # fmt: skip
-    return write_evaluation(Path(output), res, predictor.classes, samples, meta.in_chans, extra, meta=meta)
+    return write_evaluation(Path(output), res, predictor.classes, samples, meta.in_chans, extra, meta=meta, seed=seed)
 
 
 def meta_for(meta: CheckpointMeta, positive: str | None) -> CheckpointMeta:

@@ -36,7 +36,7 @@ import torch
 from sedensenet.config import TrainConfig, parse_size
 from sedensenet.errors import UserError
 from sedensenet.fileio import atomic_write_json
-from sedensenet.models import DenseNetConfig, model_config
+from sedensenet.models import DenseNet, DenseNetConfig, model_config
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,6 @@ def _parameter_count(cfg: DenseNetConfig) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _count_parameters(cfg_json: str) -> int:
-    from sedensenet.models import DenseNet
-
     with torch.device("meta"):
         net = DenseNet(DenseNetConfig(**json.loads(cfg_json)))
     return sum(p.numel() for p in net.parameters())

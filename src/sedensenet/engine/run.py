@@ -88,12 +88,7 @@ def train_run(
         log.info("built-in data %s: recommended settings %s", config.data, recommended)
     try:
         # prepare: memory plan, data, model, optimiser, run folder; the header says what the run is
-        if resume is not None:
-            ctx = _resume(Path(resume), overrides or {}, device)
-        else:
-            ctx = session.prepare(config, device=device)
-            if dist.is_main():
-                write_run_header(ctx)
+        ctx = _resume(Path(resume), overrides or {}, device) if resume is not None else _new(config, device)
         if tune_malloc and (tuned := tune_malloc_for_training(ctx.memory_plan.memory_efficient)):
             log.debug("%s", tuned)
         with _log_file(ctx.run_dir / "train.log", enabled=dist.is_main()):
@@ -132,6 +127,14 @@ def _tell(callbacks: Sequence[EpochCallback], event: EpochEnd) -> None:
 def _device_name(config: TrainConfig | None, overrides: dict[str, Any] | None) -> str:
     """The device torchrun's process group is set up for: the run's, or what a resume asks for."""
     return config.device if config is not None else (overrides or {}).get("device", "auto")
+
+
+def _new(config: TrainConfig, device: torch.device | None) -> RunContext:
+    """A new run: prepared, and its header written (rank 0) before the first epoch."""
+    ctx = session.prepare(config, device=device)
+    if dist.is_main():
+        write_run_header(ctx)
+    return ctx
 
 
 def _resume(run_dir: Path, overrides: dict[str, Any], device: torch.device | None) -> RunContext:

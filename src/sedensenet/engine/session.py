@@ -12,13 +12,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sedensenet import checkpoint as ckpt
-from sedensenet.config import ConfigError, InferenceSettings, TrainConfig
+from sedensenet.config import RESUME_MAY_CHANGE, ConfigError, InferenceSettings, TrainConfig, load_yaml, resolve_config
 from sedensenet.data import DataError, DataSplits, resolve_data, scan_folder
 from sedensenet.data.check import drop_duplicates_of_train, exact_leaks, groups_across_splits
 from sedensenet.data.folds import fold_splits, fold_units
 from sedensenet.engine import build, memory
 from sedensenet.engine import distributed as dist
-from sedensenet.engine.decision import check_decision_settings
+from sedensenet.engine.decision import check_decision_settings, fit_decision
 from sedensenet.engine.device import precision_name, seed_everything, select_device, step_settings
 from sedensenet.engine.evaluation import record_evaluation, write_evaluation
 from sedensenet.engine.loader import make_loader
@@ -268,8 +268,6 @@ def _wrap(
 
 def resume(run_dir: Path, overrides: dict[str, Any] | None = None, device: torch.device | None = None) -> RunContext:
     """Rebuild a run from its folder (config.yaml, weights/last.safetensors, state/last.pt) to continue it."""
-    from sedensenet.config import RESUME_MAY_CHANGE, resolve_config
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); pass the folder that train created")
@@ -304,7 +302,6 @@ def _record_plan(path: Path, plan: dict[str, Any]) -> None:
     """config.yaml's ``memory_plan`` becomes this start's; the settings it was started with stay as written."""
     import yaml
 
-    from sedensenet.config import load_yaml
     from sedensenet.fileio import atomic_write_text
 
     saved = load_yaml(path)
@@ -329,7 +326,6 @@ def finish(ctx: RunContext) -> dict[str, Any]:
     """
     if not dist.is_main():
         return {}
-    from sedensenet.engine.decision import fit_decision
     from sedensenet.engine.predictor import Predictor
 
     best = ctx.run_dir / "weights" / "best.safetensors"

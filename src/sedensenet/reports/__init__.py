@@ -19,21 +19,11 @@ from sedensenet.reports.clinical import (
     decide_binary,
     positive_index,
 )
-from sedensenet.reports.diagnostic_plots import plot_pr, plot_reliability
+from sedensenet.reports.diagnostic_plots import plot_confusion_matrix, plot_pr, plot_reliability, plot_roc
+from sedensenet.reports.explain_plots import plot_gradcam_grid, plot_se_weights, plot_top_losses
+from sedensenet.reports.figures import InlineFigure, find_cjk_font
 from sedensenet.reports.metrics import ClassificationReport, compute_metrics, normalize_confusion_matrix
-from sedensenet.reports.plots import (
-    InlineFigure,
-    curves_figure,
-    find_cjk_font,
-    plot_confusion_matrix,
-    plot_curves,
-    plot_gradcam_grid,
-    plot_history,
-    plot_history_comparison,
-    plot_roc,
-    plot_se_weights,
-    plot_top_losses,
-)
+from sedensenet.reports.plots import curves_figure, plot_curves, plot_history, plot_history_comparison
 from sedensenet.reports.run import (
     HISTORY_COLUMNS,
     RUN_FILES,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sedensenet.fileio import atomic_write_json, atomic_write_text
-from sedensenet.reports.plots import plot_top_losses
+from sedensenet.reports.explain_plots import plot_top_losses
 
 if TYPE_CHECKING:
     from sedensenet.data.check import DataCheck

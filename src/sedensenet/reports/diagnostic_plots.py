@@ -1,19 +1,115 @@
-"""Figures a reviewer asks for beside the ROC curve: the precision-recall curve and the reliability diagram."""
+"""Figures that score a classifier's outputs: confusion matrices, the ROC curve, the precision-recall curve with
+the operating point, and the reliability diagram before/after temperature scaling."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve
+from matplotlib.axes import Axes
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from sedensenet.reports.calibration import ECE_BINS, expected_calibration_error, reliability_bins
-from sedensenet.reports.plots import _figure_writer, _new_figure, _save
+from sedensenet.reports.figures import figure_writer, new_figure, save_figure
+from sedensenet.reports.metrics import normalize_confusion_matrix
 
 
-@_figure_writer
+@figure_writer
+def plot_confusion_matrix(
+    cm: np.ndarray | Sequence[Sequence[int]],
+    classes: Sequence[str],
+    path: str | os.PathLike,
+    normalize: bool = False,
+) -> Path:
+    """Draw a confusion matrix (rows: true class, columns: predicted) with the value in each cell.
+
+    Args:
+        cm: (C, C) counts.
+        classes: the C class names.
+        path: where the PNG goes.
+        normalize: show each row divided by its total (recall per true class; empty rows stay 0).
+
+    Returns:
+        The path written.
+    """
+    counts = np.asarray(cm)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] != len(classes):
+        raise ValueError(f"cm must be ({len(classes)}, {len(classes)}) to match classes, got shape {counts.shape}")
+    if len(classes) == 0:
+        raise ValueError("cannot plot a confusion matrix without classes")
+    values = normalize_confusion_matrix(counts) if normalize else counts.astype(np.float64)
+    n = len(classes)
+    side = min(4.0 + 0.45 * n, 24.0)
+    fig = new_figure((side + 1.0, side))
+    ax = fig.add_subplot()
+    vmax = 1.0 if normalize else max(float(values.max()), 1.0)
+    image = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if n <= 40:  # beyond that the numbers are unreadable anyway
+        _annotate_cells(ax, values, image, normalize, fontsize=max(5.0, 11.0 - 0.15 * n))
+    rotate = n > 6 or max(len(str(c)) for c in classes) > 8
+    ax.set_xticks(range(n), [str(c) for c in classes], rotation=45 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_yticks(range(n), [str(c) for c in classes])
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    ax.set_title("Confusion matrix (normalized by true class)" if normalize else "Confusion matrix")
+    return save_figure(fig, path)
+
+
+def _annotate_cells(ax: Axes, values: np.ndarray, image: Any, normalize: bool, fontsize: float) -> None:
+    for (row, col), value in np.ndenumerate(values):
+        red, green, blue, _ = image.cmap(image.norm(value))
+        # Relative luminance of the cell colour decides between black and white text.
+        dark = 0.2126 * red + 0.7152 * green + 0.0722 * blue < 0.5
+        text = f"{value:.2f}" if normalize else f"{int(round(value))}"
+        ax.text(col, row, text, ha="center", va="center", fontsize=fontsize, color="white" if dark else "black")
+
+
+@figure_writer
+def plot_roc(
+    y_true: Sequence[int],
+    scores_positive: Sequence[float],
+    path: str | os.PathLike,
+    pos_label_name: str,
+) -> Path:
+    """Draw the ROC curve of a two-class problem, with its AUC in the legend and the chance diagonal.
+
+    Args:
+        y_true: 0/1 labels, 1 being the positive class.
+        scores_positive: the score (probability) of the positive class per sample.
+        path: where the PNG goes.
+        pos_label_name: the positive class's name, for the legend.
+
+    Returns:
+        The path written.
+    """
+    y = np.asarray(y_true).reshape(-1)
+    scores = np.asarray(scores_positive, dtype=np.float64).reshape(-1)
+    if len(y) != len(scores):
+        raise ValueError(f"y_true has {len(y)} labels but scores_positive has {len(scores)} scores")
+    fig = new_figure((5.5, 5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance (AUC = 0.500)")
+    if len(np.unique(y)) == 2 and np.all(np.isfinite(scores)):
+        fpr, tpr, _ = roc_curve(y, scores, pos_label=1)
+        auc = roc_auc_score(y, scores)
+        ax.plot(fpr, tpr, linewidth=2, label=f"{pos_label_name} (AUC = {auc:.3f})")
+    else:
+        ax.text(0.5, 0.3, "ROC undefined: both classes are needed", ha="center", transform=ax.transAxes)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("False positive rate")
+    ax.set_ylabel("True positive rate")
+    ax.set_title(f"ROC: {pos_label_name} vs rest")
+    ax.legend(loc="lower right")
+    return save_figure(fig, path)
+
+
+@figure_writer
 def plot_pr(
     is_positive: Sequence[bool],
     scores_positive: Sequence[float],
@@ -31,7 +127,7 @@ def plot_pr(
     scores = np.asarray(scores_positive, dtype=np.float64).reshape(-1)
     if len(y) != len(scores):
         raise ValueError(f"is_positive has {len(y)} labels but scores_positive has {len(scores)} scores")
-    fig = _new_figure((5.5, 5))
+    fig = new_figure((5.5, 5))
     ax = fig.add_subplot()
     prevalence = float(y.mean()) if len(y) else 0.0
     ax.axhline(prevalence, linestyle="--", color="0.6", linewidth=1, label=f"chance (prevalence {prevalence:.3f})")
@@ -53,10 +149,10 @@ def plot_pr(
     ax.set_ylabel("Precision (PPV)")
     ax.set_title(f"Precision-recall: {pos_label_name}")
     ax.legend(loc="lower left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-@_figure_writer
+@figure_writer
 def plot_reliability(
     y_true: Sequence[int],
     probs: np.ndarray,
@@ -70,7 +166,7 @@ def plot_reliability(
     Returns:
         The path written.
     """
-    fig = _new_figure((5.5, 5))
+    fig = new_figure((5.5, 5))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfect calibration")
     series = [("before scaling", uncalibrated, "0.55"), ("after scaling", probs, "C0")]
@@ -93,4 +189,4 @@ def plot_reliability(
     ax.set_ylabel("Accuracy")
     ax.set_title("Reliability diagram")
     ax.legend(loc="upper left")
-    return _save(fig, path)
+    return save_figure(fig, path)
