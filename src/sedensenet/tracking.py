@@ -26,6 +26,7 @@ from typing import Any
 
 from sedensenet.config import InferenceSettings, TrainConfig, load_yaml
 from sedensenet.engine.run import EpochEnd
+from sedensenet.errors import MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def parent_run(uri: str | None, name: str, *, tags: dict[str, str] | None = None
     if uri is None or not _is_main():
         yield None
         return
+    require_mlflow()
     handle = RunHandle(uri, name=name, parent=_parent.get(), tags=tags)
     token = _parent.set(handle)
     status = "FAILED"
@@ -149,6 +151,14 @@ def parent_run(uri: str | None, name: str, *, tags: dict[str, str] | None = None
     finally:
         _parent.reset(token)
         handle.close(status)
+
+
+def require_mlflow() -> None:
+    """Say what to install when MLflow is missing, before any training (without importing it: seconds)."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise MissingDependencyError("--mlflow needs MLflow: pip install 'sedensenet[mlflow]'")
 
 
 def _is_main() -> bool:
@@ -163,6 +173,7 @@ class RunTracker:
     the model."""
 
     def __init__(self, uri: str) -> None:
+        require_mlflow()
         self.uri = uri
         self.handle: RunHandle | None = None
         self._decided = False

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from sedensenet.config import ConfigError, TrainConfig, dump_yaml, load_yaml
-from sedensenet.engine.faults import StopRun, TrainingOutOfMemoryError
+from sedensenet.engine.faults import StopRun, TrainingInterrupted, TrainingOutOfMemoryError
 from sedensenet.engine.memory import MemoryPlanError
+from sedensenet.errors import MissingDependencyError
 from sedensenet.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,7 @@ def tune(
         **overrides: training settings shared by every trial (epochs, image_size, …); the search space's
             entries start from them.
     """
-    import optuna
-
+    _require("optuna", "tune")
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}")
     if time_per_trial is not None:
@@ -123,11 +123,33 @@ def tune(
     with parent_run(base.mlflow, f"tune {name}", tags={"sedensenet.study": "tune"}):
         if done < trials:
             log.info("study %s: %d of %d trials finished; running the rest (storage %s)", name, done, trials, url)
-            stop = optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                                  optuna.trial.TrialState.PRUNED))  # fmt: skip
-            study.optimize(objective, callbacks=[stop], gc_after_trial=True)
+            _optimize(study, objective, trials)
     score = f"held-out accuracy ({folds} folds)" if folds else base.monitor
     return write_outputs(study, out_dir, url, data, overrides, score=score)
+
+
+def _require(module: str, extra: str) -> None:
+    """Say what to install when an optional package is missing, before any work."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(f"sedensenet {extra} needs {module}: pip install 'sedensenet[{extra}]'")
+
+
+def _optimize(study: Any, objective: Objective, trials: int) -> None:
+    """Run trials until the study holds ``trials`` finished ones (other workers' included)."""
+    import optuna
+
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    try:
+        study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
+                       gc_after_trial=True)  # fmt: skip
+    except TrainingInterrupted as e:  # Ctrl-C: the trial is failed; the study continues on a rerun
+        raise TrainingInterrupted(
+            f"tuning stopped in a trial ({e.run_dir}); rerun the same tune command to continue the study "
+            f"{study.study_name} ({_finished(study)} of {trials} trials finished)",
+            e.run_dir, e.epoch, e.signum, e.command,
+        ) from None  # fmt: skip
 
 
 def storage_url(url: str) -> str:
