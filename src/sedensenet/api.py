@@ -157,10 +157,17 @@ def train(
 
 def _tracked(uri: str | None, train_run: Any, cfg: TrainConfig | None, *, callbacks: Sequence[Any], **kw: Any) -> Any:
     """``train_run`` with the MLflow tracker among its callbacks when ``uri`` is given (``--mlflow``); the MLflow
-    run ends with the training run, as FINISHED or, on any exception, KILLED."""
+    run ends with the training run: FINISHED (stopped by a callback: tagged with the reason), or KILLED on an
+    error or a signal."""
+    from sedensenet.engine.faults import StopRun
+
     tracker = _tracker(uri)
     try:
         run = train_run(cfg, callbacks=[*callbacks, *([tracker] if tracker else [])], **kw)
+    except StopRun as e:  # a callback ended the run after a saved epoch (a tuning trial): not a failure
+        if tracker is not None:
+            tracker.finish(Path(), {}, tags={"sedensenet.stopped": e.reason})
+        raise
     except BaseException:
         if tracker is not None:
             tracker.finish(Path(), {}, status="KILLED")

@@ -197,11 +197,16 @@ class RunTracker:
             return None
         return self.handle.run_id.result()
 
-    def finish(self, run_dir: Path, metrics: dict[str, Any], *, status: str = "FINISHED") -> bool:
-        """Log the final metrics (with ``*_ci_low`` / ``*_ci_high``), the reports and the model; end the run."""
+    def finish(
+        self, run_dir: Path, metrics: dict[str, Any], *, status: str = "FINISHED", tags: dict[str, str] | None = None
+    ) -> bool:
+        """Log the final metrics (with ``*_ci_low`` / ``*_ci_high``), the reports and the model (when the run has
+        final metrics), and ``tags``; end the run with ``status``."""
         if self.handle is None:
             return False
         handle = self.handle
+        for key, value in (tags or {}).items():
+            handle.submit(lambda client, k=key, v=value: client.set_tag(handle.run_id.result(), k, _text(v)))
         if metrics:
             final = final_metrics(metrics)
             handle.submit(lambda client: _log_metrics(client, handle.run_id.result(), final, None, None))
