@@ -28,6 +28,14 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 TINY = {"model": "se_densenet_tiny", "image_size": 16, "batch_size": 4, "workers": 0, "verbose": 0}
 
 
+def _store(root: Path) -> str:
+    """A SQLite tracking store in ``root`` whose experiment keeps its artifacts there too (MLflow's default is
+    ``./mlruns`` in the working folder)."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("sedensenet", artifact_location=(root / "artifacts").as_uri())
+    return uri
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,7 +45,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def tracked(tiny_images: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = _store(root)
     result = api.train(str(tiny_images), epochs=2, project=str(root / "runs"), mlflow=uri, **TINY)
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("sedensenet").experiment_id])
@@ -147,7 +155,7 @@ def test_a_tracking_server_that_is_down_costs_the_run_nothing(
 def test_cv_logs_a_parent_run_with_one_child_per_fold(tiny_images: Path, tmp_path: Path) -> None:
     from sedensenet.cv import cross_validate
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = _store(tmp_path)
     cross_validate(str(tiny_images), folds=2, project=str(tmp_path), mlflow=uri, epochs=1, max_steps=1,
                    **{k: v for k, v in TINY.items() if k != "verbose"})  # fmt: skip
     client = MlflowClient(uri)
