@@ -54,10 +54,17 @@ def _trials_so_far(url: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def test_trial_0_is_the_defaults_and_the_best_settings_load_as_a_config(tiny_images: Path, tmp_path: Path) -> None:
+def test_trial_0_is_the_defaults_the_best_settings_load_and_each_trial_is_an_mlflow_run(
+    tiny_images: Path, tmp_path: Path
+) -> None:
     space = tmp_path / "space.yaml"
     space.write_text("lr: {low: 0.001, high: 0.003, log: true}\naugment: null\nbatch_size: [2, 4]\n", encoding="utf-8")
-    result = tune(str(tiny_images), trials=2, space=str(space), project=tmp_path, **TINY)
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("sedensenet", artifact_location=(tmp_path / "artifacts").as_uri())
+    result = tune(str(tiny_images), trials=2, space=str(space), project=tmp_path, mlflow=uri, **TINY)
     assert [r["number"] for r in result.trials] == [0, 1]
     defaults = result.trials[0]
     assert defaults["defaults"] and result.defaults == defaults
@@ -68,15 +75,20 @@ def test_trial_0_is_the_defaults_and_the_best_settings_load_as_a_config(tiny_ima
     assert all(r["state"] == "COMPLETE" for r in result.trials)
     best = result.trials[[r["number"] for r in result.trials].index(result.best["number"])]
     loaded = resolve_config(config_file=result.best_yaml)
-    expected, _ = training_config(str(tiny_images), **{**TINY, "lr": best["lr"], "batch_size": best["batch_size"],
-                                                       "weight_decay": best["weight_decay"],
-                                                       "label_smoothing": best["label_smoothing"]})  # fmt: skip
+    searched = {k: best[k] for k in ("lr", "batch_size", "weight_decay", "label_smoothing")}
+    expected, _ = training_config(str(tiny_images), **{**TINY, "mlflow": uri, **searched})
     assert loaded == expected
     out = result.out_dir
     assert out == tmp_path / "tune" / "tune"
     assert (out / "trials.csv").read_text(encoding="utf-8").splitlines()[0].startswith("number,state,value,lr,")
     assert "(defaults)" in (out / "trials.md").read_text(encoding="utf-8")
     assert (out / "optimization_history.png").stat().st_size > 1000
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("sedensenet").experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("sedensenet.study") == "tune"]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert sorted(children) == ["trial_0", "trial_1"]  # a child run per trial, its settings as params
+    assert children["trial_1"].data.params["lr"] == str(result.trials[1]["lr"])
 
 
 def test_a_trial_that_does_not_fit_in_memory_is_pruned_with_the_reason(tiny_images: Path, tmp_path: Path) -> None:

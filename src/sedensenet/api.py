@@ -163,7 +163,8 @@ def _tracked(uri: str | None, train_run: Any, cfg: TrainConfig | None, *, callba
 
     tracker = _tracker(uri)
     try:
-        run = train_run(cfg, callbacks=[*callbacks, *([tracker] if tracker else [])], **kw)
+        # the tracker first: it logs the epoch before a callback may end the run there
+        run = train_run(cfg, callbacks=[*([tracker] if tracker else []), *callbacks], **kw)
     except StopRun as e:  # a callback ended the run after a saved epoch (a tuning trial): not a failure
         if tracker is not None:
             tracker.finish(Path(), {}, tags={"sedensenet.stopped": e.reason})
