@@ -166,3 +166,17 @@ def test_cv_logs_a_parent_run_with_one_child_per_fold(tiny_images: Path, tmp_pat
     assert sorted(r.info.run_name for r in children) == ["fold_1", "fold_2"]
     assert sorted(r.data.params["fold"] for r in children) == ["1", "2"]
     assert all("final_test_accuracy" in r.data.metrics for r in children)
+
+
+def test_the_bare_flag_means_mlflows_default_store_and_nothing_imports_mlflow_or_optuna_without_it() -> None:
+    from sedensenet.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "--mlflow"]).mlflow == ""  # "": MLflow's own default store
+    assert parser.parse_args(["cv", "--mlflow", "http://127.0.0.1:5000"]).mlflow == "http://127.0.0.1:5000"
+    assert not hasattr(parser.parse_args(["train"]), "mlflow")  # not given: the config's None
+    code = ("import sys, sedensenet.cli, sedensenet.api, sedensenet.tracking, sedensenet.tune, sedensenet.cv; "
+            "print(sorted(m for m in ('mlflow', 'optuna') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    assert out.stdout.strip() == "[]"  # seconds of imports, paid only with --mlflow / by tune
