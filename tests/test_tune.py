@@ -104,29 +104,31 @@ def test_a_trial_that_does_not_fit_in_memory_is_pruned_with_the_reason(tiny_imag
 
 def test_a_killed_study_continues_and_retries_the_killed_trial(tiny_images: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'tune' / 'tune' / 'study.db'}"
-    proc = subprocess.Popen(_command(tiny_images, tmp_path, 3), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    killed = None
+    # four epochs a trial: the kill lands inside a trial, not between two
+    proc = subprocess.Popen([*_command(tiny_images, tmp_path, 3), "--epochs", "4"], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
-            with_running = [t for t in _trials_so_far(url) if t.state == TrialState.RUNNING and t.number >= 1]
-            if with_running:
+            if [t for t in _trials_so_far(url) if t.state == TrialState.RUNNING and t.number >= 1]:
                 proc.send_signal(signal.SIGKILL)
-                killed = with_running[0].number
+                break
     finally:
         proc.kill()
         proc.wait(timeout=30)
-    assert killed is not None, "the tune process never reached its second trial"
+    stuck = [t.number for t in _trials_so_far(url) if t.state == TrialState.RUNNING]
+    assert len(stuck) == 1, "the tune process was not killed inside its second or later trial"
     time.sleep(2.5)  # two heartbeats missed: the killed trial is stale
     result = tune(str(tiny_images), trials=3, project=tmp_path, heartbeat=1, **TINY)
     trials = _study(url).get_trials(deepcopy=False)
-    assert trials[killed].state == TrialState.FAIL
+    killed = trials[stuck[0]]
+    assert killed.state == TrialState.FAIL
     retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
-    retried = [t for t in trials if retry.retried_trial_number(t) == killed]
-    assert len(retried) == 1 and retried[0].params == trials[killed].params and retried[0].state in FINISHED
-    assert len([t for t in trials if t.state in FINISHED]) == 3 == len([r for r in result.trials if r["value"]])
+    retried = [t for t in trials if retry.retried_trial_number(t) == killed.number]
+    assert len(retried) == 1 and retried[0].params == killed.params and retried[0].state in FINISHED
+    assert len([t for t in trials if t.state in FINISHED]) == 3
+    assert [r["state"] for r in result.trials].count("FAIL") == 1
 
 
 def _two_workers(data: Path, project: Path, url: str, *storage: str) -> list[optuna.trial.FrozenTrial]:
