@@ -74,3 +74,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
     data = make_folder(root / "data", per_class=8)  # beside runs/: a test finds it at run_dir.parent.parent / "data"
     result = sedensenet.train(data=str(data), epochs=2, project=str(root / "runs"), verbose=0, **TINY_RUN_SETTINGS)
     return TinyRun(data=data, result=result)
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two classes of six 16x16 images, shared by the tests that train a few tiny runs (tracking, tuning)."""
+    from imagegen import make_folder
+
+    return make_folder(tmp_path_factory.mktemp("tiny") / "images", per_class=6, size=16)

@@ -31,9 +31,9 @@ LAYERS = [
     ("data", "reports"),
     ("checkpoint", "inference", "keras_convert"),
     ("engine",),
-    ("export", "explain", "quantize"),
+    ("export", "explain", "quantize", "tracking", "mlflow_model"),
     ("api",),
-    ("compare", "cv", "serve"),  # commands built on the API (compare and cv train through api.train)
+    ("compare", "cv", "serve", "tune"),  # commands built on the API (compare, cv and tune train through api.train)
     ("cli", "__main__"),
 ]
 """The package's layers, lowest first: a module may import from its own layer and those below, never above."""
@@ -122,7 +122,7 @@ def test_every_module_imports_only_its_own_layer_or_below() -> None:
     assert upward_imports(graph) == []
 
 
-@pytest.mark.parametrize("upper", ["api", "cli", "export", "explain", "compare", "cv", "serve"])
+@pytest.mark.parametrize("upper", ["api", "cli", "export", "explain", "compare", "cv", "serve", "tracking", "tune"])
 def test_the_engine_never_imports_the_layers_above_it(upper: str) -> None:
     forbidden = f"sedensenet.{upper}"
     bad = sorted(

@@ -9,9 +9,10 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -26,6 +27,12 @@ from sedensenet.engine.predictor import Prediction, Predictions, Predictor, prob
 __all__ = ["DataCheckResult", "InferenceSettings", "Prediction", "Predictions", "TrainResult", "check_data",
            "evaluate", "inference_settings", "load_model", "predict", "predict_sharded", "probabilities_to_rows",
            "resolve_checkpoint", "train", "training_config"]  # fmt: skip
+
+if TYPE_CHECKING:
+    from sedensenet.engine.run import EpochCallback
+
+if TYPE_CHECKING:
+    from sedensenet.engine.run import EpochCallback
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +116,7 @@ def train(
     verbose: int = 1,
     progress: bool = False,
     tune_malloc: bool = True,
+    callbacks: Sequence[EpochCallback] = (),
     **overrides: Any,
 ) -> TrainResult:
     """Train a DenseNet / SE-DenseNet on a folder of images and write a run folder.
@@ -126,6 +134,8 @@ def train(
         tune_malloc: tune glibc's allocator for speed unless the run is memory-efficient
             (:func:`sedensenet.inference.tune_malloc`: 1.3-1.5x faster CPU steps at 5-20% more peak memory; the whole
             process; ``SEDENSENET_MALLOC=default`` opts out), as the ``train`` command always has.
+        callbacks: called after each saved epoch with :class:`~sedensenet.engine.run.EpochEnd`; one may raise
+            :class:`~sedensenet.engine.faults.StopRun` to end the run there (no final evaluation).
         **overrides: any :class:`~sedensenet.config.TrainConfig` field, e.g. ``epochs=10, model="se_densenet121"``.
 
     Returns:
@@ -145,14 +155,9 @@ def train(
     if not resume:
         cfg, recommended = training_config(data, config, **overrides)
         _check_image_size(cfg)
-    run = train_run(
-        cfg,
-        resume=resume or None,
-        overrides=overrides,
-        recommended=recommended,
-        progress=reporter,
-        tune_malloc=tune_malloc,
-    )
+    uri = overrides.get("mlflow", cfg.mlflow if cfg else _recorded_mlflow(resume))
+    run = _tracked(uri, train_run, cfg, resume=resume or None, overrides=overrides, recommended=recommended,
+                   progress=reporter, tune_malloc=tune_malloc, callbacks=callbacks)  # fmt: skip
     return TrainResult(run.history, run.run_dir, run.metrics, run.best_epoch, run.memory_plan)
 
 
@@ -166,6 +171,44 @@ def _dataframe_manifest(frame: Any, config: str | os.PathLike | None, overrides:
     run_dir = new_run_dir(settings.project, settings.name, settings.exist_ok)
     overrides.update(name=run_dir.name, exist_ok=True, image_root=settings.image_root or os.getcwd())
     return str(write_dataframe(frame, run_dir / "manifest.csv"))
+
+
+def _tracked(uri: str | None, train_run: Any, cfg: TrainConfig | None, *, callbacks: Sequence[Any], **kw: Any) -> Any:
+    """``train_run`` with the MLflow tracker among its callbacks when ``uri`` is given (``--mlflow``); the MLflow
+    run ends with the training run: FINISHED (stopped by a callback: tagged with the reason), or KILLED on an
+    error or a signal."""
+    from sedensenet.engine.faults import StopRun
+
+    tracker = _tracker(uri)
+    try:
+        # the tracker first: it logs the epoch before a callback may end the run there
+        run = train_run(cfg, callbacks=[*([tracker] if tracker else []), *callbacks], **kw)
+    except StopRun as e:  # a callback ended the run after a saved epoch (a tuning trial): not a failure
+        if tracker is not None:
+            tracker.finish(Path(), {}, tags={"sedensenet.stopped": e.reason})
+        raise
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(Path(), {}, status="KILLED")
+        raise
+    if tracker is not None:
+        tracker.finish(run.run_dir, run.metrics)
+    return run
+
+
+def _recorded_mlflow(resume: str | os.PathLike | None) -> str | None:
+    """The ``mlflow`` setting a resumed run was started with (its config.yaml)."""
+    path = Path(resume) / "config.yaml" if resume else None
+    return load_yaml(path).get("mlflow") if path is not None and path.is_file() else None
+
+
+def _tracker(uri: str | None) -> Any:
+    """The MLflow epoch callback when the run is tracked (``mlflow`` is imported only then)."""
+    if uri is None:
+        return None
+    from sedensenet.tracking import RunTracker
+
+    return RunTracker(uri)
 
 
 def _check_image_size(cfg: TrainConfig) -> None:

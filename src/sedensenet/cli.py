@@ -38,6 +38,7 @@ EXCLUDED = {
     "tune_malloc": "not a flag: the commands always tune (SEDENSENET_MALLOC=default opts out)",
     "options": "InferenceSettings' fields as keywords, for Python callers: the command passes settings",
     "InferenceSettings.workers": "loader workers: the default count (serve's --workers are server processes)",
+    "train.callbacks": "epoch callbacks are for Python callers (--mlflow and tune add their own)",
     "train.verbose": "the CLI logs lines instead of Keras' epoch lines (verbose=0)",
     "train.progress": "the progress bar, unless -q",
     "run_server.log_level": "uvicorn's level follows -q",
@@ -113,6 +114,8 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
                                 default=argparse.SUPPRESS, help="the same as --memory-efficient off")  # fmt: skip
         elif f.type == "bool":
             kw["action"] = argparse.BooleanOptionalAction
+        elif f.type == "str | None":  # an optional value: the bare flag means "" (``--mlflow``: the default store)
+            kw.update(nargs="?", const="", type=str)
         else:
             kw["type"] = {"int": int, "float": float}.get(str(f.type), str)
             if f.name in CHOICES:
@@ -408,6 +411,12 @@ def show_cv(result: Any, _: dict[str, Any]) -> None:
     print(f"\ncv.md, cv.csv, oof.csv and the fold runs in {result.out_dir}")
 
 
+def show_tune(result: Any, _: dict[str, Any]) -> None:
+    print(result.markdown())
+    print(f"\nBest settings: {result.best_yaml} (sedensenet train --config {result.best_yaml})")
+    print(f"Trials table and plots in {result.out_dir}; study: {result.storage}")
+
+
 def show_path(path: Any, _: dict[str, Any]) -> None:
     print(f"Checkpoint written: {path}")
 
@@ -441,6 +450,7 @@ COMMANDS: dict[str, Command] = {
                        flag_options={"images": {"nargs": "*"}}),
     "compare": Command("sedensenet.compare:compare", show_comparison, train_flags=True, defaults={"name": "compare"}),
     "cv": Command("sedensenet.cv:cross_validate", show_cv, train_flags=True, defaults={"name": None}),
+    "tune": Command("sedensenet.tune:tune", show_tune, train_flags=True, defaults={"name": "tune"}),
     "convert-keras": Command("sedensenet.keras_convert:convert_keras_file", show_path, positional=("path",),
                              names={"path": "file"}),
     "serve": Command(

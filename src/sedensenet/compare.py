@@ -206,6 +206,7 @@ def compare(
     """
     from sedensenet.api import training_config
     from sedensenet.reports import new_run_dir, plot_history_comparison
+    from sedensenet.tracking import parent_run
 
     if not models:
         raise ConfigError("give at least one model to compare")
@@ -222,10 +223,11 @@ def compare(
         (f"seed{seed}", {"seed": seed}) for seed in seed_list
     ]
     rows, curves = [], {}
-    for model in models:
-        row, model_curves = _train_model(data, model, jobs, base.data_split_seed, out_dir, overrides)
-        rows.append(row)
-        curves[model] = model_curves
+    with parent_run(base.mlflow, f"compare {out_dir.name}", tags={"sedensenet.study": "compare"}):
+        for model in models:
+            row, model_curves = _train_model(data, model, jobs, base.data_split_seed, out_dir, overrides)
+            rows.append(row)
+            curves[model] = model_curves
     result = CompareResult(rows, out_dir, seed_list, folds, base.time)
     _write(result)
     plot_history_comparison(_mean_curves(curves), out_dir / "val_curves.png")

@@ -51,7 +51,7 @@ INFERENCE_CHOICES: dict[str, tuple[str, ...]] = {"backend": INFERENCE_BACKENDS, 
 
 RESUME_MAY_CHANGE = frozenset(
     {"epochs", "device", "workers", "patience", "batch_size", "accumulate", "memory_efficient", "memory_limit",
-     "amp", "cache", "tta", "time"}
+     "amp", "cache", "tta", "time", "mlflow"}
     | {"threshold", "positive", "calibrate"}
 )  # fmt: skip
 """Settings a resumed run may change: more epochs, another device, and what it takes to fit in memory
@@ -239,6 +239,9 @@ class TrainConfig:
     exist_ok: bool = False
     tensorboard: bool = False
     """Also log to TensorBoard (needs the tensorboard package)."""
+    mlflow: str | None = None
+    """Track the run in MLflow (the ``mlflow`` extra): params, per-epoch metrics, reports and the model. The bare flag
+    uses MLflow's default store (``mlflow.db`` here, which ``mlflow ui`` opens); else a tracking URI."""
     max_pixels: int = 89_478_485
     """Images with more pixels are skipped (decompression-bomb guard; PIL's default)."""
     tta: str = "none"

@@ -25,6 +25,7 @@ from sedensenet.compare import RunOutcome, Summary, summarize, train_or_resume
 from sedensenet.config import ConfigError
 from sedensenet.engine.faults import TrainingInterrupted
 from sedensenet.fileio import atomic_write_json, atomic_write_text
+from sedensenet.tracking import parent_run
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +136,20 @@ def cross_validate(
     base, _ = training_config(data, folds=folds, fold=1, **overrides)
     scan(base)  # every file checked, the folds feasible, the groups file complete: before any training
     out_dir = Path(project) / "cv" / (name or default_name(data))
-    settings = {k: v for k, v in base.to_dict().items() if k not in ("project", "name", "exist_ok", "fold")}
+    settings = {k: v for k, v in base.to_dict().items() if k not in ("project", "name", "exist_ok", "fold", "mlflow")}
     _claim(out_dir, settings)
     runs: list[RunOutcome] = []
+    with parent_run(base.mlflow, f"cv {out_dir.name}", tags={"sedensenet.study": "cv"}):
+        _train_folds(data, out_dir, base.data_split_seed, folds, overrides, runs)
+    return summarize_folds(out_dir, runs, settings)
+
+
+def _train_folds(
+    data: str, out_dir: Path, split_seed: int, folds: int, overrides: dict[str, Any], runs: list[RunOutcome]
+) -> None:
+    """Train (or resume, or read back) each fold in turn, appending to ``runs``."""
     for k in range(1, folds + 1):
-        job = {**overrides, "folds": folds, "fold": k, "split_seed": base.data_split_seed}
+        job = {**overrides, "folds": folds, "fold": k, "split_seed": split_seed}
         log.info("cross-validation %s: fold %d of %d", out_dir, k, folds)
         try:
             runs.append(train_or_resume(data, out_dir / f"fold_{k}", job, held_out=True))
@@ -148,7 +158,6 @@ def cross_validate(
                 f"{e}\nOr rerun the same cv command: finished folds are kept, fold {k} resumes and the rest train",
                 e.run_dir, e.epoch, e.signum, e.command,
             ) from None  # fmt: skip
-    return summarize_folds(out_dir, runs, settings)
 
 
 def _claim(out_dir: Path, settings: dict[str, Any]) -> None:

@@ -87,6 +87,15 @@ class TrainingOutOfMemoryError(UserError, RuntimeError):
     """The device ran out of memory during training; the message says which settings to change."""
 
 
+class StopRun(Exception):
+    """Raised by an epoch callback (a tuner pruning a trial) to end a run after a saved epoch: ``train_run`` stops
+    there without the final evaluation; the run folder holds that epoch and can be resumed."""
+
+    def __init__(self, reason: str, *, epoch: int = 0) -> None:
+        super().__init__(reason)
+        self.reason, self.epoch = reason, epoch
+
+
 class Abandon(Exception):
     """Raised after a step when a stop was requested: the partial epoch is dropped, the last complete one kept."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,22 @@ class RunOutcome:
     """The path this start trained on, as config.yaml records it."""
 
 
+@dataclass(frozen=True)
+class EpochEnd:
+    """What an epoch callback is told after each saved epoch (rank 0 and the others alike)."""
+
+    epoch: int
+    row: dict[str, float]
+    """The epoch's history row: the :data:`~sedensenet.columns.METRICS` columns, ``lr`` and ``seconds``."""
+    run_dir: Path
+    epochs: int
+    """The epochs planned for the run."""
+
+
+EpochCallback = Callable[[EpochEnd], None]
+"""Called after each epoch is saved; it may raise :class:`~sedensenet.engine.faults.StopRun` to end the run."""
+
+
 def train_run(
     config: TrainConfig | None = None,
     *,
@@ -49,11 +65,14 @@ def train_run(
     recommended: dict[str, Any] | None = None,
     progress: TrainProgress | None = None,
     tune_malloc: bool = False,
+    callbacks: Sequence[EpochCallback] = (),
 ) -> RunOutcome:
     """Train the run ``config`` describes, or continue the one in the folder ``resume`` (with ``overrides``, the
     settings a resume may change). ``recommended``: the built-in data set's settings ``config`` took (logged);
     ``progress`` shows the bar and epoch lines (default: nothing); ``tune_malloc`` tunes glibc's allocator for the
     whole process unless the run is memory-efficient (``api.train`` and the CLI do; library callers opt in).
+    ``callbacks`` are called with an :class:`EpochEnd` after each saved epoch (MLflow's metrics, a tuner's pruner);
+    one that raises :class:`~sedensenet.engine.faults.StopRun` ends the run there, without the final evaluation.
 
     Under torchrun every process calls this; rank 0 alone writes files and speaks. A signal (SIGINT, SIGTERM)
     stops after the current step with :class:`~sedensenet.engine.faults.TrainingInterrupted`.
@@ -88,6 +107,7 @@ def train_run(
                     stop = trainer.end_epoch(ctx, epoch, row, train)
                     reporter.epoch_end(epoch, ctx.epochs_planned, row, len(ctx.train_loader),
                                        best=ctx.state.best_epoch == epoch)  # fmt: skip
+                    _tell(callbacks, EpochEnd(epoch, row, ctx.run_dir, ctx.epochs_planned))
                     if interrupt:  # asked during validation or the writes: this epoch is saved, stop here
                         raise interrupted(ctx, interrupt)
                     if stop:
@@ -101,6 +121,12 @@ def train_run(
     finally:
         # teardown: leave the process group (uncleanly after an error, so no rank waits for a dead one)
         dist.shutdown(clean=sys.exc_info()[0] is None)
+
+
+def _tell(callbacks: Sequence[EpochCallback], event: EpochEnd) -> None:
+    """Each callback in turn; a :class:`~sedensenet.engine.faults.StopRun` passes through and ends the run."""
+    for callback in callbacks:
+        callback(event)
 
 
 def _device_name(config: TrainConfig | None, overrides: dict[str, Any] | None) -> str:
