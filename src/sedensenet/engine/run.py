@@ -79,14 +79,8 @@ def train_run(
     """
     if (config is None) == (resume is None):
         raise ValueError("train_run needs either a config (a new run) or resume (a run folder), not both or neither")
-    reporter = progress or TrainProgress(0)
     # set-up: one process per device under torchrun, and one voice
-    device = dist.init(_device_name(config, overrides)) if dist.launched_by_torchrun() else None
-    if not dist.is_main():
-        logging.getLogger("sedensenet").setLevel(logging.WARNING)
-        reporter = TrainProgress(0)
-    if recommended:
-        log.info("built-in data %s: recommended settings %s", config.data, recommended)
+    device, reporter = _set_up(config, overrides, recommended, progress)
     try:
         # prepare: memory plan, data, model, optimiser, run folder; the header says what the run is
         ctx = _resume(Path(resume), overrides or {}, device) if resume is not None else _new(config, device)
@@ -127,6 +121,23 @@ def _tell(callbacks: Sequence[EpochCallback], event: EpochEnd) -> None:
     """Each callback in turn; a :class:`~sedensenet.engine.faults.StopRun` passes through and ends the run."""
     for callback in callbacks:
         callback(event)
+
+
+def _set_up(
+    config: TrainConfig | None,
+    overrides: dict[str, Any] | None,
+    recommended: dict[str, Any] | None,
+    progress: TrainProgress | None,
+) -> tuple[torch.device | None, TrainProgress]:
+    """The process group under torchrun (its device; None otherwise) and who reports: rank 0 alone speaks."""
+    device = dist.init(_device_name(config, overrides)) if dist.launched_by_torchrun() else None
+    reporter = progress or TrainProgress(0)
+    if not dist.is_main():
+        logging.getLogger("sedensenet").setLevel(logging.WARNING)
+        reporter = TrainProgress(0)
+    if recommended and config is not None:
+        log.info("built-in data %s: recommended settings %s", config.data, recommended)
+    return device, reporter
 
 
 def _device_name(config: TrainConfig | None, overrides: dict[str, Any] | None) -> str:
