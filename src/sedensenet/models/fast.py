@@ -59,7 +59,7 @@ from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from sedensenet.models import fast_infer, fast_memeff
-from sedensenet.models.fast_storage import ScratchKey
+from sedensenet.models.fast_storage import ScratchKey, preferred_format, share_scratch
 
 if TYPE_CHECKING:
     from sedensenet.models.densenet import DenseBlock, DenseLayer, DenseNet, Transition
@@ -74,6 +74,7 @@ __all__ = [
     "has_hooks",
     "plain_eager",
     "rewrites_ok",
+    "share_scratch",
     "transition_applies",
 ]
 
@@ -143,19 +144,39 @@ def block_applies(block: DenseBlock, x: torch.Tensor) -> bool:
             return False
         if not layer.training == layer.norm1.training == layer.norm2.training == training:
             return False
-        if training and not layer.memory_efficient:
-            return False  # default training: the reference path is the fastest (see the module doc)
+        if training and layer.memory_efficient != layers[0].memory_efficient:
+            return False
         if not training and (layer.norm1.running_mean is None or layer.norm2.running_mean is None):
             return False
     if not training:
         # The inference path writes into a buffer in place, which autograd cannot follow.
         return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in block.parameters())))
-    return True
+    return layers[0].memory_efficient or preferred_format(x) == torch.channels_last
 
 
 def forward_block(block: DenseBlock, x: torch.Tensor) -> torch.Tensor:
     """The block's output ``(B, C_in + L*k, H, W)`` through the fast path (after :func:`block_applies`)."""
-    return fast_memeff.train_block(block, x) if block.training else fast_infer.eval_block(block, x)
+    if not block.training:
+        return fast_infer.eval_block(block, x)
+    if next(iter(block.values())).memory_efficient:
+        return fast_memeff.train_block(block, x)
+    return _incremental_block(block, x)
+
+
+def _incremental_block(block: DenseBlock, x: torch.Tensor) -> torch.Tensor:
+    """Default training: the reference layers' own modules, with the features concatenated one layer at a time.
+
+    ``cat(cat(x, f1), f2)`` holds the same values as ``cat(x, f1, f2)`` and costs the same forward, but autograd
+    then accumulates each layer's input gradient into the previous concatenation's (one wide add per layer)
+    instead of into every earlier layer's ``k`` channels (``i`` narrow adds for layer ``i``). In channels_last
+    those narrow adds read channel slices ``k`` wide out of every pixel, the cause of DenseNet-BC-100's
+    bf16 training running at 0.72x torchvision's (benchmarks/README.md, *Every preset against its twin*).
+    """
+    features = x
+    for layer in block.values():
+        new = layer.conv2(layer.relu2(layer.norm2(layer.conv1(layer.relu1(layer.norm1(features))))))  # (B, k, H, W)
+        features = torch.cat([features, new], 1)  # (B, C + k, H, W)
+    return features
 
 
 def transition_applies(transition: Transition, x: torch.Tensor) -> bool:
