@@ -16,6 +16,7 @@ from torch.profiler import profile
 
 from sedensenet import DenseNet, create_model
 from sedensenet.models.densenet import set_fast
+from sedensenet.models.se import SqueezeExcite
 
 
 def _narrow_adds(model: torch.nn.Module, x: torch.Tensor, k: int) -> int:
@@ -72,3 +73,33 @@ def test_no_stage_changes_dtype_or_layout_under_bf16(name: str, size: int) -> No
     assert [(n, d) for n, d, _ in got] == [(n, d) for n, d, _ in want]  # the same dtype after every stage
     assert all(d == torch.bfloat16 for _, d, _ in got), got  # no stage leaves bf16 ...
     assert all(cl for _, _, cl in got), got  # ... or channels_last (no layout flip and back between stages)
+
+
+def _graph_nodes(node: object) -> set[str]:
+    """Names of every autograd node behind ``node``."""
+    names, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n is not None:
+            names.add(type(n).__name__)
+            todo += [f for f, _ in n.next_functions]
+    return names
+
+
+def test_se_squeeze_gradient_is_bit_identical_to_mean() -> None:
+    """SE's squeeze (fast.spatial_mean) changes only how its backward is laid out, not a single bit of it."""
+    torch.manual_seed(0)
+    se = SqueezeExcite(40)
+    x = torch.randn(4, 40, 6, 6).to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    grad = torch.randn(4, 40, 6, 6).to(torch.bfloat16)
+    results = []
+    for squeeze in (se, lambda t: t * se.gate(se.fc2(se.act(se.fc1(t.mean((2, 3), keepdim=True)))))):
+        x.grad = None
+        se.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = squeeze(x)
+        out.backward(grad)
+        results.append([out, x.grad, *(p.grad for p in se.parameters())])
+    assert "_SpatialMeanBackward" in _graph_nodes(results[0][0].grad_fn)  # the fast squeeze ran
+    for got, want in zip(*results, strict=True):
+        assert torch.equal(got, want)

@@ -59,7 +59,7 @@ Not thread-safe per network (the scratch storage is shared): run one forward or 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -82,6 +82,7 @@ __all__ = [
     "plain_eager",
     "rewrites_ok",
     "share_scratch",
+    "spatial_mean",
     "transition_applies",
 ]
 
@@ -132,6 +133,30 @@ def _autocast_matches(x: torch.Tensor) -> bool:
     make the reference promote the concatenation to float32, which the block's one-dtype buffer does not do."""
     device = x.device.type
     return not torch.is_autocast_enabled(device) or x.dtype == torch.get_autocast_dtype(device)
+
+
+def spatial_mean(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean((2, 3), keepdim=True)`` (SE's squeeze), with a backward that does not materialise ``dL/dmean / HW``.
+
+    Autograd's backward of ``mean`` writes the broadcast gradient into a new full-size tensor, which is then added
+    to the gradient from SE's scaling: on DenseNet-BC-100's first block (bf16, channels_last) that made SE's
+    backward 2x slower. Here the backward returns the broadcast as a view and the one addition reads it in place:
+    the same values, bit for bit. Eager autograd only; tracing, compiling and dispatch modes get ``mean``.
+    """
+    if torch.is_grad_enabled() and x.requires_grad and x.dim() == 4 and plain_eager():
+        return _SpatialMean.apply(x)
+    return x.mean((2, 3), keepdim=True)
+
+
+class _SpatialMean(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        return x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return (grad / (ctx.shape[2] * ctx.shape[3])).expand(ctx.shape)  # a view: no (B, C, H, W) copy
 
 
 def block_applies(block: DenseBlock, x: torch.Tensor) -> bool:
