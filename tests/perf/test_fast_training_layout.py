@@ -15,6 +15,7 @@ import torch
 from torch.profiler import profile
 
 from sedensenet import DenseNet, create_model
+from sedensenet.models import fast
 from sedensenet.models.densenet import set_fast
 from sedensenet.models.se import SqueezeExcite
 
@@ -86,20 +87,37 @@ def _graph_nodes(node: object) -> set[str]:
     return names
 
 
+def _se_step(se: SqueezeExcite, x: torch.Tensor, grad: torch.Tensor) -> list[torch.Tensor]:
+    """SE's output and every gradient after one backward under bf16 autocast."""
+    x.grad = None
+    se.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = se(x)
+    out.backward(grad)
+    return [out, x.grad, *(p.grad for p in se.parameters())]
+
+
 def test_se_squeeze_gradient_is_bit_identical_to_mean() -> None:
-    """SE's squeeze (fast.spatial_mean) changes only how its backward is laid out, not a single bit of it."""
+    """In float32 SE's fast squeeze changes only how its backward is laid out, not a single bit of it."""
     torch.manual_seed(0)
     se = SqueezeExcite(40)
-    x = torch.randn(4, 40, 6, 6).to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
-    grad = torch.randn(4, 40, 6, 6).to(torch.bfloat16)
-    results = []
-    for squeeze in (se, lambda t: t * se.gate(se.fc2(se.act(se.fc1(t.mean((2, 3), keepdim=True)))))):
-        x.grad = None
-        se.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = squeeze(x)
-        out.backward(grad)
-        results.append([out, x.grad, *(p.grad for p in se.parameters())])
-    assert "_SpatialMeanBackward" in _graph_nodes(results[0][0].grad_fn)  # the fast squeeze ran
-    for got, want in zip(*results, strict=True):
-        assert torch.equal(got, want)
+    x = torch.randn(4, 40, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    grad = torch.randn(4, 40, 6, 6)
+    got = _se_step(se, x, grad)
+    assert "_SpatialMeanBackward" in _graph_nodes(got[0].grad_fn)  # the fast squeeze ran
+    se.fast = False
+    want = _se_step(se, x, grad)
+    assert "_SpatialMeanBackward" not in _graph_nodes(want[0].grad_fn)  # set_fast(False) gets plain mean
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+
+
+def test_se_squeeze_in_bf16_is_within_two_roundings_of_the_exact_mean() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 40, 7, 7).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    exact = x.double().mean((2, 3), keepdim=True)
+    with torch.no_grad():
+        got = fast.spatial_mean(x)
+    assert got.dtype == torch.bfloat16 and got.shape == (4, 40, 1, 1)
+    ulp = exact.abs() * 2.0**-8 + 1e-30
+    assert ((got.double() - exact).abs() <= 2 * ulp).all()

@@ -423,7 +423,7 @@ class DenseNet(nn.Module):
 def set_fast(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Switch the fast paths of every DenseNet part in ``model`` on or off (off: the reference implementation)."""
     for m in model.modules():
-        if isinstance(m, (DenseNet, DenseBlock, Transition)):
+        if isinstance(m, (DenseNet, DenseBlock, Transition, SqueezeExcite)):
             m.fast = enabled
     return model
 

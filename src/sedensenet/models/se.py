@@ -29,7 +29,10 @@ class SqueezeExcite(nn.Module):
 
     The gate is a submodule of its own (as in timm's ``SEModule``), so the attention a model learned can be
     read back with a forward hook on ``se.gate`` (``sedensenet explain`` does); the module keeps no state.
+    ``fast = False`` (or :func:`~sedensenet.models.densenet.set_fast`) squeezes with plain ``mean``.
     """
+
+    fast: bool = True
 
     def __init__(
         self,
@@ -57,7 +60,7 @@ class SqueezeExcite(nn.Module):
         self.gate = gate()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = fast.spatial_mean(x)  # (B, C, 1, 1): x.mean((2, 3)), with a leaner backward in eager autograd
+        s = fast.spatial_mean(x, enabled=self.fast)  # (B, C, 1, 1): x.mean((2, 3)), faster on CPU
         return x * self.gate(self.fc2(self.act(self.fc1(s))))  # gate: (B, C, 1, 1)
 
     def extra_repr(self) -> str:
