@@ -107,6 +107,13 @@ def row_record(cid: str, row: Row, base: Row) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def bf16_units() -> str:
+    """Which bf16 matrix units the CPU reports (the KVM model name often says only "Xeon Processor")."""
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    found = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return ", ".join(found) + (" (no AMX)" if "amx_tile" not in flags else "") if found else "no bf16 units"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 cells (BC-100 and DenseNet-121 bf16), 3 rounds")
@@ -128,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - start:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
     raw: dict[str, Any] = {
-        "started": stamp, "machine": machine(), "threads": args.threads, "clock": args.clock, "steps": steps,
-        "quick": args.quick,
+        "started": stamp, "machine": machine(), "bf16_units": bf16_units(), "threads": args.threads,
+        "clock": args.clock, "steps": steps, "quick": args.quick,
         "command": " ".join(["python", "benchmarks/matrix.py", *(argv if argv is not None else sys.argv[1:])]),
         "cells": [],
     }  # fmt: skip

@@ -46,7 +46,8 @@ def cell_line(cell: dict[str, Any]) -> str:
 def table(raw: dict[str, Any]) -> str:
     """The whole table, headed by the machine and the command that measured it."""
     head = [
-        f"Measured {raw['started']} UTC on {raw['machine']}; {raw['threads']} thread(s) per process, steps timed by "
+        f"Measured {raw['started']} UTC on {raw['machine']} ({raw.get('bf16_units', 'bf16 units not recorded')}); "
+        f"{raw['threads']} thread(s) per process, steps timed by "
         f"{'CPU time' if raw.get('clock') == 'cpu' else 'wall clock'}, {raw['steps']} interleaved rounds per row, "
         f"run time {raw.get('wall_s', 0) / 60:.1f} min.",
         f"Command: `{raw['command']}`. Raw results: the .json beside this table.",
