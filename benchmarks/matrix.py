@@ -7,7 +7,7 @@ steps interleaved one by one; a ratio is the median over rounds of ``twin second
 results are written after every cell (a run stopped midway keeps what it finished), and
 ``matrix_table.py`` turns them into the markdown table and the README snippet.
 
-    python benchmarks/matrix.py --quick                  # 3 cells, 3 rounds: under 3 minutes on 2 quiet cores
+    python benchmarks/matrix.py --quick                  # 3 cells, 3 rounds (7-10 min on 2 cores under load 5-8)
     python benchmarks/matrix.py                          # the whole matrix (about an hour on 2 cores)
     python benchmarks/matrix.py --only 'bc100.*bf16'     # cells whose id matches a regex
 """
