@@ -42,7 +42,7 @@ def _torch_densenet(spec: dict[str, Any]) -> Any:
         from sedensenet.models.densenet import set_fast
 
         model = create_model(
-            spec.get("model", "keras_se_densenet121"), num_classes=2,
+            spec.get("model", "keras_se_densenet121"), num_classes=spec.get("num_classes", 2),
             memory_efficient=spec.get("memory_efficient", False),
         )  # fmt: skip
         set_fast(model, not spec.get("reference", False))
@@ -50,6 +50,9 @@ def _torch_densenet(spec: dict[str, Any]) -> Any:
             if isinstance(module, DenseBlock) and "fast_block" in spec:
                 module.fast = spec["fast_block"]
         return model
+    if kind == "twin":
+        me = spec.get("memory_efficient", False)
+        return twin(spec["model"], num_classes=spec.get("num_classes", 2), memory_efficient=me)
     from sedensenet.models import SqueezeExcite
 
     if kind in ("torchvision", "torchvision_me"):
@@ -68,6 +71,31 @@ def _torch_densenet(spec: dict[str, Any]) -> Any:
     channels = model.features.norm5.num_features
     children.insert(index, ("se_head", SqueezeExcite(channels, rd_channels=SE_UNITS)))
     model.features = nn.Sequential(OrderedDict(children))
+    return model
+
+
+def twin(preset: str, *, num_classes: int, memory_efficient: bool) -> Any:
+    """torchvision's DenseNet built to the topology of one of our presets (SE left out: the twin of a plain preset).
+
+    For the CIFAR stem (one 3x3 convolution, stride 1) conv0 becomes that convolution and norm0, relu0 and pool0
+    become identities, so the parameter count equals ours (769,162 for DenseNet-BC-100 with 10 classes; keeping
+    norm0 would add its 48).
+    """
+    import torchvision
+    from torch import nn
+
+    from sedensenet.models import get_preset
+
+    settings = get_preset(preset).settings
+    model = torchvision.models.DenseNet(
+        growth_rate=settings["growth_rate"], block_config=tuple(settings["block_config"]),
+        num_init_features=settings["num_init_features"], bn_size=settings.get("bn_size", 4),
+        num_classes=num_classes, memory_efficient=memory_efficient,
+    )  # fmt: skip
+    if settings.get("stem") == "cifar":
+        features = model.features
+        features.conv0 = nn.Conv2d(3, settings["num_init_features"], kernel_size=3, padding=1, bias=False)
+        features.norm0, features.relu0, features.pool0 = nn.Identity(), nn.Identity(), nn.Identity()
     return model
 
 
@@ -210,12 +238,15 @@ def main() -> int:
     warmup_s = time.perf_counter() - start
     print(json.dumps({"ready": True, "build_s": build_s, "warmup_s": warmup_s, "params": params,
                       "build_rss_mb": build_rss}), flush=True)  # fmt: skip
+    # "clock": "cpu" times a step by this process's CPU time: on a machine shared with other work a 1-thread step's
+    # CPU time moves little while its wall time follows the load.
+    clock = time.process_time if spec.get("clock") == "cpu" else time.perf_counter
     for line in sys.stdin:
         if line.strip() == "step":
-            t = time.perf_counter()
+            t = clock()
             step()
             sync()
-            print(json.dumps({"t": time.perf_counter() - t}), flush=True)
+            print(json.dumps({"t": clock() - t}), flush=True)
         else:
             break
     result = {"peak_rss_mb": peak_rss_mb()}

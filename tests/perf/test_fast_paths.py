@@ -19,7 +19,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from sedensenet import DenseNet, create_model
-from sedensenet.models import DenseBlock, Transition
+from sedensenet.models import DenseBlock, SqueezeExcite, Transition
 from sedensenet.models.densenet import set_fast
 
 
@@ -179,8 +179,8 @@ def test_eval_with_gradients_uses_reference_and_matches() -> None:
 def test_set_fast_switches_every_part() -> None:
     model = create_model("keras_se_densenet121", num_classes=2)
     set_fast(model, False)
-    parts = [m for m in model.modules() if isinstance(m, (DenseNet, DenseBlock, Transition))]
-    assert parts and not any(m.fast for m in parts)
+    parts = [m for m in model.modules() if isinstance(m, (DenseNet, DenseBlock, Transition, SqueezeExcite))]
+    assert parts and not any(m.fast for m in parts) and any(isinstance(m, SqueezeExcite) for m in parts)
     set_fast(model, True)
     assert all(m.fast for m in parts)
 

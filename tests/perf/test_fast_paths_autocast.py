@@ -65,8 +65,8 @@ def _block_pair(memory_efficient: bool) -> tuple[DenseBlock, DenseBlock]:
     """(reference, fast) with the same weights; the reference is the plain path (its memory-efficient variant,
     torch.utils.checkpoint, runs norm1 twice per step and so moves the running statistics twice)."""
     torch.manual_seed(0)
-    fast = DenseBlock(4, 16, growth_rate=8, bn_size=4, memory_efficient=memory_efficient)
-    ref = DenseBlock(4, 16, growth_rate=8, bn_size=4)
+    fast = DenseBlock(num_layers=4, num_input_features=16, growth_rate=8, bn_size=4, memory_efficient=memory_efficient)
+    ref = DenseBlock(num_layers=4, num_input_features=16, growth_rate=8, bn_size=4)
     ref.load_state_dict(fast.state_dict())
     set_fast(ref, False)
     return ref, fast

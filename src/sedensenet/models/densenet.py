@@ -24,7 +24,6 @@ from torch import nn
 
 from sedensenet.errors import UserError
 from sedensenet.models import fast
-from sedensenet.models.fast_storage import ScratchKey
 from sedensenet.models.se import SqueezeExcite
 
 SE_PLACEMENTS = ("head", "block", "transition", "layer")
@@ -144,6 +143,7 @@ class DenseLayer(nn.Module):
 
     def __init__(
         self,
+        *,
         num_input_features: int,
         growth_rate: int,
         bn_size: int,
@@ -189,13 +189,13 @@ class DenseBlock(nn.ModuleDict):
 
     Memory-efficient training and inference without autograd take the fast paths of :mod:`sedensenet.models.fast`
     where they apply; ``fast = False`` (or :func:`set_fast`) always runs the reference path below.
-    ``scratch_key`` names the scratch storage the fast paths share with the rest of the network.
     """
 
     fast: bool = True
 
     def __init__(
         self,
+        *,
         num_layers: int,
         num_input_features: int,
         growth_rate: int,
@@ -204,13 +204,11 @@ class DenseBlock(nn.ModuleDict):
         norm_eps: float = 1e-5,
         memory_efficient: bool = False,
         se_config: DenseNetConfig | None = None,
-        scratch_key: ScratchKey | None = None,
     ) -> None:
         super().__init__()
-        self.scratch_key = scratch_key if scratch_key is not None else ScratchKey()
         for i in range(num_layers):
             layer = DenseLayer(
-                num_input_features + i * growth_rate,
+                num_input_features=num_input_features + i * growth_rate,
                 growth_rate=growth_rate,
                 bn_size=bn_size,
                 drop_rate=drop_rate,
@@ -240,17 +238,15 @@ class Transition(nn.Sequential):
 
     def __init__(
         self,
+        *,
         num_input_features: int,
         num_output_features: int,
         norm_eps: float = 1e-5,
         se: nn.Module | None = None,
-        *,
         memory_efficient: bool = False,
-        scratch_key: ScratchKey | None = None,
     ) -> None:
         super().__init__()
         self.memory_efficient = memory_efficient
-        self.scratch_key = scratch_key if scratch_key is not None else ScratchKey()
         self.add_module("norm", nn.BatchNorm2d(num_input_features, eps=norm_eps))
         self.add_module("relu", nn.ReLU(inplace=True))
         self.add_module("conv", nn.Conv2d(num_input_features, num_output_features, kernel_size=1, bias=False))
@@ -271,8 +267,8 @@ class DenseNet(nn.Module):
     (``H/4`` for the CIFAR stem with three blocks), ``forward_head`` pools and classifies it.
 
     On CPU the fast path runs the network in ``channels_last`` layout (oneDNN's preferred one); the values
-    are the same, and ``fast = False`` (or :func:`set_fast`) keeps the caller's layout. ``scratch_key`` names the
-    one scratch storage its parts' fast paths share (:mod:`sedensenet.models.fast`).
+    are the same, and ``fast = False`` (or :func:`set_fast`) keeps the caller's layout. The network owns the one
+    scratch storage its parts' fast paths share (:func:`sedensenet.models.fast.share_scratch`).
     """
 
     fast: bool = True
@@ -284,7 +280,6 @@ class DenseNet(nn.Module):
         elif overrides:
             config = DenseNetConfig.from_dict({**config.to_dict(), **overrides})
         self.config = config
-        self.scratch_key = ScratchKey()  # one scratch storage for the fast paths of the stem, blocks and transitions
         c = config
         placement = set(c.se_placement)
         if c.stem == "imagenet":
@@ -301,15 +296,14 @@ class DenseNet(nn.Module):
         num_features = c.num_init_features
         for i, num_layers in enumerate(c.block_config, start=1):
             block = DenseBlock(
-                num_layers,
-                num_features,
+                num_layers=num_layers,
+                num_input_features=num_features,
                 growth_rate=c.growth_rate,
                 bn_size=c.bn_size,
                 drop_rate=c.drop_rate,
                 norm_eps=c.norm_eps,
                 memory_efficient=c.memory_efficient,
                 se_config=c if "layer" in placement else None,
-                scratch_key=self.scratch_key,
             )
             self.features.add_module(f"denseblock{i}", block)
             num_features += num_layers * c.growth_rate
@@ -319,9 +313,12 @@ class DenseNet(nn.Module):
                 out_features = int(num_features * c.compression)
                 se = _se(out_features, c) if "transition" in placement else None
                 transition = Transition(
-                    num_features, out_features, c.norm_eps, se,
-                    memory_efficient=c.memory_efficient, scratch_key=self.scratch_key,
-                )  # fmt: skip
+                    num_input_features=num_features,
+                    num_output_features=out_features,
+                    norm_eps=c.norm_eps,
+                    se=se,
+                    memory_efficient=c.memory_efficient,
+                )
                 self.features.add_module(f"transition{i}", transition)
                 num_features = out_features
         if "head" in placement:
@@ -334,6 +331,7 @@ class DenseNet(nn.Module):
         self.classifier: nn.Module = nn.Linear(num_features, c.num_classes) if c.num_classes else nn.Identity()
         self._min_size = c.min_input_size()
         self._init_weights()
+        fast.share_scratch(self)  # one scratch storage for the fast paths of the stem, blocks and transitions
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -425,7 +423,7 @@ class DenseNet(nn.Module):
 def set_fast(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Switch the fast paths of every DenseNet part in ``model`` on or off (off: the reference implementation)."""
     for m in model.modules():
-        if isinstance(m, (DenseNet, DenseBlock, Transition)):
+        if isinstance(m, (DenseNet, DenseBlock, Transition, SqueezeExcite)):
             m.fast = enabled
     return model
 

@@ -10,9 +10,16 @@ Why they exist:
 
 The textbook dense block (the reference path of :class:`~sedensenet.models.densenet.DenseBlock`, and
 torchvision's) concatenates every earlier feature map for each layer, normalises the copy, and autograd keeps
-both the copy and its normalised version for backward: O(L^2) memory per block. On CPU in channels_last
-layout that path is also the fastest one we measured for training, so it stays the default. The two paths
-here replace it where they win:
+both the copy and its normalised version for backward: O(L^2) memory per block. For default training that
+is also the fastest structure we measured on CPU, with one change in channels_last (below). The paths here
+replace it where they win:
+
+**Default training in channels_last** (:func:`_incremental_block`): the same modules and operations, but the
+features concatenated one layer at a time, ``cat(cat(x, f1), f2)``, so autograd accumulates each layer's input
+gradient into the previous concatenation's (one add over a whole prefix) instead of into every earlier layer's
+``k`` channels. In channels_last those ``k``-wide slices are read out of every pixel, and on a narrow network
+under bf16 the additions cost more than the convolutions (DenseNet-BC-100, k = 12: 0.72x torchvision's speed).
+In NCHW a channel slice is a run of whole planes and the reference path is as fast, so it stays there.
 
 **Memory-efficient training** (``memory_efficient=True``), after Pleiss et al. 2017, "Memory-Efficient
 Implementation of DenseNets" (its shared-storage variant, not checkpointing: only the cheapest convolutions, the
@@ -52,14 +59,14 @@ Not thread-safe per network (the scratch storage is shared): run one forward or 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from sedensenet.models import fast_infer, fast_memeff
-from sedensenet.models.fast_storage import ScratchKey
+from sedensenet.models.fast_storage import ScratchKey, low_precision, preferred_format, share_scratch
 
 if TYPE_CHECKING:
     from sedensenet.models.densenet import DenseBlock, DenseLayer, DenseNet, Transition
@@ -74,6 +81,8 @@ __all__ = [
     "has_hooks",
     "plain_eager",
     "rewrites_ok",
+    "share_scratch",
+    "spatial_mean",
     "transition_applies",
 ]
 
@@ -126,6 +135,45 @@ def _autocast_matches(x: torch.Tensor) -> bool:
     return not torch.is_autocast_enabled(device) or x.dtype == torch.get_autocast_dtype(device)
 
 
+def spatial_mean(x: torch.Tensor, *, enabled: bool = True) -> torch.Tensor:
+    """``x.mean((2, 3), keepdim=True)``, SE's squeeze, the faster way on CPU (``enabled=False``: plain ``mean``).
+
+    - bf16/fp16 in channels_last on CPU: one batched matrix product with ones over ``(B, HW, C)`` (a view), then
+      the division; ``mean``'s reduction over H and W ran at ~1 GB/s (55 ms against 7 ms for DenseNet-121's first
+      block at 224 px, batch 32), which made the SE presets' inference 9-12% slower than the plain ones. The sum
+      is rounded to the data's dtype before the division: within two roundings of the exact mean, not one.
+    - with autograd, the backward returns ``dL/dmean / HW`` as a broadcast view instead of writing it into a new
+      ``(B, C, H, W)`` tensor before the one addition (SE's backward 2x faster on BC-100's first block).
+
+    Eager only: tracing, compiling and dispatch modes get ``mean``.
+    """
+    if not (enabled and x.dim() == 4 and plain_eager()):
+        return x.mean((2, 3), keepdim=True)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _SpatialMean.apply(x)
+    return _mean_hw(x)
+
+
+def _mean_hw(x: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    if not (low_precision(x) and x.device.type == "cpu" and preferred_format(x) == torch.channels_last):
+        return x.mean((2, 3), keepdim=True)
+    rows = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # (B, HW, C), a view of the channels_last data
+    total = torch.bmm(x.new_ones(b, 1, h * w), rows)  # (B, 1, C), accumulated in float32 by oneDNN
+    return (total.float() / (h * w)).to(x.dtype).view(b, c, 1, 1)
+
+
+class _SpatialMean(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        return _mean_hw(x)  # (B, C, 1, 1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return (grad / (ctx.shape[2] * ctx.shape[3])).expand(ctx.shape)  # a view: no (B, C, H, W) copy
+
+
 def block_applies(block: DenseBlock, x: torch.Tensor) -> bool:
     """Whether a fast path applies to ``block`` on ``x`` (memory-efficient training or inference)."""
     if not plain_eager() or not _usable_input(x) or not _autocast_matches(x) or has_hooks(block):
@@ -143,19 +191,39 @@ def block_applies(block: DenseBlock, x: torch.Tensor) -> bool:
             return False
         if not layer.training == layer.norm1.training == layer.norm2.training == training:
             return False
-        if training and not layer.memory_efficient:
-            return False  # default training: the reference path is the fastest (see the module doc)
+        if training and layer.memory_efficient != layers[0].memory_efficient:
+            return False
         if not training and (layer.norm1.running_mean is None or layer.norm2.running_mean is None):
             return False
     if not training:
         # The inference path writes into a buffer in place, which autograd cannot follow.
         return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in block.parameters())))
-    return True
+    return layers[0].memory_efficient or preferred_format(x) == torch.channels_last
 
 
 def forward_block(block: DenseBlock, x: torch.Tensor) -> torch.Tensor:
     """The block's output ``(B, C_in + L*k, H, W)`` through the fast path (after :func:`block_applies`)."""
-    return fast_memeff.train_block(block, x) if block.training else fast_infer.eval_block(block, x)
+    if not block.training:
+        return fast_infer.eval_block(block, x)
+    if next(iter(block.values())).memory_efficient:
+        return fast_memeff.train_block(block, x)
+    return _incremental_block(block, x)
+
+
+def _incremental_block(block: DenseBlock, x: torch.Tensor) -> torch.Tensor:
+    """Default training: the reference layers' own modules, with the features concatenated one layer at a time.
+
+    ``cat(cat(x, f1), f2)`` holds the same values as ``cat(x, f1, f2)`` and costs the same forward, but autograd
+    then accumulates each layer's input gradient into the previous concatenation's (one wide add per layer)
+    instead of into every earlier layer's ``k`` channels (``i`` narrow adds for layer ``i``). In channels_last
+    those narrow adds read channel slices ``k`` wide out of every pixel, the cause of DenseNet-BC-100's
+    bf16 training running at 0.72x torchvision's (benchmarks/README.md, *Every preset against its twin*).
+    """
+    features = x
+    for layer in block.values():
+        new = layer.conv2(layer.relu2(layer.norm2(layer.conv1(layer.relu1(layer.norm1(features))))))  # (B, k, H, W)
+        features = torch.cat([features, new], 1)  # (B, C + k, H, W)
+    return features
 
 
 def transition_applies(transition: Transition, x: torch.Tensor) -> bool:

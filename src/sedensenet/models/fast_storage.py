@@ -15,13 +15,26 @@ class ScratchKey:
     """Names the scratch storage that the dense blocks and transitions of one network share.
 
     They run one after another and use the scratch only within one call, so one storage (the size the
-    largest block needs) serves them all. :class:`~sedensenet.models.densenet.DenseNet` hands one key to its
-    parts when it builds them (their ``scratch_key``); a part without one gets a key of its own here.
+    largest block needs) serves them all. :func:`share_scratch` gives a network's parts one key (the network
+    calls it once built); a part without one gets a key of its own on first use. The reference modules' own
+    constructors know nothing of it.
     """
+
+
+SCRATCH_ATTR = "_fast_scratch_key"
+"""The attribute :func:`share_scratch` sets on a network's modules (plain Python state: no state-dict entry)."""
 
 
 _SCRATCH: weakref.WeakKeyDictionary[ScratchKey, torch.Tensor] = weakref.WeakKeyDictionary()
 _OWN_KEYS: weakref.WeakKeyDictionary[nn.Module, ScratchKey] = weakref.WeakKeyDictionary()
+
+
+def share_scratch(model: nn.Module) -> ScratchKey:
+    """Let every module of ``model`` share one scratch storage (its blocks and transitions run one at a time)."""
+    key = ScratchKey()
+    for module in model.modules():
+        object.__setattr__(module, SCRATCH_ATTR, key)
+    return key
 
 
 def preferred_format(x: torch.Tensor) -> torch.memory_format:
@@ -129,7 +142,7 @@ def scratch(owner: nn.Module, shape: tuple[int, ...], like: torch.Tensor, fmt: t
     """
     b, c, h, w = shape
     size = b * c * h * w
-    key = getattr(owner, "scratch_key", None)
+    key = getattr(owner, SCRATCH_ATTR, None)
     if key is None:
         key = _OWN_KEYS.setdefault(owner, ScratchKey())
     kept = _SCRATCH.get(key)

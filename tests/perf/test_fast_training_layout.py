@@ -1,0 +1,123 @@
+"""What made DenseNet-BC-100 train at 0.72x torchvision under bf16 on CPU must not come back (issue 28).
+
+The fast path runs the network in channels_last on CPU. With the reference block's ``cat(x, f1, ..., fi)``
+autograd accumulates every earlier layer's gradient separately: ``i`` adds per layer, each on a channel slice
+``k`` wide (12 channels for BC-100) read out of every pixel, and on such slices bf16 adds are several times
+slower than on dense tensors. The fast training block concatenates one layer at a time, so each accumulation
+runs over a whole prefix. These tests check that invariant and that no stage of a preset changes dtype or
+layout under bf16 autocast where the reference path does not. No timing here: speed lives in ``benchmarks/``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.profiler import profile
+
+from sedensenet import DenseNet, create_model
+from sedensenet.models import fast
+from sedensenet.models.densenet import set_fast
+from sedensenet.models.se import SqueezeExcite
+
+
+def _narrow_adds(model: torch.nn.Module, x: torch.Tensor, k: int) -> int:
+    """How many gradient additions in one bf16 training step's backward take a 4-D operand ``k`` channels wide."""
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x).float().square().sum()
+    with profile(record_shapes=True) as prof:
+        loss.backward()
+    return sum(
+        1
+        for e in prof.events()
+        if e.name in ("aten::add", "aten::add_") and any(len(s) == 4 and s[1] == k for s in e.input_shapes)
+    )
+
+
+def _bc_block(fast: bool) -> DenseNet:
+    """One block of DenseNet-BC-100's kind (k = 12, bottleneck 48, CIFAR stem): 8 layers keep the profile cheap."""
+    torch.manual_seed(0)
+    return set_fast(DenseNet(growth_rate=12, block_config=(8,), num_init_features=24, stem="cifar", num_classes=10),
+                    fast)  # fmt: skip
+
+
+def test_default_training_accumulates_no_gradient_one_layer_wide() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    assert _narrow_adds(_bc_block(True), x, k=12) == 0
+    # The reference run in channels_last, counted the same way: the test sees the regression when it is there
+    # (feature j of 8 has 9 - j consumers, so 8 - j additions: 28 in all).
+    assert _narrow_adds(_bc_block(False), x.contiguous(memory_format=torch.channels_last), k=12) >= 28
+
+
+def _stage_formats(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[str, torch.dtype, bool]]:
+    """(stage, dtype, channels_last-dense) after every child of ``model.features`` under bf16 autocast, the
+    stages called one by one in the layout the network's forward gives them."""
+    model.train()
+    if model.fast:
+        x = x.contiguous(memory_format=torch.channels_last)  # what fast.forward_features does on CPU
+    out = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for name, stage in model.features.named_children():
+            x = stage(x)
+            out.append((name, x.dtype, x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)))
+    return out
+
+
+@pytest.mark.parametrize(("name", "size"), [("densenet_bc_100", 8), ("se_densenet_bc_100", 8), ("densenet121", 32)])
+def test_no_stage_changes_dtype_or_layout_under_bf16(name: str, size: int) -> None:
+    torch.manual_seed(0)
+    fast = create_model(name, num_classes=10)
+    ref = create_model(name, num_classes=10)
+    set_fast(ref, False)
+    x = torch.randn(2, 3, size, size)
+    got, want = _stage_formats(fast, x), _stage_formats(ref, x)
+    assert [(n, d) for n, d, _ in got] == [(n, d) for n, d, _ in want]  # the same dtype after every stage
+    assert all(d == torch.bfloat16 for _, d, _ in got), got  # no stage leaves bf16 ...
+    assert all(cl for _, _, cl in got), got  # ... or channels_last (no layout flip and back between stages)
+
+
+def _graph_nodes(node: object) -> set[str]:
+    """Names of every autograd node behind ``node``."""
+    names, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n is not None:
+            names.add(type(n).__name__)
+            todo += [f for f, _ in n.next_functions]
+    return names
+
+
+def _se_step(se: SqueezeExcite, x: torch.Tensor, grad: torch.Tensor) -> list[torch.Tensor]:
+    """SE's output and every gradient after one backward under bf16 autocast."""
+    x.grad = None
+    se.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = se(x)
+    out.backward(grad)
+    return [out, x.grad, *(p.grad for p in se.parameters())]
+
+
+def test_se_squeeze_gradient_is_bit_identical_to_mean() -> None:
+    """In float32 SE's fast squeeze changes only how its backward is laid out, not a single bit of it."""
+    torch.manual_seed(0)
+    se = SqueezeExcite(40)
+    x = torch.randn(4, 40, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    grad = torch.randn(4, 40, 6, 6)
+    got = _se_step(se, x, grad)
+    assert "_SpatialMeanBackward" in _graph_nodes(got[0].grad_fn)  # the fast squeeze ran
+    se.fast = False
+    want = _se_step(se, x, grad)
+    assert "_SpatialMeanBackward" not in _graph_nodes(want[0].grad_fn)  # set_fast(False) gets plain mean
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+
+
+def test_se_squeeze_in_bf16_is_within_two_roundings_of_the_exact_mean() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 40, 7, 7).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    exact = x.double().mean((2, 3), keepdim=True)
+    with torch.no_grad():
+        got = fast.spatial_mean(x)
+    assert got.dtype == torch.bfloat16 and got.shape == (4, 40, 1, 1)
+    ulp = exact.abs() * 2.0**-8 + 1e-30
+    assert ((got.double() - exact).abs() <= 2 * ulp).all()
