@@ -99,13 +99,7 @@ def plot_roc(
         ax.plot(fpr, tpr, linewidth=2, label=f"{pos_label_name} (AUC = {auc:.3f})")
     else:
         ax.text(0.5, 0.3, "ROC undefined: both classes are needed", ha="center", transform=ax.transAxes)
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_aspect("equal")
-    ax.set_xlabel("False positive rate")
-    ax.set_ylabel("True positive rate")
-    ax.set_title(f"ROC: {pos_label_name} vs rest")
-    ax.legend(loc="lower right")
+    _unit_square(ax, "False positive rate", "True positive rate", f"ROC: {pos_label_name} vs rest", "lower right")
     return save_figure(fig, path)
 
 
@@ -142,14 +136,19 @@ def plot_pr(
             ax.plot([tp / y.sum()], [p_op], "o", color="C3", label=f"threshold {threshold:.3f}")
     else:
         ax.text(0.5, 0.5, "PR curve undefined: no positive sample", ha="center", transform=ax.transAxes)
+    _unit_square(ax, "Recall (sensitivity)", "Precision (PPV)", f"Precision-recall: {pos_label_name}", "lower left")
+    return save_figure(fig, path)
+
+
+def _unit_square(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str) -> None:
+    """The axes of a curve between two rates (ROC, precision-recall): [0, 1] on both, square, labelled."""
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
-    ax.set_xlabel("Recall (sensitivity)")
-    ax.set_ylabel("Precision (PPV)")
-    ax.set_title(f"Precision-recall: {pos_label_name}")
-    ax.legend(loc="lower left")
-    return save_figure(fig, path)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc=legend_loc)
 
 
 @figure_writer
