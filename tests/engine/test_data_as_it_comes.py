@@ -1,5 +1,6 @@
 """Data as it comes, end to end through the CLI: a manifest of image ids with a patient and a split column trains,
-evaluates (its own split, no --data), predicts (the table's other columns written through) and is checked; a
+evaluates (its own split, no --data), predicts (the table's other columns written through), exports int8
+(calibrated on its train rows, judged on its val rows), explains its SE weights on a split and is checked; a
 DataFrame trains; a 16-bit MONOCHROME1 DICOM folder trains and predicts, grouped by patient, and the patient data
 planted in its files is in no file the commands write and no server response."""
 
@@ -77,6 +78,50 @@ def test_predict_writes_a_manifests_other_columns_through(manifest_run: Path, ma
     assert len(rows) == 24 and all(not r["error"] and r["label"] in CLASSES for r in rows)
     assert list(rows[0])[-4:] == ["dx", "patient_id", "split", "input_probability"]
     assert rows[0]["input_probability"] == "0.5" and rows[0]["path"].endswith("img 0.png")
+
+
+def test_export_int8_calibrates_on_the_runs_train_rows_and_judges_on_its_val_rows(
+    manifest_run: Path, manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    pytest.importorskip("onnxruntime")
+    from sedensenet import quantize
+
+    used: list[quantize.QuantData] = []
+    real = quantize.quantize_onnx
+
+    def spy(fp32: Path, int8: Path, meta: object, data: quantize.QuantData) -> quantize.QuantReport:
+        used.append(data)
+        return real(fp32, int8, meta, data)
+
+    monkeypatch.setattr(quantize, "quantize_onnx", spy)
+    out = tmp_path / "m.int8.onnx"
+    # --force: a one-epoch model at 16 px may miss the agreement gate on 4 images; which images is what is tested
+    assert main(["export", str(manifest_run), "--quantize", "int8", "--output", str(out), "--force"]) == 0
+    assert out.is_file() and len(used) == 1
+    rows = _rows(manifest_run / "split.csv")
+    root = manifest.parent.resolve()
+
+    def listed(paths: list[Path]) -> list[str]:
+        return sorted(Path(p).resolve().relative_to(root).as_posix() for p in paths)
+
+    train = sorted(r["path"] for r in rows if r["split"] == "train")
+    val = sorted(r["path"] for r in rows if r["split"] == "val")
+    assert len(train) + len(val) == 16 and val  # the 8 test rows neither calibrate nor judge
+    assert listed(used[0].calibration) == train
+    assert listed([s.path for s in used[0].evaluation]) == val
+    labels = {Path(s.path).resolve().relative_to(root).as_posix(): CLASSES[s.label] for s in used[0].evaluation}
+    assert labels == {r["path"]: r["class"] for r in rows if r["split"] == "val"}  # judged against the run's labels
+    assert f"calibrated on {len(train)} images of {manifest} (training split)" in capsys.readouterr().out
+
+
+def test_explain_se_weights_on_a_manifests_test_rows(manifest_run: Path, manifest: Path, tmp_path: Path) -> None:
+    out = tmp_path / "explain"
+    assert main(["explain", str(manifest_run), "--data", str(manifest), "--split", "test", "--output", str(out),
+                 "--device", "cpu", "-q"]) == 0  # fmt: skip
+    summary = json.loads((out / "se_weights.json").read_text(encoding="utf-8"))
+    assert summary["images_per_class"] == {name: 4 for name in CLASSES}  # the table's 8 test rows, 4 per class
+    assert [r[0] for r in csv.reader(open(out / "se_weights.csv", encoding="utf-8"))][1:] == list(CLASSES)
 
 
 def test_check_data_reads_a_manifest(manifest: Path, tmp_path: Path) -> None:
