@@ -224,6 +224,26 @@ def test_cv_logs_a_parent_run_with_one_child_per_fold(tracked: dict[str, Any], t
     assert all("final_test_accuracy" in r.data.metrics for r in children)
 
 
+def test_compare_logs_a_parent_run_with_one_child_per_model_and_seed(tracked: dict[str, Any], tmp_path: Path) -> None:
+    from sedensenet.compare import compare
+
+    client = tracked["client"]
+    before = _run_ids(client)
+    result = compare(str(tracked["data"]), ["se_densenet_tiny", "densenet_bc_100"], seeds=1, project=str(tmp_path),
+                     mlflow=tracked["uri"], epochs=1, max_steps=1,
+                     **{k: v for k, v in TINY.items() if k not in ("model", "verbose")})  # fmt: skip
+    runs = _new_runs(client, before)
+    parents = [r for r in runs if r.data.tags.get("sedensenet.study") == "compare"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].info.run_name == f"compare {result.out_dir.name}"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(runs) == 3 and sorted(r.info.run_name for r in children) == [
+        f"densenet_bc_100_seed{result.seeds[0]}", f"se_densenet_tiny_seed{result.seeds[0]}"]  # fmt: skip
+    assert sorted((r.data.params["model"], r.data.params["seed"]) for r in children) == [
+        ("densenet_bc_100", str(result.seeds[0])), ("se_densenet_tiny", str(result.seeds[0]))]  # fmt: skip
+    assert all(r.info.status == "FINISHED" and "final_val_accuracy" in r.data.metrics for r in children)
+
+
 def test_the_bare_flag_means_mlflows_default_store_and_nothing_imports_mlflow_or_optuna_without_it() -> None:
     from sedensenet.cli import build_parser
 
