@@ -152,20 +152,96 @@ def test_a_tracking_server_that_is_down_costs_the_run_nothing(
     assert seconds < 60, seconds  # the logger gives up after a few seconds; training never waits on it
 
 
-def test_cv_logs_a_parent_run_with_one_child_per_fold(tiny_images: Path, tmp_path: Path) -> None:
+def _new_runs(client: MlflowClient, before: set[str]) -> list[Any]:
+    """The runs of the tracked store's experiment made since ``before`` (its run ids then): the tests below share
+    the ``tracked`` store, as a new SQLite store costs seconds of migrations."""
+    runs = client.search_runs([client.get_experiment_by_name("sedensenet").experiment_id])
+    return [r for r in runs if r.info.run_id not in before]
+
+
+def _run_ids(client: MlflowClient) -> set[str]:
+    return {r.info.run_id for r in _new_runs(client, set())}
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tracked: dict[str, Any], tmp_path: Path) -> None:
+    from sedensenet.engine.faults import StopRun
+
+    def stop_after_the_first(event: Any) -> None:
+        if event.epoch == 1:
+            raise StopRun("a stop after epoch 1", epoch=1)
+
+    uri, client = tracked["uri"], tracked["client"]
+    before = _run_ids(client)
+    with pytest.raises(StopRun):
+        api.train(str(tracked["data"]), epochs=2, project=str(tmp_path), mlflow=uri, max_steps=1,
+                  callbacks=[stop_after_the_first], **TINY)  # fmt: skip
+    (run_dir,) = tmp_path.iterdir()
+    record = json.loads((run_dir / "mlflow_run.json").read_text(encoding="utf-8"))
+    # the mlflow setting comes from the run's config.yaml (which keeps epochs: 2 and so the param does)
+    resumed = api.train(resume=run_dir, epochs=3, verbose=0)
+    runs = _new_runs(client, before)
+    assert [r.info.run_id for r in runs] == [record["run_id"]] and record["tracking_uri"] == uri
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.params["epochs"] == "2"
+    assert run.data.tags["sedensenet.stopped"] == "a stop after epoch 1"  # the first part's end, kept
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    per_epoch = resumed.history.history["val_accuracy"]
+    assert [(m.step, m.value) for m in history] == list(zip([1, 2, 3], per_epoch, strict=True))
+    assert "final_val_accuracy" in run.data.metrics
+
+
+def test_a_reopened_run_keeps_its_params_and_tags_the_settings_a_resume_changed(tracked: dict[str, Any]) -> None:
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from sedensenet.tracking import _log_params
+
+    client = tracked["client"]
+    run = client.create_run(client.get_experiment_by_name("sedensenet").experiment_id, run_name="reopened")
+    client.log_param(run.info.run_id, "memory_plan.batch_size", "8")
+    handle = SimpleNamespace(run_id=Future(), reopened=True)
+    handle.run_id.set_result(run.info.run_id)
+    _log_params(client, handle, {"memory_plan.batch_size": "4", "lr": "0.001"})  # MLflow refuses a changed param
+    data = client.get_run(run.info.run_id).data
+    assert data.params == {"memory_plan.batch_size": "8", "lr": "0.001"}
+    assert data.tags["sedensenet.resumed.memory_plan.batch_size"] == "4"
+    client.delete_run(run.info.run_id)
+
+
+def test_cv_logs_a_parent_run_with_one_child_per_fold(tracked: dict[str, Any], tmp_path: Path) -> None:
     from sedensenet.cv import cross_validate
 
-    uri = _store(tmp_path)
-    cross_validate(str(tiny_images), folds=2, project=str(tmp_path), mlflow=uri, epochs=1, max_steps=1,
-                   **{k: v for k, v in TINY.items() if k != "verbose"})  # fmt: skip
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("sedensenet").experiment_id])
+    client = tracked["client"]
+    before = _run_ids(client)
+    cross_validate(str(tracked["data"]), folds=2, project=str(tmp_path), mlflow=tracked["uri"], epochs=1,
+                   max_steps=1, **{k: v for k, v in TINY.items() if k != "verbose"})  # fmt: skip
+    runs = _new_runs(client, before)
     parents = [r for r in runs if r.data.tags.get("sedensenet.study") == "cv"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert sorted(r.info.run_name for r in children) == ["fold_1", "fold_2"]
+    assert len(runs) == 3 and sorted(r.info.run_name for r in children) == ["fold_1", "fold_2"]
     assert sorted(r.data.params["fold"] for r in children) == ["1", "2"]
     assert all("final_test_accuracy" in r.data.metrics for r in children)
+
+
+def test_compare_logs_a_parent_run_with_one_child_per_model_and_seed(tracked: dict[str, Any], tmp_path: Path) -> None:
+    from sedensenet.compare import compare
+
+    client = tracked["client"]
+    before = _run_ids(client)
+    result = compare(str(tracked["data"]), ["se_densenet_tiny", "densenet_bc_100"], seeds=1, project=str(tmp_path),
+                     mlflow=tracked["uri"], epochs=1, max_steps=1,
+                     **{k: v for k, v in TINY.items() if k not in ("model", "verbose")})  # fmt: skip
+    runs = _new_runs(client, before)
+    parents = [r for r in runs if r.data.tags.get("sedensenet.study") == "compare"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].info.run_name == f"compare {result.out_dir.name}"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(runs) == 3 and sorted(r.info.run_name for r in children) == [
+        f"densenet_bc_100_seed{result.seeds[0]}", f"se_densenet_tiny_seed{result.seeds[0]}"]  # fmt: skip
+    assert sorted((r.data.params["model"], r.data.params["seed"]) for r in children) == [
+        ("densenet_bc_100", str(result.seeds[0])), ("se_densenet_tiny", str(result.seeds[0]))]  # fmt: skip
+    assert all(r.info.status == "FINISHED" and "final_val_accuracy" in r.data.metrics for r in children)
 
 
 def test_the_bare_flag_means_mlflows_default_store_and_nothing_imports_mlflow_or_optuna_without_it() -> None:

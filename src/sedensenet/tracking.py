@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -40,6 +41,8 @@ OUTPUT_COLUMNS = ("path", "label", "probability", "top_k", "error")
 """The logged model's output columns: ``sedensenet predict --output x.csv``'s."""
 SKIPPED_FOLDERS = ("weights", "state")
 """Run-folder parts not logged as artifacts: the model is logged as an MLflow model; resume states are not reports."""
+RUN_FILE = "mlflow_run.json"
+"""In the run folder: the tracking URI and the MLflow run's id, so that ``--resume`` continues that MLflow run."""
 
 _unreachable: set[str] = set()
 """Tracking URIs found down in this process: later runs (a cv's next fold) skip them at once, and say nothing."""
@@ -50,8 +53,14 @@ _parent: contextvars.ContextVar[RunHandle | None] = contextvars.ContextVar("sede
 class RunHandle:
     """One MLflow run, created and written on its own background thread; its id is a future (a child waits on it)."""
 
-    def __init__(self, uri: str, *, name: str, parent: RunHandle | None = None, tags: dict[str, str] | None = None):
-        self.uri, self.name, self.parent = uri, name, parent
+    def __init__(
+        self, uri: str, *, name: str, parent: RunHandle | None = None, tags: dict[str, str] | None = None,
+        reopen: str | None = None,
+    ) -> None:  # fmt: skip
+        """``reopen``: the id of a run to continue (a resumed training run) instead of creating one; when the store
+        no longer has it, a new run is made."""
+        self.uri, self.name, self.parent, self.reopen = uri, name, parent, reopen
+        self.reopened = False
         self.run_id: Future[str] = Future()
         self._queue: queue.Queue[Callable[[Any], None] | None] = queue.Queue()
         self._down = False
@@ -100,7 +109,7 @@ class RunHandle:
             all_tags = dict(tags)
             if self.parent is not None:
                 all_tags["mlflow.parentRunId"] = self.parent.run_id.result(timeout=FLUSH_SECONDS)
-            run = client.create_run(experiment_id, run_name=self.name, tags=all_tags)
+            run = self._reopened(client) or client.create_run(experiment_id, run_name=self.name, tags=all_tags)
             holder.append(client)
             self.run_id.set_result(run.info.run_id)
 
@@ -108,6 +117,23 @@ class RunHandle:
             self.run_id.set_exception(RuntimeError(f"MLflow tracking at {self.uri or 'the default store'} is down"))
             return None
         return holder[0]
+
+    def _reopened(self, client: Any) -> Any:
+        """The run :attr:`reopen` names, set running again; None when there is none or the store lost it."""
+        if not self.reopen:
+            return None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = client.get_run(self.reopen)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            log.info("MLflow run %s is not in the store any more: the resumed run is logged as a new one", self.reopen)
+            return None
+        client.update_run(run.info.run_id, status="RUNNING")
+        self.reopened = True
+        return run
 
     def _attempt(self, call: Callable[[], None]) -> bool:
         """Run ``call``, retried after :data:`RETRIES`; on the last failure the store counts as down (said once)."""
@@ -182,9 +208,12 @@ class RunTracker:
         if not self._decided:
             self._decided = True
             if _is_main():
-                self.handle = RunHandle(self.uri, name=event.run_dir.name, parent=_parent.get())
-                params = run_params(event.run_dir)
+                run_dir = event.run_dir
+                reopen = recorded_run(run_dir, self.uri)
+                self.handle = RunHandle(self.uri, name=run_dir.name, parent=_parent.get(), reopen=reopen)
+                params = run_params(run_dir)
                 self.handle.submit(lambda client: _log_params(client, self.handle, params))
+                self.handle.submit(lambda client: _remember_run(run_dir, self.uri, self.handle.run_id.result()))
         if self.handle is not None:
             metrics = {k: float(v) for k, v in event.row.items() if isinstance(v, int | float)}
             run_id, step, stamp = self.handle.run_id, event.epoch, int(time.time() * 1000)
@@ -214,6 +243,23 @@ class RunTracker:
             if (run_dir / "weights" / "best.safetensors").is_file():
                 handle.submit(lambda client: log_model(client, handle.run_id.result(), run_dir))
         return handle.close(status)
+
+
+def recorded_run(run_dir: Path, uri: str) -> str | None:
+    """The id of the MLflow run ``run_dir`` was tracked in at ``uri`` (its :data:`RUN_FILE`), for a resume to continue;
+    None when it was not tracked there."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+        if record.get("tracking_uri") == uri and isinstance(record.get("run_id"), str):
+            return record["run_id"]
+    return None
+
+
+def _remember_run(run_dir: Path, uri: str, run_id: str) -> None:
+    """Write :data:`RUN_FILE` (atomically: a kill mid-write leaves the old one)."""
+    tmp = run_dir / f"{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(run_dir / RUN_FILE)
 
 
 def run_params(run_dir: Path) -> dict[str, str]:
@@ -265,11 +311,18 @@ def _number(value: Any) -> bool:
 
 
 def _log_params(client: Any, handle: RunHandle | None, params: dict[str, str]) -> None:
-    from mlflow.entities import Param
+    """The settings as params. A reopened run keeps the params it has (MLflow refuses to change one): a setting the
+    resume changed (``epochs``) is tagged ``sedensenet.resumed.<name>`` with its new value."""
+    from mlflow.entities import Param, RunTag
 
-    items = [Param(k, v) for k, v in params.items()]
+    run_id = handle.run_id.result()  # type: ignore[union-attr]
+    existing = client.get_run(run_id).data.params if handle.reopened else {}  # type: ignore[union-attr]
+    items = [Param(k, v) for k, v in params.items() if k not in existing]
+    changed = [RunTag(f"sedensenet.resumed.{k}", v) for k, v in params.items() if existing.get(k, v) != v]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(handle.run_id.result(), params=items[i : i + 100])  # type: ignore[union-attr]
+        client.log_batch(run_id, params=items[i : i + 100])
+    if changed:
+        client.log_batch(run_id, tags=changed)
 
 
 def _log_metrics(client: Any, run_id: str, metrics: dict[str, float], step: int | None, stamp: int | None) -> None:

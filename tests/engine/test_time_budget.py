@@ -249,3 +249,26 @@ def test_a_run_started_without_a_budget_resumes_under_one_with_a_fitted_cosine(t
     assert state["scheduler"]["lr_lambdas"][0] == {"warmup": 0, "total": 3} and state["time_budget"] == 3600.0
     rows = read_history_csv(first.run_dir / "history.csv")
     assert rows[-1]["epoch"] == 3 and rows[-1]["lr"] == pytest.approx(1e-3 * FittedCosine.FLOOR)
+
+
+def test_cv_and_compare_give_each_run_the_whole_budget(tiny_images: Path, tmp_path: Path) -> None:
+    """``--time`` in a study is each run's budget (a fold's, a model and seed's), kept in each run's config.yaml;
+    the explicit ``--epochs 1`` caps the plan so the test ends in seconds."""
+    from sedensenet.compare import compare
+    from sedensenet.cv import cross_validate
+
+    small = {"time": "20s", "epochs": 1, "max_steps": 1, "batch_size": 2}  # a 4-image training split per fold
+    budget = {k: v for k, v in FAST.items() if k != "verbose"} | small
+    cv = cross_validate(str(tiny_images), folds=2, project=str(tmp_path), **budget)
+    budget.pop("model")
+    compared = compare(str(tiny_images), ["se_densenet_tiny"], seeds=1, project=str(tmp_path), **budget)
+    runs = [*cv.runs, *(Path(r) for r in compared.rows[0].runs)]
+    assert len(runs) == 3 and "--time 20s per fold" in cv.markdown()
+    assert "every run had the same time budget, --time 20s" in compared.markdown()
+    for run in runs:
+        saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+        assert (saved["time"], saved["epochs"]) == ("20s", 1), run
+        plan = saved["time_plan"]
+        assert (plan["budget_seconds"], plan["planned_epochs"]) == (20.0, 1), run
+        assert 0 < plan["spent_seconds"] < 20, run
+        assert [r["epoch"] for r in read_history_csv(run / "history.csv")] == [1], run
