@@ -89,9 +89,14 @@ class CVResult:
 def _length(settings: dict[str, Any]) -> str:
     """How long each fold trained: ``10 epochs``, or ``--time 5m per fold`` (``, at most 10 epochs``)."""
     if not settings.get("time"):
-        return f"{settings.get('epochs')} epochs"
-    cap = f", at most {settings['epochs']} epochs" if settings.get("epochs") else ""
+        return _epochs(settings.get("epochs"))
+    cap = f", at most {_epochs(settings['epochs'])}" if settings.get("epochs") else ""
     return f"--time {settings['time']} per fold{cap}"
+
+
+def _epochs(n: Any) -> str:
+    """``1 epoch``, ``10 epochs``."""
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
 def _fmt(value: float | None) -> str:

@@ -238,6 +238,8 @@ def test_help_shows_the_budget_and_studies_say_how_they_share_it(capsys: pytest.
     assert "every run had the same time budget, --time 5m; epochs trained: small 12; large 3" in text
     settings = {"data": "d", "model": "m", "epochs": 0, "time": "10m", "image_size": 16, "seed": 1}
     assert "m, --time 10m per fold, 16 px" in CVResult(Path("cv"), 2, [], {}, {}, settings=settings).markdown()
+    capped = CVResult(Path("cv"), 2, [], {}, {}, settings={**settings, "epochs": 1}).markdown()
+    assert "--time 10m per fold, at most 1 epoch," in capped
 
 
 def test_a_run_started_without_a_budget_resumes_under_one_with_a_fitted_cosine(tmp_path: Path) -> None:
