@@ -12,17 +12,18 @@ import pickle
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from sedensenet.data.description import DataDescription
-from sedensenet.data.dicom import DicomOptions
-from sedensenet.data.images import DataError
 from sedensenet.errors import UserError
 from sedensenet.fileio import atomic_write
 from sedensenet.models.densenet import DenseNet, DenseNetConfig
+
+if TYPE_CHECKING:  # the data package (torchvision's transforms with it) loads only for a checkpoint that needs it
+    from sedensenet.data.description import DataDescription
+    from sedensenet.data.dicom import DicomOptions
 
 FORMAT = "sedensenet-checkpoint"
 FORMAT_VERSION = 1
@@ -195,6 +196,8 @@ class CheckpointMeta:
     def dicom_options(self) -> DicomOptions | None:
         """How the run decoded DICOM files (its ``--dicom-window``), for predicting as it trained; None: each file's
         own window."""
+        from sedensenet.data.dicom import DicomOptions
+
         window = self.data.dicom_window if self.data is not None else None
         return DicomOptions(window=window) if window else None
 
@@ -202,6 +205,8 @@ class CheckpointMeta:
         """The run's data and split: the stored description, else one derived from the loose ``extra`` keys that
         earlier versions wrote (``data``, ``val_split``, ``seed``, ``groups``, ``folds``, ``fold``, ``dedupe``);
         None when neither names the data."""
+        from sedensenet.data.description import DataDescription
+
         if self.data is not None:
             return self.data
         extra = self.extra
@@ -281,6 +286,13 @@ def meta_to_json(meta: CheckpointMeta, kind: str = FORMAT) -> str:
     return json.dumps({"format": kind, "version": FORMAT_VERSION, **fields}, ensure_ascii=False)
 
 
+def _description_from(data: Any) -> DataDescription:
+    """The stored data description (the data package is imported only for a checkpoint that carries one)."""
+    from sedensenet.data.description import DataDescription
+
+    return DataDescription.from_dict(data)
+
+
 def meta_from_json(raw: str | bytes, source: str | os.PathLike) -> CheckpointMeta:
     """Rebuild the metadata stored by :func:`meta_to_json`; :class:`CheckpointError` naming ``source`` when it is
     malformed or written by a newer sedensenet."""
@@ -293,9 +305,9 @@ def meta_from_json(raw: str | bytes, source: str | os.PathLike) -> CheckpointMet
         evaluation = d.pop("evaluation", None)
         data = d.pop("data", None)
         meta = CheckpointMeta(**d, evaluation=None if evaluation is None else EvaluationSummary.from_dict(evaluation),
-                              data=None if data is None else DataDescription.from_dict(data))  # fmt: skip
+                              data=None if data is None else _description_from(data))  # fmt: skip
         _check_meta(meta)
-    except (json.JSONDecodeError, TypeError, ValueError, DataError) as e:  # UnicodeDecodeError is a ValueError
+    except (json.JSONDecodeError, TypeError, ValueError) as e:  # UnicodeDecodeError and DataError are ValueErrors
         raise CheckpointError(f"{source}: its metadata is malformed ({e})") from None
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise CheckpointError(f"{source} was written by a newer sedensenet (format {version}); please upgrade")
