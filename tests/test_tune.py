@@ -161,3 +161,19 @@ def test_two_processes_share_one_postgresql_study(tiny_images: Path, tmp_path: P
     with postgres_server() as url:
         optuna.create_study(study_name="tune", storage=storage_url(url), direction="maximize")
         _check_distinct(_two_workers(tiny_images, tmp_path, storage_url(url), "--storage", url))
+
+
+def test_the_defaults_are_enqueued_only_by_the_worker_that_holds_the_lock(tmp_path: Path) -> None:
+    from sedensenet.tune import _enqueue_defaults, _storage
+
+    storage = _storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=60)
+    study = optuna.create_study(storage=storage, study_name="tune")
+    held = optuna.create_study(storage=storage, study_name="tune.defaults-lock")  # another worker is enqueuing
+    _enqueue_defaults(study, storage, {"lr": 0.001})
+    assert study.get_trials(deepcopy=False) == []
+    optuna.delete_study(study_name=held.study_name, storage=storage)
+    _enqueue_defaults(study, storage, {"lr": 0.001})
+    _enqueue_defaults(study, storage, {"lr": 0.001})  # a later worker finds the study no longer empty
+    [trial] = study.get_trials(deepcopy=False)
+    assert trial.user_attrs == {"defaults": True} and trial.system_attrs["fixed_params"] == {"lr": 0.001}
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage=storage)] == ["tune"]  # the lock is dropped

@@ -111,9 +111,10 @@ def tune(
     base = _base_config(data, overrides)
     spec = search_space(base, models=models, space_file=space)
     url = storage_url(storage) if storage else f"sqlite:///{(out_dir / 'study.db').resolve()}"
-    study = _study(url, name, "accuracy" if folds else base.monitor, heartbeat)
+    storage = _storage(url, heartbeat)
+    study = _study(storage, name, "accuracy" if folds else base.monitor)
     if not study.trials:  # trial 0: the settings as given, so the study shows whether tuning beat them
-        study.enqueue_trial(default_params(base, spec), user_attrs={"defaults": True}, skip_if_exists=True)
+        _enqueue_defaults(study, storage, default_params(base, spec))
     done = _finished(study)
     objective = Objective(data, base, spec, overrides, out_dir, folds)
     from sedensenet.tracking import parent_run
@@ -168,15 +169,41 @@ def _base_config(data: str, overrides: dict[str, Any]) -> TrainConfig:
     return base
 
 
-def _study(url: str, name: str, score: str, heartbeat: int) -> Any:
-    """The study in ``url`` (created on first use), with TPE, the median pruner and the heartbeat that retries
-    trials whose process died; ``score`` (a loss is minimised) gives the direction."""
+def _storage(url: str, heartbeat: int) -> Any:
+    """The database at ``url``, with the heartbeat that retries trials whose process died."""
     import optuna
     from optuna.storages import RDBStorage
 
     with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna since 2.8: it is what we rely on
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **_retry_callback())
+        return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **_retry_callback())
+
+
+def _enqueue_defaults(study: Any, storage: Any, params: dict[str, Any]) -> None:
+    """Enqueue the defaults trial once, however many workers start on the empty study together.
+
+    A study name is unique in the database, so creating a marker study is an atomic try-lock on SQLite and
+    PostgreSQL alike: the worker that creates it checks again that the study is still empty, enqueues, and
+    drops the marker; a worker that cannot create it leaves the defaults to the one that did.
+    """
+    import optuna
+
+    try:
+        marker = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], f"{study.study_name}.defaults-lock")
+    except optuna.exceptions.DuplicatedStudyError:
+        return
+    try:
+        if not study.get_trials(deepcopy=False):
+            study.enqueue_trial(params, user_attrs={"defaults": True}, skip_if_exists=True)
+    finally:
+        storage.delete_study(marker)
+
+
+def _study(storage: Any, name: str, score: str) -> Any:
+    """The study ``name`` in ``storage`` (created on first use), with TPE and the median pruner; ``score``
+    (a loss is minimised) gives the direction."""
+    import optuna
+
     return optuna.create_study(
         storage=storage, study_name=name, load_if_exists=True,
         direction="minimize" if score.endswith("loss") else "maximize",
