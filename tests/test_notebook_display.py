@@ -134,7 +134,8 @@ def test_train_result_summary_and_repr(run: sedensenet.api.TrainResult) -> None:
     table = run.summary()
     text = str(table)
     assert text.splitlines()[1].split() == [
-        "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "best"
+        "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_auc", "val_mAP", "lr",
+        "seconds", "best"
     ]  # fmt: skip
     assert f"Best checkpoint: {run.best_checkpoint} (epoch {run.best_epoch})" in text
     assert table._repr_html_().count("<tr>") == 1 + len(run.history.epoch)

@@ -35,6 +35,34 @@ class CheckpointError(UserError, ValueError):
 
 
 @dataclass
+class LabelDecision:
+    """How a multi-label model decides one label: present when its (calibrated) probability reaches ``threshold``."""
+
+    name: str
+    threshold: float
+    """Chosen on validation by the run's rule (``f1`` by default), or the fixed value given."""
+    temperature: float | None = None
+    """Divides the label's logit before the sigmoid (``--calibrate temperature``); None: none."""
+
+    @classmethod
+    def from_dict(cls, data: Any, name: str = "labels") -> LabelDecision:
+        _known_keys(data, cls, name)
+        if not isinstance(data.get("name"), str):
+            raise TypeError(f"{name}.name must be a string, got {data.get('name')!r}")
+        threshold = _number(data.get("threshold"), f"{name}.threshold", optional=False)
+        if not 0 <= threshold <= 1 + 1e-9:  # type: ignore[operator]
+            raise ValueError(f"{name}.threshold must be a probability, got {threshold!r}")
+        temperature = _number(data.get("temperature"), f"{name}.temperature")
+        if temperature is not None and not 0 < temperature < float("inf"):
+            raise ValueError(f"{name}.temperature must be a positive number, got {temperature!r}")
+        return cls(data["name"], float(threshold), temperature)  # type: ignore[arg-type]
+
+
+TASKS = ("single", "multi")
+"""``single``: one class out of N (softmax); ``multi``: any set of labels (one sigmoid per label)."""
+
+
+@dataclass
 class Estimate:
     """A figure and its 95% bootstrap interval ``[low, high]`` (None where none was computed, e.g. PPV)."""
 
@@ -192,6 +220,14 @@ class CheckpointMeta:
     data: DataDescription | None = None
     """The training data and its split, as the run resolved it; None in checkpoints written before it (see
     :meth:`description`) or not by a training run."""
+    task: str = "single"
+    """``single`` (``classes`` are exclusive: softmax) or ``multi`` (``classes`` are labels: one sigmoid each)."""
+    labels: list[LabelDecision] | None = None
+    """Multi-label: each label's threshold and temperature, in ``classes`` order; None before they are chosen."""
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multi"
 
     def dicom_options(self) -> DicomOptions | None:
         """How the run decoded DICOM files (its ``--dicom-window``), for predicting as it trained; None: each file's
@@ -283,6 +319,8 @@ def meta_to_json(meta: CheckpointMeta, kind: str = FORMAT) -> str:
         del fields["data"]
     else:
         fields["data"] = meta.data.to_dict()
+    if meta.task == "single":  # a single-label checkpoint's metadata stays what earlier versions wrote and read
+        del fields["task"], fields["labels"]
     return json.dumps({"format": kind, "version": FORMAT_VERSION, **fields}, ensure_ascii=False)
 
 
@@ -304,8 +342,13 @@ def meta_from_json(raw: str | bytes, source: str | os.PathLike) -> CheckpointMet
         version = d.pop("version", None)
         evaluation = d.pop("evaluation", None)
         data = d.pop("data", None)
+        labels = d.pop("labels", None)
+        if labels is not None and not isinstance(labels, list):
+            raise TypeError(f"labels must be a list, got {type(labels).__name__}")
         meta = CheckpointMeta(**d, evaluation=None if evaluation is None else EvaluationSummary.from_dict(evaluation),
-                              data=None if data is None else _description_from(data))  # fmt: skip
+                              data=None if data is None else _description_from(data),
+                              labels=None if labels is None else [LabelDecision.from_dict(x, f"labels[{i}]")
+                                                                  for i, x in enumerate(labels)])  # fmt: skip
         _check_meta(meta)
     except (json.JSONDecodeError, TypeError, ValueError) as e:  # UnicodeDecodeError and DataError are ValueErrors
         raise CheckpointError(f"{source}: its metadata is malformed ({e})") from None
@@ -339,6 +382,19 @@ def _check_meta(meta: CheckpointMeta) -> None:
         if not isinstance(values, list) or not all(isinstance(v, int | float) for v in values):
             raise TypeError(f"{key} must be a list of numbers")
     _check_decision(meta)
+    _check_labels(meta)
+
+
+def _check_labels(meta: CheckpointMeta) -> None:
+    """A multi-label checkpoint's per-label decisions name its classes, in order."""
+    if meta.task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {meta.task!r}")
+    if meta.labels is None:
+        return
+    if meta.task != "multi":
+        raise ValueError("per-label thresholds belong to a multi-label checkpoint (task 'multi')")
+    if [d.name for d in meta.labels] != meta.classes:
+        raise ValueError(f"labels {[d.name for d in meta.labels]} do not match the classes {meta.classes}")
 
 
 def _check_decision(meta: CheckpointMeta) -> None:

@@ -160,7 +160,9 @@ class TrainConfig:
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     class_weights: str = "none"
-    """``auto`` weighs the loss by inverse class frequency, for imbalanced data."""
+    """``auto`` weighs the loss by inverse class frequency, for imbalanced data (and ``--monitor auto`` then picks
+    the epoch by val_balanced_accuracy); in a multi-label run it weighs each label's positives by its negatives /
+    positives in training, at most 20."""
     grad_clip: float = 0.0
     """Clip the gradient norm to this value (0: off)."""
     pretrained: bool = False
@@ -171,8 +173,10 @@ class TrainConfig:
     """Train only the classifier and SE layers for this many epochs, then everything."""
     patience: int = 0
     """Stop when the monitored metric has not improved for this many epochs (0: never)."""
-    monitor: str = "val_accuracy"
-    """Metric that picks ``best.safetensors`` and drives early stopping."""
+    monitor: str = "auto"
+    """History column that picks ``best.safetensors`` and drives early stopping (losses are minimised, the rest
+    maximised); ``auto``: val_auc for multi-label, val_balanced_accuracy with ``--class-weights auto``, else
+    val_accuracy."""
     seed: int = 123
     """Seeds the split, the shuffling, augmentation and initialisation."""
     val_split: float = 0.2

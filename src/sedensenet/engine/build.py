@@ -168,6 +168,21 @@ def class_weight_tensor(splits: DataSplits) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+POS_WEIGHT_CAP = 20.0
+"""``--class-weights auto`` in a multi-label run: a label's positive weight is negatives / positives, at most this."""
+
+
+def positive_weight_tensor(splits: DataSplits, cap: float = POS_WEIGHT_CAP) -> torch.Tensor:
+    """Each label's positive weight from its training prevalence (negatives / positives over its unmasked entries,
+    capped at ``cap``; 1 for a label without positives): ``--class-weights auto`` in a multi-label run."""
+    y = np.array([s.label for s in splits.train], dtype=np.float64).reshape(len(splits.train), len(splits.classes))
+    positives, negatives = np.nansum(y == 1, axis=0), np.nansum(y == 0, axis=0)
+    weights = np.where(positives > 0, np.minimum(negatives / np.maximum(positives, 1), cap), 1.0)
+    log.info("positive weights (negatives / positives, at most %g): %s", cap,
+             dict(zip(splits.classes, np.round(weights, 3).tolist(), strict=True)))  # fmt: skip
+    return torch.tensor(weights, dtype=torch.float32)
+
+
 def set_frozen(model: DenseNet, frozen: bool) -> None:
     """Freeze everything but the classifier and SE layers (new when starting from ImageNet weights)."""
     trainable = {id(p) for p in model.classifier.parameters()}

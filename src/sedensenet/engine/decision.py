@@ -15,17 +15,32 @@ from typing import Any
 
 import numpy as np
 
-from sedensenet.checkpoint import CheckpointMeta
-from sedensenet.config import ConfigError, parse_threshold
+from sedensenet.checkpoint import CheckpointMeta, LabelDecision
+from sedensenet.config import ConfigError, ThresholdRule, parse_threshold
 from sedensenet.reports.calibration import apply_temperature, fit_temperature
 from sedensenet.reports.clinical import choose_threshold, decide_binary, positive_index
+from sedensenet.reports.multilabel import apply_label_temperatures, choose_label_thresholds, fit_label_temperatures
 
 log = logging.getLogger(__name__)
 
 
 def postprocess(probs: np.ndarray, meta: CheckpointMeta) -> np.ndarray:
-    """The model's softmax outputs with the checkpoint's temperature applied (unchanged when it has none)."""
+    """The model's softmax outputs with the checkpoint's temperature applied (unchanged when it has none); in a
+    multi-label checkpoint, each label's sigmoid output with its own temperature."""
+    if meta.multilabel:
+        temps = [d.temperature for d in meta.labels or []]
+        if not temps or all(t is None for t in temps):
+            return np.asarray(probs)
+        return apply_label_temperatures(probs, [1.0 if t is None else t for t in temps])
     return apply_temperature(probs, meta.temperature)
+
+
+def decide_labels(probs: np.ndarray, meta: CheckpointMeta) -> np.ndarray:
+    """Multi-label: which labels each image has, ``(N, K)`` booleans: a label's (calibrated) probability at or
+    above its stored threshold (0.5 before thresholds were chosen)."""
+    p = np.asarray(probs)
+    thresholds = np.array([d.threshold for d in meta.labels] if meta.labels else [0.5] * p.shape[1])
+    return p >= thresholds[None, :]
 
 
 def decide(probs: np.ndarray, meta: CheckpointMeta) -> np.ndarray:
@@ -74,6 +89,60 @@ def check_decision_settings(
         )
 
 
+def check_label_settings(threshold: str, positive: str, calibrate: str, *, has_validation: bool) -> None:
+    """A multi-label run's decision settings, refused before training when they cannot work: ``--positive`` (each
+    label is its own positive), a rule chosen on validation, or calibration, without a validation split."""
+    if positive:
+        raise ConfigError(
+            f"--positive {positive}: a multi-label run decides each label on its own (present or absent), so there is "
+            "no positive class to name; drop --positive"
+        )
+    rule = label_rule(threshold)
+    if not has_validation and (rule.needs_validation or calibrate != "none"):
+        what = f"--threshold {rule}" if rule.needs_validation else f"--calibrate {calibrate}"
+        raise ConfigError(
+            f"{what} is chosen per label on a validation split and this run has none: set --val-split (e.g. 0.2) "
+            "or give a fixed threshold such as --threshold 0.5"
+        )
+
+
+def label_rule(threshold: str) -> ThresholdRule:
+    """The multi-label rule for ``--threshold``: ``argmax`` (the single-label default) means ``f1``."""
+    rule = parse_threshold(threshold)
+    return parse_threshold("f1") if rule.kind == "argmax" else rule
+
+
+def fit_label_decision(
+    meta: CheckpointMeta, y_true: np.ndarray | None, probs: np.ndarray | None, *, threshold: str = "f1",
+    calibrate: str = "none", inference: str = "",
+) -> dict[str, Any]:  # fmt: skip
+    """Multi-label: fit each label's temperature, then its threshold (on the calibrated probabilities), on
+    validation outputs (``y_true`` (N, K) with NaN where ignored); store them in ``meta.labels``."""
+    rule = label_rule(threshold)
+    fitted = rule.needs_validation or calibrate != "none"
+    if fitted and (y_true is None or probs is None):
+        raise ConfigError(f"--threshold {rule} / --calibrate {calibrate} need validation outputs to be chosen on")
+    temps: list[float | None] = [None] * len(meta.classes)
+    if calibrate == "temperature":
+        temps = list(fit_label_temperatures(y_true, probs))
+    meta.labels = [LabelDecision(name, 0.5, t) for name, t in zip(meta.classes, temps, strict=True)]
+    notes: list[str | None] = [None] * len(meta.classes)
+    if rule.kind == "fixed":
+        thresholds = [float(rule.value)] * len(meta.classes)  # type: ignore[arg-type]
+    else:
+        thresholds, notes = choose_label_thresholds(y_true, postprocess(probs, meta), rule)
+    for decision, value, note in zip(meta.labels, thresholds, notes, strict=True):
+        decision.threshold = float(value)
+        if note:
+            log.warning("label %s: %s", decision.name, note)
+    meta.temperature, meta.positive, meta.threshold = None, None, None
+    meta.decision = {"threshold": str(rule), "calibrate": calibrate, "chosen_on": "validation" if fitted else None,
+                     "inference": inference}  # fmt: skip
+    log.info("decision: per-label thresholds (%s) %s, %s", rule,
+             {d.name: round(d.threshold, 4) for d in meta.labels}, inference)  # fmt: skip
+    return meta.decision
+
+
 def fit_decision(
     meta: CheckpointMeta,
     y_true: Sequence[int] | None,
@@ -92,6 +161,9 @@ def fit_decision(
     Returns:
         ``meta.decision``: the rule, what it was chosen on and the inference backend and precision used.
     """
+    if meta.multilabel:
+        return fit_label_decision(meta, None if y_true is None else np.asarray(y_true, dtype=np.float64), probs,
+                                  threshold=threshold, calibrate=calibrate, inference=inference)  # fmt: skip
     rule = parse_threshold(threshold)
     fitted = rule.needs_validation or calibrate != "none"
     if fitted and (y_true is None or probs is None):

@@ -17,7 +17,7 @@ import torch.distributed as tdist
 from torch import nn
 
 from sedensenet.config import ConfigError
-from sedensenet.engine.loop import EpochResult, weighted_loss
+from sedensenet.engine.loop import EpochResult, accuracy_of, weighted_loss
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,6 @@ def gather_eval(res: EpochResult, device: torch.device, criterion: nn.Module | N
     probs = np.concatenate([p[0] for p in parts])
     targets = np.concatenate([p[1] for p in parts])
     losses = np.concatenate([p[2] for p in parts])
-    accuracy = float((probs.argmax(1) == targets).mean()) if len(targets) else float("nan")
+    accuracy = accuracy_of(probs, targets)
     loss = weighted_loss(criterion, targets, losses)
     return EpochResult(loss, accuracy, len(targets), max(p[3] for p in parts), probs, targets, losses)

@@ -27,6 +27,7 @@ from sedensenet.reports import (
     write_metrics,
     write_predictions,
 )
+from sedensenet.reports.multilabel import MultiLabelReport, multilabel_report, plot_label_curves, write_per_label_csv
 
 log = logging.getLogger(__name__)
 TOP_LOSSES = 16
@@ -81,6 +82,57 @@ def write_evaluation(
     return report
 
 
+def write_label_evaluation(
+    out_dir: Path,
+    result: EpochResult,
+    classes: list[str],
+    samples: list[Sample],
+    extra: dict | None = None,
+    meta: CheckpointMeta | None = None,
+    *,
+    seed: int = 0,
+) -> MultiLabelReport:
+    """A multi-label split's reports: the CheXNet-style table (per label: AUROC and AP with intervals, prevalence,
+    and at the label's threshold sensitivity, specificity, PPV, NPV, F1) in metrics.json's ``per_label``, in
+    per_label.csv and in the log; macro and micro means; ROC and PR curves per label; predictions.csv.
+
+    The outputs go through ``meta``'s per-label temperatures and are decided at its thresholds, as ``predict``
+    decides (0.5 without ``meta``)."""
+    assert result.probs is not None and result.targets is not None
+    probs = result.probs if meta is None else postprocess(result.probs, meta)
+    thresholds = [d.threshold for d in meta.labels] if meta is not None and meta.labels else [0.5] * len(classes)
+    targets = np.asarray(result.targets, dtype=np.float64)
+    report = multilabel_report(targets, probs, classes, thresholds, seed=seed, loss=result.loss)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics(report, out_dir / "metrics.json", extra=extra)
+    write_per_label_csv(report, out_dir / "per_label.csv")
+    plot_label_curves(targets, probs, classes, out_dir / "label_curves.png", thresholds=thresholds)
+    _label_predictions(out_dir / "predictions.csv", samples, targets, probs, classes, thresholds)
+    log.info("%s\n%s", out_dir / "metrics.json", report.format_text())
+    return report
+
+
+def _label_predictions(
+    path: Path, samples: list[Sample], targets: np.ndarray, probs: np.ndarray, classes: list[str],
+    thresholds: list[float],
+) -> None:  # fmt: skip
+    """predictions.csv of a multi-label split: path, the true labels, the decided labels, each label's probability
+    (an ignored label is left out of the true set and listed in ``ignored``)."""
+    import csv
+    import io
+
+    from sedensenet.fileio import atomic_write_text
+
+    decided = probs >= np.asarray(thresholds)[None, :]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "true", "predicted", "ignored", *classes])
+    for s, t, d, p in zip(samples, targets, decided, probs, strict=True):
+        names = lambda mask: "|".join(c for c, m in zip(classes, mask, strict=True) if m)  # noqa: E731
+        writer.writerow([str(s.path), names(t == 1), names(d), names(np.isnan(t)), *(round(float(v), 6) for v in p)])
+    atomic_write_text(path, buffer.getvalue())
+
+
 def _top_losses(
     path: Path,
     result: EpochResult,
@@ -115,7 +167,7 @@ def record_evaluation(checkpoint: Path, meta: CheckpointMeta, results: dict[str,
     ``results``: per split (``val``, ``test``), the report's ``to_dict()`` with its ``label``, as ``finish`` returns
     them. A run without best weights or without an evaluated split has nothing to record.
     """
-    if not results or not checkpoint.is_file():
+    if not results or not checkpoint.is_file() or meta.multilabel:  # a multi-label card: per_label in metrics.json
         return
     meta.evaluation = evaluation_summary(results, meta)
     update_meta(checkpoint, meta)

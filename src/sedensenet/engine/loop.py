@@ -1,4 +1,8 @@
-"""One pass over a loader, for training or evaluation; returns losses, accuracy and (for evaluation) outputs."""
+"""One pass over a loader, for training or evaluation; returns losses, accuracy and (for evaluation) outputs.
+
+A batch's labels say the task: class indices (int) for a single-label run, a float (B, K) matrix of 0/1 with NaN
+where a label is ignored for a multi-label one (:class:`MaskedBCEWithLogits`, sigmoid outputs).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from torch import nn
 
 from sedensenet.data import normalize_batch
 from sedensenet.errors import UserError
+from sedensenet.reports.multilabel import epoch_scores
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -31,6 +36,13 @@ class EpochResult:
     targets: np.ndarray | None = None
     losses: np.ndarray | None = field(default=None, repr=False)
     """Per-sample loss (evaluation only), for the top-losses report."""
+    balanced_accuracy: float = math.nan
+    """Evaluation only: mean recall over classes (multi-label: mean of each label's (sensitivity + specificity) / 2
+    at 0.5); filled in by :func:`score_epoch`, as are ``auc`` and ``mAP``."""
+    auc: float = math.nan
+    """Macro AUROC: one-vs-rest over classes (two classes: the AUROC of the second), or over labels."""
+    mAP: float = math.nan  # noqa: N815 - the column's name in history.csv
+    """Mean average precision over classes (one-vs-rest) or labels."""
 
     @property
     def images_per_second(self) -> float:
@@ -87,7 +99,7 @@ def train_one_epoch(
     pass after that many batches (tests, smoke runs).
     """
     total_loss = torch.zeros((), dtype=torch.float64, device=settings.device)
-    correct = torch.zeros((), dtype=torch.int64, device=settings.device)
+    correct = torch.zeros((), dtype=torch.float64, device=settings.device)
     seen = 0
     start = time.perf_counter()
     batches = min(len(loader), max_steps) if max_steps else len(loader)
@@ -112,12 +124,22 @@ def train_one_epoch(
         n = labels.shape[0]
         seen += n
         total_loss += loss.detach().double() * n
-        batch_correct = (logits.detach().argmax(1) == labels).sum()
+        batch_correct = _correct(logits.detach(), labels)
         correct += batch_correct
         if progress is not None and progress(n, loss, batch_correct):
             break  # the caller ends the pass here (a --time budget): what was trained so far is the result
     seconds = time.perf_counter() - start
     return EpochResult(_mean(total_loss, seen), _mean(correct, seen), seen, seconds)
+
+
+def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Right answers in a batch: samples whose argmax is the class, or (multi-label) each sample's share of its
+    unmasked labels right at probability 0.5 (Keras' binary accuracy), summed over the batch."""
+    if not labels.is_floating_point():
+        return (logits.argmax(1) == labels).sum()
+    known = ~labels.isnan()
+    right = ((logits > 0) == (labels > 0.5)) & known
+    return (right.sum(1).double() / known.sum(1).clamp(min=1)).sum()
 
 
 def _no_sync(model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
@@ -156,8 +178,12 @@ def evaluate_loader(
     criterion: nn.Module,
     settings: StepSettings,
     progress: object | None = None,
+    *,
+    multilabel: bool | None = None,
 ) -> EpochResult:
-    """Run ``model`` over ``loader`` in eval mode; keep class probabilities, targets and per-sample losses."""
+    """Run ``model`` over ``loader`` in eval mode; keep class probabilities, targets and per-sample losses.
+
+    ``multilabel``: sigmoid outputs (None: when the labels are float, as a multi-label set's are)."""
     model.eval()
     probs, targets, losses = [], [], []
     start = time.perf_counter()
@@ -165,8 +191,11 @@ def evaluate_loader(
         images, labels = settings.to_device(images, labels)
         with settings.autocast():
             logits = model(images).float()
-        losses.append(nn.functional.cross_entropy(logits, labels, reduction="none").cpu())
-        probs.append(class_probabilities(logits).cpu())
+        multi = labels.is_floating_point() if multilabel is None else multilabel
+        if multi and not labels.is_floating_point():  # unlabelled files (predict): every label unknown
+            labels = torch.full(logits.shape, math.nan, device=logits.device)
+        losses.append(per_sample_loss(criterion, logits, labels).cpu())
+        probs.append(probabilities(logits, multilabel=multi).cpu())
         targets.append(labels.cpu())
         if progress is not None:
             progress(labels.shape[0], None, None)
@@ -177,13 +206,78 @@ def evaluate_loader(
     t = torch.cat(targets).numpy()
     per_sample = torch.cat(losses).numpy()
     weighted = weighted_loss(criterion, t, per_sample)
-    accuracy = float((p.argmax(1) == t).mean())
-    return EpochResult(weighted, accuracy, len(t), seconds, p, t, per_sample)
+    return EpochResult(weighted, accuracy_of(p, t), len(t), seconds, p, t, per_sample)
+
+
+def score_epoch(result: EpochResult) -> EpochResult:
+    """``result`` (an evaluation pass) with its balanced accuracy, macro AUROC and mAP filled in from its outputs."""
+    if result.probs is None or result.targets is None or not len(result.targets):
+        return result
+    task = "multi" if np.issubdtype(result.targets.dtype, np.floating) else "single"
+    scores = epoch_scores(result.targets, result.probs, task)
+    result.balanced_accuracy = scores["val_balanced_accuracy"]
+    result.auc, result.mAP = scores["val_auc"], scores["val_mAP"]
+    return result
+
+
+def accuracy_of(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Share of samples whose argmax is their class; multi-label (float targets): share of unmasked label entries
+    right at 0.5."""
+    if not len(targets):
+        return math.nan
+    if not np.issubdtype(targets.dtype, np.floating):
+        return float((probs.argmax(1) == targets).mean())
+    known = ~np.isnan(targets)
+    return float(((probs >= 0.5) == (targets > 0.5))[known].mean()) if known.any() else math.nan
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """Class probabilities ``(B, K)`` from logits ``(B, K)``: the one conversion every inference path uses."""
     return logits.float().softmax(1)
+
+
+def probabilities(logits: torch.Tensor, *, multilabel: bool) -> torch.Tensor:
+    """Softmax over classes, or (multi-label) one sigmoid per label."""
+    return logits.float().sigmoid() if multilabel else class_probabilities(logits)
+
+
+class MaskedBCEWithLogits(nn.Module):
+    """Binary cross-entropy over every label, NaN targets (ignored labels) masked out of the loss.
+
+    The mean is over the unmasked entries of the batch, so an ignored label neither pulls its logit nor dilutes the
+    others. ``pos_weight`` (one per label) scales the positive term, as ``nn.BCEWithLogitsLoss`` does.
+    """
+
+    def __init__(self, pos_weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("pos_weight", pos_weight)
+
+    def elementwise(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of each entry (0 where masked) and the mask of known entries."""
+        known = ~targets.isnan()
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), targets.nan_to_num(0.0), pos_weight=self.pos_weight, reduction="none"
+        )
+        return loss * known, known
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss, known = self.elementwise(logits, targets)
+        return loss.sum() / known.sum().clamp(min=1)
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each sample's mean over its unmasked labels (0 for a sample with none)."""
+        loss, known = self.elementwise(logits, targets)
+        return loss.sum(1) / known.sum(1).clamp(min=1)
+
+
+def per_sample_loss(criterion: nn.Module | None, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each sample's loss: the masked binary cross-entropy of a multi-label run, else plain cross-entropy (the
+    class weights enter :func:`weighted_loss`)."""
+    if labels.is_floating_point():
+        return (criterion if isinstance(criterion, MaskedBCEWithLogits) else MaskedBCEWithLogits()).per_sample(
+            logits, labels
+        )
+    return nn.functional.cross_entropy(logits, labels, reduction="none")
 
 
 def weighted_loss(criterion: nn.Module | None, targets: np.ndarray, per_sample: np.ndarray) -> float:

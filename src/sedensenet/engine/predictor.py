@@ -24,10 +24,10 @@ from sedensenet import checkpoint as ckpt
 from sedensenet.config import ConfigError, InferenceSettings
 from sedensenet.data import ImageFolderDataset, Sample, build_transforms, check_image, image_to_tensor
 from sedensenet.display import Table
-from sedensenet.engine.decision import decide, postprocess
+from sedensenet.engine.decision import decide, decide_labels, postprocess
 from sedensenet.engine.device import amp_dtype, select_device
 from sedensenet.engine.loader import make_loader
-from sedensenet.engine.loop import EpochResult, StepSettings, class_probabilities, evaluate_loader
+from sedensenet.engine.loop import EpochResult, MaskedBCEWithLogits, StepSettings, evaluate_loader, probabilities
 from sedensenet.engine.samples import expand_inputs
 from sedensenet.engine.tta import view_count, with_tta
 from sedensenet.fileio import atomic_write_json, atomic_write_text
@@ -48,10 +48,17 @@ class Prediction:
     probability: float | None = None
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    labels: list[str] | None = None
+    """Multi-label: the labels decided present (each at its own threshold); ``label`` joins them with ``|``."""
+    scores: dict[str, float] | None = None
+    """Multi-label: every label's (calibrated) probability, in the checkpoint's order."""
 
     def __repr__(self) -> str:
         if self.error:
             return f"Prediction({self.path!r}, error={self.error!r})"
+        if self.scores is not None:
+            shown = ", ".join(f"{c} {p:.4f}" for c, p in self.scores.items())
+            return f"Prediction({self.path!r}: [{', '.join(self.labels or [])}]; {shown})"
         others = "".join(f", {c} {p:.4f}" for c, p in self.top_k[1:])
         return f"Prediction({self.path!r}: {self.label} {self.probability or 0.0:.4f}{others})"
 
@@ -78,8 +85,21 @@ class Predictions(list):
         return self.table()._repr_html_()
 
 
+MULTILABEL_FIELDS = ["path", "labels", "error"]
+"""A multi-label model's rows: path, the decided labels (``|``-joined), one probability column per label (between
+``labels`` and ``error``, named after the labels), error."""
+
+
 def probabilities_to_rows(preds: list[Prediction]) -> list[dict[str, Any]]:
-    """Flat rows for CSV/JSON output: path, label, probability, top-k as ``class:prob`` pairs, error."""
+    """Flat rows for CSV/JSON output: path, label, probability, top-k as ``class:prob`` pairs, error; for a
+    multi-label model path, labels, each label's probability, error."""
+    names = next((list(p.scores) for p in preds if p.scores is not None), None)
+    if names is not None:
+        return [
+            {"path": p.path, "labels": "|".join(p.labels or []),
+             **{n: "" if p.scores is None else round(float(p.scores[n]), 6) for n in names}, "error": p.error or ""}
+            for p in preds
+        ]  # fmt: skip
     return [
         {
             "path": p.path,
@@ -95,10 +115,11 @@ def probabilities_to_rows(preds: list[Prediction]) -> list[dict[str, Any]]:
 def predictions_csv(preds: list[Prediction]) -> str:
     """The CSV text of :func:`probabilities_to_rows` (header :data:`ROW_FIELDS`): ``predict --output x.csv``, the
     parts of sharded prediction and serve's ``Accept: text/csv`` write these rows."""
+    rows = probabilities_to_rows(preds)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS)
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ROW_FIELDS)
     writer.writeheader()
-    writer.writerows(probabilities_to_rows(preds))
+    writer.writerows(rows)
     return buffer.getvalue()
 
 
@@ -112,7 +133,7 @@ def write_predictions(
     path = Path(path)
     rows = probabilities_to_rows(preds)
     if columns is not None:
-        rows = [{**row, **{(f"input_{k}" if k in ROW_FIELDS else k): v for k, v in extra.items()}}
+        rows = [{**row, **{(f"input_{k}" if k in row else k): v for k, v in extra.items()}}
                 for row, extra in zip(rows, columns, strict=True)]  # fmt: skip
     if path.suffix.lower() == ".json":
         atomic_write_json(path, rows)
@@ -219,9 +240,10 @@ class Predictor:
         )
         batch = batch_size or self.settings.batch_size
         loader = make_loader(dataset, batch, seed=0, train=False, device=self.device, workers=self.settings.workers)
-        criterion = nn.CrossEntropyLoss()
-        runner = with_tta(self.runner(len(samples) * view_count(self.tta)), self.tta)
-        return evaluate_loader(runner, loader, criterion, self.step_settings())
+        multi = self.meta.multilabel
+        criterion = MaskedBCEWithLogits() if multi else nn.CrossEntropyLoss()
+        runner = with_tta(self.runner(len(samples) * view_count(self.tta)), self.tta, multilabel=multi)
+        return evaluate_loader(runner, loader, criterion, self.step_settings(), multilabel=multi)
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -274,11 +296,22 @@ class Predictor:
         """Prediction records from the model's class probabilities ``(B, K)``: the checkpoint's temperature is
         applied and its decision rule (threshold or argmax) decides, so ``predict`` and ``serve`` decide alike."""
         probs = postprocess(np.asarray(probs), self.meta)
+        if self.meta.multilabel:
+            present = decide_labels(probs, self.meta)
+            return [self._labelled(str(n), p, row, top_k) for n, p, row in zip(names, probs, present, strict=True)]
         labels = decide(probs, self.meta)
         return [
             Prediction(str(n), self.classes[label], float(p[label]), self.top_classes(p, top_k))
             for n, p, label in zip(names, probs, labels, strict=True)
         ]
+
+    def _labelled(self, name: str, probs: np.ndarray, present: np.ndarray, top_k: int) -> Prediction:
+        """A multi-label record: the labels decided present, the most probable first; every label's probability."""
+        order = [i for i in np.argsort(-probs, kind="stable") if present[i]]
+        labels = [self.classes[i] for i in order]
+        return Prediction(name, "|".join(labels), float(probs[order[0]]) if order else None,
+                          self.top_classes(probs, top_k), labels=labels,
+                          scores={c: float(v) for c, v in zip(self.classes, probs, strict=True)})  # fmt: skip
 
     def top_classes(self, probs: np.ndarray, top_k: int = 1) -> list[tuple[str, float]]:
         """The ``top_k`` (clipped to 1..classes) most probable classes of one image, most probable first."""
@@ -296,9 +329,10 @@ class Predictor:
         """Class probabilities ``(B, K)`` of a preprocessed batch ``(B, C, S, S)``, computed as :meth:`run_samples`
         computes them (with this predictor's TTA); ``module`` is a runner from :meth:`runner` (default: the runner for
         this batch size)."""
-        module = with_tta(self.runner(images.shape[0]) if module is None else module, self.tta)
+        multi = self.meta.multilabel
+        module = with_tta(self.runner(images.shape[0]) if module is None else module, self.tta, multilabel=multi)
         settings = self.step_settings()
         x, _ = settings.to_device(images, torch.zeros(images.shape[0], dtype=torch.long))
         with settings.autocast():
             logits = module(x)
-        return class_probabilities(logits).cpu().numpy()
+        return probabilities(logits, multilabel=multi).cpu().numpy()

@@ -61,7 +61,7 @@ class EpochProgress:
         self.seen += n
         if loss is not None:
             self.loss += float(loss.detach()) * n
-            self.correct += int(correct)
+            self.correct += float(correct)
         rate = self.seen / max(time.perf_counter() - self.start, 1e-9)
         postfix = {"img/s": f"{rate:.0f}"}
         if loss is not None:

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sedensenet import checkpoint as ckpt
+from sedensenet.columns import default_monitor
 from sedensenet.config import (
     RESUME_MAY_CHANGE,
     ConfigError,
@@ -30,11 +31,11 @@ from sedensenet.data.description import DataDescription, TableColumns, resolve
 from sedensenet.engine import build, memory
 from sedensenet.engine import distributed as dist
 from sedensenet.engine.budget import TimeBudget, format_seconds
-from sedensenet.engine.decision import check_decision_settings, fit_decision
+from sedensenet.engine.decision import check_decision_settings, check_label_settings, fit_decision
 from sedensenet.engine.device import precision_name, seed_everything, select_device, step_settings
-from sedensenet.engine.evaluation import record_evaluation, write_evaluation
+from sedensenet.engine.evaluation import record_evaluation, write_evaluation, write_label_evaluation
 from sedensenet.engine.loader import make_loader
-from sedensenet.engine.loop import weighted_loss
+from sedensenet.engine.loop import MaskedBCEWithLogits, weighted_loss
 from sedensenet.engine.state import RunContext, restore
 from sedensenet.reports import check_writable, new_run_dir
 
@@ -118,9 +119,13 @@ def prepare(
     plan = _plan_memory(config, device, died)
     seed_everything(config.seed)
     splits = scan(config)
-    check_decision_settings(
-        config.threshold, config.positive, config.calibrate, splits.classes, [s.label for s in splits.val]
-    )
+    config = _resolve_monitor(config, splits)
+    if is_multilabel(splits):
+        check_label_settings(config.threshold, config.positive, config.calibrate, has_validation=bool(splits.val))
+    else:
+        check_decision_settings(
+            config.threshold, config.positive, config.calibrate, splits.classes, [s.label for s in splits.val]
+        )
     _check_batch(config, splits)
     model = build.build_model(config, len(splits.classes), memory_efficient=plan.memory_efficient).to(device)
     settings, scaler = step_settings(config, device)
@@ -156,12 +161,24 @@ def prepare(
     )
 
 
+def _resolve_monitor(config: TrainConfig, splits: DataSplits) -> TrainConfig:
+    """``--monitor auto`` made concrete for this data (config.yaml records the choice, so a resume keeps it)."""
+    if config.monitor != "auto":
+        return config
+    monitor = default_monitor(multilabel=is_multilabel(splits), class_weights=config.class_weights)
+    if monitor != "val_accuracy":
+        log.info("--monitor auto: the best epoch is the one of the highest %s (%s)", monitor,
+                 "multi-label" if is_multilabel(splits) else "--class-weights auto")  # fmt: skip
+    return replace(config, monitor=monitor)
+
+
 def _meta(
     config: TrainConfig, splits: DataSplits, model: nn.Module, mean: Sequence[float], std: Sequence[float]
 ) -> ckpt.CheckpointMeta:
     """The checkpoint metadata every epoch's weights carry: architecture, classes, preprocessing, data set."""
     return ckpt.CheckpointMeta(
         model=model.config.to_dict(), classes=splits.classes, image_size=config.image_size,
+        task="multi" if is_multilabel(splits) else "single",
         mean=list(mean), std=list(std), data=describe(config),
         extra={"data": str(config.data), "val_split": config.val_split, "seed": config.data_split_seed,
                "groups": config.groups, "train_images": len(splits.train), "val_images": len(splits.val),
@@ -224,7 +241,11 @@ def _loaders(
 
 
 def _criterion(config: TrainConfig, splits: DataSplits, device: torch.device) -> nn.Module:
-    """Cross-entropy with the run's label smoothing and (``class_weights='auto'``) class weights."""
+    """Cross-entropy with the run's label smoothing and (``class_weights='auto'``) class weights; for a multi-label
+    run, binary cross-entropy masked where a label is ignored, with (``auto``) each label's positive weight."""
+    if is_multilabel(splits):
+        pos_weight = build.positive_weight_tensor(splits) if config.class_weights == "auto" else None
+        return MaskedBCEWithLogits(pos_weight.to(device) if pos_weight is not None else None)
     weights = build.class_weight_tensor(splits) if config.class_weights == "auto" else None
     return nn.CrossEntropyLoss(
         weight=weights.to(device) if weights is not None else None, label_smoothing=config.label_smoothing
@@ -418,10 +439,19 @@ def finish(ctx: RunContext) -> dict[str, Any]:
         extra = {"split": split, "label": split_label(split, "test" in outputs), "best_epoch": ctx.state.best_epoch,
                  "epochs_run": ctx.state.epoch, "decision": decision, "tta": c.tta,
                  "precision": precision_name(predictor.amp_dtype)}  # fmt: skip
-        report = write_evaluation(out, res, ctx.splits.classes, samples, c.in_chans, extra, meta=meta, seed=c.seed)
+        if meta.multilabel:
+            report = write_label_evaluation(out, res, ctx.splits.classes, samples, extra, meta=meta, seed=c.seed)
+        else:
+            report = write_evaluation(out, res, ctx.splits.classes, samples, c.in_chans, extra, meta=meta,
+                                      seed=c.seed)  # fmt: skip
         results[split] = {**report.to_dict(), "label": extra["label"], "decision": decision}
     record_evaluation(best, meta, results)  # the figures travel with the checkpoint (served model card)
     return results
+
+
+def is_multilabel(splits: DataSplits) -> bool:
+    """Whether ``splits`` is a multi-label set (its samples carry one 0/1/NaN entry per label)."""
+    return getattr(splits, "task", "single") == "multi"
 
 
 def split_label(split: str, has_test: bool) -> str:

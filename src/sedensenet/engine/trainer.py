@@ -33,7 +33,7 @@ from sedensenet.engine.faults import (
     oom_advice,
     write_failure,
 )
-from sedensenet.engine.loop import EpochResult, NonFiniteLossError, evaluate_loader, train_one_epoch
+from sedensenet.engine.loop import EpochResult, NonFiniteLossError, evaluate_loader, score_epoch, train_one_epoch
 from sedensenet.engine.memory import run_note
 from sedensenet.engine.progress import EpochProgress, TrainProgress
 from sedensenet.engine.session import record
@@ -208,7 +208,7 @@ def _validate(ctx: RunContext) -> EpochResult | None:
     if ctx.val_loader is None:
         return None
     res = evaluate_loader(ctx.model, ctx.val_loader, ctx.criterion, ctx.settings)
-    return dist.gather_eval(res, ctx.settings.device, ctx.criterion)
+    return score_epoch(dist.gather_eval(res, ctx.settings.device, ctx.criterion))
 
 
 def replan(ctx: RunContext, epoch: int, row: dict[str, float], train: EpochResult) -> None:
@@ -295,7 +295,8 @@ def _write_epoch(ctx: RunContext, epoch: int, row: dict[str, float], is_best: bo
         writes.append((weights / "best.safetensors", save_weights))
     writes += [
         (ctx.run_dir / "history.csv", lambda p: write_history_csv(ctx.history.rows(), p)),
-        (ctx.run_dir / "curves.png", lambda p: plot_curves(ctx.history.history, p, best_epoch=best_epoch)),
+        (ctx.run_dir / "curves.png",
+         lambda p: plot_curves(ctx.history.history, p, best_epoch=best_epoch, ranking=ctx.meta.multilabel)),
         (ctx.run_dir / "state" / "last.pt", lambda p: ckpt.save_state(p, resume_state(ctx))),
     ]  # fmt: skip
     for path, write in writes:

@@ -61,21 +61,26 @@ class TTAModule(nn.Module):
     """Calls ``runner`` once on every view of a batch and returns the log of the views' mean probabilities.
 
     A softmax of the output gives the averaged probabilities, and cross-entropy on it is the loss of the averaged
-    prediction, so the evaluation loop needs no change.
+    prediction, so the evaluation loop needs no change. Multi-label (``multilabel``): each label's sigmoid
+    probabilities are averaged and their logit returned, so a sigmoid of the output gives the mean.
     """
 
-    def __init__(self, runner: nn.Module, mode: str) -> None:
+    def __init__(self, runner: nn.Module, mode: str, *, multilabel: bool = False) -> None:
         super().__init__()
         self.runner = runner
         self.mode = check_tta(mode)
+        self.multilabel = multilabel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         logits = self.runner(make_views(x, self.mode)).float()  # (V * B, classes)
+        if self.multilabel:
+            probs = logits.sigmoid().view(-1, b, logits.shape[-1]).mean(0)
+            return torch.logit(probs, eps=1e-7)
         probs = logits.softmax(-1).view(-1, b, logits.shape[-1]).mean(0)  # (B, classes)
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
 
-def with_tta(runner: nn.Module, mode: str) -> nn.Module:
+def with_tta(runner: nn.Module, mode: str, *, multilabel: bool = False) -> nn.Module:
     """``runner`` itself for ``none`` (the outputs bit for bit as without TTA), else a :class:`TTAModule`."""
-    return runner if check_tta(mode) == "none" else TTAModule(runner, mode)
+    return runner if check_tta(mode) == "none" else TTAModule(runner, mode, multilabel=multilabel)

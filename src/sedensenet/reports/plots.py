@@ -56,9 +56,11 @@ def _history_series(history: dict[str, Sequence[float]], key: str) -> Sequence[f
 
 
 def curves_figure(
-    history: dict[str, Sequence[float]], best_epoch: int | None = None, title: str | None = None
-) -> InlineFigure:
-    """The tutorial's figure, 12 x 4 inches: accuracy (left) and loss (right), training vs validation, per epoch.
+    history: dict[str, Sequence[float]], best_epoch: int | None = None, title: str | None = None,
+    *, ranking: bool = False,
+) -> InlineFigure:  # fmt: skip
+    """The tutorial's figure, 12 x 4 inches: accuracy (left) and loss (right), training vs validation, per epoch;
+    with ``ranking`` (multi-label runs) a third panel, 18 x 4 inches, of validation AUROC and mAP.
 
     Args:
         history: per-epoch lists under ``accuracy``, ``val_accuracy``, ``loss``, ``val_loss``; any may
@@ -66,13 +68,14 @@ def curves_figure(
         best_epoch: 1-based epoch to mark with a dashed vertical line.
         title: an optional title above both panels.
     """
-    fig = InlineFigure(figsize=(12, 4), dpi=DPI, layout="constrained")
+    panels = {k: v for k, v in PANELS.items() if ranking or k != "ranking"}
+    fig = InlineFigure(figsize=(6 * len(panels), 4), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    for index, (panel, (name, legend_loc)) in enumerate(PANELS.items(), start=1):
-        ax = fig.add_subplot(1, len(PANELS), index)
+    for index, (panel, (name, legend_loc)) in enumerate(panels.items(), start=1):
+        ax = fig.add_subplot(1, len(panels), index)
         drawn = False
         for c in (c for c in METRICS if c.panel == panel):
-            label = f"{'Validation' if c.split == 'val' else 'Training'} {name}"
+            label = c.legend or f"{'Validation' if c.split == 'val' else 'Training'} {name}"
             drawn |= _plot_series(ax, _history_series(history, c.name), label)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="0.4", linestyle="--", linewidth=1, label=f"best epoch {best_epoch}")
@@ -81,7 +84,7 @@ def curves_figure(
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
         else:
             ax.legend(loc=legend_loc)
-        ax.set_title(f"Training and Validation {name}")
+        ax.set_title(f"Validation {name}" if panel == "ranking" else f"Training and Validation {name}")
         ax.set_xlabel("Epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
@@ -95,9 +98,11 @@ def plot_curves(
     path: str | os.PathLike,
     best_epoch: int | None = None,
     title: str | None = None,
+    *,
+    ranking: bool = False,
 ) -> Path:
-    """Write :func:`curves_figure` as a PNG (1200 x 400 pixels) to ``path``; returns the path written."""
-    return save_figure(curves_figure(history, best_epoch=best_epoch, title=title), path)
+    """Write :func:`curves_figure` as a PNG (1200 x 400 pixels; 1800 with ``ranking``) to ``path``."""
+    return save_figure(curves_figure(history, best_epoch=best_epoch, title=title, ranking=ranking), path)
 
 
 def plot_history(source: Any, best_epoch: int | None = None, title: str | None = None) -> InlineFigure:
