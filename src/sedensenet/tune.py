@@ -123,7 +123,8 @@ def tune(
         if done < trials:
             log.info("study %s: %d of %d trials finished; running the rest (storage %s)", name, done, trials, url)
             _optimize(study, objective, trials)
-    score = f"held-out accuracy ({folds} folds)" if folds else base.monitor
+    monitor = base.monitor if base.monitor != "auto" else "monitor (auto: val_accuracy, val_auc for multi-label)"
+    score = f"held-out accuracy ({folds} folds)" if folds else monitor
     return write_outputs(study, out_dir, url, data, overrides, score=score)
 
 
@@ -350,6 +351,8 @@ class _Pruning:
         self.values: list[float] = []
 
     def __call__(self, event: Any) -> None:
+        if self.monitor == "auto":  # the run made it concrete for its data (val_auc for multi-label, ...)
+            self.monitor = event.monitor
         value = event.row.get(self.monitor)
         if value is None or not math.isfinite(value):
             return

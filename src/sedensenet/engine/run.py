@@ -51,6 +51,8 @@ class EpochEnd:
     run_dir: Path
     epochs: int
     """The epochs planned for the run."""
+    monitor: str = "val_accuracy"
+    """The column that picks the best epoch (``--monitor``, ``auto`` made concrete for the data)."""
 
 
 EpochCallback = Callable[[EpochEnd], None]
@@ -101,7 +103,7 @@ def train_run(
                     stop = trainer.end_epoch(ctx, epoch, row, train)
                     reporter.epoch_end(epoch, ctx.epochs_planned, row, len(ctx.train_loader),
                                        best=ctx.state.best_epoch == epoch)  # fmt: skip
-                    _tell(callbacks, EpochEnd(epoch, row, ctx.run_dir, ctx.epochs_planned))
+                    _tell(callbacks, EpochEnd(epoch, row, ctx.run_dir, ctx.epochs_planned, ctx.config.monitor))
                     if interrupt:  # asked during validation or the writes: this epoch is saved, stop here
                         raise interrupted(ctx, interrupt)
                     if stop:
