@@ -253,19 +253,12 @@ def rank_scores(is_positive: np.ndarray, scores: np.ndarray) -> RankedScores:
     """Sort a column's positives and negatives by score, for :func:`weighted_auc_ap`."""
     y = np.asarray(is_positive, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
-    positives, negatives = np.flatnonzero(y), np.flatnonzero(~y)
     positives, negatives = (
-        positives[np.argsort(s[positives], kind="stable")],
-        negatives[np.argsort(s[negatives], kind="stable")],
+        order[np.argsort(s[order], kind="stable")] for order in (np.flatnonzero(y), np.flatnonzero(~y))
     )
     sp, sn = s[positives], s[negatives]
-    return RankedScores(
-        positives,
-        negatives,
-        np.searchsorted(sn, sp, "left"),
-        np.searchsorted(sn, sp, "right"),
-        np.searchsorted(sp, sp, "left"),
-    )
+    below, upto = np.searchsorted(sn, sp, "left"), np.searchsorted(sn, sp, "right")
+    return RankedScores(positives, negatives, below, upto, np.searchsorted(sp, sp, "left"))
 
 
 def weighted_auc_ap(

@@ -246,6 +246,8 @@ def multilabel_report(
     ci = _image_intervals(t, p, auc_labels, ap_labels, seed=seed, resamples=resamples, confidence=confidence)
     decided = p >= np.asarray(thresholds, dtype=np.float64)[None, :]
     micro_y, micro_s = t[~np.isnan(t)] == 1, p[~np.isnan(t)]
+    micro_auroc = float(roc_auc_score(micro_y, micro_s)) if 0 < micro_y.sum() < len(micro_y) else None
+    micro_map = float(average_precision_score(micro_y, micro_s)) if micro_y.any() else None
     return MultiLabelReport(
         labels=list(labels),
         per_label=per_label,
@@ -255,10 +257,10 @@ def multilabel_report(
         macro_map=_mean([per_label[labels[k]]["ap"] for k in ap_labels]),
         macro_map_ci=ci.get("macro_map"),
         labels_averaged_map=len(ap_labels),
-        micro_auroc=float(roc_auc_score(micro_y, micro_s)) if 0 < micro_y.sum() < len(micro_y) else None,
-        micro_auroc_ci=ci.get("micro_auroc"),
-        micro_map=float(average_precision_score(micro_y, micro_s)) if micro_y.any() else None,
-        micro_map_ci=ci.get("micro_map"),
+        micro_auroc=micro_auroc,
+        micro_auroc_ci=ci.get("micro_auroc") if micro_auroc is not None else None,
+        micro_map=micro_map,
+        micro_map_ci=ci.get("micro_map") if micro_map is not None else None,
         **_sample_metrics(t, decided),
         num_samples=len(t),
         loss=None if loss is None else float(loss),
