@@ -328,13 +328,17 @@ class TrainConfig:
             raise ConfigError(f"{source}: {e}") from None
 
 
-THRESHOLD_RULES = "argmax, youden, sens=X, spec=X (X in (0, 1]) or a probability in [0, 1]"
+THRESHOLD_RULES = "argmax, youden, f1, sens=X, spec=X (X in (0, 1]) or a probability in [0, 1]"
 """What ``--threshold`` accepts, for help texts and error messages."""
 
 
 @dataclass(frozen=True)
 class ThresholdRule:
-    """How the two-class decision is made: ``argmax``, ``youden``, ``sens``/``spec`` (with a target), ``fixed``."""
+    """How a decision is made: ``argmax``, ``youden``, ``f1``, ``sens``/``spec`` (with a target), ``fixed``.
+
+    A two-class run applies it to its positive class; a multi-label run to each label (there ``argmax`` has no
+    meaning and the caller maps it to ``f1``).
+    """
 
     kind: str
     value: float | None = None
@@ -346,12 +350,12 @@ class ThresholdRule:
 
     @property
     def needs_validation(self) -> bool:
-        """Whether the threshold is chosen on validation data (``youden``, ``sens=``, ``spec=``)."""
-        return self.kind in ("youden", "sens", "spec")
+        """Whether the threshold is chosen on validation data (``youden``, ``f1``, ``sens=``, ``spec=``)."""
+        return self.kind in ("youden", "f1", "sens", "spec")
 
 
 def parse_threshold(text: str) -> ThresholdRule:
-    """Parse ``--threshold``: ``argmax``, ``youden``, ``sens=0.95``, ``spec=0.90`` or a probability like ``0.3``.
+    """Parse ``--threshold``: ``argmax``, ``youden``, ``f1``, ``sens=0.95``, ``spec=0.90`` or a probability (``0.3``).
 
     Raises:
         ConfigError: naming the value and what is allowed.
@@ -359,8 +363,8 @@ def parse_threshold(text: str) -> ThresholdRule:
     spec = str(text).strip().lower()
     if spec in ("", "argmax"):
         return ThresholdRule("argmax")
-    if spec == "youden":
-        return ThresholdRule("youden")
+    if spec in ("youden", "f1"):
+        return ThresholdRule(spec)
     kind, sep, number = spec.partition("=")
     if sep:
         if kind not in ("sens", "spec"):

@@ -3,6 +3,7 @@ and temperature scaling (Guo et al. 2017): one number fitted on validation that 
 
 Temperature is applied to probabilities, not logits: ``softmax(log(p) / T)`` equals ``softmax(logits / T)``
 because the softmax's normaliser cancels, so the same function serves training, evaluation and prediction.
+A multi-label model has one temperature per label, on its sigmoid: ``sigmoid(logit(p) / T_k)``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from scipy.special import expit
 
 ECE_BINS = 15
 _LOG_T_RANGE = (-4.0, 4.0)  # temperatures from 0.018 to 55: far beyond any sensible calibration
@@ -102,3 +104,63 @@ def calibration_summary(
         out["ece_before"] = expected_calibration_error(y_true, uncalibrated)
         out["nll_before"] = negative_log_likelihood(y_true, uncalibrated)
     return out
+
+
+def _label_logits(probs: np.ndarray) -> np.ndarray:
+    """``logit(p)`` in float64, from probabilities clipped to [1e-15, 1 - 1e-15] so a saturated output stays finite."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), _MIN_PROB, 1 - _MIN_PROB)
+    return np.log(p) - np.log1p(-p)
+
+
+def _binary_nll(targets: np.ndarray, logits: np.ndarray, temperature: float) -> float:
+    """Mean binary cross-entropy of ``sigmoid(logits / temperature)`` against 0/1 ``targets`` (stable form)."""
+    z = logits / temperature
+    return float(np.mean(np.logaddexp(0.0, z) - targets * z))
+
+
+def apply_label_temperatures(probs: np.ndarray, temperatures: Sequence[float | None]) -> np.ndarray:
+    """Multi-label temperature scaling: column k becomes ``sigmoid(logit(p_k) / T_k)`` (float64).
+
+    A temperature of None or 1 leaves its column as it was; the order of the images within a label never changes.
+    """
+    p = np.array(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != len(temperatures):
+        raise ValueError(f"probs must be (N, {len(temperatures)}) for {len(temperatures)} temperatures, got {p.shape}")
+    for k, t in enumerate(temperatures):
+        if t is None or t == 1:
+            continue
+        if not t > 0:
+            raise ValueError(f"temperature of label {k} must be positive, got {t}")
+        p[:, k] = expit(_label_logits(p[:, k]) / t)
+    return p
+
+
+def fit_label_temperatures(targets: np.ndarray, probs: np.ndarray) -> list[float]:
+    """One temperature per label minimising the masked binary NLL of ``sigmoid(logit(p) / T)`` on these outputs.
+
+    Each label is fitted on its own entries (NaN targets are ignored). A label that cannot be fitted, with no
+    entries or one class only (its NLL falls as T shrinks towards 0 without end), keeps 1.0, as does one whose
+    fit would not beat T = 1 on the fitting set.
+
+    Args:
+        targets: (N, K) float, 1 present, 0 absent, NaN ignored.
+        probs: (N, K) sigmoid outputs.
+    """
+    t = np.asarray(targets, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    if t.shape != p.shape or t.ndim != 2:
+        raise ValueError(f"targets and probs must both be (N, K), got {t.shape} and {p.shape}")
+    temperatures = []
+    for k in range(t.shape[1]):
+        known = ~np.isnan(t[:, k])
+        y, z = t[known, k], _label_logits(p[known, k])
+        if len(np.unique(y)) < 2:
+            temperatures.append(1.0)
+            continue
+        result = minimize_scalar(
+            lambda log_t, y=y, z=z: _binary_nll(y, z, float(np.exp(log_t))),
+            bounds=_LOG_T_RANGE, method="bounded", options={"xatol": 1e-4},
+        )  # fmt: skip
+        temperature = float(np.exp(result.x))
+        temperatures.append(temperature if _binary_nll(y, z, temperature) < _binary_nll(y, z, 1.0) else 1.0)
+    return temperatures
