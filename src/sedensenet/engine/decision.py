@@ -17,9 +17,14 @@ import numpy as np
 
 from sedensenet.checkpoint import CheckpointMeta, LabelDecision
 from sedensenet.config import ConfigError, ThresholdRule, parse_threshold
-from sedensenet.reports.calibration import apply_temperature, fit_temperature
+from sedensenet.reports.calibration import (
+    apply_label_temperatures,
+    apply_temperature,
+    fit_label_temperatures,
+    fit_temperature,
+)
 from sedensenet.reports.clinical import choose_threshold, decide_binary, positive_index
-from sedensenet.reports.multilabel import apply_label_temperatures, choose_label_thresholds, fit_label_temperatures
+from sedensenet.reports.multilabel import choose_label_thresholds
 
 log = logging.getLogger(__name__)
 
