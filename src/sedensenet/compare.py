@@ -129,6 +129,9 @@ class ModelRow:
     test_accuracy: list[float] = field(default_factory=list)
     """Accuracy on each fold's held-out images (``folds`` only)."""
     test_roc_auc: list[float] = field(default_factory=list)
+    mean_ap: list[float] = field(default_factory=list)
+    """Multi-label: the macro mAP on validation (``roc_auc`` then holds the macro AUROC)."""
+    test_mean_ap: list[float] = field(default_factory=list)
     epochs: list[int] = field(default_factory=list)
     """Epochs each run trained (under a time budget, what fitted in it)."""
 
@@ -155,17 +158,23 @@ class CompareResult:
         interval across folds."""
         acc_of = (lambda r: r.test_accuracy) if self.folds else (lambda r: r.val_accuracy)
         auc_of = (lambda r: r.test_roc_auc) if self.folds else (lambda r: r.roc_auc)
+        map_of = (lambda r: r.test_mean_ap) if self.folds else (lambda r: r.mean_ap)
         two = any(auc_of(r) for r in self.rows)
+        multi = any(map_of(r) for r in self.rows)
         what = "held-out accuracy | 95% interval" if self.folds else "best val accuracy"
-        head = f"| model | params | GMACs | s/epoch | {what} |" + (" ROC-AUC |" if two else "")
-        sep = "|---|---:|---:|---:|---:|" + ("---:|" if self.folds else "") + ("---:|" if two else "")
+        ranking = " macro AUROC | 95% interval | mAP | 95% interval |" if multi else " ROC-AUC |" if two else ""
+        head = f"| model | params | GMACs | s/epoch | {what} |" + ranking
+        sep = "|---|---:|---:|---:|---:|" + ("---:|" if self.folds else "") + "---:|" * ranking.count("|")
         lines = [head, sep]
         for r in self.rows:
             acc = summarize(acc_of(r), (0.0, 1.0))
             line = f"| {r.model} | {r.params:,} | {r.gmacs:.3f} | {r.seconds_per_epoch:.1f} | {acc.text()} |"
             if self.folds:
                 line += f" {acc.interval()} |"
-            if two:
+            if multi:
+                auc, mean_ap = summarize(auc_of(r), (0.0, 1.0)), summarize(map_of(r), (0.0, 1.0))
+                line += f" {auc.text()} | {auc.interval()} | {mean_ap.text()} | {mean_ap.interval()} |"
+            elif two:
                 line += f" {summarize(auc_of(r)).text()} |"
             lines.append(line)
         if self.folds:
@@ -254,19 +263,34 @@ def _train_model(
             s = summary(net, int(config["image_size"]))
             row = ModelRow(model, s.total_params, s.macs / 1e9, 0.0)
         row.val_accuracy.append(max(res.column("val_accuracy")))
-        two = len(classes) == 2
-        if two and res.metrics.get("val", {}).get("roc_auc") is not None:
-            row.roc_auc.append(res.metrics["val"]["roc_auc"])
-        if "test" in res.metrics:
-            row.test_accuracy.append(res.metrics["test"]["accuracy"])
-            if two and res.metrics["test"].get("roc_auc") is not None:
-                row.test_roc_auc.append(res.metrics["test"]["roc_auc"])
+        _add_scores(row, res.metrics, two=len(classes) == 2)
         row.seconds_per_epoch += float(np.mean(res.column("seconds"))) / len(jobs)
         row.runs.append(str(res.run_dir))
         row.epochs.append(len(res.history))
         curves.append(res.column("val_accuracy"))
     assert row is not None
     return row, curves
+
+
+def _add_scores(row: ModelRow, metrics: dict[str, Any], *, two: bool) -> None:
+    """A run's final figures into its model's row: accuracy and (two classes) ROC-AUC, or for a multi-label run the
+    macro AUROC and mAP; on val, and on the held-out fold when there is one."""
+    val, test = metrics.get("val", {}), metrics.get("test")
+    if "per_label" in val or (test is not None and "per_label" in test):
+        for report, auc, mean_ap in ((val, row.roc_auc, row.mean_ap), (test, row.test_roc_auc, row.test_mean_ap)):
+            if report and report.get("macro_auroc") is not None:
+                auc.append(report["macro_auroc"])
+            if report and report.get("macro_map") is not None:
+                mean_ap.append(report["macro_map"])
+        if test is not None:
+            row.test_accuracy.append(test["subset_accuracy"])
+        return
+    if two and val.get("roc_auc") is not None:
+        row.roc_auc.append(val["roc_auc"])
+    if test is not None:
+        row.test_accuracy.append(test["accuracy"])
+        if two and test.get("roc_auc") is not None:
+            row.test_roc_auc.append(test["roc_auc"])
 
 
 def _mean_curves(curves: dict[str, list[list[float]]]) -> dict[str, list[float]]:
@@ -282,12 +306,13 @@ def _write(result: CompareResult) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["model", "params", "gmacs", "seconds_per_epoch", "seed", "fold", "best_val_accuracy", "roc_auc",
-                "test_accuracy", "test_roc_auc", "run"])  # fmt: skip
+                "test_accuracy", "test_roc_auc", "map", "test_map", "run"])  # fmt: skip
     for r in result.rows:
         for i, run in enumerate(r.runs):
             seed = result.seeds[0] if result.folds else result.seeds[i]
             fold = i + 1 if result.folds else ""
-            cells = [_at(r.roc_auc, i), _at(r.test_accuracy, i), _at(r.test_roc_auc, i)]
+            cells = [_at(r.roc_auc, i), _at(r.test_accuracy, i), _at(r.test_roc_auc, i), _at(r.mean_ap, i),
+                     _at(r.test_mean_ap, i)]  # fmt: skip
             w.writerow([r.model, r.params, f"{r.gmacs:.4f}", f"{r.seconds_per_epoch:.2f}", seed, fold,
                         f"{r.val_accuracy[i]:.6f}", *cells, run])  # fmt: skip
     atomic_write_text(result.out_dir / "compare.csv", buf.getvalue())

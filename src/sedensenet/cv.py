@@ -29,7 +29,7 @@ from sedensenet.tracking import parent_run
 
 log = logging.getLogger(__name__)
 
-NOT_METRICS = frozenset({"num_samples", "best_epoch", "epochs_run"})
+NOT_METRICS = frozenset({"num_samples", "best_epoch", "epochs_run", "labels_averaged", "labels_averaged_map"})
 """Numbers in metrics.json that describe the run rather than score it."""
 
 PLAN_FILE = "cv_plan.json"
@@ -57,7 +57,8 @@ class CVResult:
             f"# Cross-validation: {s.get('data')}, {self.folds} folds",
             "",
             f"{s.get('model')}, {_length(s)}, {s.get('image_size')} px, seed {s.get('seed')}; folds "
-            f"stratified by class{' and grouped by ' + str(s['groups']) if s.get('groups') else ''}, duplicate "
+            f"stratified by {'label' if 'macro_auroc' in self.summary else 'class'}"
+            f"{' and grouped by ' + str(s['groups']) if s.get('groups') else ''}, duplicate "
             "clusters kept in one fold; best epoch chosen on each fold's own val part"
             + (f"; TTA {s['tta']}" if s.get("tta", "none") != "none" else ""),
             "",
@@ -202,7 +203,8 @@ def summarize_folds(out_dir: Path, runs: list[RunOutcome], settings: dict[str, A
     return result
 
 
-BOUNDED = ("accuracy", "precision", "recall", "f1", "auc", "sensitivity", "specificity", "ppv", "npv")
+BOUNDED = ("accuracy", "precision", "recall", "f1", "auc", "auroc", "_map", "hamming_loss", "sensitivity",
+           "specificity", "ppv", "npv")  # fmt: skip
 """Metrics (by the end of their name) that lie in [0, 1]: their intervals are clipped to it."""
 
 
@@ -233,6 +235,8 @@ def _pooled(out_dir: Path, runs: list[RunOutcome]) -> tuple[dict[str, float], di
     from sedensenet.reports import compute_metrics, plot_roc, read_predictions
 
     classes = json.loads((runs[0].run_dir / "classes.json").read_text(encoding="utf-8"))
+    if "per_label" in runs[0].metrics["test"]:
+        return _pooled_labels(out_dir, runs, classes)
     rows, labels, decided, probs = [], [], [], []
     for k, run in enumerate(runs, start=1):
         paths, y, pred, p = read_predictions(run.run_dir / "test" / "predictions.csv", classes)
@@ -260,6 +264,35 @@ def _pooled(out_dir: Path, runs: list[RunOutcome]) -> tuple[dict[str, float], di
     scores = _scores(pooled)
     scores.pop("threshold", None)  # each fold has its own
     return scores, {k: v for k, v in pooled.get("intervals", {}).items() if isinstance(v, list) and len(v) == 2}
+
+
+def _pooled_labels(
+    out_dir: Path, runs: list[RunOutcome], labels: list[str]
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Multi-label: every held-out prediction in oof.csv (each fold's decisions, at its own thresholds) and the
+    pooled macro and micro AUROC and mAP with their bootstrap intervals (figures that need no threshold)."""
+    from sedensenet.reports.multilabel import multilabel_report, read_label_predictions
+
+    paths, targets, decided, probs, folds = [], [], [], [], []
+    for k, run in enumerate(runs, start=1):
+        p, t, d, q = read_label_predictions(run.run_dir / "test" / "predictions.csv", labels)
+        paths += p
+        folds += [k] * len(p)
+        targets.append(t)
+        decided.append(d)
+        probs.append(q)
+    t, d, q = np.concatenate(targets), np.concatenate(decided), np.concatenate(probs)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["fold", "path", "label", "predicted", "ignored", *(f"p_{n}" for n in labels)])
+    join = lambda mask: "|".join(n for n, m in zip(labels, mask, strict=True) if m)  # noqa: E731
+    for k, path, ti, di, qi in zip(folds, paths, t, d, q, strict=True):
+        w.writerow([k, path, join(ti == 1), join(di), join(np.isnan(ti)), *(f"{v:.6g}" for v in qi)])
+    atomic_write_text(out_dir / "oof.csv", buf.getvalue())
+    report = multilabel_report(t, q, labels, [0.5] * len(labels)).to_dict()
+    keys = ("macro_auroc", "macro_map", "micro_auroc", "micro_map")
+    scores = {k: float(report[k]) for k in keys if report.get(k) is not None}
+    return scores, {k: report[f"{k}_ci"] for k in keys if report.get(f"{k}_ci")}
 
 
 def _write_csv(result: CVResult) -> None:

@@ -27,7 +27,13 @@ from sedensenet.reports import (
     write_metrics,
     write_predictions,
 )
-from sedensenet.reports.multilabel import MultiLabelReport, multilabel_report, plot_label_curves, write_per_label_csv
+from sedensenet.reports.multilabel import (
+    MultiLabelReport,
+    multilabel_report,
+    plot_label_curves,
+    write_label_predictions,
+    write_per_label_csv,
+)
 
 log = logging.getLogger(__name__)
 TOP_LOSSES = 16
@@ -107,30 +113,10 @@ def write_label_evaluation(
     write_metrics(report, out_dir / "metrics.json", extra=extra)
     write_per_label_csv(report, out_dir / "per_label.csv")
     plot_label_curves(targets, probs, classes, out_dir / "label_curves.png", thresholds=thresholds)
-    _label_predictions(out_dir / "predictions.csv", samples, targets, probs, classes, thresholds)
+    write_label_predictions(out_dir / "predictions.csv", [str(s.path) for s in samples], targets, probs, classes,
+                            thresholds)  # fmt: skip
     log.info("%s\n%s", out_dir / "metrics.json", report.format_text())
     return report
-
-
-def _label_predictions(
-    path: Path, samples: list[Sample], targets: np.ndarray, probs: np.ndarray, classes: list[str],
-    thresholds: list[float],
-) -> None:  # fmt: skip
-    """predictions.csv of a multi-label split: path, the true labels, the decided labels, each label's probability
-    (an ignored label is left out of the true set and listed in ``ignored``)."""
-    import csv
-    import io
-
-    from sedensenet.fileio import atomic_write_text
-
-    decided = probs >= np.asarray(thresholds)[None, :]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "true", "predicted", "ignored", *classes])
-    for s, t, d, p in zip(samples, targets, decided, probs, strict=True):
-        names = lambda mask: "|".join(c for c, m in zip(classes, mask, strict=True) if m)  # noqa: E731
-        writer.writerow([str(s.path), names(t == 1), names(d), names(np.isnan(t)), *(round(float(v), 6) for v in p)])
-    atomic_write_text(path, buffer.getvalue())
 
 
 def _top_losses(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -403,6 +404,42 @@ def write_per_label_csv(report: MultiLabelReport, path: str | os.PathLike) -> Pa
 
 
 @figure_writer
+def write_label_predictions(
+    path: str | os.PathLike, paths: Sequence[str], targets: np.ndarray, probs: np.ndarray, labels: Sequence[str],
+    thresholds: Sequence[float],
+) -> Path:  # fmt: skip
+    """predictions.csv of a multi-label split: ``path``, ``label`` (the true set, ``|``-joined), ``predicted`` (the
+    labels at or above their thresholds), ``ignored`` (labels masked for the image), ``p_<label>`` per label."""
+    decided = np.asarray(probs) >= np.asarray(thresholds)[None, :]
+    join = lambda mask: "|".join(n for n, m in zip(labels, mask, strict=True) if m)  # noqa: E731
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "label", "predicted", "ignored", *(f"p_{n}" for n in labels)])
+        for name, t, d, p in zip(paths, targets, decided, probs, strict=True):
+            w.writerow([name, join(t == 1), join(d), join(np.isnan(t)), *(f"{float(v):.6g}" for v in p)])
+    return Path(path)
+
+
+def read_label_predictions(
+    path: str | os.PathLike, labels: Sequence[str]
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`write_label_predictions`'s file back: paths, targets (N, K) with NaN where ignored, the decisions
+    (N, K) booleans and the probabilities (N, K)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+
+    def mask(row: dict[str, str], key: str) -> list[bool]:
+        names = set(filter(None, row[key].split("|")))
+        return [n in names for n in labels]
+
+    targets = np.array([[math.nan if i else float(t) for t, i in zip(mask(r, "label"), mask(r, "ignored"),
+                                                                      strict=True)] for r in rows])  # fmt: skip
+    decided = np.array([mask(r, "predicted") for r in rows], dtype=bool)
+    probs = np.array([[float(r[f"p_{n}"]) for n in labels] for r in rows], dtype=np.float64)
+    k = len(labels)
+    return [r["path"] for r in rows], targets.reshape(-1, k), decided.reshape(-1, k), probs.reshape(-1, k)
+
+
 def plot_label_curves(
     targets: np.ndarray,
     probs: np.ndarray,
