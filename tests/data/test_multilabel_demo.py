@@ -93,7 +93,7 @@ def test_builtin_table_names_only_table_sets(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="builtin:digit-pairs"):
         builtin_table("builtin:pairs", cache_dir=tmp_path)
     config = TrainConfig.from_dict(BUILTIN["digit-pairs"])
-    assert (config.image_size, config.in_chans) == (32, 1)  # the mosaics' own size, grayscale
+    assert (config.image_size, config.in_chans) == (16, 1)  # the digits' own resolution, grayscale
 
 
 def test_generated_best_auroc_is_the_bayes_scorers(tmp_path: Path) -> None:

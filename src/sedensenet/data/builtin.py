@@ -57,11 +57,13 @@ BUILTIN: dict[str, dict[str, Any]] = {
         "scheduler": "cosine",
         "augment": "light",
     },
-    # Multi-label: which of the ten digits a 2x2 mosaic shows (1-3 of them); 1,800 images of 32x32. No flips or
-    # shifts: a tile is 16 px, and the labels say nothing of where a digit is, but a mirrored 2 is no 2.
+    # Multi-label: which of the ten digits a 2x2 mosaic shows (1-3 of them); 1,800 images of 32x32. At 16 px each
+    # tile is back at the digits' own 8x8 (the PNGs are 2x upscaled): nothing lost, a quarter of 32 px's work. A
+    # plain BCE loop of this model at 16 px reached a mean validation AUROC of 0.95 after 3 epochs, 0.98 after 4
+    # (the rarest digits, 8 and 9, last). No augmentation: a mirrored 2 is no 2.
     "digit-pairs": {
         "model": "se_densenet_bc_100",
-        "image_size": 32,
+        "image_size": 16,
         "in_chans": 1,
         "epochs": 12,
         "batch_size": 64,
