@@ -81,7 +81,7 @@ def test_builtin_settings_are_valid_training_settings() -> None:
     from sedensenet import list_models
     from sedensenet.config import TrainConfig
 
-    assert set(BUILTIN) == {"digits", "faces"}
+    assert set(BUILTIN) == {"digits", "faces", "digit-pairs"}
     for settings in BUILTIN.values():
         config = TrainConfig.from_dict(settings)
-        assert config.model in list_models() and config.in_chans == 1  # both sets are grayscale
+        assert config.model in list_models() and config.in_chans == 1  # every set is grayscale
