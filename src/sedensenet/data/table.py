@@ -298,9 +298,10 @@ def _single(raw: list[_Row], column: str, path: Path) -> list[str]:
     return [r.labels[0] for r in raw]
 
 
-def _split_cell(cell: str, delim: str, others: Sequence[str], where: str) -> list[str]:
-    """The labels of one cell: split on ``delim``, else on the one other separator it holds; two others are
-    ambiguous."""
+def _split_cell(cell: str, delim: str, others: Sequence[str], table_delim: str, where: str) -> list[str]:
+    """The labels of one cell: split on ``delim``; else on the one other separator it holds, unless that is the
+    table's own delimiter (a quoted ``"Mass, left"`` in a comma-separated table stays one label); a cell holding
+    two other separators is ambiguous."""
     if delim in cell:
         parts = cell.split(delim)
     else:
@@ -308,7 +309,7 @@ def _split_cell(cell: str, delim: str, others: Sequence[str], where: str) -> lis
         if len(found) > 1:
             raise DataError(f"{where}: the labels {cell!r} hold both {found[0]!r} and {found[1]!r}; separate them "
                             f"with {delim!r} (label_delim / --label-delim)")  # fmt: skip
-        parts = cell.split(found[0]) if found else [cell]
+        parts = cell.split(found[0]) if found and found[0] != table_delim else [cell]
     return list(dict.fromkeys(p.strip() for p in parts if p.strip()))
 
 
@@ -319,8 +320,9 @@ def _delimited(
     table (auto: multi when a cell names several labels, or names ``none_label``)."""
     if opts.task == "single":
         return "single", [], _single(raw, column, path)
-    others = [d for d in _LABEL_DELIMITERS if d not in (opts.label_delim, table_delim)]
-    sets = [_split_cell(r.labels[0], opts.label_delim, others, f"{path}, row {r.line} ({column!r})") if r.labels[0]
+    others = [d for d in _LABEL_DELIMITERS if d != opts.label_delim]
+    sets = [_split_cell(r.labels[0], opts.label_delim, others, table_delim, f"{path}, row {r.line} ({column!r})")
+            if r.labels[0]
             else None for r in raw]  # fmt: skip
     none = opts.none_label
     multi = opts.task == "multi" or any(labels is not None and (len(labels) > 1 or labels == [none]) for labels in sets)
