@@ -5,6 +5,12 @@ label by label, rarest label first, each example to the part that most lacks tha
 *units* (a patient's images, a cluster of duplicate images, or one image alone): a unit's label counts are the sum
 of its images' positives, its size the number of its images, and a unit is never divided, so no patient straddles
 two parts (the iterative-stratification package splits images and ignores groups).
+
+Whole units make the greedy pass coarser than image by image (a patient with four images moves four at once), so a
+short local search follows: a unit moves to another part while that brings every part's label counts and size
+closer to its share (a chi-square-like sum of squared deviations, each divided by its target). On a generated set
+of 2,000 images in patients of 1 to 4, this keeps each label's prevalence in every part within about half a point
+of the others (tests/data/test_stratify.py).
 """
 
 from __future__ import annotations
@@ -88,4 +94,37 @@ def iterative_split(
         p = _choose(wanted, wanted, rng)
         part[u] = p
         wanted[p] -= sizes[u]
+    _refine(part, counts, sizes, share, rng)
     return part[unit_of]
+
+
+def _refine(part: np.ndarray, counts: np.ndarray, sizes: np.ndarray, share: np.ndarray, rng: np.random.Generator,
+            passes: int = 4) -> None:  # fmt: skip
+    """Move single units between parts (in place) while the squared deviations from each part's share of every
+    label's positives and of the images, each divided by its target, go down; at most ``passes`` sweeps."""
+    n_parts = len(share)
+    have = np.zeros((n_parts, counts.shape[1]))
+    np.add.at(have, part, counts)
+    size = np.bincount(part, weights=sizes, minlength=n_parts).astype(np.float64)
+    target = share[:, None] * counts.sum(axis=0)[None, :]
+    target_size = share * sizes.sum()
+    weight, weight_size = 1 / np.maximum(target, 1), 1 / np.maximum(target_size, 1)
+    for _ in range(passes):
+        moved = 0
+        for u in rng.permutation(len(part)):
+            a, c, z = part[u], counts[u], sizes[u]
+            leave = (((have[a] - c - target[a]) ** 2 - (have[a] - target[a]) ** 2) * weight[a]).sum() + (
+                (size[a] - z - target_size[a]) ** 2 - (size[a] - target_size[a]) ** 2) * weight_size[a]  # fmt: skip
+            join = (((have + c - target) ** 2 - (have - target) ** 2) * weight).sum(axis=1) + (
+                (size + z - target_size) ** 2 - (size - target_size) ** 2) * weight_size  # fmt: skip
+            join[a] = np.inf
+            b = int(np.argmin(join))
+            if leave + join[b] < -1e-9:
+                part[u] = b
+                have[a] -= c
+                have[b] += c
+                size[a] -= z
+                size[b] += z
+                moved += 1
+        if not moved:
+            return
