@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from sedensenet.data.builtin import is_builtin, resolve_data
-from sedensenet.data.check import DEDUPE_MODES, drop_duplicates_of_train
+from sedensenet.data.check import DEDUPE_MODES, drop_duplicates_of_train, label_text
 from sedensenet.data.dedupe import DEFAULT_NEAR_DISTANCE, Fingerprint
 from sedensenet.data.dicom import DicomOptions
 from sedensenet.data.folds import fold_splits, fold_units
@@ -367,13 +367,6 @@ def _relative(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return os.path.relpath(path, root).replace(os.sep, "/")
-
-
-def label_text(label: int | tuple[float, ...], classes: list[str]) -> str:
-    """A sample's class name, or a multi-label sample's present labels joined by ``|`` (empty: none)."""
-    if isinstance(label, tuple):
-        return "|".join(name for name, value in zip(classes, label, strict=True) if value == 1.0)
-    return classes[label]
 
 
 def split_rows(splits: DataSplits) -> list[dict[str, str]]:
