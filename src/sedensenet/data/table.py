@@ -376,7 +376,14 @@ def _same(a: str | tuple[float, ...], b: str | tuple[float, ...]) -> bool:
     return a == b
 
 
-def _dedupe(samples: list[TableSample], path: Path) -> list[TableSample]:
+def _shown(value: str | tuple[float, ...] | None, names: Sequence[str]) -> str:
+    """A label as an error shows it: a class name, or a multi-label row's present labels (``'a|b'``)."""
+    if isinstance(value, tuple):
+        return repr("|".join(n for n, v in zip(names, value, strict=True) if v == 1.0) or "(none)")
+    return repr(value)
+
+
+def _dedupe(samples: list[TableSample], path: Path, names: Sequence[str] = ()) -> list[TableSample]:
     """One sample per file: the same file twice with the same label and split is kept once; with two labels or two
     splits it is an error naming both rows."""
     first: dict[Path, TableSample] = {}
@@ -389,8 +396,8 @@ def _dedupe(samples: list[TableSample], path: Path) -> list[TableSample]:
                            ("groups", seen.group, s.group)):  # fmt: skip
             if not _same(a, b):
                 raise DataError(
-                    f"{path}: {s.path.name} is listed twice with two {what}, {a!r} (row {seen.row}) and {b!r} "
-                    f"(row {s.row}): keep one row per image"
+                    f"{path}: {s.path.name} is listed twice with two {what}, {_shown(a, names)} (row {seen.row}) and "
+                    f"{_shown(b, names)} (row {s.row}): keep one row per image"
                 )
         repeats += 1
     if repeats:
@@ -479,6 +486,7 @@ def read_table(
                                           group_col=group_col, split_col=split_col)  # fmt: skip
     if label is None:
         label = _binary_columns(header, rows, (image, group, split)) if opts.task != "single" else []
+        label = [c for c in label if c != opts.none_label]  # CheXpert's "No Finding" column: all zeros, not a label
         if not label:
             raise _no_label_column(header, path)
         logger.info("%s: no label column by name; the 0/1 columns %s are the labels", path.name, ", ".join(label))
@@ -492,7 +500,7 @@ def read_table(
     root = Path(os.path.abspath(os.path.expanduser(image_root))) if image_root is not None else path.parent
     resolve = _resolver(root, image_ext)
     samples = [TableSample(resolve(r.image), v, r.group, r.split, r.line) for r, v in zip(raw, values, strict=True)]
-    samples = _dedupe(samples, path)
+    samples = _dedupe(samples, path, names)
     if not samples:
         raise DataError(f"{path} lists no images: add one row per image under the header")
     _check_groups(samples, path, group, split)
