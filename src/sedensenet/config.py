@@ -43,6 +43,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dedupe": ("off", "exact", "near"),
     "calibrate": ("none", "temperature"),
     "memory_efficient": ("auto", "on", "off"),
+    "task": ("auto", "single", "multi"),
+    "uncertain": ("ignore", "zeros", "ones"),
+    "missing": ("ignore", "zeros"),
 }
 
 
@@ -116,7 +119,8 @@ class TrainConfig:
     image_col: str = ""
     """Manifest: the image column (default: found by name: path, file, filename, image, image_id, Image Index)."""
     label_col: str = ""
-    """Manifest: the label column (default: found by name: label, class, target, dx)."""
+    """Manifest: the label column (default: found by name: label, class, target, dx, labels, Finding Labels); a,b,c
+    names one 0/1 column per label (multi-label). With no label column by name, the 0/1 columns are the labels."""
     group_col: str = ""
     """Manifest: the group column, e.g. a patient id kept on one side of every split (default: lesion_id,
     patient_id, patient or Patient ID when present)."""
@@ -130,6 +134,18 @@ class TrainConfig:
     """Manifest: the table's text encoding (e.g. gbk for a table saved by a Chinese Excel)."""
     skip_missing: bool = False
     """Manifest: leave out (and list in skipped.csv) rows whose image file does not exist, instead of stopping."""
+    task: str = "auto"
+    """single: one class per image; multi: several labels per image (a manifest only); auto: multi when a label cell
+    names several labels (Effusion|Mass) or the labels are 0/1 columns."""
+    label_delim: str = "|"
+    """Manifest: the separator of several labels in one cell (; and , are read too where unambiguous)."""
+    none_label: str = ""
+    """Manifest: the label that means no finding, e.g. "No Finding": all labels absent, not a class of its own."""
+    uncertain: str = "ignore"
+    """Multi-label: an uncertain (-1) entry is ignored (left out of the loss and of that label's metrics), or read
+    as zeros or ones."""
+    missing: str = "ignore"
+    """Multi-label: a blank entry is ignored (left out of the loss and of that label's metrics), or read as zeros."""
     dicom_window: str = ""
     """DICOM: window CENTER,WIDTH applied to every image, e.g. 40,400 (default: the file's VOI LUT or window, else
     the image's own range)."""

@@ -24,7 +24,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from sedensenet.data.builtin import default_cache_dir
 from sedensenet.data.dicom import DicomOptions
-from sedensenet.data.images import ImageFolderDataset, Sample, load_image
+from sedensenet.data.images import ImageFolderDataset, Sample, load_image, target
 from sedensenet.data.transforms import image_channels
 
 logger = logging.getLogger(__name__)
@@ -127,10 +127,10 @@ class CachedImageDataset(ImageFolderDataset):
         super().__init__(samples, transform=transform, in_chans=in_chans)
         self.cache = cache
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         sample = self.samples[index]
         image = self.cache.image(sample.path)
         if self.transform is None:
             x = image.float() / 255.0
-            return x[[c % x.shape[0] for c in range(self.in_chans)]], sample.label
-        return self._to_tensor(image), sample.label  # type: ignore[arg-type]
+            return x[[c % x.shape[0] for c in range(self.in_chans)]], target(sample.label)
+        return self._to_tensor(image), target(sample.label)  # type: ignore[arg-type]

@@ -2,7 +2,8 @@
 
 :func:`check_data` scans a folder with the same file check ``train`` uses (:func:`~sedensenet.data.scan_folder`),
 then looks for exact and near duplicates among *all* images: within a class, across classes (the same image under
-two labels) and across splits (leakage: a test image that is also a training image). It returns a
+two labels) and across splits (leakage: a test image that is also a training image). A multi-label set also gets
+its label counts per split, the co-occurrence of labels, the images with no label and the ignored entries. It returns a
 :class:`DataCheck` of plain values; ``sedensenet.reports.data_report`` turns it into files, ``cli`` into a summary.
 """
 
@@ -15,9 +16,11 @@ import os
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from sedensenet.data.dedupe import (
     DEFAULT_NEAR_DISTANCE,
@@ -42,7 +45,7 @@ _LEAKS = (("train", "val"), ("train", "test"), ("val", "test"))
 
 @dataclass
 class FileRef:
-    """One usable image: where it is, its split and class."""
+    """One usable image: where it is, its split and class (a multi-label image's labels joined by ``|``)."""
 
     path: str
     split: str
@@ -78,8 +81,11 @@ class DataCheck:
     groups_across_splits: dict[str, list[str]] = field(default_factory=dict)
     """Groups of the ``--groups`` CSV with images in more than one split -> those splits."""
     verdicts: list[Verdict] = field(default_factory=list)
+    multilabel: LabelStats | None = None
+    """A multi-label set's label statistics (``counts`` then holds each label's images with it present)."""
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"task": "multi", "multilabel": asdict(self.multilabel)} if self.multilabel else {"task": "single"}
         return {
             "root": self.root,
             "classes": self.classes,
@@ -94,7 +100,41 @@ class DataCheck:
             "problems": {k: [self.files[i].path for i in v] for k, v in self.problems.items()},
             "groups_across_splits": self.groups_across_splits,
             "files": len(self.files),
+            **extra,
         }
+
+
+@dataclass
+class LabelStats:
+    """What a multi-label set holds, over every split together."""
+
+    cooccurrence: list[list[int]]
+    """K x K: images with both labels present (the diagonal: images with the label)."""
+    no_label: dict[str, int]
+    """Per split: images with no label present (all absent or ignored)."""
+    ignored: dict[str, int]
+    """Per label: entries ignored (uncertain or blank under the ``ignore`` policy: NaN)."""
+
+
+def label_text(label: int | tuple[float, ...], classes: Sequence[str]) -> str:
+    """A sample's class name, or a multi-label sample's present labels joined by ``|`` (empty: none)."""
+    if isinstance(label, tuple):
+        return "|".join(name for name, value in zip(classes, label, strict=True) if value == 1.0)
+    return classes[label]
+
+
+def label_stats(splits: DataSplits) -> LabelStats:
+    """Co-occurrence, images with no label per split, and ignored entries per label of a multi-label set."""
+    k = len(splits.classes)
+    every = [s.label for split in SPLITS for s in getattr(splits, split)]
+    y = np.asarray(every, dtype=np.float64).reshape(len(every), k)
+    present = (y == 1.0).astype(np.int64)
+    no_label = {split: sum(not any(v == 1.0 for v in s.label) for s in getattr(splits, split)) for split in SPLITS}
+    return LabelStats(
+        cooccurrence=(present.T @ present).tolist(),
+        no_label=no_label,
+        ignored={name: int(n) for name, n in zip(splits.classes, np.isnan(y).sum(axis=0), strict=True)},
+    )
 
 
 def _samples(splits: DataSplits) -> list[tuple[str, Sample]]:
@@ -199,7 +239,7 @@ def check_data(
         splits = scan_folder(root, val_split=0.0, near_distance=near_distance, workers=workers, groups=groups,
                              **kwargs)  # fmt: skip
     samples = _samples(splits)
-    files = [FileRef(_rel(s.path, splits.root), split, splits.classes[s.label]) for split, s in samples]
+    files = [FileRef(_rel(s.path, splits.root), split, label_text(s.label, splits.classes)) for split, s in samples]
     logger.info("looking for duplicates among %d images", len(files))
     pairs = find_pairs([splits.fingerprints.get(s.path) for _, s in samples], "near", near_distance)
     roots = clusters(len(files), [(p.a, p.b) for p in pairs])
@@ -213,6 +253,7 @@ def check_data(
         skipped=[{"path": _rel(s.path, splits.root), "reason": s.reason} for s in splits.skipped],
         files=files, pairs=[_pair_record(p, files) for p in pairs], clusters=big,
         problems=_problems(files, roots, linked), groups_across_splits=groups_across_splits(splits),
+        multilabel=label_stats(splits) if splits.task == "multi" else None,
     )  # fmt: skip
     check.verdicts = verdicts(check)
     return check
@@ -280,14 +321,32 @@ def verdicts(check: DataCheck) -> list[Verdict]:
             f"{len(check.skipped)} files cannot be used (unreadable, truncated, empty, not images or too large): "
             "train skips them; fix or remove them"
         )))  # fmt: skip
-    for split, ratio in check.imbalance.items():
-        if ratio >= IMBALANCE_WARNING:
-            out.append(Verdict(f"imbalance in {split}", 1, (
-                f"{split}: the largest class has {ratio:g}x the images of the smallest: accuracy hides the small "
-                "classes; read per-class recall, and consider `--class-weights auto`"
-            )))  # fmt: skip
+    out += _label_verdicts(check)
     if not out:
         out.append(Verdict("none", 0, "no duplicates, leaks, label conflicts or unusable files found"))
+    return out
+
+
+def _label_verdicts(check: DataCheck) -> list[Verdict]:
+    """Imbalance between classes (labels of a multi-label set), and labels that no image has."""
+    out = []
+    for split, ratio in check.imbalance.items():
+        if ratio < IMBALANCE_WARNING:
+            continue
+        if check.multilabel is None:
+            message = (f"{split}: the largest class has {ratio:g}x the images of the smallest: accuracy hides the "
+                       "small classes; read per-class recall, and consider `--class-weights auto`")  # fmt: skip
+        else:
+            message = (f"{split}: the most common label has {ratio:g}x the images of the rarest: the mean AUROC hides "
+                       "the rare labels; read the per-label table, and consider `--class-weights auto`")  # fmt: skip
+        out.append(Verdict(f"imbalance in {split}", 1, message))
+    if check.multilabel is not None:
+        absent = [name for i, name in enumerate(check.classes) if check.multilabel.cooccurrence[i][i] == 0]
+        if absent:
+            out.append(Verdict("labels without images", len(absent), (
+                f"no image has the label(s) {', '.join(absent)}: the model cannot learn them and their AUROC is "
+                "undefined; drop those columns (--label-col a,b,c names the others) or add images"
+            )))  # fmt: skip
     return out
 
 
@@ -324,10 +383,11 @@ def exact_leaks(splits: DataSplits) -> list[dict[str, str]]:
     rows = []
     for pair in pairs:
         (split_a, a), (split_b, b) = samples[pair.a], samples[pair.b]
-        if split_a != split_b or a.label != b.label:
+        if split_a != split_b or label_text(a.label, splits.classes) != label_text(b.label, splits.classes):
             rows.append({
-                "file": str(a.path), "split": split_a, "class": splits.classes[a.label],
-                "copy": str(b.path), "copy_split": split_b, "copy_class": splits.classes[b.label], "kind": pair.kind,
+                "file": str(a.path), "split": split_a, "class": label_text(a.label, splits.classes),
+                "copy": str(b.path), "copy_split": split_b, "copy_class": label_text(b.label, splits.classes),
+                "kind": pair.kind,
             })  # fmt: skip
     return rows
 

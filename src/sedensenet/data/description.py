@@ -27,15 +27,18 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sedensenet.data.builtin import is_builtin, resolve_data
-from sedensenet.data.check import DEDUPE_MODES, drop_duplicates_of_train
+from sedensenet.data.check import DEDUPE_MODES, drop_duplicates_of_train, label_text
 from sedensenet.data.dedupe import DEFAULT_NEAR_DISTANCE, Fingerprint
 from sedensenet.data.dicom import DicomOptions
 from sedensenet.data.folds import fold_splits, fold_units
 from sedensenet.data.groups import read_groups, split_units
 from sedensenet.data.images import DEFAULT_MAX_PIXELS, DataError, Sample, inspect_image
 from sedensenet.data.scan import DataSplits, Skipped, linked_units, scan_folder, val_count
-from sedensenet.data.table import Table, TableSample, is_table, read_table
+from sedensenet.data.stratify import iterative_split
+from sedensenet.data.table import LabelOptions, Table, TableSample, is_table, read_table
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +80,25 @@ class DataDescription:
     dedupe: str = "off"
     max_pixels: int = DEFAULT_MAX_PIXELS
     dicom_window: tuple[float, float] | None = None
+    task: str = "auto"
+    """``"auto"`` (a table is multi-label when a cell names several labels or the labels are 0/1 columns),
+    ``"single"`` or ``"multi"``; folders are single-label."""
+    label_delim: str = "|"
+    """Table: the separator of several labels in one cell (``;`` and ``,`` are read too where unambiguous)."""
+    none_label: str | None = None
+    """Table: the label that means "no finding" (all zeros, not a class), e.g. ``"No Finding"``."""
+    uncertain: str = "ignore"
+    """Multi-label: what an uncertain (-1) entry becomes: ``ignore`` (NaN, masked), ``zeros`` or ``ones``."""
+    missing: str = "ignore"
+    """Multi-label: what a blank entry becomes: ``ignore`` (NaN, masked) or ``zeros``."""
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise DataError(f"unknown data source {self.source!r}; choose one of: {', '.join(SOURCES)}")
+        self.label_options()  # validates task, label_delim, uncertain, missing
+        if self.source == "folder" and self.task == "multi":
+            raise DataError("a folder of class sub-folders is single-label: task 'multi' needs a CSV / TSV manifest "
+                            "(one label column with several labels per cell, or one 0/1 column per label)")  # fmt: skip
         vs = self.val_split
         if not isinstance(vs, int | float) or isinstance(vs, bool) or math.isnan(vs) or not 0 <= vs < 1:
             raise DataError(f"val_split must be in [0, 1) (a fraction such as 0.2), got {vs!r}")
@@ -101,6 +119,11 @@ class DataDescription:
             except (TypeError, ValueError) as exc:
                 raise DataError(f"dicom_window: {exc}") from None
             object.__setattr__(self, "dicom_window", window)
+
+    def label_options(self) -> LabelOptions:
+        """How the table's label cells read (:func:`~sedensenet.data.table.read_table`'s ``labels``)."""
+        return LabelOptions(task=self.task, label_delim=self.label_delim, none_label=self.none_label or None,
+                            uncertain=self.uncertain, missing=self.missing)  # fmt: skip
 
     @classmethod
     def for_data(cls, data: str | os.PathLike, **settings: Any) -> DataDescription:
@@ -181,7 +204,7 @@ def _read(d: DataDescription) -> Table:
     c = d.columns
     return read_table(d.path, image_col=c.image, label_col=c.label, group_col=c.group, split_col=c.split,
                       image_root=d.image_root, image_ext=d.image_ext, encoding=d.encoding,
-                      skip_missing=d.skip_missing)  # fmt: skip
+                      skip_missing=d.skip_missing, labels=d.label_options())  # fmt: skip
 
 
 def _table_groups(d: DataDescription, table: Table) -> dict[Path, str]:
@@ -204,8 +227,10 @@ def _check(samples: list[TableSample], max_pixels: int, workers: int | None) -> 
         return list(pool.map(lambda p: inspect_image(p, max_pixels), paths))
 
 
-def _resolve_table(d: DataDescription, *, check_images: bool, workers: int | None) -> DataSplits:
-    table = _read(d)
+def _checked(
+    table: Table, d: DataDescription, *, check_images: bool, workers: int | None
+) -> tuple[list[TableSample], list[Skipped], dict[Path, Fingerprint]]:
+    """The table's usable rows, the files left out (missing or unusable) and the usable files' fingerprints."""
     skipped = [Skipped(s.path, f"listed in {table.source.name} (row {s.row}) but not found") for s in table.missing]
     samples = table.samples
     fingerprints: dict[Path, Fingerprint] = {}
@@ -219,6 +244,14 @@ def _resolve_table(d: DataDescription, *, check_images: bool, workers: int | Non
             else:
                 skipped.append(Skipped(s.path, reason))
         samples = kept
+    return samples, skipped, fingerprints
+
+
+def _resolve_table(d: DataDescription, *, check_images: bool, workers: int | None) -> DataSplits:
+    table = _read(d)
+    samples, skipped, fingerprints = _checked(table, d, check_images=check_images, workers=workers)
+    if table.task == "multi":
+        return _resolve_multi(d, table, samples, skipped, fingerprints)
     classes = sorted({s.label for s in samples})
     if len(classes) < 2:
         raise DataError(f"{table.source} has {len(classes)} usable class(es) ({', '.join(classes)}): a classifier "
@@ -241,6 +274,43 @@ def _resolve_table(d: DataDescription, *, check_images: bool, workers: int | Non
     splits = replace(splits, train=train, val=val)
     _require_train(splits, table)
     return splits
+
+
+def _resolve_multi(
+    d: DataDescription, table: Table, samples: list[TableSample], skipped: list[Skipped],
+    fingerprints: dict[Path, Fingerprint],
+) -> DataSplits:  # fmt: skip
+    """A multi-label table's splits: test (and val) from the split column as given; otherwise val carved out of
+    train by iterative stratification over the labels, groups and duplicate clusters kept whole."""
+    if not table.label_names:
+        raise DataError(f"{table.source}: no label is present in any row: a multi-label table needs at least one")
+    groups = _table_groups(d, table)
+    by_split: dict[str | None, list[Sample]] = {}
+    for s in sorted(samples, key=lambda s: str(s.path)):
+        by_split.setdefault(s.split, []).append(Sample(s.path, s.label))
+    test, given_val = by_split.pop("test", []), by_split.pop("val", [])
+    pool = sorted(by_split.pop("train", []) + by_split.pop(None, []), key=lambda s: str(s.path))
+    splits = DataSplits(table.image_root, list(table.label_names), pool, given_val, test, skipped, fingerprints,
+                        groups, task="multi")  # fmt: skip
+    if d.folds:
+        splits = fold_splits(splits, d.folds, d.fold, d.val_split, d.split_seed, fold_units(splits))
+    elif not given_val and d.val_split > 0 and pool:
+        units = linked_units({0: [s.path for s in pool]}, fingerprints, DEFAULT_NEAR_DISTANCE, groups)
+        labels = np.asarray([s.label for s in pool], dtype=np.float64).reshape(len(pool), -1)
+        part = iterative_split(labels, [units.get(s.path) for s in pool], (1 - d.val_split, d.val_split),
+                               d.split_seed)  # fmt: skip
+        splits = replace(splits, train=[s for s, p in zip(pool, part, strict=True) if p == 0],
+                         val=[s for s, p in zip(pool, part, strict=True) if p == 1])  # fmt: skip
+    _warn_absent(splits)
+    return splits
+
+
+def _warn_absent(splits: DataSplits) -> None:
+    """Warn of labels no training image has: nothing teaches them, and their AUROC is undefined."""
+    counts = splits.counts()["train"]
+    absent = [name for name, n in counts.items() if n == 0]
+    if absent:
+        logger.warning("no training image has the label(s) %s: the model cannot learn them", ", ".join(absent))
 
 
 def _require_train(splits: DataSplits, table: Table) -> None:
@@ -300,9 +370,10 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def split_rows(splits: DataSplits) -> list[dict[str, str]]:
-    """One row per image: its path relative to the data root (``/``-separated), split, class and group."""
+    """One row per image: its path relative to the data root (``/``-separated), split, class (a multi-label
+    sample's present labels joined by ``|``) and group."""
     return [
-        {"path": _relative(s.path, splits.root), "split": name, "class": splits.classes[s.label],
+        {"path": _relative(s.path, splits.root), "split": name, "class": label_text(s.label, splits.classes),
          "group": splits.groups.get(s.path, "")}
         for name in ("train", "val", "test")
         for s in getattr(splits, name)

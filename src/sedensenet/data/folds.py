@@ -4,6 +4,9 @@ duplicates never straddle two folds).
 Every image is held out exactly once. For fold ``f`` of ``k`` the held-out part is the run's ``test`` split; the
 rest is split again into ``train`` and ``val`` (the val split picks the best epoch, a threshold, a temperature),
 keeping the same units together, so nothing is ever chosen on the held-out part.
+
+A multi-label set (tuple labels) is stratified over its labels instead, by iterative stratification
+(:func:`sedensenet.data.stratify.iterative_split`), with the same units kept whole.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sedensenet.data.dedupe import DEFAULT_NEAR_DISTANCE
 from sedensenet.data.groups import split_units
 from sedensenet.data.images import DataError, Sample
 from sedensenet.data.scan import DataSplits, linked_units, val_count
+from sedensenet.data.stratify import iterative_split
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +83,9 @@ def fold_units(splits: DataSplits, near_distance: int = DEFAULT_NEAR_DISTANCE) -
     cluster of exact or near duplicates (the same units the train/val split keeps whole), as file -> unit."""
     per_class: dict[int, list[Path]] = {}
     for sample in splits.train + splits.val:
-        per_class.setdefault(sample.label, []).append(sample.path)
-    return linked_units(per_class, splits.fingerprints, near_distance, splits.groups)
+        per_class.setdefault(0 if isinstance(sample.label, tuple) else sample.label, []).append(sample.path)
+    return linked_units({c: sorted(p) for c, p in per_class.items()}, splits.fingerprints, near_distance,
+                        splits.groups)  # fmt: skip
 
 
 def split_off_val(
@@ -90,6 +95,8 @@ def split_off_val(
     least one) in a seeded order, whole units only (the val split's own rule, :func:`split_units`)."""
     if val_split <= 0:
         return list(samples), []
+    if samples and isinstance(samples[0].label, tuple):
+        return _split_off_val_multi(samples, unit_of, val_split, seed)
     per_class: dict[int, list[tuple[Path, bytes]]] = {}
     for sample in samples:
         per_class.setdefault(sample.label, []).append((sample.path, _key(seed, sample.path)))
@@ -109,6 +116,55 @@ def split_off_val(
     return train, val
 
 
+def _labels(samples: Sequence[Sample]) -> np.ndarray:
+    return np.asarray([s.label for s in samples], dtype=np.float64).reshape(len(samples), -1)
+
+
+def _split_off_val_multi(
+    samples: Sequence[Sample], unit_of: dict[Path, str], val_split: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Train and val of a multi-label set: iterative stratification over the labels, whole units only."""
+    part = iterative_split(_labels(samples), [unit_of.get(s.path) for s in samples], (1 - val_split, val_split), seed)
+    train = [s for s, p in zip(samples, part, strict=True) if p == 0]
+    return train, [s for s, p in zip(samples, part, strict=True) if p == 1]
+
+
+def check_folds_multi(labels: np.ndarray, units: Sequence[Hashable], folds: int, names: Sequence[str]) -> None:
+    """:func:`check_folds` for a multi-label set: every label needs positives in at least ``folds`` units.
+
+    Raises:
+        DataError: naming the label, its count and the largest fold count that works.
+    """
+    if folds < 2:
+        raise DataError(f"--folds must be at least 2 (each image is held out once), got {folds}")
+    grouped = len(set(units)) < len(units)
+    what = "groups (of images kept together)" if grouped else "images"
+    present = np.nan_to_num(labels, nan=0.0) > 0
+    counts = [len({u for u, p in zip(units, present[:, k], strict=True) if p}) for k in range(labels.shape[1])]
+    for k in sorted(range(len(counts)), key=lambda k: (counts[k], k)):
+        if counts[k] < folds:
+            n = counts[k]
+            advice = f"use --folds {n} or fewer" if n >= 2 else "cross-validation needs at least 2 per label"
+            raise DataError(
+                f"--folds {folds} is more than label {names[k]!r} can fill: {n} {what} have it, and every fold "
+                f"must hold out at least one; {advice}"
+            )
+    total = len(set(units))
+    if total < folds:
+        raise DataError(f"--folds {folds} is more than the {total} {what} of the data; use --folds {total} or fewer")
+
+
+def _assign(pool: list[Sample], unit_list: list, folds: int, seed: int, classes: Sequence[str]) -> list[int]:
+    """Each sample's fold (0-based), stratified by class, or over the labels of a multi-label set."""
+    if pool and isinstance(pool[0].label, tuple):
+        labels = _labels(pool)
+        check_folds_multi(labels, unit_list, folds, classes)
+        return iterative_split(labels, [str(u) for u in unit_list], [1.0] * folds, seed).tolist()
+    labels = [s.label for s in pool]
+    check_folds(labels, unit_list, folds, classes)
+    return assign_folds(labels, unit_list, folds, seed)
+
+
 def fold_splits(
     splits: DataSplits,
     folds: int,
@@ -125,15 +181,14 @@ def fold_splits(
     """
     if not 1 <= fold <= folds:
         raise DataError(f"--fold must be between 1 and --folds {folds}, got {fold}")
-    pool = sorted(splits.train + splits.val, key=lambda s: (s.label, str(s.path)))
+    multi = splits.task == "multi"
+    pool = sorted(splits.train + splits.val, key=lambda s: str(s.path) if multi else (s.label, str(s.path)))
     if splits.test:
         logger.warning("%d images of the test split (a test/ folder, or a manifest's test rows) are left out of "
                        "cross-validation", len(splits.test))  # fmt: skip
     unit_of = units or {}
     unit_list = [unit_of.get(s.path, f"\0{s.path}") for s in pool]
-    labels = [s.label for s in pool]
-    check_folds(labels, unit_list, folds, splits.classes)
-    fold_of = assign_folds(labels, unit_list, folds, seed)
+    fold_of = _assign(pool, unit_list, folds, seed, splits.classes)
     rest = [s for s, f in zip(pool, fold_of, strict=True) if f != fold - 1]
     test = [s for s, f in zip(pool, fold_of, strict=True) if f == fold - 1]
     train, val = split_off_val(rest, unit_of, val_split, seed, splits.classes)

@@ -44,10 +44,17 @@ class DataError(UserError, ValueError):
 
 @dataclass
 class Sample:
-    """One usable image and its class index."""
+    """One usable image and its class index; in a multi-label set, a tuple of ``1.0`` (present), ``0.0`` (absent)
+    or NaN (ignored) in the order of the label names."""
 
     path: Path
-    label: int
+    label: int | tuple[float, ...]
+
+
+def target(label: int | tuple[float, ...]) -> int | torch.Tensor:
+    """What a dataset yields for ``label``: the class index, or a float32 tensor of a multi-label tuple (so a
+    batch's labels are a float (B, K) tensor, NaN where ignored)."""
+    return torch.tensor(label, dtype=torch.float32) if isinstance(label, tuple) else label
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -302,11 +309,11 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     @property
-    def targets(self) -> list[int]:
+    def targets(self) -> list[int | tuple[float, ...]]:
         """The label of every sample, in order."""
         return [s.label for s in self.samples]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         n = len(self.samples)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} samples")
@@ -321,7 +328,7 @@ class ImageFolderDataset(Dataset):
                 self.bad.add(i)
                 logger.warning("cannot load %s (%s); using the next image instead", sample.path, exc)
                 continue
-            return self._to_tensor(image), sample.label
+            return self._to_tensor(image), target(sample.label)
         raise DataError(f"none of the {n} images could be loaded: were they moved or deleted after the scan?")
 
     def _to_tensor(self, image: Image.Image) -> torch.Tensor:

@@ -65,9 +65,13 @@ class DataSplits:
     """Every usable file's fingerprint (hashes, size, mode, format), from the file check's own decode."""
     groups: dict[Path, str] = field(default_factory=dict, repr=False, compare=False)
     """Each file's group from a ``--groups`` CSV (empty without one)."""
+    task: str = "single"
+    """``"single"`` (a class index per sample) or ``"multi"`` (a tuple per sample; ``classes`` are the label
+    names)."""
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """Images per split and class: ``{"train": {"cats": 80, ...}, "val": {...}, "test": {...}}``.
+        """Images per split and class: ``{"train": {"cats": 80, ...}, "val": {...}, "test": {...}}``; in a
+        multi-label set, the images with each label present (an image counts once per label it has).
 
         Every split and every class is present (with 0 where empty), so the shape never changes.
         """
@@ -75,7 +79,11 @@ class DataSplits:
         for split in SPLITS:
             per_class = dict.fromkeys(self.classes, 0)
             for sample in getattr(self, split):
-                per_class[self.classes[sample.label]] += 1
+                if isinstance(sample.label, tuple):
+                    for name, value in zip(self.classes, sample.label, strict=True):
+                        per_class[name] += value == 1.0
+                else:
+                    per_class[self.classes[sample.label]] += 1
             out[split] = per_class
         return out
 

@@ -54,7 +54,8 @@ def describe(config: TrainConfig) -> DataDescription:
             columns=columns, encoding=c.encoding, skip_missing=c.skip_missing,
             groups_file=os.path.abspath(c.groups) if c.groups else None, val_split=c.val_split,
             split_seed=c.data_split_seed, folds=c.folds or None, fold=c.fold or None, dedupe=c.dedupe,
-            max_pixels=c.max_pixels, dicom_window=parse_window(c.dicom_window),
+            max_pixels=c.max_pixels, dicom_window=parse_window(c.dicom_window), task=c.task,
+            label_delim=c.label_delim, none_label=c.none_label or None, uncertain=c.uncertain, missing=c.missing,
         )  # fmt: skip
     except DataError as e:
         raise ConfigError(str(e)) from None

@@ -17,7 +17,7 @@ from sedensenet.fileio import atomic_write_json, atomic_write_text
 from sedensenet.reports.explain_plots import plot_top_losses
 
 if TYPE_CHECKING:
-    from sedensenet.data.check import DataCheck
+    from sedensenet.data.check import DataCheck, LabelStats
 
 MAX_ROWS = 50
 """Rows per table in the Markdown report; the JSON report lists everything."""
@@ -44,11 +44,27 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 
 def _counts(check: DataCheck) -> list[str]:
+    if check.multilabel is not None:
+        return _label_counts(check, check.multilabel)
     splits = [s for s, per_class in check.counts.items() if sum(per_class.values())]
     rows = [[c] + [check.counts[s][c] for s in splits] for c in check.classes]
     rows.append(["**total**"] + [sum(check.counts[s].values()) for s in splits])
     rows.append(["largest / smallest class"] + [f"{check.imbalance.get(s, 0):g}" for s in splits])
     return ["## Images per split and class", ""] + _table(["class", *splits], rows)
+
+
+def _label_counts(check: DataCheck, stats: LabelStats) -> list[str]:
+    """A multi-label set: images with each label per split, ignored entries, images with no label, and how often
+    two labels go together."""
+    splits = [s for s in check.counts if sum(check.counts[s].values()) or stats.no_label.get(s)]
+    rows = [[c] + [check.counts[s][c] for s in splits] + [stats.ignored[c]] for c in check.classes]
+    rows.append(["images with no label"] + [stats.no_label[s] for s in splits] + [""])
+    rows.append(["most / least common label"] + [f"{check.imbalance.get(s, 0):g}" for s in splits] + [""])
+    lines = ["## Images with each label, per split", ""] + _table(["label", *splits, "ignored (uncertain or blank)"],
+                                                                   rows)  # fmt: skip
+    co = [[c, *stats.cooccurrence[i]] for i, c in enumerate(check.classes)]
+    lines += ["## Labels together (images with both; the diagonal: images with the label)", ""]
+    return lines + _table(["", *check.classes], co)
 
 
 def _properties(check: DataCheck) -> list[str]:
@@ -96,7 +112,8 @@ def markdown(check: DataCheck) -> str:
     lines = [
         f"# Data report: {check.root}",
         "",
-        f"{total} usable images in {len(check.classes)} classes; {len(check.skipped)} files skipped.",
+        f"{total} usable images in {len(check.classes)} {'labels' if check.multilabel else 'classes'}; "
+        f"{len(check.skipped)} files skipped.",
         "",
         "## Verdict",
         "",
