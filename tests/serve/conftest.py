@@ -1,5 +1,5 @@
 """A tiny SE-DenseNet in a run folder (weights + metrics.json), a real run with a test split (and its best
-checkpoint copied out alone), images to send, and a live server."""
+checkpoint copied out alone), a tiny multi-label checkpoint, images to send, and a live server."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ import torch
 from PIL import Image
 
 import sedensenet
-from sedensenet.checkpoint import CheckpointMeta, save_checkpoint
+from sedensenet.checkpoint import CheckpointMeta, LabelDecision, save_checkpoint
+from sedensenet.config import InferenceSettings
+from sedensenet.data import decode_image
+from sedensenet.engine.decision import postprocess
+from sedensenet.engine.predictor import Predictor
 from sedensenet.models import create_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -76,6 +80,35 @@ def copied_checkpoint(evaluated_run: Path, tmp_path_factory: pytest.TempPathFact
     """The evaluated run's best.safetensors alone in another folder: no run folder, no metrics.json beside it."""
     folder = tmp_path_factory.mktemp("elsewhere")
     return Path(shutil.copy(evaluated_run / "weights" / "best.safetensors", folder / "best.safetensors"))
+
+
+LABELS = ["积液 effusion", "mass", "nodule", "气胸"]
+"""The multi-label checkpoint's labels (effusion, mass, nodule, pneumothorax)."""
+PICTURE_PRESENT = [True, False, True, False]
+"""How the multi-label checkpoint decides :func:`picture_bytes`: its thresholds sit 0.02 below (present) or above
+(absent) that picture's probabilities, so its chips and bars show both decisions."""
+
+
+@pytest.fixture(scope="session")
+def multilabel_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh se_densenet_tiny with four sigmoid outputs saved as a multi-label checkpoint, with a threshold per
+    label and no stored evaluation (as a multi-label run writes it today)."""
+    torch.manual_seed(3)
+    model = create_model("se_densenet_tiny", num_classes=len(LABELS))
+    meta = CheckpointMeta(
+        model=model.config.to_dict(), classes=LABELS, image_size=IMAGE_SIZE, epoch=4, task="multi",
+        labels=[LabelDecision(name, 0.5) for name in LABELS],
+        metrics={"val_loss": 0.7, "val_auc": 0.81, "val_mAP": 0.64}, extra={"data": "builtin:digit-pairs"},
+        decision={"threshold": "f1", "calibrate": "none", "chosen_on": "validation", "inference": "eager"},
+    )  # fmt: skip
+    predictor = Predictor(model, meta, InferenceSettings(backend="reference", device="cpu"))
+    x = predictor.preprocess(decode_image(picture_bytes()))[None]  # (1, C, S, S)
+    probs = postprocess(predictor.probabilities(x), meta)[0]
+    for decision, p, present in zip(meta.labels, probs, PICTURE_PRESENT, strict=True):
+        decision.threshold = float(p - 0.02 if present else p + 0.02)
+    path = tmp_path_factory.mktemp("multilabel") / "best.safetensors"
+    save_checkpoint(path, model, meta)
+    return path
 
 
 def png_bytes(seed: int = 0, size: tuple[int, int] = (40, 52), mode: str = "RGB", fmt: str = "PNG") -> bytes:

@@ -239,6 +239,18 @@ def test_predict_as_csv_has_predicts_columns(client: TestClient) -> None:
     assert rows == [{k: str(v) for k, v in row.items()} for row in expected]
 
 
+def test_single_label_answers_carry_no_multilabel_fields(client: TestClient) -> None:
+    """The multi-label fields are left out for a single-label model: its JSON is what it was before them."""
+    one = files(("a.png", png_bytes(12)))
+    assert set(client.post("/v1/predict", files=one).json()["predictions"][0]) == {"file", "label", "probability",
+                                                                                    "top_k"}  # fmt: skip
+    explained = client.post("/v1/explain", files=one).json()
+    assert set(explained) == {"model_id", "file", "label", "probability", "target", "overlay_png", "image_png",
+                              "heatmap_png", "se_layer", "se_weights"}  # fmt: skip
+    card = client.get("/v1/model").json()
+    assert not {"task", "labels", "label_rule", "evaluation_note"} & set(card)
+
+
 # --- explain -----------------------------------------------------------------------------------------------------
 
 

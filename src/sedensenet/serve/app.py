@@ -39,6 +39,7 @@ from sedensenet.serve.schemas import (
     ImagePrediction,
     ModelCard,
     PredictResponse,
+    label_scores,
 )
 from sedensenet.serve.settings import ServeSettings
 from sedensenet.serve.uploads import read_uploads
@@ -192,7 +193,8 @@ def _add_api_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, tags=["v1"],
               openapi_extra=_PREDICT_BODY)  # fmt: skip
     async def predict(request: Request, model: ServedModel = guard, top_k: int = Query(1, ge=1, le=1000)) -> Any:
-        """Classify images: multipart files (field ``file``, repeatable) or one raw image body.
+        """Classify images: multipart files (field ``file``, repeatable) or one raw image body. A multi-label model
+        also gives each image's decided labels and every label's probability, threshold and decision.
         ``Accept: text/csv`` gives the rows ``sedensenet predict --output`` writes."""
         assert state.batcher is not None
         with state.batcher.arriving() as arrival:  # batches wait for this request while it is decoded
@@ -201,12 +203,14 @@ def _add_api_routes(app: FastAPI, state: ServerState) -> None:
         preds = model.predictor.to_predictions(names, np.stack(probs), top_k)
         if "text/csv" in request.headers.get("accept", ""):
             return Response(predictions_csv(preds), media_type="text/csv; charset=utf-8")
-        return PredictResponse(model_id=model.model_id, predictions=[ImagePrediction.of(p) for p in preds])
+        thresholds = model.thresholds
+        return PredictResponse(model_id=model.model_id, predictions=[ImagePrediction.of(p, thresholds) for p in preds])
 
     @app.post("/v1/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES, tags=["v1"],
               openapi_extra=_PREDICT_BODY)  # fmt: skip
     async def explain(request: Request, model: ServedModel = guard, target: str | None = Query(None)) -> Any:
-        """Grad-CAM overlay and SE channel weights of one image (``Accept: image/png``: the overlay alone)."""
+        """Grad-CAM overlay and SE channel weights of one image (``Accept: image/png``: the overlay alone).
+        ``target``: the class (multi-label: the label) to explain, by name or index; default the most probable."""
         return await _explain(request, state, model, target)
 
 
@@ -247,10 +251,14 @@ async def _submit(state: ServerState, tensors: list[torch.Tensor], arrival: Any 
 async def _explain(request: Request, state: ServerState, model: ServedModel, target: str | None) -> Any:
     from sedensenet.explain import resolve_target
 
+    classes = model.predictor.classes
     try:
-        target_index = resolve_target(target, model.predictor.classes)
+        target_index = resolve_target(target, classes)
     except ValueError as exc:
-        raise ApiError(422, "invalid_parameter", f"target: {exc}") from None
+        if model.thresholds is None:
+            raise ApiError(422, "invalid_parameter", f"target: {exc}") from None
+        raise ApiError(422, "invalid_parameter", f"target: unknown label {target!r}; this model's labels are "
+                       f"{', '.join(classes)} (or an index 0..{len(classes) - 1})") from None  # fmt: skip
     if state.explain_waiting >= state.settings.max_explain_queue:
         raise ApiError(503, "busy", "too many explanations are waiting; retry shortly",
                        headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
@@ -271,4 +279,9 @@ async def _explain(request: Request, state: ServerState, model: ServedModel, tar
         state.explain_waiting -= 1
     if "image/png" in request.headers.get("accept", ""):
         return Response(base64.b64decode(result["overlay_png"]), media_type="image/png")
-    return ExplainResponse(model_id=model.model_id, file=name, label=pred.label, probability=pred.probability, **result)
+    response = ExplainResponse(model_id=model.model_id, file=name, label=pred.label, probability=pred.probability,
+                               **result)  # fmt: skip
+    if model.thresholds is not None:  # multi-label: the decided set, and how the explained label was decided
+        response.labels = list(pred.labels or [])
+        response.target_score = label_scores(pred, model.thresholds)[classes.index(result["target"])]
+    return response

@@ -24,13 +24,20 @@ from sedensenet.data import decode_image
 from sedensenet.data.dicom import DicomOptions
 from sedensenet.engine.predictor import Predictor
 from sedensenet.inference import describe
-from sedensenet.serve.schemas import DataSummary, Limits, ModelCard
+from sedensenet.serve.schemas import DataSummary, LabelRule, LabelThreshold, Limits, ModelCard
 from sedensenet.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
 DISPLAY_SIDE = 1024
 """Longest side of the PNGs /v1/explain returns (the overlay, the image and the heat-map)."""
+
+
+NO_STORED_EVALUATION = (
+    "no final evaluation is stored in this checkpoint: a multi-label run writes its evaluation to its run folder "
+    "(metrics.json, per_label.csv)"
+)
+"""The card's ``evaluation_note`` for a multi-label checkpoint without a stored evaluation."""
 
 
 def file_sha256(path: Path) -> str:
@@ -128,7 +135,32 @@ class ServedModel:
             backend=self.backend_used,
             limits=Limits(max_upload_mb=s.max_upload_mb, max_files=s.max_files, max_pixels=s.max_pixels,
                           max_batch=s.max_batch),
+            **label_card(meta),
         )  # fmt: skip
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """A multi-label model's threshold per label, in its order (0.5 where none is stored, as
+        :func:`~sedensenet.engine.decision.decide_labels` decides); None for a single-label model."""
+        meta = self.predictor.meta
+        if not meta.multilabel:
+            return None
+        return [d.threshold for d in meta.labels] if meta.labels else [0.5] * len(meta.classes)
+
+
+def label_card(meta: CheckpointMeta) -> dict[str, Any]:
+    """The card's multi-label fields: the task, each label's threshold and temperature, how they were chosen, and
+    a note when no evaluation is stored; nothing for a single-label model (its card stays as it was)."""
+    if not meta.multilabel:
+        return {}
+    if meta.labels:
+        labels = [LabelThreshold(name=d.name, threshold=d.threshold, temperature=d.temperature) for d in meta.labels]
+    else:  # thresholds not chosen (yet): decide_labels decides at 0.5
+        labels = [LabelThreshold(name=c, threshold=0.5, temperature=None) for c in meta.classes]
+    how = meta.decision or {}
+    rule = LabelRule(threshold=how.get("threshold"), calibrate=how.get("calibrate"), chosen_on=how.get("chosen_on"))
+    note = NO_STORED_EVALUATION if meta.evaluation is None else None
+    return {"task": "multi", "labels": labels, "label_rule": rule, "evaluation_note": note}
 
 
 def data_summary(meta: CheckpointMeta) -> DataSummary:

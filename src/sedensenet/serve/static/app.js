@@ -42,10 +42,19 @@ function csvCell(value) {
   return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
+const isMulti = () => Boolean(state.card && state.card.task === "multi");
+
+// predict's columns: a multi-label model's are path, labels, one probability column per label, error.
+function csvColumns() {
+  if (isMulti()) return ["path", "labels", ...state.card.classes, "error"];
+  return ["path", "label", "probability", "top_k", "error"];
+}
+
 function downloadCsv() {
-  const lines = [["path", "label", "probability", "top_k", "error"].join(",")];
+  const columns = csvColumns();
+  const lines = [columns.join(",")];
   for (const row of state.rows) {
-    lines.push([row.path, row.label, row.probability, row.top_k, row.error].map(csvCell).join(","));
+    lines.push(columns.map((c) => row[c] ?? "").map(csvCell).join(","));
   }
   const blob = new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv;charset=utf-8" });
   const link = document.createElement("a");
@@ -114,10 +123,13 @@ function showFigures(card) {
   const ev = card.evaluation;
   if (!ev) {
     const m = card.epoch_metrics || {};
-    const shown = ["val_accuracy", "val_loss"].filter((k) => k in m).map((k) => `${k} ${num(m[k])}`).join(", ");
+    const keys = card.task === "multi" ? ["val_auc", "val_mAP", "val_loss"] : ["val_accuracy", "val_loss"];
+    const shown = keys.filter((k) => k in m).map((k) => `${k} ${num(m[k])}`).join(", ");
+    const none = card.evaluation_note || "no evaluation stored in this checkpoint";
     box.append(element("p", "note", shown
-      ? `${shown} at epoch ${card.epoch}: validation (used for selection: optimistic); no final evaluation stored`
-      : "no evaluation stored in this checkpoint"));
+      ? `${shown} at epoch ${card.epoch}: validation (used for selection: optimistic); ` +
+        (card.evaluation_note ? none : "no final evaluation stored")
+      : none));
     $("#headline").hidden = true;
     return;
   }
@@ -140,8 +152,10 @@ function showCard(card) {
   const data = card.data;
   const sizes = [["training", data.train_images], ["validation", data.val_images], ["test", data.test_images]]
     .filter(([, n]) => n !== null).map(([name, n]) => `${n} ${name}`).join(", ");
+  const multi = card.task === "multi";
   const fields = [
-    ["classes", card.classes.join(", ")],
+    multi ? ["labels", card.labels.map(labelText).join(", ")] : ["classes", card.classes.join(", ")],
+    ...(multi ? [["decision", labelRuleText(card.label_rule)]] : []),
     ["preset", card.preset || "–"],
     ["image size", `${card.image_size} px, ${card.in_chans} channel(s)`],
     ["parameters", card.parameters.toLocaleString("en")],
@@ -159,7 +173,18 @@ function showCard(card) {
     list.append(element("dt", "", name), element("dd", "", value));
   }
   showFigures(card);
-  $("#status").textContent = `${card.preset || "model"} · ${card.classes.length} classes · ready`;
+  const what = multi ? "labels" : "classes";
+  $("#status").textContent = `${card.preset || "model"} · ${card.classes.length} ${what} · ready`;
+}
+
+function labelText(label) {
+  const temperature = label.temperature === null ? "" : `, temperature ${num(label.temperature)}`;
+  return `${label.name} (≥ ${num(label.threshold)}${temperature})`;
+}
+
+function labelRuleText(rule) {
+  const how = [rule.threshold, rule.chosen_on ? `chosen on ${rule.chosen_on}` : null].filter(Boolean).join(", ");
+  return `each label present when its probability ≥ its own threshold${how ? ` (${how})` : ""}`;
 }
 
 async function loadCard() {
@@ -188,10 +213,64 @@ function showRefusal(node, file, error) {
   message.textContent = `Refused: ${error.message}`;
   const prefix = `${file.name}: `;
   const reason = error.message.startsWith(prefix) ? error.message.slice(prefix.length) : error.message;
-  state.rows.push({ path: file.name, label: "", probability: "", top_k: "", error: reason });
+  state.rows.push({ path: file.name, label: "", probability: "", top_k: "", labels: "", error: reason });
+}
+
+function percent(p) {
+  return `${(p * 100).toFixed(2)}%`;
+}
+
+// A multi-label answer: the decided labels as chips, then every label's bar with its threshold marked.
+function showLabels(node, file, prediction) {
+  $(".body", node).hidden = false;
+  const chips = element("ul", "chips");
+  chips.setAttribute("aria-label", "labels present");
+  for (const name of prediction.labels) chips.append(element("li", "chip", name));
+  if (!prediction.labels.length) chips.append(element("li", "no-labels", "no label present"));
+  const bars = element("ol", "label-bars");
+  for (const score of prediction.scores) {
+    const li = element("li", score.present ? "present" : "absent");
+    Object.assign(li.dataset, { label: score.label, probability: String(score.probability),
+      threshold: String(score.threshold), present: String(score.present) });
+    const track = element("span", "track");
+    const fill = element("span", "fill");
+    fill.style.width = percent(score.probability);
+    const tick = element("span", "threshold");
+    tick.style.left = percent(score.threshold);
+    tick.title = `threshold ${num(score.threshold)}`;
+    track.append(fill, tick);
+    li.title = `${score.label}: ${percent(score.probability)}, threshold ${percent(score.threshold)}, ` +
+      (score.present ? "present" : "absent");
+    li.append(element("span", "label", score.label), track, element("span", "prob", percent(score.probability)));
+    bars.append(li);
+  }
+  $(".topk", node).replaceWith(chips, bars);
+  node.dataset.labels = JSON.stringify(prediction.labels);
+  const row = { path: file.name, labels: prediction.labels.join("|"), error: "" };
+  for (const score of prediction.scores) row[score.label] = pyFloat(score.probability);
+  state.rows.push(row);
+  addTargetControl(node, file, prediction);
+}
+
+// The Grad-CAM control of a multi-label answer: which label's heat-map to show.
+function addTargetControl(node, file, prediction) {
+  const control = element("label", "target-control", "Grad-CAM for ");
+  const select = element("select", "target");
+  for (const score of prediction.scores) {
+    const option = element("option", "", `${score.label}${score.present ? " ✓" : ""}`);
+    option.value = score.label;
+    select.append(option);
+  }
+  control.append(select);
+  $(".visual", node).append(control);
+  select.addEventListener("change", () => explain(node, file, select.value));
 }
 
 function showPrediction(node, file, prediction) {
+  if (prediction.scores) {
+    showLabels(node, file, prediction);
+    return;
+  }
   $(".body", node).hidden = false;
   const list = $(".topk", node);
   for (const item of prediction.top_k) {
@@ -234,11 +313,15 @@ function drawGates(canvas, weights) {
 }
 
 function showExplanation(node, explanation) {
+  if (node.dataset.wanted && node.dataset.wanted !== explanation.target) return;  // a later choice is on its way
   $(".image", node).src = `data:image/png;base64,${explanation.image_png}`;
   const heat = $(".heatmap", node);
   heat.src = `data:image/png;base64,${explanation.heatmap_png}`;
   applyHeatmapSettings(heat);
   $(".caption", node).textContent = `Grad-CAM for "${explanation.target}": where the model looked`;
+  node.dataset.target = explanation.target;
+  const select = $(".target", node);
+  if (select) select.value = explanation.target;
   if (explanation.se_weights) {
     $(".se", node).hidden = false;
     $(".se-layer", node).textContent = `(${explanation.se_layer}, ${explanation.se_weights.length} channels)`;
@@ -259,17 +342,26 @@ function form(file) {
 
 async function classify(file) {
   const node = newResult(file);
+  let prediction;
   try {
     const answer = await api(`/v1/predict?top_k=${TOP_K}`, { method: "POST", body: form(file) });
-    showPrediction(node, file, answer.predictions[0]);
+    prediction = answer.predictions[0];
+    showPrediction(node, file, prediction);
   } catch (error) {
     showRefusal(node, file, error);
     return;
   } finally {
     updateCounts();
   }
+  // Multi-label: the heat-map of the most probable label present (the most probable label when none is).
+  await explain(node, file, prediction.labels && prediction.labels.length ? prediction.labels[0] : null);
+}
+
+async function explain(node, file, target) {
+  const query = target === null ? "" : `?target=${encodeURIComponent(target)}`;
+  if (target !== null) node.dataset.wanted = target;
   try {
-    showExplanation(node, await api("/v1/explain", { method: "POST", body: form(file) }));
+    showExplanation(node, await api(`/v1/explain${query}`, { method: "POST", body: form(file) }));
   } catch (error) {
     $(".caption", node).textContent = `No heat-map: ${error.message}`;
   }
