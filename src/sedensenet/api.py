@@ -47,6 +47,8 @@ class TrainResult:
     best_epoch: int = 0
     memory_plan: dict[str, Any] = field(default_factory=dict)
     """The path the run trained on and why (``--memory-efficient``), as config.yaml records it."""
+    monitor: str = "val_accuracy"
+    """The column that picked the best epoch (``--monitor``, ``auto`` made concrete for the data)."""
 
     @property
     def best_checkpoint(self) -> Path:
@@ -158,7 +160,7 @@ def train(
     uri = overrides.get("mlflow", cfg.mlflow if cfg else _recorded_mlflow(resume))
     run = _tracked(uri, train_run, cfg, resume=resume or None, overrides=overrides, recommended=recommended,
                    progress=reporter, tune_malloc=tune_malloc, callbacks=callbacks)  # fmt: skip
-    return TrainResult(run.history, run.run_dir, run.metrics, run.best_epoch, run.memory_plan)
+    return TrainResult(run.history, run.run_dir, run.metrics, run.best_epoch, run.memory_plan, run.monitor)
 
 
 def _dataframe_manifest(frame: Any, config: str | os.PathLike | None, overrides: dict[str, Any]) -> str:

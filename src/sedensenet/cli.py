@@ -289,7 +289,9 @@ def show_train(result: Any, _: dict[str, Any]) -> None:
     print(f"\nRun folder: {result.run_dir}")
     if h["val_accuracy"] and best:
         i = result.history.epoch.index(best)
-        print(f"Best epoch {best}: val_accuracy {h['val_accuracy'][i]:.4f}, val_loss {h['val_loss'][i]:.4f}")
+        shown = dict.fromkeys([result.monitor, "val_accuracy", "val_loss"])
+        figures = ", ".join(f"{k} {h[k][i]:.4f}" for k in shown if k in h)
+        print(f"Best epoch {best} (by {result.monitor}): {figures}")
     _print_final_metrics(result.metrics)
     print(f"Checkpoint: {result.best_checkpoint}")
 
@@ -297,11 +299,16 @@ def show_train(result: Any, _: dict[str, Any]) -> None:
 def _print_final_metrics(metrics: dict[str, Any]) -> None:
     """Each evaluated split's figures with intervals, under the label that says how far to trust them."""
     from sedensenet.reports import ClassificationReport
+    from sedensenet.reports.multilabel import MultiLabelReport
 
     for split in ("val", "test"):
         if split not in metrics:
             continue
         data = metrics[split]
+        if "per_label" in data:  # multi-label: the CheXNet-style table
+            print(f"\n{data.get('label', split)}, {data['num_samples']} images:\n" +
+                  MultiLabelReport.from_dict(data).format_text(), end="")  # fmt: skip
+            continue
         report = ClassificationReport.from_dict(data)
         title = f"{data.get('label', split)}, {report.num_samples} images:"
         print("\n" + report.format_summary(title), end="")
@@ -316,6 +323,8 @@ def show_evaluation(report: Any, values: dict[str, Any]) -> None:
 
     tta = values["settings"].tta
     print(report.format_text())
+    if not hasattr(report, "accuracy"):  # a multi-label report: its table says it all
+        return
     views = "" if tta == "none" else f" (TTA {tta}: mean of {view_count(tta)} views)"
     print(f"accuracy {report.accuracy:.4f}" + (f", ROC-AUC {report.roc_auc:.4f}" if report.roc_auc else "") + views)
     print(f"Reports: {values['output']}")

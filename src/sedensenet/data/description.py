@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from sedensenet.data.builtin import is_builtin, resolve_data
+from sedensenet.data.builtin import TABLES, builtin_table, is_builtin, resolve_data
 from sedensenet.data.check import DEDUPE_MODES, drop_duplicates_of_train, label_text
 from sedensenet.data.dedupe import DEFAULT_NEAR_DISTANCE, Fingerprint
 from sedensenet.data.dicom import DicomOptions
@@ -127,11 +127,13 @@ class DataDescription:
 
     @classmethod
     def for_data(cls, data: str | os.PathLike, **settings: Any) -> DataDescription:
-        """The description of ``data``: a table when it is named ``*.csv`` / ``*.tsv``, else a folder (a
-        ``"builtin:NAME"`` set is a folder written on first use)."""
+        """The description of ``data``: a table when it is named ``*.csv`` / ``*.tsv`` or is a built-in table set
+        (``"builtin:digit-pairs"``, kept as given), else a folder (a ``"builtin:NAME"`` set is written on first
+        use)."""
         path = data if is_builtin(data) else os.path.abspath(os.path.expanduser(data))
         columns = settings.pop("columns", None) or TableColumns()
-        return cls(source="table" if is_table(path) else "folder", path=path, columns=columns, **settings)
+        table = is_table(path) or (is_builtin(path) and str(path).split(":", 1)[1] in TABLES)
+        return cls(source="table" if table else "folder", path=path, columns=columns, **settings)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values, with a ``version``."""
@@ -202,7 +204,8 @@ def _resolve_folder(d: DataDescription, workers: int | None) -> DataSplits:
 
 def _read(d: DataDescription) -> Table:
     c = d.columns
-    return read_table(d.path, image_col=c.image, label_col=c.label, group_col=c.group, split_col=c.split,
+    path = builtin_table(d.path) or d.path  # a built-in table set is written on first use
+    return read_table(path, image_col=c.image, label_col=c.label, group_col=c.group, split_col=c.split,
                       image_root=d.image_root, image_ext=d.image_ext, encoding=d.encoding,
                       skip_missing=d.skip_missing, labels=d.label_options())  # fmt: skip
 

@@ -39,6 +39,8 @@ class RunOutcome:
     best_epoch: int
     memory_plan: dict[str, Any]
     """The path this start trained on, as config.yaml records it."""
+    monitor: str = "val_accuracy"
+    """The column that picked the best epoch (``auto`` made concrete)."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,8 @@ def train_run(
             # the final evaluation of the best weights: decision rule, calibration, reports (rank 0)
             trainer.record_time_plan(ctx)  # --time: config.yaml keeps the budget and the epochs planned
             metrics = session.finish(ctx)
-        return RunOutcome(ctx.history, ctx.run_dir, metrics, ctx.state.best_epoch, ctx.memory_plan.to_dict())
+        return RunOutcome(ctx.history, ctx.run_dir, metrics, ctx.state.best_epoch, ctx.memory_plan.to_dict(),
+                          ctx.config.monitor)  # fmt: skip
     finally:
         # teardown: leave the process group (uncleanly after an error, so no rank waits for a dead one)
         dist.shutdown(clean=sys.exc_info()[0] is None)
@@ -195,10 +198,12 @@ def _log_file(path: Path, *, enabled: bool) -> Iterator[None]:
 
 
 def data_summary(splits: DataSplits) -> str:
-    """``10 classes; train 1438, val 359`` (and the skipped files, when any)."""
-    counts = {k: sum(v.values()) for k, v in splits.counts().items()}
+    """``10 classes; train 1438, val 359`` (``10 labels; ...`` for a multi-label set; the skipped files, when
+    any): images per split."""
+    counts = {k: len(getattr(splits, k)) for k in ("train", "val", "test")}
+    kind = "labels" if getattr(splits, "task", "single") == "multi" else "classes"
     return (
-        f"{len(splits.classes)} classes; "
+        f"{len(splits.classes)} {kind}; "
         + ", ".join(f"{k} {n}" for k, n in counts.items() if n)
         + (f"; {len(splits.skipped)} files skipped (see skipped.csv)" if splits.skipped else "")
     )
