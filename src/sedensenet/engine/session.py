@@ -121,12 +121,7 @@ def prepare(
     seed_everything(config.seed)
     splits = scan(config)
     config = _resolve_monitor(config, splits)
-    if is_multilabel(splits):
-        check_label_settings(config.threshold, config.positive, config.calibrate, has_validation=bool(splits.val))
-    else:
-        check_decision_settings(
-            config.threshold, config.positive, config.calibrate, splits.classes, [s.label for s in splits.val]
-        )
+    _check_decisions(config, splits)
     _check_batch(config, splits)
     model = build.build_model(config, len(splits.classes), memory_efficient=plan.memory_efficient).to(device)
     settings, scaler = step_settings(config, device)
@@ -160,6 +155,16 @@ def prepare(
         cache=cache,
         budget=budget,
     )
+
+
+def _check_decisions(config: TrainConfig, splits: DataSplits) -> None:
+    """The threshold, positive class and calibration the run asks for, refused before training if they cannot work."""
+    if is_multilabel(splits):
+        check_label_settings(config.threshold, config.positive, config.calibrate, has_validation=bool(splits.val))
+    else:
+        check_decision_settings(
+            config.threshold, config.positive, config.calibrate, splits.classes, [s.label for s in splits.val]
+        )
 
 
 def _resolve_monitor(config: TrainConfig, splits: DataSplits) -> TrainConfig:
