@@ -122,3 +122,15 @@ def test_predict_rows_have_a_column_per_label_and_the_decided_set() -> None:
              Prediction("b.png", error="cannot read")]  # fmt: skip
     lines = predictions_csv(preds).splitlines()
     assert lines == ["path,labels,积液,Mass,error", "a.png,Mass|积液,0.6,0.9,", "b.png,,,,cannot read"]
+
+
+def test_class_weights_auto_weighs_each_labels_positives_by_its_negatives() -> None:
+    from sedensenet.data import DataSplits, Sample
+    from sedensenet.engine.build import positive_weight_tensor
+
+    rows = [(1.0, 0.0, NAN), (0.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.0, 0.0, 0.0)]
+    rows += [(0.0, 0.0, 0.0)] * 96  # label 0: 1 positive in 100 (capped at 20); label 1: none; label 2: 1 in 99
+    splits = DataSplits(Path("."), ["a", "b", "c"], [Sample(Path(f"{i}.png"), r) for i, r in enumerate(rows)], [],
+                        task="multi")  # fmt: skip
+    assert positive_weight_tensor(splits).tolist() == [20.0, 1.0, 20.0]
+    assert positive_weight_tensor(splits, cap=1000).tolist() == pytest.approx([99.0, 1.0, 98.0])
