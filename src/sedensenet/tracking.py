@@ -277,13 +277,9 @@ def run_params(run_dir: Path) -> dict[str, str]:
 
 def data_description(config: TrainConfig) -> Any:
     """The run's :class:`~sedensenet.data.description.DataDescription`: its data and how it is split."""
-    from sedensenet.data.description import DataDescription
+    from sedensenet.engine.session import describe
 
-    return DataDescription.for_data(
-        config.data, val_split=config.val_split, split_seed=config.data_split_seed, dedupe=config.dedupe,
-        folds=config.folds or None, fold=config.fold if config.folds else None, max_pixels=config.max_pixels,
-        groups_file=config.groups or None,
-    )  # fmt: skip
+    return describe(config)  # the one description a run resolves (columns and label settings included)
 
 
 def _text(value: Any) -> str:
@@ -300,7 +296,8 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             continue
         flat = {**m, **(m.get("binary") or {}), **(m.get("calibration") or {})}
         out.update({f"final_{split}_{k}": float(v) for k, v in flat.items() if _number(v)})
-        for name, ci in (m.get("intervals") or {}).items():
+        top = {k.removesuffix("_ci"): v for k, v in m.items() if k.endswith("_ci")}  # multi-label: macro_auroc_ci
+        for name, ci in {**(m.get("intervals") or {}), **top}.items():
             if isinstance(ci, list | tuple) and len(ci) == 2 and all(_number(v) for v in ci):
                 out[f"final_{split}_{name}_ci_low"], out[f"final_{split}_{name}_ci_high"] = float(ci[0]), float(ci[1])
     return out

@@ -33,7 +33,7 @@ from sedensenet.reports import (
     write_per_label_csv,
 )
 from sedensenet.reports.clinical import _auc_rows, draw_counts, rank_scores, weighted_auc_ap
-from sedensenet.reports.metrics import _display_width
+from sedensenet.display import display_width
 
 LABELS = ["Effusion", "Mass", "胸腔积液"]
 
@@ -233,7 +233,7 @@ def test_table_csv_and_figure(tmp_path) -> None:
     r = multilabel_report(targets, probs, LABELS, thresholds, resamples=50)
     rows = r.format_text().splitlines()
     table = rows[: 2 + len(LABELS)]
-    assert len({_display_width(line) for line in table}) == 1  # CJK names keep the columns aligned
+    assert len({display_width(line) for line in table}) == 1  # CJK names keep the columns aligned
     assert table[4].startswith("胸腔积液") and f"{r.per_label['Mass']['auroc']:.3f} [" in table[3]
     with open(write_per_label_csv(r, tmp_path / "per_label.csv"), encoding="utf-8", newline="") as f:
         parsed = list(csv.DictReader(f))

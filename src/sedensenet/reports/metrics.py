@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
-from sedensenet.display import Table
+from sedensenet.display import Table, display_width
 from sedensenet.reports.calibration import calibration_summary
 from sedensenet.reports.clinical import BOOTSTRAP_RESAMPLES, binary_metrics, bootstrap_intervals, decide_binary, pr_auc
 
@@ -64,7 +63,7 @@ class ClassificationReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as a JSON-ready dict (non-finite floats become None)."""
-        return _finite_or_none(asdict(self))
+        return finite_or_none(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClassificationReport:
@@ -106,7 +105,7 @@ class ClassificationReport:
             ("macro avg", self.macro_precision, self.macro_recall, self.macro_f1, self.num_samples),
             ("weighted avg", self.weighted_precision, self.weighted_recall, self.weighted_f1, self.num_samples),
         ]
-        width = max([_display_width(str(name)) for name, *_ in rows + average_rows] + [len("accuracy")])
+        width = max([display_width(str(name)) for name, *_ in rows + average_rows] + [len("accuracy")])
         num_width = max(9, digits + 6)
         head = " " * width + "".join(f"{h:>{num_width + 1}}" for h in ("precision", "recall", "f1-score", "support"))
 
@@ -156,12 +155,12 @@ class ClassificationReport:
             ]
         else:
             rows += [(f"recall {p['class']}", p["recall"], recall_ci.get(p["class"])) for p in self.per_class]
-        width = max(_display_width(name) for name, *_ in rows)
+        width = max(display_width(name) for name, *_ in rows)
         lines = [title] if title else []
         for name, value, ci in rows:
             if value is None:
                 continue
-            text = f"{name}{' ' * (width - _display_width(name))}  {value:.3f}"
+            text = f"{name}{' ' * (width - display_width(name))}  {value:.3f}"
             lines.append(text + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
         if self.intervals:
             lines.append(
@@ -334,20 +333,15 @@ def _roc_auc(y: np.ndarray, scores: np.ndarray, num_classes: int, positive: int 
     return float(np.mean([roc_auc_score(y == c, scores[:, c]) for c in range(num_classes)]))
 
 
-def _finite_or_none(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
+        return [finite_or_none(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 
 
-def _display_width(text: str) -> int:
-    # Wide (CJK) characters take two columns in a terminal; count them so the table stays aligned.
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
 def _pad_left(text: str, width: int) -> str:
-    return " " * max(0, width - _display_width(text)) + text
+    return " " * max(0, width - display_width(text)) + text

@@ -25,6 +25,7 @@ from matplotlib.axes import Axes
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from sedensenet.config import ConfigError, ThresholdRule
+from sedensenet.display import display_width
 from sedensenet.fileio import atomic_path
 from sedensenet.reports.clinical import (
     BOOTSTRAP_RESAMPLES,
@@ -38,7 +39,7 @@ from sedensenet.reports.clinical import (
     weighted_auc_ap,
 )
 from sedensenet.reports.figures import figure_writer, new_figure, save_figure
-from sedensenet.reports.metrics import _display_width, _finite_or_none
+from sedensenet.reports.metrics import finite_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class MultiLabelReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as a JSON-ready dict (non-finite floats become None)."""
-        return _finite_or_none(asdict(self))
+        return finite_or_none(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MultiLabelReport:
@@ -100,7 +101,7 @@ class MultiLabelReport:
         head = ["Finding", "n", "prevalence", "AUROC (95% CI)", "AP (95% CI)", "threshold"]
         head += ["sens", "spec", "PPV", "NPV", "F1"]
         rows = [[name, *_table_cells(self.per_label[name])] for name in self.labels]
-        widths = [max(_display_width(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+        widths = [max(display_width(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
         lines = [
             "  ".join(_pad(str(c), w, left=i == 0) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
             for r in [head, *rows]
@@ -151,7 +152,7 @@ def _table_cells(m: dict[str, Any]) -> list[str]:
 
 
 def _pad(text: str, width: int, *, left: bool) -> str:
-    space = " " * max(0, width - _display_width(text))
+    space = " " * max(0, width - display_width(text))
     return text + space if left else space + text
 
 
