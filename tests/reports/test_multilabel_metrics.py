@@ -19,6 +19,7 @@ from sklearn.metrics import (
 )
 
 from sedensenet.config import ConfigError, ThresholdRule
+from sedensenet.display import display_width
 from sedensenet.reports import (
     MultiLabelReport,
     apply_label_temperatures,
@@ -33,7 +34,6 @@ from sedensenet.reports import (
     write_per_label_csv,
 )
 from sedensenet.reports.clinical import _auc_rows, draw_counts, rank_scores, weighted_auc_ap
-from sedensenet.display import display_width
 
 LABELS = ["Effusion", "Mass", "胸腔积液"]
 
