@@ -378,10 +378,13 @@ def show_export(res: Any, _: dict[str, Any]) -> None:
     diff = "not verified" if res.max_abs_diff is None else f"max abs difference vs eager {res.max_abs_diff:.2e}"
     if res.quantization:
         q = res.quantization
+        agreement = "top-1 agreement" if "per_label" not in q else "decisions' agreement, lowest label"
         print(f"int8 vs fp32 on {q['eval_images']} held-out images ({q['eval_data']}): "
-              f"top-1 agreement {q['agreement']:.2%}, accuracy {q['fp32_accuracy']:.4f} -> {q['int8_accuracy']:.4f} "
+              f"{agreement} {q['agreement']:.2%}, accuracy {q['fp32_accuracy']:.4f} -> {q['int8_accuracy']:.4f} "
               f"({q['accuracy_change']:+.4f}); calibrated on {q['calibration_images']} images of "
               f"{q['calibration_data']}")  # fmt: skip
+        for label, row in q.get("per_label", {}).items():
+            print(f"  {label}: agreement {row['agreement']:.2%}, mean |p(int8) - p(fp32)| {row['mean_abs_diff']:.4f}")
         diff = f"fp32 graph: {diff}"
     print(f"{res.format}{' int8' if res.quantization else ''} written: {res.path} ({diff}, {res.seconds:.1f} s)")
 

@@ -1,0 +1,141 @@
+"""A multi-label model through export (ONNX, int8 with its per-label gate), explain and the notebook API (issue 26)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from sedensenet import quantize
+from sedensenet.checkpoint import CheckpointMeta, LabelDecision, save_checkpoint
+from sedensenet.config import InferenceSettings
+from sedensenet.data import Sample
+from sedensenet.engine.predictor import Predictor
+from sedensenet.export import export_model
+from sedensenet.models import create_model
+from sedensenet.quantize import QuantData, QuantizationError, QuantReport
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from imagegen import pattern_image  # noqa: E402
+
+LABELS = ["effusion", "肿块", "nodule"]
+
+
+@dataclass(frozen=True)
+class MultiModel:
+    checkpoint: Path
+    images: list[Path]
+    """16 generated PNGs (16 px), the two patterns of tests/imagegen.py alternating."""
+    probs: np.ndarray
+    """(16, 3) the eager model's sigmoid outputs on ``images``."""
+
+
+def _model() -> torch.nn.Module:
+    """The tiny SE-DenseNet with moved BN statistics and a sharper classifier, so the labels' outputs differ."""
+    torch.manual_seed(0)
+    model = create_model("se_densenet_tiny", num_classes=len(LABELS))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            elif isinstance(m, torch.nn.Linear):
+                m.weight.mul_(10.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory: pytest.TempPathFactory) -> MultiModel:
+    """A multi-label checkpoint whose thresholds are its outputs' medians on the images, so decisions vary."""
+    root = tmp_path_factory.mktemp("multi")
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(16):
+        pattern_image(i % 2, rng, 16).save(root / f"img {i:02d}.png")
+        images.append(root / f"img {i:02d}.png")
+    model = _model()
+    meta = CheckpointMeta(model=model.config.to_dict(), classes=LABELS, image_size=16, mean=[0.5] * 3,
+                          std=[0.25] * 3, task="multi", labels=[LabelDecision(n, 0.5) for n in LABELS])  # fmt: skip
+    probs = Predictor(model, meta).run_samples([Sample(p, 0) for p in images]).probs
+    meta.labels = [LabelDecision(n, float(t)) for n, t in zip(LABELS, np.median(probs, 0), strict=True)]
+    checkpoint = save_checkpoint(root / "weights" / "best.safetensors", model, meta)
+    return MultiModel(checkpoint, images, probs)
+
+
+def test_onnx_export_carries_the_labels_and_predicts_as_the_checkpoint(multi: MultiModel, tmp_path: Path) -> None:
+    result = export_model(multi.checkpoint, output=tmp_path / "model.onnx")
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+    props = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}
+    assert props["task"] == "multi" and json.loads(props["classes"]) == LABELS
+    stored = json.loads(props["labels"])
+    assert [d["name"] for d in stored] == LABELS
+    assert [d["threshold"] for d in stored] == pytest.approx(np.median(multi.probs, 0).tolist())
+    eager = Predictor.load(multi.checkpoint, InferenceSettings(backend="reference")).predict_files(multi.images)
+    exported = Predictor.load(result.path)
+    assert exported.meta.multilabel and [d.threshold for d in exported.meta.labels] == [d["threshold"] for d in stored]
+    onnx_preds = exported.predict_files(multi.images)
+    for a, b in zip(eager, onnx_preds, strict=True):
+        assert b.labels == a.labels and b.label == a.label
+        np.testing.assert_allclose(list(b.scores.values()), list(a.scores.values()), rtol=0, atol=1e-4)
+    np.testing.assert_allclose([list(p.scores.values()) for p in eager], multi.probs, rtol=0, atol=1e-6)  # sigmoid
+    assert {len(p.labels) for p in eager} != {0}  # the thresholds decide some labels present, not none
+
+
+def _eval_data(multi: MultiModel) -> QuantData:
+    """Calibrate on 8 images, judge on the other 8 (one label unknown, NaN, on half of them)."""
+    truth = [(1.0, 0.0, math.nan) if i % 2 else (0.0, 1.0, 1.0) for i in range(8, 16)]
+    held = [Sample(p, y) for p, y in zip(multi.images[8:], truth, strict=True)]
+    return QuantData(multi.images[:8], "calib", held, "held")
+
+
+def test_int8_gate_is_measured_per_label(multi: MultiModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quantize, "choose_images", lambda *args, **kwargs: _eval_data(multi))
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 0.0)  # every label passes a bar of 0: written without --force
+    q = export_model(multi.checkpoint, quantize="int8").quantization
+    assert q["task"] == "multi" and list(q["per_label"]) == LABELS and q["eval_images"] == 8
+    int8 = Predictor.load(multi.checkpoint.with_suffix(".int8.onnx")).predict_files(multi.images[8:])
+    fp32 = Predictor.load(multi.checkpoint, InferenceSettings(backend="reference")).predict_files(multi.images[8:])
+    for name in LABELS:  # the figures, recomputed from the two models' own predictions
+        row = q["per_label"][name]
+        same = np.mean([(name in a.labels) == (name in b.labels) for a, b in zip(int8, fp32, strict=True)])
+        diff = np.mean([abs(a.scores[name] - b.scores[name]) for a, b in zip(int8, fp32, strict=True)])
+        assert row["agreement"] == pytest.approx(same) and row["mean_abs_diff"] == pytest.approx(diff, abs=1e-5)
+        assert 0 < row["mean_abs_diff"] < 0.01 and row["passed"]
+    lowest = min(row["agreement"] for row in q["per_label"].values())
+    assert q["agreement"] == lowest
+    assert (q["per_label"]["nodule"]["known"], q["per_label"]["effusion"]["known"]) == (4, 8)  # NaN: not scored
+
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", lowest + 1e-9)  # only the lowest label(s) fall under the bar
+    failing = ", ".join(f"{n} {r['agreement']:.2%}" for n, r in q["per_label"].items() if r["agreement"] == lowest)
+    with pytest.raises(QuantizationError, match=f"required for label.s.: {failing}; nothing was written"):
+        export_model(multi.checkpoint, quantize="int8", output=multi.checkpoint.parent / "refused.onnx")
+    assert not (multi.checkpoint.parent / "refused.onnx").exists()
+
+
+def test_int8_report_names_only_the_labels_under_the_bar() -> None:
+    rows = {name: {"agreement": a, "mean_abs_diff": 0.01, "passed": a >= 0.99} for name, a in
+            zip(LABELS, [1.0, 0.95, 0.98], strict=True)}  # fmt: skip
+    report = QuantReport(8, "calib", 20, "held", 0.95, 0.9, 0.88, per_label=rows)
+    assert report.failing_labels() == ["肿块", "nodule"]
+    assert report.to_dict()["per_label"] == rows and "per_label" not in QuantReport(8, "c", 20, "h", 1, 1, 1).to_dict()
+
+
+def test_int8_evaluation_labels_follow_the_model_order() -> None:
+    meta = CheckpointMeta(model={}, classes=LABELS, task="multi")
+    samples = [Sample(Path("a.png"), (1.0, 0.0)), Sample(Path("b.png"), (math.nan, 1.0))]
+    relabelled = quantize._relabel(samples, ["nodule", "effusion"], meta)
+    assert [s.label[0] for s in relabelled] == [0.0, 1.0]  # effusion
+    assert relabelled[0].label[2] == 1.0 and math.isnan(relabelled[1].label[2])  # nodule, NaN (ignored) kept
+    assert all(math.isnan(s.label[1]) for s in relabelled)  # 肿块 is not in the data: ignored
+    with pytest.raises(QuantizationError, match=r"label\(s\) \['cat'\] are not labels of this model"):
+        quantize._relabel(samples, ["cat", "nodule"], meta)
+    with pytest.raises(QuantizationError, match="judged on multi-label data"):
+        quantize._relabel([Sample(Path("a.png"), 0)], ["nodule"], meta)
