@@ -12,12 +12,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 
 from sedensenet import quantize
-from sedensenet.checkpoint import CheckpointMeta, LabelDecision, save_checkpoint
-from sedensenet.config import InferenceSettings
-from sedensenet.data import Sample
+from sedensenet.checkpoint import CheckpointMeta, LabelDecision, load_checkpoint, save_checkpoint
+from sedensenet.config import ConfigError, InferenceSettings
+from sedensenet.data import Sample, load_image
 from sedensenet.engine.predictor import Predictor
+from sedensenet.explain import explain_image, explain_images, label_rows
 from sedensenet.export import export_model
 from sedensenet.models import create_model
 from sedensenet.quantize import QuantData, QuantizationError, QuantReport
@@ -139,3 +141,49 @@ def test_int8_evaluation_labels_follow_the_model_order() -> None:
         quantize._relabel(samples, ["cat", "nodule"], meta)
     with pytest.raises(QuantizationError, match="judged on multi-label data"):
         quantize._relabel([Sample(Path("a.png"), 0)], ["nodule"], meta)
+
+
+def test_explain_maps_the_target_labels_logit(multi: MultiModel, tmp_path: Path) -> None:
+    image = multi.images[3]
+    maps = {name: explain_images(multi.checkpoint, [image], tmp_path / name, target=name).images[0] for name in LABELS}
+    assert [(e.target, e.reason) for e in maps.values()] == [(n, "given") for n in LABELS]
+    pixels = {n: np.asarray(Image.open(e.output), dtype=np.float64) for n, e in maps.items()}
+    assert np.abs(pixels["effusion"] - pixels["nodule"]).mean() > 1.0
+    assert np.abs(pixels["effusion"] - pixels["肿块"]).mean() > 1.0
+    assert maps["nodule"].probability == pytest.approx(multi.probs[3, 2], abs=1e-5)  # the sigmoid, not a softmax
+    assert maps["nodule"].title.startswith("decided: ") and "map: nodule (" in maps["nodule"].title
+    with pytest.raises(
+        ConfigError, match=r"unknown target label 'cat'; choose one of \['effusion', '肿块', 'nodule'\]"
+    ):
+        explain_images(multi.checkpoint, [image], tmp_path / "x", target="cat")
+
+
+def test_explain_by_default_maps_each_decided_label(multi: MultiModel, tmp_path: Path) -> None:
+    model, meta = load_checkpoint(multi.checkpoint)
+    meta.labels = [LabelDecision(n, float(t) + 1e-4) for n, t in zip(LABELS, multi.probs[0], strict=True)]
+    checkpoint = save_checkpoint(tmp_path / "none_for_image_0.safetensors", model, meta)  # image 0: none decided
+    preds = Predictor.load(checkpoint, InferenceSettings(backend="reference")).predict_files(multi.images[:6])
+    result = explain_images(checkpoint, multi.images[:6], tmp_path / "out")
+    expected = []
+    for p in preds:  # each decided label, most probable first; the most probable label when none is decided
+        shown = p.labels or [max(p.scores, key=p.scores.get)]
+        expected += [(Path(p.path), label, "decided" if p.labels else "most probable, none decided") for label in shown]
+    assert [(e.source, e.target, e.reason) for e in result.images] == expected
+    assert result.images[0].reason == "most probable, none decided" and len(result.images) > 6  # several labels
+    assert result.images[0].title.startswith("decided: none\nmap: ")
+    last = result.images[-1]
+    assert last.output.name == f"{last.source.stem}_{last.target}_gradcam.png" and last.output.is_file()
+    assert last.labels == preds[-1].labels and last.predicted == preds[-1].label
+    assert result.grid is not None and result.grid.is_file()
+    x = Predictor.load(checkpoint).preprocess(load_image(multi.images[5]))
+    explained = explain_image(model, x)  # serve's one map: the most probable decided label
+    assert LABELS[explained.target] == preds[5].labels[0]
+    np.testing.assert_allclose(explained.probs, list(preds[5].scores.values()), atol=1e-5)
+
+
+def test_se_gates_of_a_multilabel_set_are_grouped_by_label() -> None:
+    gates = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]])
+    targets = np.array([[1.0, 1.0, 0.0], [0.0, math.nan, 1.0], [0.0, 0.0, 0.0]])
+    rows, labels = label_rows(gates, targets)
+    np.testing.assert_array_equal(rows, gates[[0, 0, 1]])
+    assert labels.tolist() == [0, 1, 2]  # image 0 in labels 0 and 1, image 1 in label 2, image 2 in none
