@@ -12,8 +12,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from matplotlib.colors import to_hex
+from matplotlib.text import Text
 from PIL import Image
 
+import sedensenet
 from sedensenet import quantize
 from sedensenet.checkpoint import CheckpointMeta, LabelDecision, load_checkpoint, save_checkpoint
 from sedensenet.config import ConfigError, InferenceSettings
@@ -23,6 +26,7 @@ from sedensenet.explain import explain_image, explain_images, label_rows
 from sedensenet.export import export_model
 from sedensenet.models import create_model
 from sedensenet.quantize import QuantData, QuantizationError, QuantReport
+from sedensenet.reports.figures import InlineFigure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from imagegen import pattern_image  # noqa: E402
@@ -187,3 +191,49 @@ def test_se_gates_of_a_multilabel_set_are_grouped_by_label() -> None:
     rows, labels = label_rows(gates, targets)
     np.testing.assert_array_equal(rows, gates[[0, 0, 1]])
     assert labels.tolist() == [0, 1, 2]  # image 0 in labels 0 and 1, image 1 in label 2, image 2 in none
+
+
+def _bars(fig: InlineFigure) -> list[tuple[list[str], list[str], int]]:
+    """Per drawn chart: its bar names (top first), the names drawn in colour, and the threshold marks."""
+    charts = [ax for ax in fig.axes if ax.patches]
+    out = []
+    for ax in charts:
+        names = [t.get_text() for t in ax.get_yticklabels()]
+        coloured = [n for n, bar in zip(names, ax.patches, strict=True) if to_hex(bar.get_facecolor()) != "#bfbfbf"]
+        out.append((names, coloured, len(ax.collections)))
+    return out
+
+
+def test_notebook_predictions_show_the_decided_labels_and_plot(multi: MultiModel, tmp_path: Path) -> None:
+    files = [*multi.images[:3], tmp_path / "missing.png"]
+    preds = sedensenet.predict(multi.checkpoint, files, device="cpu")
+    lines = repr(preds).splitlines()
+    assert lines[0] == "4 predictions, 3 labels" and lines[1].split() == ["path", "labels", *LABELS, "error"]
+    rows = preds.table().rows
+    assert rows[1] == [str(files[1]), ", ".join(preds[1].labels), *(preds[1].scores[n] for n in LABELS), ""]
+    assert rows[3][:2] == [str(files[3]), ""] and rows[3][-1].startswith("unreadable")
+    thresholds = ", ".join(f"{n} {t:.4f}" for n, t in zip(LABELS, np.median(multi.probs, 0), strict=True))
+    assert lines[-1] == f"decided at each label's threshold: {thresholds}"
+    html = preds._repr_html_()
+    assert "<th>肿块</th>" in html and f"<td>{', '.join(preds[1].labels)}</td>" in html
+    fig = preds.plot()
+    assert isinstance(fig, InlineFigure) and fig._repr_png_().startswith(b"\x89PNG")
+    drawn = _bars(fig)
+    assert len(drawn) == 3  # the unreadable file gets a caption, no bars
+    for (names, coloured, marks), p in zip(drawn, preds, strict=False):
+        assert names == LABELS and coloured == [n for n in LABELS if n in p.labels] and marks == len(LABELS)
+    captions = {t.get_text() for t in fig.findobj(Text)}
+    assert {f"{Path(p.path).name}\n{', '.join(p.labels) or 'none decided'}" for p in preds[:3]} <= captions
+    assert "missing.png\nerror: unreadable: file not found (deleted, or a broken link)" in captions
+
+
+def test_notebook_plot_of_a_single_label_model(multi: MultiModel, tmp_path: Path) -> None:
+    model = create_model("se_densenet_tiny", num_classes=2)
+    meta = CheckpointMeta(model=model.config.to_dict(), classes=["cat", "dog"], image_size=16)
+    checkpoint = save_checkpoint(tmp_path / "single.safetensors", model, meta)
+    preds = sedensenet.predict(checkpoint, multi.images[:2], top_k=2, device="cpu")
+    assert repr(preds).splitlines()[1].split() == ["path", "label", "probability", "top-k"]  # as before
+    drawn = _bars(preds.plot(ncols=1))
+    assert [(names, coloured, marks) for names, coloured, marks in drawn] == [
+        ([c for c, _ in p.top_k], [p.label], 0) for p in preds
+    ]
