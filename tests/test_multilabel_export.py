@@ -19,6 +19,7 @@ from PIL import Image
 import sedensenet
 from sedensenet import quantize
 from sedensenet.checkpoint import CheckpointMeta, LabelDecision, load_checkpoint, save_checkpoint
+from sedensenet.cli import main
 from sedensenet.config import ConfigError, InferenceSettings
 from sedensenet.data import Sample, load_image
 from sedensenet.engine.predictor import Predictor
@@ -86,7 +87,7 @@ def test_onnx_export_carries_the_labels_and_predicts_as_the_checkpoint(multi: Mu
     assert [d["threshold"] for d in stored] == pytest.approx(np.median(multi.probs, 0).tolist())
     eager = Predictor.load(multi.checkpoint, InferenceSettings(backend="reference")).predict_files(multi.images)
     exported = Predictor.load(result.path)
-    assert exported.meta.multilabel and [d.threshold for d in exported.meta.labels] == [d["threshold"] for d in stored]
+    assert exported.meta.task == "multi" and exported.meta.labels == load_checkpoint(multi.checkpoint)[1].labels
     onnx_preds = exported.predict_files(multi.images)
     for a, b in zip(eager, onnx_preds, strict=True):
         assert b.labels == a.labels and b.label == a.label
@@ -107,7 +108,9 @@ def test_int8_gate_is_measured_per_label(multi: MultiModel, monkeypatch: pytest.
     monkeypatch.setattr(quantize, "MIN_AGREEMENT", 0.0)  # every label passes a bar of 0: written without --force
     q = export_model(multi.checkpoint, quantize="int8").quantization
     assert q["task"] == "multi" and list(q["per_label"]) == LABELS and q["eval_images"] == 8
-    int8 = Predictor.load(multi.checkpoint.with_suffix(".int8.onnx")).predict_files(multi.images[8:])
+    int8_predictor = Predictor.load(multi.checkpoint.with_suffix(".int8.onnx"))
+    assert int8_predictor.meta.labels == load_checkpoint(multi.checkpoint)[1].labels  # decides as the checkpoint
+    int8 = int8_predictor.predict_files(multi.images[8:])
     fp32 = Predictor.load(multi.checkpoint, InferenceSettings(backend="reference")).predict_files(multi.images[8:])
     for name in LABELS:  # the figures, recomputed from the two models' own predictions
         row = q["per_label"][name]
@@ -124,6 +127,18 @@ def test_int8_gate_is_measured_per_label(multi: MultiModel, monkeypatch: pytest.
     with pytest.raises(QuantizationError, match=f"required for label.s.: {failing}; nothing was written"):
         export_model(multi.checkpoint, quantize="int8", output=multi.checkpoint.parent / "refused.onnx")
     assert not (multi.checkpoint.parent / "refused.onnx").exists()
+
+
+def test_cli_int8_export_prints_each_label(
+    multi: MultiModel, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(quantize, "choose_images", lambda *args, **kwargs: _eval_data(multi))
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)
+    assert main(["export", str(multi.checkpoint), "--quantize", "int8", "--force", "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "decisions' agreement, lowest label " in lines[0] and "top-1" not in lines[0]
+    assert [line.split(":")[0] for line in lines[1:4]] == [f"  {n}" for n in LABELS]
+    assert lines[4].startswith("onnx int8 written: ")
 
 
 def test_int8_report_names_only_the_labels_under_the_bar() -> None:
@@ -237,3 +252,13 @@ def test_notebook_plot_of_a_single_label_model(multi: MultiModel, tmp_path: Path
     assert [(names, coloured, marks) for names, coloured, marks in drawn] == [
         ([c for c, _ in p.top_k], [p.label], 0) for p in preds
     ]
+
+
+def test_cli_explain_target_label(multi: MultiModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image, out = multi.images[1], tmp_path / "explain"
+    assert main(["explain", str(multi.checkpoint), str(image), "--target", "肿块", "--output", str(out), "-q"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith(f"{image}\tlabels ") and f"\tmap 肿块 ({multi.probs[1, 1]:.3f}, given)\t-> " in line
+    assert (out / "img 01_肿块_gradcam.png").is_file()
+    assert main(["explain", str(multi.checkpoint), str(image), "--target", "cat", "--output", str(out), "-q"]) == 2
+    assert "unknown target label 'cat'; choose one of ['effusion', '肿块', 'nodule']" in capsys.readouterr().err

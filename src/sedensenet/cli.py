@@ -392,7 +392,12 @@ def show_export(res: Any, _: dict[str, Any]) -> None:
 def show_explanations(run: Any, _: dict[str, Any]) -> None:
     if run.images is not None:
         for item in run.images.images:
-            print(f"{item.source}\tpred {item.predicted} ({item.probability:.3f})\t-> {item.output}")
+            if item.labels is None:
+                print(f"{item.source}\tpred {item.predicted} ({item.probability:.3f})\t-> {item.output}")
+            else:  # multi-label: one map per decided label (or the given one), each saying which and why
+                decided = ", ".join(item.labels) or "none"
+                print(f"{item.source}\tlabels {decided}\tmap {item.target} ({item.probability:.3f}, {item.reason})"
+                      f"\t-> {item.output}")  # fmt: skip
         for path, reason in run.images.skipped:
             print(f"{path}\tSKIPPED: {reason}")
         print(f"Grid: {run.images.grid}")
