@@ -615,9 +615,11 @@ def explain_model(
     Args:
         checkpoint: checkpoint .safetensors or run folder.
         images: images or folders to explain with Grad-CAM.
-        data: labelled folder: mean SE gate per channel for each class (se_weights.png).
+        data: labelled folder: mean SE gate per channel for each class (each label, over the images that have it)
+            (se_weights.png).
         output: folder for the outputs (default: RUN/explain).
-        target: class name (or index) to explain; default: the predicted class.
+        target: class name (or index) to explain; default: the predicted class. A multi-label model: the label
+            whose logit is mapped; default: one map per label decided present (the most probable when none is).
         method: how heat-maps are made.
         split: the split of ``data`` whose images are read.
         se_layer: SE module to read (default: the last one, e.g. features.se_head).

@@ -98,7 +98,8 @@ class QuantData:
     calibration: list[Path]
     calibration_source: str
     evaluation: list[Sample]
-    """Labels are indices into the model's classes."""
+    """Labels are indices into the model's classes; a multi-label model's are label vectors in its label order
+    (1.0 present, 0.0 absent, NaN ignored)."""
     evaluation_source: str
 
 
