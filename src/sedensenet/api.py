@@ -22,7 +22,8 @@ from sedensenet.config import ConfigError, InferenceSettings, TrainConfig, load_
 from sedensenet.data import BUILTIN, DataSplits, is_builtin, load_image, resolve_data
 from sedensenet.data.table import is_dataframe, is_table, read_image_list, write_dataframe
 from sedensenet.display import Table
-from sedensenet.engine.predictor import Prediction, Predictions, Predictor, probabilities_to_rows, write_predictions
+from sedensenet.engine.predictor import Prediction, Predictor, probabilities_to_rows, write_predictions
+from sedensenet.engine.predictor import Predictions as _Predictions
 
 __all__ = ["DataCheckResult", "InferenceSettings", "Prediction", "Predictions", "TrainResult", "check_data",
            "evaluate", "inference_settings", "load_model", "predict", "predict_sharded", "probabilities_to_rows",
@@ -251,6 +252,63 @@ def _tune_malloc(tune: bool) -> None:
         log.debug("%s", tune_malloc())  # 1.3-1.6x faster CPU inference under glibc
 
 
+class Predictions(_Predictions):
+    """The list :func:`predict` returns: a table (a multi-label model's: each image's decided labels and every
+    label's probability) in print and in Jupyter, and :meth:`plot`."""
+
+    thresholds: dict[str, float] | None = None
+    """Multi-label: each label's threshold (the checkpoint's), shown under the table and marked on the bars."""
+
+    @property
+    def multilabel(self) -> bool:
+        return any(p.scores is not None for p in self)
+
+    def table(self) -> Table:
+        if not self.multilabel:
+            return super().table()
+        names = next(list(p.scores) for p in self if p.scores is not None)
+        errors = any(p.error for p in self)
+        rows = [
+            [p.path, ", ".join(p.labels or []) if p.scores is not None else "",
+             *(p.scores[n] if p.scores is not None else None for n in names), *([p.error or ""] if errors else [])]
+            for p in self
+        ]  # fmt: skip
+        notes = [] if not self.thresholds else [
+            "decided at each label's threshold: " + ", ".join(f"{n} {t:.4f}" for n, t in self.thresholds.items())
+        ]  # fmt: skip
+        header = ["path", "labels", *names, *(["error"] if errors else [])]
+        return Table(header, rows, title=f"{len(self)} predictions, {len(names)} labels", notes=notes)
+
+    def plot(self, ncols: int = 2, max_images: int = 16) -> Any:
+        """Each image (the first ``max_images``) beside its probabilities as bars: every label's, with the decided
+        labels in colour and each label's threshold marked (multi-label), or the top-k classes' with the decided one in
+        colour; captioned with the decision. A Figure that shows inline in Jupyter."""
+        from sedensenet.reports.explain_plots import predictions_figure
+        from sedensenet.reports.figures import missing_glyphs_silenced
+
+        cells = [_prediction_cell(p, self.thresholds) for p in self[:max_images]]
+        with missing_glyphs_silenced():
+            return predictions_figure(cells, ncols=ncols)
+
+
+def _prediction_cell(p: Prediction, thresholds: dict[str, float] | None) -> Any:
+    """One image of :meth:`Predictions.plot`: a thumbnail (None when unreadable), the caption and the bars."""
+    import numpy as np
+
+    from sedensenet.reports.explain_plots import PredictionCell
+
+    if p.error:
+        return PredictionCell(None, f"{Path(p.path).name}\nerror: {p.error}")
+    image = load_image(p.path, 3)
+    image.thumbnail((256, 256))
+    if p.scores is not None:
+        decided = ", ".join(p.labels or []) or "none decided"
+        return PredictionCell(np.asarray(image), f"{Path(p.path).name}\n{decided}", dict(p.scores), p.labels or [],
+                              thresholds)  # fmt: skip
+    caption = f"{Path(p.path).name}\n{p.label} ({p.probability or 0.0:.2f})"
+    return PredictionCell(np.asarray(image), caption, dict(p.top_k), [p.label or ""])
+
+
 def predict(
     model: str | os.PathLike | torch.nn.Module,
     inputs: list[str | os.PathLike] | str | os.PathLike,
@@ -294,7 +352,10 @@ def predict(
         if is_table(single) and Path(single).is_file():  # a manifest: its image column, its other columns through
             inputs, columns = read_image_list(single, image_col=image_col, image_root=image_root, image_ext=image_ext,
                                               encoding=encoding)  # fmt: skip
-    preds = Predictions(Predictor.load(model, run).predict_files(inputs, top_k=top_k))
+    predictor = Predictor.load(model, run)
+    preds = Predictions(predictor.predict_files(inputs, top_k=top_k))
+    if predictor.meta.multilabel and predictor.meta.labels:
+        preds.thresholds = {d.name: d.threshold for d in predictor.meta.labels}
     if output is not None:
         write_predictions(output, preds, columns=columns)
     return preds

@@ -387,10 +387,13 @@ def show_export(res: Any, _: dict[str, Any]) -> None:
     diff = "not verified" if res.max_abs_diff is None else f"max abs difference vs eager {res.max_abs_diff:.2e}"
     if res.quantization:
         q = res.quantization
+        agreement = "top-1 agreement" if "per_label" not in q else "decisions' agreement, lowest label"
         print(f"int8 vs fp32 on {q['eval_images']} held-out images ({q['eval_data']}): "
-              f"top-1 agreement {q['agreement']:.2%}, accuracy {q['fp32_accuracy']:.4f} -> {q['int8_accuracy']:.4f} "
+              f"{agreement} {q['agreement']:.2%}, accuracy {q['fp32_accuracy']:.4f} -> {q['int8_accuracy']:.4f} "
               f"({q['accuracy_change']:+.4f}); calibrated on {q['calibration_images']} images of "
               f"{q['calibration_data']}")  # fmt: skip
+        for label, row in q.get("per_label", {}).items():
+            print(f"  {label}: agreement {row['agreement']:.2%}, mean |p(int8) - p(fp32)| {row['mean_abs_diff']:.4f}")
         diff = f"fp32 graph: {diff}"
     print(f"{res.format}{' int8' if res.quantization else ''} written: {res.path} ({diff}, {res.seconds:.1f} s)")
 
@@ -398,7 +401,12 @@ def show_export(res: Any, _: dict[str, Any]) -> None:
 def show_explanations(run: Any, _: dict[str, Any]) -> None:
     if run.images is not None:
         for item in run.images.images:
-            print(f"{item.source}\tpred {item.predicted} ({item.probability:.3f})\t-> {item.output}")
+            if item.labels is None:
+                print(f"{item.source}\tpred {item.predicted} ({item.probability:.3f})\t-> {item.output}")
+            else:  # multi-label: one map per decided label (or the given one), each saying which and why
+                decided = ", ".join(item.labels) or "none"
+                print(f"{item.source}\tlabels {decided}\tmap {item.target} ({item.probability:.3f}, {item.reason})"
+                      f"\t-> {item.output}")  # fmt: skip
         for path, reason in run.images.skipped:
             print(f"{path}\tSKIPPED: {reason}")
         print(f"Grid: {run.images.grid}")

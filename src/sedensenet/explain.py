@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -115,8 +116,9 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target: int | list[int] | N
     return _grad_cam(model, images, target)[0]
 
 
-def resolve_target(target: str | int | None, classes: list[str]) -> int | None:
-    """The index of a class given by name or index (None stays None); ValueError listing the classes."""
+def resolve_target(target: str | int | None, classes: list[str], *, multilabel: bool = False) -> int | None:
+    """The index of a class (a multi-label model's label) given by name or index (None stays None); ValueError
+    listing them."""
     if target is None:
         return None
     if isinstance(target, str) and target in classes:
@@ -124,18 +126,73 @@ def resolve_target(target: str | int | None, classes: list[str]) -> int | None:
     text = str(target).strip()
     if text.isdigit() and int(text) < len(classes):
         return int(text)
-    raise ConfigError(f"unknown target class {target!r}; choose one of {classes} or an index 0..{len(classes) - 1}")
+    noun = "label" if multilabel else "class"
+    raise ConfigError(f"unknown target {noun} {target!r}; choose one of {classes} or an index 0..{len(classes) - 1}")
+
+
+def output_probabilities(logits: torch.Tensor, meta: CheckpointMeta | None) -> np.ndarray:
+    """``(B, K)`` probabilities as predict computes them: softmax, or for a multi-label model each label's sigmoid
+    with its temperature."""
+    if meta is not None and meta.multilabel:
+        from sedensenet.engine.decision import postprocess
+
+        return postprocess(logits.detach().float().sigmoid().cpu().numpy(), meta)
+    return logits.detach().float().softmax(1).cpu().numpy()
+
+
+@dataclass
+class MapTarget:
+    """One heat-map to draw: which image of the batch, which class (label), and why that one."""
+
+    image: int
+    target: int
+    reason: str
+    """``given`` (the caller's target), ``predicted`` (single-label), ``decided`` (a label decided present) or
+    ``most probable, none decided``."""
+
+
+def choose_targets(probs: np.ndarray, meta: CheckpointMeta | None, target: int | None) -> list[MapTarget]:
+    """The maps to draw for a batch's probabilities ``(B, K)``: the given target for every image; else the predicted
+    class, or for a multi-label model each label decided present (most probable first), or its most probable
+    label when none is."""
+    if target is not None:
+        return [MapTarget(i, target, "given") for i in range(len(probs))]
+    if meta is None or not meta.multilabel:
+        return [MapTarget(i, int(p.argmax()), "predicted") for i, p in enumerate(probs)]
+    from sedensenet.engine.decision import decide_labels
+
+    maps = []
+    for i, (p, present) in enumerate(zip(probs, decide_labels(probs, meta), strict=True)):
+        order = [int(k) for k in np.argsort(-p, kind="stable") if present[k]]
+        none = [MapTarget(i, int(p.argmax()), "most probable, none decided")]
+        maps += [MapTarget(i, k, "decided") for k in order] or none
+    return maps
 
 
 @dataclass
 class ExplainedImage:
-    """One explained input: where its overlay went, the predicted class and the class the map is for."""
+    """One heat-map of an input: where its overlay went, the predicted class and the class the map is for.
+
+    A multi-label model gets one per label decided present (or its most probable label when none is): ``predicted``
+    joins the decided labels with ``|``, ``probability`` is the mapped label's."""
 
     source: Path
     output: Path
     predicted: str
     probability: float
     target: str
+    reason: str = "predicted"
+    """Why this target: ``given``, ``predicted``, ``decided``, ``most probable, none decided``."""
+    labels: list[str] | None = None
+    """Multi-label: the labels decided present, most probable first."""
+
+    @property
+    def title(self) -> str:
+        """The grid's caption: what was predicted and which class (label) the map is for, and why."""
+        if self.labels is None:
+            return f"pred: {self.predicted} ({self.probability:.2f}) / target: {self.target}"
+        decided = ", ".join(self.labels) or "none"
+        return f"decided: {decided}\nmap: {self.target} ({self.probability:.2f}; {self.reason})"
 
 
 @dataclass
@@ -176,7 +233,7 @@ class ImageExplanation:
     cam: torch.Tensor
     """``(H, W)`` Grad-CAM map in [0, 1] at the model's input size."""
     probs: np.ndarray
-    """``(K,)`` class probabilities of the explained forward pass."""
+    """``(K,)`` class probabilities of the explained forward pass (multi-label: each label's, as predict gives)."""
     target: int
     """The class the map is for."""
     se_layer: str | None = None
@@ -184,12 +241,20 @@ class ImageExplanation:
     """``(C,)`` gate values of ``se_layer`` (the model's last SE layer) for this image; None without SE."""
 
 
-def explain_image(model: nn.Module, x: torch.Tensor, target: int | None = None) -> ImageExplanation:
+def explain_image(
+    model: nn.Module, x: torch.Tensor, target: int | None = None, *, meta: CheckpointMeta | None = None
+) -> ImageExplanation:
     """Grad-CAM and the last SE layer's channel gates for one preprocessed image ``x`` ``(C, S, S)``.
 
+    ``meta``: the model's (default its ``.meta``); for a multi-label model ``probs`` are the labels' sigmoid
+    outputs and the default target is the most probable label decided present, else the most probable label.
     The gates are read by a forward hook on the SE layer's ``gate`` submodule. Runs a forward and a backward
     pass on ``model`` (hooks are added and removed): give it a model no other thread is using.
     """
+    meta = meta if meta is not None else getattr(model, "meta", None)
+    if target is None and meta is not None and meta.multilabel:
+        with torch.no_grad():
+            target = choose_targets(output_probabilities(model.eval()(x[None]), meta), meta, None)[0].target
     layers = model.se_modules() if hasattr(model, "se_modules") else {}
     name, module = next(reversed(layers.items())) if layers else (None, None)
     gates: list[torch.Tensor] = []
@@ -199,7 +264,7 @@ def explain_image(model: nn.Module, x: torch.Tensor, target: int | None = None) 
     finally:
         if handle is not None:
             handle.remove()
-    probs = logits.float().softmax(1)[0].cpu().numpy()
+    probs = output_probabilities(logits, meta)[0]
     chosen = int(probs.argmax()) if target is None else target
     se = gates[-1].float().flatten().cpu().numpy() if gates else None  # (C,)
     return ImageExplanation(cams[0].cpu(), probs, chosen, name, se)
@@ -212,6 +277,12 @@ def _unique_path(output_dir: Path, stem: str, used: set[str]) -> Path:
         name = f"{stem}_{n}_gradcam.png"
     used.add(name)
     return output_dir / name
+
+
+def _file_stem(path: Path, label: str | None) -> str:
+    """``<stem>`` or, for one label's map of a multi-label model, ``<stem>_<label>`` (characters a file name cannot
+    hold replaced)."""
+    return path.stem if label is None else path.stem + "_" + re.sub(r"[^\w.-]+", "_", label)
 
 
 def _load_inputs(files: list[Path], meta: CheckpointMeta) -> tuple[list[tuple[Path, Image.Image]], list[Any]]:
@@ -240,17 +311,22 @@ def explain_images(
 ) -> ExplainResult:
     """Grad-CAM overlays for image files, one PNG each at the image's own size, plus ``gradcam_grid.png``.
 
+    A multi-label model's map is of one label's logit: ``target``'s, else one map per label decided present (at its
+    stored threshold, as predict decides; named ``<stem>_<label>_gradcam.png``), or of the most probable label when
+    none is; each caption says which.
+
     Args:
         checkpoint: a checkpoint or run folder.
         images: image files or folders (searched recursively).
         output_dir: where ``<stem>_gradcam.png`` (clashing names get a number) and the grid go.
-        target: the class to explain, by name or index; default each image's predicted class.
+        target: the class (label) to explain, by name or index; default each image's predicted class (decided
+            labels).
         method: only ``"gradcam"`` for now.
         device: ``auto``, ``cpu``, ``cuda``, ``mps`` ...
         batch_size: images per forward/backward pass.
 
     Raises:
-        ValueError: an unknown method or target class (the message lists the classes).
+        ValueError: an unknown method or target class or label (the message lists them).
     """
     from sedensenet.engine.device import select_device
     from sedensenet.engine.samples import expand_inputs
@@ -260,8 +336,7 @@ def explain_images(
         raise ConfigError(f"unknown explain method {method!r}; choose one of: {', '.join(METHODS)}")
     dev = select_device(device)
     model, meta = load_checkpoint(resolve_checkpoint(checkpoint), map_location=dev)
-    classes = list(meta.classes)
-    target_index = resolve_target(target, classes)
+    target_index = resolve_target(target, list(meta.classes), multilabel=meta.multilabel)
     transform = build_transforms(
         meta.image_size, train=False, augment="none", mean=meta.mean, std=meta.std, in_chans=meta.in_chans
     )
@@ -272,21 +347,41 @@ def explain_images(
     for start in range(0, len(loaded), batch_size):
         chunk = loaded[start : start + batch_size]
         x = torch.stack([_to_tensor(transform(im), meta.in_chans) for _, im in chunk]).to(dev)  # (B, C, S, S)
-        cams, logits = _grad_cam(model, x, target_index)
-        probs = logits.float().softmax(1).cpu()
-        for (path, im), cam, p in zip(chunk, cams, probs, strict=True):
-            pred = int(p.argmax())
-            tgt = pred if target_index is None else target_index
-            blended = overlay(im, cam)
-            out = _unique_path(out_dir, path.stem, used)
-            atomic_write(out, lambda tmp, a=blended: Image.fromarray(a).save(tmp, format="PNG"))
-            explained.append(ExplainedImage(path, out, classes[pred], float(p[pred]), classes[tgt]))
-            thumbs.append(_thumbnail(im.convert("RGB")))
+        for item, image, blended in _explain_chunk(model, meta, chunk, x, target_index, out_dir, used, batch_size):
+            explained.append(item)
+            thumbs.append(_thumbnail(image.convert("RGB")))
             overlays.append(_thumbnail(Image.fromarray(blended)))
-    titles = [f"pred: {e.predicted} ({e.probability:.2f}) / target: {e.target}" for e in explained]
+    titles = [e.title for e in explained]
     grid = plot_gradcam_grid(thumbs, overlays, titles, out_dir / "gradcam_grid.png") if explained else None
     logger.info("wrote %d Grad-CAM overlays to %s (%d skipped)", len(explained), out_dir, len(skipped))
     return ExplainResult(explained, grid, skipped)
+
+
+def _explain_chunk(
+    model: nn.Module, meta: CheckpointMeta, chunk: list[tuple[Path, Image.Image]], x: torch.Tensor,
+    target: int | None, out_dir: Path, used: set[str], batch_size: int,
+) -> Iterator[tuple[ExplainedImage, Image.Image, np.ndarray]]:  # fmt: skip
+    """Each map of a batch ``x`` of ``chunk``'s images (:func:`choose_targets`), written as an overlay PNG: the
+    record, the input image and the overlay's pixels."""
+    with torch.no_grad():
+        probs = output_probabilities(model.eval()(x), meta)  # (B, K)
+    maps = choose_targets(probs, meta, target)
+    classes, multi = list(meta.classes), meta.multilabel
+    for first in range(0, len(maps), batch_size):  # several labels per image: at most batch_size maps per pass
+        part = maps[first : first + batch_size]
+        cams, _ = _grad_cam(model, x[[m.image for m in part]], [m.target for m in part])
+        for m, cam in zip(part, cams, strict=True):
+            path, image = chunk[m.image]
+            p = probs[m.image]
+            decided = [classes[t.target] for t in maps if t.image == m.image and t.reason == "decided"]
+            predicted = "|".join(decided) if multi else classes[int(p.argmax())]
+            shown = m.target if multi else int(p.argmax())
+            blended = overlay(image, cam)
+            out = _unique_path(out_dir, _file_stem(path, classes[m.target] if multi else None), used)
+            atomic_write(out, lambda tmp, a=blended: Image.fromarray(a).save(tmp, format="PNG"))
+            record = ExplainedImage(path, out, predicted, float(p[shown]), classes[m.target], m.reason,
+                                    decided if multi else None)  # fmt: skip
+            yield record, image, blended
 
 
 def _to_tensor(x: torch.Tensor, in_chans: int) -> torch.Tensor:
@@ -352,6 +447,14 @@ def _collect_gates(predictor: Any, module: SqueezeExcite, samples: list[Any], ba
     return torch.cat(gates).numpy().astype(np.float64), np.asarray(result.targets)
 
 
+def label_rows(gates: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-label: one row per (image, label it has) from gates ``(N, C)`` and targets ``(N, K)`` (1 present, 0
+    absent, NaN ignored), so each label's mean gate is over the images that have it and the class statistics apply
+    with labels as the groups (an image with two labels counts in both; one with none in neither)."""
+    rows, labels = np.nonzero(np.nan_to_num(np.asarray(targets, dtype=np.float64), nan=0.0) > 0.5)
+    return gates[rows], labels
+
+
 def _class_statistics(gates: np.ndarray, labels: np.ndarray, present: list[int]) -> dict[str, np.ndarray]:
     """Per-class means, the one-way ANOVA F-ratio per channel and the share of variance between classes."""
     means = np.stack([gates[labels == k].mean(0) for k in present])  # (K, C)
@@ -397,7 +500,8 @@ def se_channel_weights(
     se_layer: str | None = None,
     device: str = "auto",
 ) -> SEWeightsResult:
-    """Mean SE gate per class and channel over a labelled folder: what the attention layer learned.
+    """Mean SE gate per class and channel over a labelled folder: what the attention layer learned. For a
+    multi-label model the rows are labels, each over the images that have it (:func:`label_rows`).
 
     Writes ``se_weights.csv`` (a row per class, a column per channel), ``se_weights.png`` (the same as a
     heat-map with channels sorted by F-ratio, most class-discriminative first, above each class's deviation
@@ -427,6 +531,8 @@ def se_channel_weights(
     predictor = Predictor(model, meta, device=dev)
     samples, _ = labelled_samples(meta, data, split)
     gates, labels = _collect_gates(predictor, module, samples, batch_size)
+    if meta.multilabel:
+        gates, labels = label_rows(gates, labels)
     present = sorted(set(labels.tolist()))
     names = [meta.classes[k] for k in present]
     missing = [c for k, c in enumerate(meta.classes) if k not in present]
@@ -509,9 +615,11 @@ def explain_model(
     Args:
         checkpoint: checkpoint .safetensors or run folder.
         images: images or folders to explain with Grad-CAM.
-        data: labelled folder: mean SE gate per channel for each class (se_weights.png).
+        data: labelled folder: mean SE gate per channel for each class (each label, over the images that have it)
+            (se_weights.png).
         output: folder for the outputs (default: RUN/explain).
-        target: class name (or index) to explain; default: the predicted class.
+        target: class name (or index) to explain; default: the predicted class. A multi-label model: the label
+            whose logit is mapped; default: one map per label decided present (the most probable when none is).
         method: how heat-maps are made.
         split: the split of ``data`` whose images are read.
         se_layer: SE module to read (default: the last one, e.g. features.se_head).

@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from sedensenet.inference import (
     quiet_deprecations,
 )
 
+if TYPE_CHECKING:
+    from sedensenet.quantize import QuantReport
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["FORMATS", "INPUT_NAME", "MIN_OPSET", "OUTPUT_NAME", "ExportError", "ExportResult", "OnnxModel",
@@ -53,7 +56,9 @@ __all__ = ["FORMATS", "INPUT_NAME", "MIN_OPSET", "OUTPUT_NAME", "ExportError", "
 FORMATS = ("onnx", "torchscript")
 EXPORT_FORMAT = "sedensenet-export"
 VERIFY_ATOL = 1e-4
-"""Largest absolute difference in logits between the exported and the eager model that passes verification."""
+"""Largest absolute difference in logits between the exported and the eager model that passes verification: the
+raw outputs, before softmax (single-label) or each label's sigmoid (multi-label), so it bounds both tasks'
+probabilities (a sigmoid moves at most a quarter of its input's change)."""
 TORCHSCRIPT_META = "sedensenet.json"
 _SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
@@ -132,7 +137,8 @@ def export_model(
         ExportError: an unknown format, a too-old opset, or outputs that differ by more than 1e-4
             (the file is not written then).
         QuantizationError: no calibration or evaluation data, the two overlap, or the int8 model agrees with fp32
-            on fewer than 99% of the held-out images (without ``force``); nothing is written then.
+            on fewer than 99% of the held-out images (a multi-label model: its decisions for some label; without
+            ``force``); nothing is written then.
     """
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
@@ -196,14 +202,9 @@ def _export_int8(
         diff = _write_onnx(model, meta, fp32, opset, verify=True)
         report = quantize_onnx(fp32, int8, meta, data)
         figures = report.to_dict()
-        logger.info("int8 vs fp32 on %d held-out images: top-1 agreement %.4f, accuracy %.4f -> %.4f",
-                    report.eval_images, report.agreement, report.fp32_accuracy, report.int8_accuracy)  # fmt: skip
+        _log_quantization(report)
         if report.agreement < MIN_AGREEMENT and not force:
-            raise QuantizationError(
-                f"the int8 model agrees with fp32 on {report.agreement:.2%} of {report.eval_images} held-out images "
-                f"(accuracy {report.fp32_accuracy:.4f} -> {report.int8_accuracy:.4f}), under the {MIN_AGREEMENT:.0%} "
-                "required; nothing was written (--force writes it anyway)"
-            )
+            raise QuantizationError(_refusal(report, MIN_AGREEMENT))
         int8_meta = replace(meta, extra={**meta.extra, QUANT_META_KEY: figures})
         proto = onnx.load_model(str(int8))
         del proto.metadata_props[:]
@@ -218,12 +219,33 @@ def _export_int8(
     return ExportResult(path, "onnx", diff, seconds, figures)
 
 
+def _log_quantization(report: QuantReport) -> None:
+    logger.info("int8 vs fp32 on %d held-out images: %s agreement %.4f, accuracy %.4f -> %.4f", report.eval_images,
+                "top-1" if report.per_label is None else "lowest per-label", report.agreement, report.fp32_accuracy,
+                report.int8_accuracy)  # fmt: skip
+    for label, row in (report.per_label or {}).items():
+        logger.info("  %s: decisions agree on %.4f, mean |p(int8) - p(fp32)| %.4f", label, row["agreement"],
+                    row["mean_abs_diff"])  # fmt: skip
+
+
+def _refusal(report: QuantReport, bar: float) -> str:
+    """Why an int8 model is not written: its agreement (a multi-label model's failing labels) under the bar."""
+    if report.per_label is None:
+        return (f"the int8 model agrees with fp32 on {report.agreement:.2%} of {report.eval_images} held-out images "
+                f"(accuracy {report.fp32_accuracy:.4f} -> {report.int8_accuracy:.4f}), under the {bar:.0%} required; "
+                "nothing was written (--force writes it anyway)")  # fmt: skip
+    failing = ", ".join(f"{name} {report.per_label[name]['agreement']:.2%}" for name in report.failing_labels())
+    return (f"the int8 model's decisions agree with fp32's on {report.eval_images} held-out images under the "
+            f"{bar:.0%} required for label(s): {failing}; nothing was written (--force writes it anyway)")  # fmt: skip
+
+
 def _onnx_metadata(meta: CheckpointMeta) -> dict[str, str]:
     from sedensenet import __version__
 
     return {
         ONNX_META_KEY: meta_to_json(meta, EXPORT_FORMAT),
         "classes": json.dumps(meta.classes, ensure_ascii=False),
+        **_task_metadata(meta),
         "image_size": str(meta.image_size),
         "mean": json.dumps(list(meta.mean)),
         "std": json.dumps(list(meta.std)),
@@ -232,6 +254,18 @@ def _onnx_metadata(meta: CheckpointMeta) -> dict[str, str]:
         "input_layout": "NCHW float32, RGB scaled to [0, 1] then (x - mean) / std",
         "model_config": json.dumps(meta.model, ensure_ascii=False),
         "sedensenet_version": __version__,
+    }
+
+
+def _task_metadata(meta: CheckpointMeta) -> dict[str, str]:
+    """For other runtimes: a multi-label file says its outputs are one logit per label, and each label's decision."""
+    if not meta.multilabel:
+        return {}
+    labels = [{"name": d.name, "threshold": d.threshold, "temperature": d.temperature} for d in meta.labels or []]
+    return {
+        "task": "multi",
+        "outputs": "logits, one per label: probability = sigmoid(logit / temperature), present when >= threshold",
+        "labels": json.dumps(labels, ensure_ascii=False),
     }
 
 

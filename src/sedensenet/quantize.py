@@ -8,7 +8,10 @@
 2. quantizes weights per output channel and activations per tensor, in the QDQ format (``quantize_static``);
 3. measures on held-out images (the run's validation split, or ``eval_data``) the top-1 agreement of the int8
    model with the fp32 one and the change in accuracy, and refuses a model whose agreement is under
-   :data:`MIN_AGREEMENT` unless forced.
+   :data:`MIN_AGREEMENT` unless forced. A multi-label model is measured per label: the share of images whose
+   decision for that label (its calibrated sigmoid at its stored threshold, as predict decides) is the fp32 model's,
+   and the mean absolute difference of its probability; the gate passes when every label's agreement reaches the
+   bar, and ``agreement`` is the lowest label's.
 
 The calibration images and the evaluation images are checked to be disjoint: a model is never judged on the
 images that set its ranges.
@@ -17,6 +20,7 @@ images that set its ranges.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import tempfile
@@ -59,16 +63,32 @@ class QuantReport:
     eval_data: str
     agreement: float
     """Share of held-out images whose top-1 class is the same for the int8 and the fp32 model."""
+    """Multi-label: the lowest label's agreement (the gate's figure; each label's is in ``per_label``)."""
     fp32_accuracy: float
+    """Multi-label: binary accuracy, the share of known label entries decided right."""
     int8_accuracy: float
     method: str = "onnxruntime quantize_static, QDQ, weights int8 per channel, activations uint8 per tensor, MinMax"
+    per_label: dict[str, dict[str, float | None]] | None = None
+    """Multi-label: per label name, ``agreement`` (share of images decided alike), ``mean_abs_diff`` (of the
+    probabilities), ``fp32_accuracy`` and ``int8_accuracy`` (over the images whose label is known; None when none
+    is) and ``passed`` (agreement at least :data:`MIN_AGREEMENT`); None for a single-label model."""
 
     @property
     def accuracy_change(self) -> float:
         return self.int8_accuracy - self.fp32_accuracy
 
+    def failing_labels(self) -> list[str]:
+        """Multi-label: the labels whose agreement is under :data:`MIN_AGREEMENT`, lowest first."""
+        rows = (self.per_label or {}).items()
+        return [name for name, row in sorted(rows, key=lambda r: r[1]["agreement"]) if not row["passed"]]
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "accuracy_change": self.accuracy_change, "min_agreement": MIN_AGREEMENT}
+        figures = {**asdict(self), "accuracy_change": self.accuracy_change, "min_agreement": MIN_AGREEMENT}
+        if self.per_label is None:  # a single-label report stays what earlier versions wrote
+            del figures["per_label"]
+        else:
+            figures["task"] = "multi"
+        return figures
 
 
 @dataclass
@@ -78,7 +98,8 @@ class QuantData:
     calibration: list[Path]
     calibration_source: str
     evaluation: list[Sample]
-    """Labels are indices into the model's classes."""
+    """Labels are indices into the model's classes; a multi-label model's are label vectors in its label order
+    (1.0 present, 0.0 absent, NaN ignored)."""
     evaluation_source: str
 
 
@@ -145,6 +166,8 @@ def _run_data(checkpoint: Path, meta: CheckpointMeta) -> DataDescription | None:
 
 
 def _relabel(samples: list[Sample], data_classes: list[str], meta: CheckpointMeta) -> list[Sample]:
+    if meta.multilabel:
+        return _relabel_multi(samples, data_classes, meta)
     unknown = sorted(set(data_classes) - set(meta.classes))
     if unknown:
         raise QuantizationError(f"evaluation class folder(s) {unknown} are not classes of this model ({meta.classes})")
@@ -152,14 +175,29 @@ def _relabel(samples: list[Sample], data_classes: list[str], meta: CheckpointMet
     return [Sample(s.path, index[data_classes[s.label]]) for s in samples]
 
 
-def _batches(files: list[Sample], meta: CheckpointMeta, batch_size: int = 32) -> Iterator[tuple[np.ndarray, list]]:
-    """Preprocessed float32 batches ``(B, C, S, S)`` of ``files`` (the model's own eval transform) with labels."""
+def _relabel_multi(samples: list[Sample], data_labels: list[str], meta: CheckpointMeta) -> list[Sample]:
+    """Multi-label samples with their label vectors in the model's label order (a label the data lacks: NaN)."""
+    unknown = sorted(set(data_labels) - set(meta.classes))
+    if unknown:
+        raise QuantizationError(f"evaluation label(s) {unknown} are not labels of this model ({meta.classes})")
+    if any(not isinstance(s.label, tuple | list) for s in samples):
+        raise QuantizationError(f"a multi-label model is judged on multi-label data (a label vector per image), "
+                                f"not on class folders; its labels: {meta.classes}")  # fmt: skip
+    where = [data_labels.index(name) if name in data_labels else None for name in meta.classes]
+    return [Sample(s.path, tuple(math.nan if i is None else float(s.label[i]) for i in where)) for s in samples]
+
+
+def _batches(files: list[Sample], meta: CheckpointMeta, batch_size: int = 32) -> Iterator[tuple[np.ndarray, Any]]:
+    """Preprocessed float32 batches ``(B, C, S, S)`` of ``files`` (the model's own eval transform) with labels
+    ``(B,)`` (class indices) or ``(B, K)`` (label vectors, NaN where ignored)."""
     transform = build_transforms(meta.image_size, train=False, augment="none", mean=tuple(meta.mean),
                                  std=tuple(meta.std), in_chans=meta.in_chans)  # fmt: skip
     dataset = ImageFolderDataset(files, transform=transform, in_chans=meta.in_chans)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     for x, y in loader:
-        yield x.numpy(), y.tolist()
+        # a batch of label vectors is a (B, K) tensor, or K (B,) tensors where the dataset yields tuples
+        labels = torch.stack([torch.as_tensor(v) for v in y], 1) if isinstance(y, list | tuple) else y
+        yield x.numpy(), labels.numpy()
 
 
 class _Calibration:
@@ -213,21 +251,61 @@ def quantize_onnx(fp32_path: Path, out_path: Path, meta: CheckpointMeta, data: Q
     return measure(fp32_path, out_path, meta, data)
 
 
-def measure(fp32_path: Path, int8_path: Path, meta: CheckpointMeta, data: QuantData) -> QuantReport:
-    """Top-1 agreement and accuracies of the two models on ``data.evaluation``."""
+def _sessions(fp32_path: Path, int8_path: Path) -> tuple[list[Any], str]:
     import onnxruntime as ort
 
     sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32_path, int8_path)]
-    name = sessions[0].get_inputs()[0].name
+    return sessions, sessions[0].get_inputs()[0].name
+
+
+def measure(fp32_path: Path, int8_path: Path, meta: CheckpointMeta, data: QuantData) -> QuantReport:
+    """Top-1 agreement and accuracies of the two models on ``data.evaluation`` (per label for a multi-label
+    model: :func:`measure_labels`)."""
+    if meta.multilabel:
+        return measure_labels(fp32_path, int8_path, meta, data)
+    sessions, name = _sessions(fp32_path, int8_path)
     same = right32 = right8 = n = 0
     for x, y in _batches(data.evaluation, meta):
         top32, top8 = (s.run(None, {name: x})[0].argmax(1) for s in sessions)
-        labels = np.asarray(y)
         same += int((top32 == top8).sum())
-        right32 += int((top32 == labels).sum())
-        right8 += int((top8 == labels).sum())
-        n += len(labels)
+        right32 += int((top32 == y).sum())
+        right8 += int((top8 == y).sum())
+        n += len(y)
     if n == 0:
         raise QuantizationError(f"no evaluation images in {data.evaluation_source}")
     return QuantReport(len(data.calibration), data.calibration_source, n, data.evaluation_source, same / n,
                        right32 / n, right8 / n)  # fmt: skip
+
+
+def measure_labels(fp32_path: Path, int8_path: Path, meta: CheckpointMeta, data: QuantData) -> QuantReport:
+    """A multi-label model's int8 against its fp32 one on ``data.evaluation``, label by label: decisions as predict
+    makes them (:func:`~sedensenet.engine.decision.postprocess`, then each label's threshold), agreement over every
+    image, accuracy over the images whose label is known (NaN: ignored)."""
+    from sedensenet.engine.decision import decide_labels, postprocess
+
+    sessions, name = _sessions(fp32_path, int8_path)
+    probs: list[list[np.ndarray]] = [[], []]
+    targets = []
+    for x, y in _batches(data.evaluation, meta):
+        for out, session in zip(probs, sessions, strict=True):
+            out.append(postprocess(1.0 / (1.0 + np.exp(-session.run(None, {name: x})[0].astype(np.float64))), meta))
+        targets.append(np.asarray(y, dtype=np.float64).reshape(len(x), -1))
+    if not targets:
+        raise QuantizationError(f"no evaluation images in {data.evaluation_source}")
+    p32, p8 = (np.concatenate(p) for p in probs)  # (N, K) each
+    d32, d8 = decide_labels(p32, meta), decide_labels(p8, meta)
+    y = np.concatenate(targets)
+    known = ~np.isnan(y)
+    truth = y > 0.5
+    per_label: dict[str, dict[str, float | None]] = {}
+    for k, label in enumerate(meta.classes):
+        seen = known[:, k]
+        right = [float((d[seen, k] == truth[seen, k]).mean()) if seen.any() else None for d in (d32, d8)]
+        agreement = float((d32[:, k] == d8[:, k]).mean())
+        per_label[label] = {"agreement": agreement, "mean_abs_diff": float(np.abs(p32[:, k] - p8[:, k]).mean()),
+                            "fp32_accuracy": right[0], "int8_accuracy": right[1], "images": int(len(y)),
+                            "known": int(seen.sum()), "passed": agreement >= MIN_AGREEMENT}  # fmt: skip
+    accuracy = [float((d[known] == truth[known]).mean()) if known.any() else math.nan for d in (d32, d8)]
+    lowest = min(row["agreement"] for row in per_label.values())  # type: ignore[type-var]
+    return QuantReport(len(data.calibration), data.calibration_source, len(y), data.evaluation_source, lowest,
+                       accuracy[0], accuracy[1], per_label=per_label)  # fmt: skip

@@ -1,30 +1,41 @@
 """Figures that show why a model decided: the images it got most wrong (top losses), where it looked (inputs
-beside their Grad-CAM overlays) and how its SE gates weigh each channel per class."""
+beside their Grad-CAM overlays), how its SE gates weigh each channel per class, and what it decided on each image
+beside its probabilities (a prediction result's ``plot()``)."""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sedensenet.reports.figures import figure_writer, new_figure, save_figure
+from sedensenet.reports.figures import DPI, InlineFigure, figure_writer, new_figure, save_figure
 
 
-def _grid_figure(count: int, ncols: int, cell: tuple[float, float]) -> tuple[Figure, int, int]:
-    """A figure sized for ``count`` cells in rows of ``ncols``; with no cells, one saying so (rows = 0)."""
+def _grid_figure(
+    count: int, ncols: int, cell: tuple[float, float], *, figure: type[Figure] = Figure
+) -> tuple[Figure, int, int]:
+    """A figure (of class ``figure``: :class:`InlineFigure` to show inline) sized for ``count`` cells in rows of
+    ``ncols``; with no cells, one saying so (rows = 0)."""
     if ncols < 1:
         raise ValueError(f"ncols must be at least 1, got {ncols}")
-    if count == 0:
-        fig = new_figure((4, 2))
-        fig.text(0.5, 0.5, "No images to show", ha="center", va="center")
-        return fig, 0, 0
-    cols = min(ncols, count)
+    cols = min(ncols, max(count, 1))
     rows = math.ceil(count / cols)
-    return new_figure((cell[0] * cols, cell[1] * rows)), rows, cols
+    size = (4, 2) if count == 0 else (cell[0] * cols, cell[1] * rows)
+    if figure is Figure:
+        fig = new_figure(size)
+    else:  # the same canvas as new_figure's, on a Figure subclass
+        fig = figure(figsize=size, dpi=DPI, layout="constrained")
+        FigureCanvasAgg(fig)
+    if count == 0:
+        fig.text(0.5, 0.5, "No images to show", ha="center", va="center")
+    return fig, rows, cols
 
 
 @figure_writer
@@ -168,3 +179,58 @@ def plot_se_weights(
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
+
+
+@dataclass
+class PredictionCell:
+    """One image of :func:`predictions_figure`: the picture, its caption and the probabilities drawn as bars."""
+
+    image: np.ndarray | None
+    """HxWxC or HxW, uint8 or float 0-1; None for a file that could not be read (the caption says why)."""
+    title: str
+    scores: dict[str, float] = field(default_factory=dict)
+    """Bar per name: every label's probability (multi-label) or the top-k classes' (single-label)."""
+    marked: Sequence[str] = ()
+    """The names decided (drawn in colour; the others grey)."""
+    thresholds: dict[str, float] | None = None
+    """Multi-label: each label's threshold, marked on its bar."""
+
+
+def predictions_figure(cells: Sequence[PredictionCell], ncols: int = 2) -> InlineFigure:
+    """Each image beside a bar per label (class) of its probabilities, the decided ones in colour and each label's
+    threshold marked; a Figure that shows inline in Jupyter (``sedensenet.predict(...).plot()``)."""
+    bars = max((len(c.scores) for c in cells), default=1)
+    fig, rows, cols = _grid_figure(len(cells), ncols, (6.4, max(2.2, 0.9 + 0.28 * bars)), figure=InlineFigure)
+    if not rows:
+        return fig
+    subfigs = fig.subfigures(rows, cols, squeeze=False)
+    for index, cell in enumerate(cells):
+        sub = subfigs[index // cols][index % cols]
+        picture, chart = sub.subplots(1, 2, width_ratios=[1, 1.4])
+        if cell.image is not None:
+            shown = _thumbnail(cell.image)
+            picture.imshow(shown, cmap="gray" if shown.ndim == 2 else None)
+        picture.axis("off")
+        if cell.scores:
+            _probability_bars(chart, cell)
+        else:
+            chart.axis("off")
+        sub.suptitle(cell.title, fontsize=9)
+    for index in range(len(cells), rows * cols):  # empty cells of the last row
+        subfigs[index // cols][index % cols].set_visible(False)
+    return fig
+
+
+def _probability_bars(ax: Axes, cell: PredictionCell) -> None:
+    names = list(cell.scores)
+    y = np.arange(len(names))
+    colours = ["tab:blue" if n in cell.marked else "0.75" for n in names]
+    ax.barh(y, [cell.scores[n] for n in names], color=colours, height=0.7)
+    for i, name in enumerate(names):
+        if cell.thresholds is not None and name in cell.thresholds:
+            ax.vlines(cell.thresholds[name], i - 0.42, i + 0.42, color="black", linewidth=1.5)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()  # the first label on top
+    ax.set_xlim(0, 1)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xlabel("probability" + (" (| threshold)" if cell.thresholds else ""), fontsize=8)
