@@ -34,8 +34,9 @@ import torch
 
 from sedensenet.checkpoint import CheckpointMeta
 from sedensenet.config import TrainConfig, load_yaml
-from sedensenet.data import ImageFolderDataset, Sample, build_transforms, resolve_data
+from sedensenet.data import DataError, ImageFolderDataset, Sample, build_transforms, resolve_data
 from sedensenet.data.description import DataDescription, resolve
+from sedensenet.engine.samples import expand_inputs, relabel
 from sedensenet.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,6 @@ def choose_images(
     if quant_data is None:
         calibration, calibration_source = [s.path for s in run_splits.train], f"{run.path} (training split)"
     else:
-        from sedensenet.engine.samples import expand_inputs
-
         calibration, calibration_source = expand_inputs(resolve_data(str(quant_data))), str(quant_data)
     if eval_data is None:
         if not run_splits.val:
@@ -177,14 +176,10 @@ def _relabel(samples: list[Sample], data_classes: list[str], meta: CheckpointMet
 
 def _relabel_multi(samples: list[Sample], data_labels: list[str], meta: CheckpointMeta) -> list[Sample]:
     """Multi-label samples with their label vectors in the model's label order (a label the data lacks: NaN)."""
-    unknown = sorted(set(data_labels) - set(meta.classes))
-    if unknown:
-        raise QuantizationError(f"evaluation label(s) {unknown} are not labels of this model ({meta.classes})")
-    if any(not isinstance(s.label, tuple | list) for s in samples):
-        raise QuantizationError(f"a multi-label model is judged on multi-label data (a label vector per image), "
-                                f"not on class folders; its labels: {meta.classes}")  # fmt: skip
-    where = [data_labels.index(name) if name in data_labels else None for name in meta.classes]
-    return [Sample(s.path, tuple(math.nan if i is None else float(s.label[i]) for i in where)) for s in samples]
+    try:
+        return relabel(samples, data_labels, list(meta.classes), source="evaluation data")
+    except DataError as e:
+        raise QuantizationError(str(e)) from None
 
 
 def _batches(files: list[Sample], meta: CheckpointMeta, batch_size: int = 32) -> Iterator[tuple[np.ndarray, Any]]:

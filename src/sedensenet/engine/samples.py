@@ -4,6 +4,7 @@ mapped to a checkpoint's classes, as ``evaluate``, ``explain`` and quantization 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -92,6 +93,8 @@ def labelled_samples(
         which = "test" if chosen is kept.test else "val"
         log.info("--dedupe %s: %d %s images left out as duplicates of training images", dedupe, dropped[which],
                  which)  # fmt: skip
+    if meta.multilabel:
+        return relabel(chosen, splits.classes, classes, source=str(description.path)), splits.classes
     unknown = sorted(set(splits.classes) - set(classes))
     if unknown:
         raise DataError(
@@ -100,6 +103,23 @@ def labelled_samples(
         )
     index = {name: i for i, name in enumerate(classes)}
     return [Sample(s.path, index[splits.classes[s.label]]) for s in chosen], splits.classes
+
+
+def relabel(samples: list[Sample], data_labels: list[str], model_labels: list[str], *, source: str) -> list[Sample]:
+    """Multi-label samples with their label vectors in the model's label order (a label the data lacks: NaN, so it
+    counts in no metric).
+
+    Raises:
+        DataError: a label the model does not know, or single-label data (``source`` names where it came from).
+    """
+    unknown = sorted(set(data_labels) - set(model_labels))
+    if unknown:
+        raise DataError(f"{source}: label(s) {unknown} are not labels of this model ({model_labels})")
+    if any(not isinstance(s.label, tuple | list) for s in samples):
+        raise DataError(f"{source}: a multi-label model is judged on multi-label data (a label vector per image), "
+                        f"not on class folders; its labels: {model_labels}")  # fmt: skip
+    where = [data_labels.index(name) if name in data_labels else None for name in model_labels]
+    return [Sample(s.path, tuple(math.nan if i is None else float(s.label[i]) for i in where)) for s in samples]
 
 
 def choose_split(splits: DataSplits, split: str) -> list[Sample]:
