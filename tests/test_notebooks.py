@@ -21,7 +21,7 @@ NOTEBOOKS = ["tutorial.ipynb", "tutorial.zh-CN.ipynb"]
 KERAS_FILE = "keras_se_densenet_faces.weights.h5"
 EPOCH_LINE = re.compile(
     r"^Epoch (\d+)/10 - 5/5 - \d+\.\ds - loss: \d\.\d{4} - accuracy: \d\.\d{4} - val_loss: \d\.\d{4} - "
-    r"val_accuracy: \d\.\d{4}( - best)?$"
+    r"val_accuracy: \d\.\d{4} - val_balanced_accuracy: \d\.\d{4} - val_auc: \d\.\d{4} - val_mAP: \d\.\d{4}( - best)?$"
 )
 CELL_TIMEOUT_S = 600
 """A hung cell fails the test; how fast the notebooks run is measured outside the tests (about 20-35 s each with one

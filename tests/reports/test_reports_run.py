@@ -161,7 +161,8 @@ def test_history_csv_round_trip(tmp_path: Path) -> None:
 
     back = read_history_csv(path)
     assert len(back) == 3
-    assert back[0] == {**rows[0], "lr_backbone": None, "note": None}
+    new = dict.fromkeys(("val_balanced_accuracy", "val_auc", "val_mAP"))  # columns the rows did not give: empty
+    assert back[0] == {**rows[0], **new, "lr_backbone": None, "note": None}
     assert isinstance(back[0]["epoch"], int)
     assert math.isnan(back[1]["val_loss"])
     assert back[1]["val_accuracy"] is None
