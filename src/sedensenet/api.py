@@ -526,7 +526,8 @@ def _data_to_check(
     """The folder to check and, for a manifest, its rows as one resolved split (missing files listed as skipped)."""
     from sedensenet.data.description import DataDescription, TableColumns, resolve
 
-    if not is_table(str(data)):
+    description = DataDescription.for_data(data)
+    if description.source != "table":  # a folder, or a built-in folder set (builtin:digit-pairs is a table)
         return Path(resolve_data(str(data))), None
     description = DataDescription.for_data(
         data, columns=TableColumns(image=table["image_col"], label=table["label_col"]),

@@ -361,6 +361,9 @@ def show_predictions(result: Any, values: dict[str, Any]) -> int:
     for p in result:
         if p.error:
             print(f"{p.path}\tERROR: {p.error}")
+        elif p.scores is not None:  # multi-label: the decided set, then every label's probability
+            shown = "  ".join(f"{c} {v:.4f}" for c, v in p.scores.items())
+            print(f"{p.path}\t[{', '.join(p.labels or []) or 'no label'}]\t{shown}")
         else:
             decided = f"\t-> {p.label} (the checkpoint's threshold)" if p.top_k and p.label != p.top_k[0][0] else ""
             print(f"{p.path}\t" + "  ".join(f"{c} {s:.4f}" for c, s in p.top_k) + decided)

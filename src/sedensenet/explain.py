@@ -33,6 +33,7 @@ from torch import nn
 from sedensenet.checkpoint import CheckpointMeta, load_checkpoint, resolve_checkpoint
 from sedensenet.config import ConfigError
 from sedensenet.data import build_transforms, check_image, load_image
+from sedensenet.engine.decision import decide_labels, postprocess
 from sedensenet.fileio import atomic_write, atomic_write_json, atomic_write_text
 from sedensenet.models.se import SqueezeExcite
 
@@ -134,8 +135,6 @@ def output_probabilities(logits: torch.Tensor, meta: CheckpointMeta | None) -> n
     """``(B, K)`` probabilities as predict computes them: softmax, or for a multi-label model each label's sigmoid
     with its temperature."""
     if meta is not None and meta.multilabel:
-        from sedensenet.engine.decision import postprocess
-
         return postprocess(logits.detach().float().sigmoid().cpu().numpy(), meta)
     return logits.detach().float().softmax(1).cpu().numpy()
 
@@ -159,8 +158,6 @@ def choose_targets(probs: np.ndarray, meta: CheckpointMeta | None, target: int |
         return [MapTarget(i, target, "given") for i in range(len(probs))]
     if meta is None or not meta.multilabel:
         return [MapTarget(i, int(p.argmax()), "predicted") for i, p in enumerate(probs)]
-    from sedensenet.engine.decision import decide_labels
-
     maps = []
     for i, (p, present) in enumerate(zip(probs, decide_labels(probs, meta), strict=True)):
         order = [int(k) for k in np.argsort(-p, kind="stable") if present[k]]
@@ -367,13 +364,14 @@ def _explain_chunk(
         probs = output_probabilities(model.eval()(x), meta)  # (B, K)
     maps = choose_targets(probs, meta, target)
     classes, multi = list(meta.classes), meta.multilabel
+    present = decide_labels(probs, meta) if multi else None  # the decided set, also when a target was given
     for first in range(0, len(maps), batch_size):  # several labels per image: at most batch_size maps per pass
         part = maps[first : first + batch_size]
         cams, _ = _grad_cam(model, x[[m.image for m in part]], [m.target for m in part])
         for m, cam in zip(part, cams, strict=True):
             path, image = chunk[m.image]
             p = probs[m.image]
-            decided = [classes[t.target] for t in maps if t.image == m.image and t.reason == "decided"]
+            decided = [classes[k] for k in np.argsort(-p, kind="stable") if present[m.image][k]] if multi else []
             predicted = "|".join(decided) if multi else classes[int(p.argmax())]
             shown = m.target if multi else int(p.argmax())
             blended = overlay(image, cam)

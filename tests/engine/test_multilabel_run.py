@@ -133,3 +133,14 @@ def test_cv_keeps_patients_whole_and_reports_macro_auroc_and_map(small: Path, tm
 def test_positive_is_refused_in_a_multi_label_run(small: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--positive Mass: a multi-label run decides each label on its own"):
         sedensenet.train(str(small), epochs=1, positive="Mass", project=str(tmp_path), **SETTINGS)
+
+
+def test_explain_maps_the_given_label_and_names_the_decided_set(run, table: Path, tmp_path: Path) -> None:
+    from sedensenet.explain import explain_images
+
+    image = sorted((table.parent / "images").glob("*.png"))[600]
+    [pred] = sedensenet.predict(run.run_dir, [str(image)])
+    other = next(n for n in sorted(FINDINGS) if n not in pred.labels) if len(pred.labels) < 4 else sorted(FINDINGS)[0]
+    [item] = explain_images(run.run_dir, [image], tmp_path, target=other, device="cpu").images
+    assert item.target == other and item.reason == "given" and item.labels == pred.labels
+    assert item.output.is_file() and item.output.name.endswith(f"_{other}_gradcam.png")
