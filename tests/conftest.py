@@ -24,6 +24,17 @@ torch.set_num_threads(1)
 os.environ["SEDENSENET_CPU_BF16"] = "0"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files that hold a test marked ``slow`` run first, each file's tests in their own order.
+
+    With ``-n 2 --dist loadfile`` each worker takes the next file when it is free: long files first and the many
+    short ones last fill both workers to the end (xdist's own order, most tests first, left a one-test file of 30 s
+    to run alone at the end). pyproject's ``--no-loadscope-reorder`` keeps this order.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each group is kept
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

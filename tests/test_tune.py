@@ -102,6 +102,7 @@ def test_a_trial_that_does_not_fit_in_memory_is_pruned_with_the_reason(tiny_imag
     assert "not enough memory" in (tmp_path / "tune" / "tune" / "trials.csv").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_a_killed_study_continues_and_retries_the_killed_trial(tiny_images: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'tune' / 'tune' / 'study.db'}"
     # four epochs a trial: the kill lands inside a trial, not between two
@@ -148,6 +149,7 @@ def _check_distinct(trials: list[optuna.trial.FrozenTrial]) -> None:
     assert sum(bool(t.user_attrs.get("defaults")) for t in trials) == 1
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_sqlite_study(tiny_images: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'tune' / 'tune' / 'study.db'}"
     (tmp_path / "tune" / "tune").mkdir(parents=True)
@@ -155,6 +157,7 @@ def test_two_processes_share_one_sqlite_study(tiny_images: Path, tmp_path: Path)
     _check_distinct(_two_workers(tiny_images, tmp_path, url))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not binaries() and not os.environ.get("CI"), reason="no PostgreSQL binaries (initdb, pg_ctl)")
 def test_two_processes_share_one_postgresql_study(tiny_images: Path, tmp_path: Path) -> None:
     pytest.importorskip("psycopg2")

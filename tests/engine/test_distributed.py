@@ -47,6 +47,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_when_batchnorm_is_frozen(runs: dict[str, Path]) -> None:
     # With BatchNorm statistics fixed, DDP's averaged gradients are exactly the single-process gradients of the
     # same global batch: DistributedSampler's interleaved shards make rank 0 + rank 1 = the same 8 images.

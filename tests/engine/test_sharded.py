@@ -62,6 +62,7 @@ def test_two_processes_merge_to_the_single_process_csv(job: dict[str, Path]) -> 
     assert not sharded.parts_dir(out).exists()
 
 
+@pytest.mark.slow
 def test_a_killed_rank_is_resumed_without_duplicate_or_missing_rows(job: dict[str, Path]) -> None:
     out = job["tmp"] / "resumed.csv"
     killed = _torchrun(_args(job, out), job["tmp"], script=WORKER)

@@ -155,6 +155,7 @@ def test_fitted_cosine_reaches_its_floor_at_the_last_planned_epoch() -> None:
     assert again.lr_lambdas[0].total == 8
 
 
+@pytest.mark.slow
 def test_a_time_run_ends_within_its_budget(tmp_path: Path) -> None:
     data = make_folder(tmp_path / "data", per_class=40)
     started = time.monotonic()

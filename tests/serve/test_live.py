@@ -85,6 +85,7 @@ def test_cli_warns_when_bound_beyond_this_machine_without_a_key(
     assert kwargs["host"] == "0.0.0.0" and "workers" not in kwargs
 
 
+@pytest.mark.slow
 def test_two_workers_serve(run_dir: Path) -> None:
     proc, url = start_server(run_dir, "--backend", "eager", "--workers", "2")
     try:

@@ -198,9 +198,7 @@ def _gather_flags(flag: bool) -> list[bool]:
 
 
 def _merge(output: Path, files: list[str], world: int) -> int:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS)
-    writer.writeheader()
+    parts = []
     for r in range(world):
         part = part_path(output, r, world)
         rows = _read_part(part, files[share(len(files), r, world)])
@@ -209,6 +207,13 @@ def _merge(output: Path, files: list[str], world: int) -> int:
                 f"{part} is missing or does not hold rank {r}'s files: across machines the output folder must be "
                 "on a filesystem every machine shares; run again with --resume to redo only the missing parts"
             )
+        parts.append(rows)
+    # the columns of the rows themselves: a multi-label model writes one per label (an empty share: the default)
+    fields = next((list(rows[0]) for rows in parts if rows), FIELDS)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for rows in parts:
         writer.writerows(rows)
     atomic_write_text(output, buf.getvalue())
     shutil.rmtree(parts_dir(output))
