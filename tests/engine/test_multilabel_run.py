@@ -155,3 +155,16 @@ def test_sharded_prediction_writes_the_same_label_columns(run, table: Path, tmp_
     one = (tmp_path / "one.csv").read_text(encoding="utf-8").splitlines()
     assert (tmp_path / "sharded.csv").read_text(encoding="utf-8").splitlines() == one
     assert one[0] == ",".join(["path", "labels", *sorted(FINDINGS), "error"])
+
+
+def test_compare_on_a_table_reports_macro_auroc_and_map(small: Path, tmp_path: Path) -> None:
+    from sedensenet.compare import compare
+
+    settings = {k: v for k, v in SETTINGS.items() if k != "verbose"}
+    result = compare(str(small), ["se_densenet_tiny"], seeds=2, epochs=1, max_steps=2, project=str(tmp_path),
+                     **settings)  # fmt: skip
+    [row] = result.rows
+    assert len(row.roc_auc) == len(row.mean_ap) == 2 and all(0 <= v <= 1 for v in row.roc_auc + row.mean_ap)
+    table = (result.out_dir / "compare.md").read_text(encoding="utf-8")
+    assert "| macro AUROC | 95% interval | mAP | 95% interval |" in table
+    assert (result.out_dir / "compare.csv").read_text(encoding="utf-8").splitlines()[0].endswith("map,test_map,run")

@@ -455,3 +455,14 @@ def test_a_lone_request_does_not_wait_for_a_batch_to_fill() -> None:
         return elapsed
 
     assert asyncio.run(main()) < 1.0
+
+
+@pytest.mark.parametrize(
+    ("data", "name"),
+    [("/home/me/xray/", "xray"), ("C:\\data\\xray", "xray"), ("builtin:digits", "builtin:digits"),
+     ("/data/skin/labels.csv", "skin/labels.csv"), ("labels.csv", "labels.csv"), ("./", None)],
+)  # fmt: skip
+def test_the_card_names_the_data_without_its_path(data: str, name: str | None) -> None:
+    from sedensenet.serve.model import data_name
+
+    assert data_name(data) == name

@@ -174,11 +174,14 @@ def data_summary(meta: CheckpointMeta) -> DataSummary:
 
 
 def data_name(data: Any) -> str | None:
-    """``/home/me/xray/`` -> ``xray``, ``C:\\data\\xray`` -> ``xray``, ``builtin:digits`` as it is; None when the
-    name says nothing (``.``, ``..``, empty)."""
+    """``/home/me/xray/`` -> ``xray``, ``C:\\data\\xray`` -> ``xray``, ``builtin:digits`` as it is; a table is
+    named with its folder (``/data/skin/labels.csv`` -> ``skin/labels.csv``: ``labels.csv`` alone says nothing);
+    None when the name says nothing (``.``, ``..``, empty)."""
     if not isinstance(data, str):
         return None
     parts = [p for p in re.split(r"[\\/]+", data) if p not in ("", ".", "..")]
+    if len(parts) >= 2 and parts[-1].lower().endswith((".csv", ".tsv")):
+        return "/".join(parts[-2:])
     return parts[-1] if parts else None
 
 
