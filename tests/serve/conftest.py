@@ -83,6 +83,8 @@ def copied_checkpoint(evaluated_run: Path, tmp_path_factory: pytest.TempPathFact
 
 
 LABELS = ["积液 effusion", "mass", "nodule", "气胸"]
+LABEL_TEMPERATURES = [1.5, None, 0.7, 2.0]
+"""Per-label temperatures of the multi-label checkpoint: what serve shows is calibrated, one label left as it is."""
 """The multi-label checkpoint's labels (effusion, mass, nodule, pneumothorax)."""
 PICTURE_PRESENT = [True, False, True, False]
 """How the multi-label checkpoint decides :func:`picture_bytes`: its thresholds sit 0.02 below (present) or above
@@ -97,7 +99,7 @@ def multilabel_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = create_model("se_densenet_tiny", num_classes=len(LABELS))
     meta = CheckpointMeta(
         model=model.config.to_dict(), classes=LABELS, image_size=IMAGE_SIZE, epoch=4, task="multi",
-        labels=[LabelDecision(name, 0.5) for name in LABELS],
+        labels=[LabelDecision(name, 0.5, t) for name, t in zip(LABELS, LABEL_TEMPERATURES, strict=True)],
         metrics={"val_loss": 0.7, "val_auc": 0.81, "val_mAP": 0.64}, extra={"data": "builtin:digit-pairs"},
         decision={"threshold": "f1", "calibrate": "none", "chosen_on": "validation", "inference": "eager"},
     )  # fmt: skip

@@ -27,7 +27,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from sedensenet.serve import create_app  # noqa: E402
 from sedensenet.serve.model import NO_STORED_EVALUATION  # noqa: E402
 
-from .conftest import LABELS, PICTURE_PRESENT, free_port, picture_bytes  # noqa: E402
+from .conftest import LABEL_TEMPERATURES, LABELS, PICTURE_PRESENT, free_port, picture_bytes  # noqa: E402
 from .test_browser import wait_until  # noqa: E402
 
 
@@ -71,7 +71,8 @@ def test_page_shows_decided_labels_as_chips_and_each_labels_bar_with_its_thresho
         page.click("#card summary")  # the card: no evaluation stored, each label's threshold
         assert page.locator("#card-figures .note").inner_text().endswith(NO_STORED_EVALUATION)
         fields = page.locator("#card-fields").inner_text()
-        assert all(f"{s['label']} (≥ {s['threshold']:.3f})" in fields for s in expected["scores"])
+        for score, t in zip(expected["scores"], LABEL_TEMPERATURES, strict=True):  # each threshold and temperature
+            assert f"{score['label']} (≥ {score['threshold']:.3f}" + (f", temperature {t:.3f})" if t else ")") in fields
         page.set_input_files("#file-input", [str(picture)])
         page.wait_for_selector(".result .chips", timeout=30_000)
         wait_until(page, "() => [...document.querySelectorAll('.result .heatmap')].some(i => i.naturalWidth > 0)")

@@ -24,7 +24,7 @@ from sedensenet.explain import explain_image, heatmap_colors
 from sedensenet.serve import create_app
 from sedensenet.serve.model import label_card
 
-from .conftest import LABELS, PICTURE_PRESENT, picture_bytes, png_bytes
+from .conftest import LABEL_TEMPERATURES, LABELS, PICTURE_PRESENT, picture_bytes, png_bytes
 
 IMAGES = {"胸片.png": picture_bytes(), "noise.png": png_bytes(21), "wide.png": png_bytes(22, size=(70, 30))}
 
@@ -47,7 +47,8 @@ def expected_probabilities(checkpoint: Path, names: list[str]) -> tuple[np.ndarr
     probs = postprocess(predictor.probabilities(x), predictor.meta)
     with torch.no_grad():
         logits = load_model(checkpoint)(x)  # (N, K)
-    np.testing.assert_allclose(probs, torch.sigmoid(logits).numpy(), atol=1e-6)
+    temps = torch.tensor([t or 1.0 for t in LABEL_TEMPERATURES])
+    np.testing.assert_allclose(probs, torch.sigmoid(logits / temps).numpy(), atol=1e-6)
     return probs, decide_labels(probs, predictor.meta), predictor
 
 
@@ -90,7 +91,8 @@ def test_card_says_multi_and_lists_thresholds_without_a_stored_evaluation(
     card = client.get("/v1/model").json()
     meta = Predictor.load(multilabel_checkpoint, InferenceSettings(device="cpu")).meta
     assert (card["task"], card["classes"]) == ("multi", LABELS)
-    assert card["labels"] == [{"name": d.name, "threshold": d.threshold, "temperature": None} for d in meta.labels]
+    assert card["labels"] == [{"name": d.name, "threshold": d.threshold, "temperature": t}
+                              for d, t in zip(meta.labels, LABEL_TEMPERATURES, strict=True)]  # fmt: skip
     assert len({d.threshold for d in meta.labels}) == len(LABELS)  # each label its own
     assert card["label_rule"] == {"threshold": "f1", "calibrate": "none", "chosen_on": "validation"}
     assert card["evaluation"] is None and "no final evaluation is stored" in card["evaluation_note"]
