@@ -237,14 +237,8 @@ def _pooled(out_dir: Path, runs: list[RunOutcome]) -> tuple[dict[str, float], di
     classes = json.loads((runs[0].run_dir / "classes.json").read_text(encoding="utf-8"))
     if "per_label" in runs[0].metrics["test"]:
         return _pooled_labels(out_dir, runs, classes)
-    rows, labels, decided, probs = [], [], [], []
-    for k, run in enumerate(runs, start=1):
-        paths, y, pred, p = read_predictions(run.run_dir / "test" / "predictions.csv", classes)
-        rows += [(k, path) for path in paths]
-        labels.append(y)
-        decided.append(pred)
-        probs.append(p)
-    y, pred, p = np.concatenate(labels), np.concatenate(decided), np.concatenate(probs)
+    folds, paths, (y, pred, p) = _held_out(runs, read_predictions, classes)
+    rows = list(zip(folds, paths, strict=True))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["fold", "path", "label", "predicted", *(f"p_{c}" for c in classes)])
@@ -266,6 +260,18 @@ def _pooled(out_dir: Path, runs: list[RunOutcome]) -> tuple[dict[str, float], di
     return scores, {k: v for k, v in pooled.get("intervals", {}).items() if isinstance(v, list) and len(v) == 2}
 
 
+def _held_out(runs: list[RunOutcome], read: Any, names: list[str]) -> tuple[list[int], list[str], list[np.ndarray]]:
+    """Every fold's held-out predictions.csv read back with ``read`` (single- or multi-label): each row's fold and
+    path, and the arrays ``read`` returns, concatenated over the folds in order."""
+    folds, paths, parts = [], [], []
+    for k, run in enumerate(runs, start=1):
+        p, *arrays = read(run.run_dir / "test" / "predictions.csv", names)
+        folds += [k] * len(p)
+        paths += p
+        parts.append(arrays)
+    return folds, paths, [np.concatenate(column) for column in zip(*parts, strict=True)]
+
+
 def _pooled_labels(
     out_dir: Path, runs: list[RunOutcome], labels: list[str]
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -273,15 +279,7 @@ def _pooled_labels(
     pooled macro and micro AUROC and mAP with their bootstrap intervals (figures that need no threshold)."""
     from sedensenet.reports.multilabel import multilabel_report, read_label_predictions
 
-    paths, targets, decided, probs, folds = [], [], [], [], []
-    for k, run in enumerate(runs, start=1):
-        p, t, d, q = read_label_predictions(run.run_dir / "test" / "predictions.csv", labels)
-        paths += p
-        folds += [k] * len(p)
-        targets.append(t)
-        decided.append(d)
-        probs.append(q)
-    t, d, q = np.concatenate(targets), np.concatenate(decided), np.concatenate(probs)
+    folds, paths, (t, d, q) = _held_out(runs, read_label_predictions, labels)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["fold", "path", "label", "predicted", "ignored", *(f"p_{n}" for n in labels)])

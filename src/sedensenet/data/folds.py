@@ -35,24 +35,10 @@ def check_folds(labels: Sequence[int], units: Sequence[Hashable], folds: int, cl
     Raises:
         DataError: naming the class, its count and the largest fold count that works.
     """
-    if folds < 2:
-        raise DataError(f"--folds must be at least 2 (each image is held out once), got {folds}")
     per_class: dict[int, set[Hashable]] = {}
     for label, unit in zip(labels, units, strict=True):
         per_class.setdefault(label, set()).add(unit)
-    grouped = len(set(units)) < len(units)
-    what = "groups (of images kept together)" if grouped else "images"
-    for label in sorted(per_class, key=lambda c: (len(per_class[c]), c)):
-        n = len(per_class[label])
-        if n < folds:
-            advice = f"use --folds {n} or fewer" if n >= 2 else "cross-validation needs at least 2 per class"
-            raise DataError(
-                f"--folds {folds} is more than class {classes[label]!r} can fill: it has {n} {what}, and every "
-                f"fold must hold out at least one; {advice}"
-            )
-    total = len(set(units))
-    if total < folds:
-        raise DataError(f"--folds {folds} is more than the {total} {what} of the data; use --folds {total} or fewer")
+    _check_counts({f"class {classes[c]!r}": len(u) for c, u in per_class.items()}, units, folds, "class")
 
 
 def assign_folds(labels: Sequence[int], units: Sequence[Hashable], folds: int, seed: int) -> list[int]:
@@ -135,19 +121,26 @@ def check_folds_multi(labels: np.ndarray, units: Sequence[Hashable], folds: int,
     Raises:
         DataError: naming the label, its count and the largest fold count that works.
     """
+    present = np.nan_to_num(labels, nan=0.0) > 0
+    counts = {f"label {names[k]!r}": len({u for u, p in zip(units, present[:, k], strict=True) if p})
+              for k in range(labels.shape[1])}  # fmt: skip
+    _check_counts(counts, units, folds, "label")
+
+
+def _check_counts(counts: dict[str, int], units: Sequence[Hashable], folds: int, kind: str) -> None:
+    """Refuse ``folds`` when a class or label (``counts``: its name -> the units that have it) or the data as a whole
+    has fewer units than folds, naming the smallest such and the fold count that works."""
     if folds < 2:
         raise DataError(f"--folds must be at least 2 (each image is held out once), got {folds}")
-    grouped = len(set(units)) < len(units)
-    what = "groups (of images kept together)" if grouped else "images"
-    present = np.nan_to_num(labels, nan=0.0) > 0
-    counts = [len({u for u, p in zip(units, present[:, k], strict=True) if p}) for k in range(labels.shape[1])]
-    for k in sorted(range(len(counts)), key=lambda k: (counts[k], k)):
-        if counts[k] < folds:
-            n = counts[k]
-            advice = f"use --folds {n} or fewer" if n >= 2 else "cross-validation needs at least 2 per label"
+    what = "groups (of images kept together)" if len(set(units)) < len(units) else "images"
+    for name in sorted(counts, key=lambda c: (counts[c], c)):
+        n = counts[name]
+        if n < folds:
+            advice = f"use --folds {n} or fewer" if n >= 2 else f"cross-validation needs at least 2 per {kind}"
+            has = f"{n} {what} have it" if kind == "label" else f"it has {n} {what}"
             raise DataError(
-                f"--folds {folds} is more than label {names[k]!r} can fill: {n} {what} have it, and every fold "
-                f"must hold out at least one; {advice}"
+                f"--folds {folds} is more than {name} can fill: {has}, and every fold must hold out at least one; "
+                f"{advice}"
             )
     total = len(set(units))
     if total < folds:

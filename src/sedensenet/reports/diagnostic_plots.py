@@ -99,7 +99,7 @@ def plot_roc(
         ax.plot(fpr, tpr, linewidth=2, label=f"{pos_label_name} (AUC = {auc:.3f})")
     else:
         ax.text(0.5, 0.3, "ROC undefined: both classes are needed", ha="center", transform=ax.transAxes)
-    _unit_square(ax, "False positive rate", "True positive rate", f"ROC: {pos_label_name} vs rest", "lower right")
+    unit_square(ax, "False positive rate", "True positive rate", f"ROC: {pos_label_name} vs rest", "lower right")
     return save_figure(fig, path)
 
 
@@ -136,19 +136,21 @@ def plot_pr(
             ax.plot([tp / y.sum()], [p_op], "o", color="C3", label=f"threshold {threshold:.3f}")
     else:
         ax.text(0.5, 0.5, "PR curve undefined: no positive sample", ha="center", transform=ax.transAxes)
-    _unit_square(ax, "Recall (sensitivity)", "Precision (PPV)", f"Precision-recall: {pos_label_name}", "lower left")
+    unit_square(ax, "Recall (sensitivity)", "Precision (PPV)", f"Precision-recall: {pos_label_name}", "lower left")
     return save_figure(fig, path)
 
 
-def _unit_square(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str) -> None:
-    """The axes of a curve between two rates (ROC, precision-recall): [0, 1] on both, square, labelled."""
+def unit_square(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str, fontsize: float | None = None) -> None:
+    """The axes of a curve between two rates (ROC, precision-recall): [0, 1] on both, square, labelled; the legend
+    (``fontsize`` for many lines) when something is labelled."""
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(loc=legend_loc)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc=legend_loc, fontsize=fontsize)
 
 
 @figure_writer

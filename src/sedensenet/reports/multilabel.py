@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.axes import Axes
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from sedensenet.config import ConfigError, ThresholdRule
@@ -38,6 +37,7 @@ from sedensenet.reports.clinical import (
     stratified_draws,
     weighted_auc_ap,
 )
+from sedensenet.reports.diagnostic_plots import unit_square
 from sedensenet.reports.figures import figure_writer, new_figure, save_figure
 from sedensenet.reports.metrics import finite_or_none
 
@@ -478,25 +478,13 @@ def plot_label_curves(
             roc_ax.plot([float(called[~y].mean())], [sens], "o", color=color, markersize=5)
             pr_ax.plot([sens], [float(y[called].mean()) if called.any() else 1.0], "o", color=color, markersize=5)
     legend = 7 if len(labels) > 6 else 9
-    _rate_axes(roc_ax, "False positive rate", "True positive rate", "ROC per label (AUROC)", "lower right", legend)
-    _rate_axes(
+    unit_square(roc_ax, "False positive rate", "True positive rate", "ROC per label (AUROC)", "lower right", legend)
+    unit_square(
         pr_ax, "Recall (sensitivity)", "Precision (PPV)", "Precision-recall per label (AP)", "lower left", legend
     )
     if skipped:
         fig.suptitle(f"one class only, no curve: {', '.join(skipped)}", fontsize=9)
     return save_figure(fig, path)
-
-
-def _rate_axes(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str, fontsize: float) -> None:
-    """Axes of a curve between two rates, as ``diagnostic_plots`` draws them, with a legend sized for many lines."""
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_aspect("equal")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc=legend_loc, fontsize=fontsize)
 
 
 def binary_accuracy(targets: np.ndarray, probs: np.ndarray) -> float:
