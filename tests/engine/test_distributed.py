@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from imagegen import make_folder  # noqa: E402
+from imagegen import FINDINGS, make_folder, make_multilabel_table  # noqa: E402
 
 from sedensenet.cli import main  # noqa: E402
 from sedensenet.engine.launch import torchrun_command  # noqa: E402
@@ -30,12 +31,15 @@ def _train(argv: list[str], nproc: int, cwd: Path) -> subprocess.CompletedProces
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("ddp")
     data = make_folder(tmp / "data", per_class=12)
+    # the full runs are multi-label (masked BCE, sigmoid outputs gathered from both ranks); the frozen ones are not
+    table = make_multilabel_table(tmp / "table", n=48, size=16, seed=3, columns=True, uncertain=0.1).csv
     out = {}
     for name, extra in {"frozen": ["--freeze-epochs", "2"], "full": []}.items():
         for nproc in (1, 2):
             # full2 also has a time budget (capped at the 2 epochs): rank 0's plan and step decisions reach rank 1
             extra = [*extra, "--time", "1h"] if name == "full" and nproc == 2 else extra
-            argv = ["--data", str(data), "--model", "se_densenet_tiny", "--image-size", "16", "--batch-size", "8",
+            source = str(table) if name == "full" else str(data)
+            argv = ["--data", source, "--model", "se_densenet_tiny", "--image-size", "16", "--batch-size", "8",
                     "--epochs", "2", "--workers", "0", "--project", str(tmp / "runs"), "--name", f"{name}{nproc}",
                     "--augment", "light", *extra]  # fmt: skip
             if nproc == 1:  # in this process (one intra-op thread, as each torchrun rank): no second start-up
@@ -73,7 +77,12 @@ def test_two_processes_track_one_in_full_training(runs: dict[str, Path]) -> None
 def test_only_rank_zero_writes(runs: dict[str, Path]) -> None:
     run_root = runs["full2"].parent
     assert sorted(p.name for p in run_root.iterdir()) == ["frozen1", "frozen2", "full1", "full2"]
-    assert (runs["full2"] / "metrics.json").is_file()
+    metrics = json.loads((runs["full2"] / "metrics.json").read_text(encoding="utf-8"))
+    assert sorted(metrics["per_label"]) == sorted(FINDINGS)  # a multi-label run, evaluated on both ranks' outputs
+    assert (
+        metrics["num_samples"]
+        == json.loads((runs["full1"] / "metrics.json").read_text(encoding="utf-8"))["num_samples"]
+    )
     log = (runs["full2"] / "train.log").read_text(encoding="utf-8")
     assert log.count("epoch 2/2") == 1
     assert log.count("epochs planned") == 2 and "2 epochs planned (2 done, --epochs 2 at most)" in log
