@@ -168,3 +168,31 @@ def test_compare_on_a_table_reports_macro_auroc_and_map(small: Path, tmp_path: P
     table = (result.out_dir / "compare.md").read_text(encoding="utf-8")
     assert "| macro AUROC | 95% interval | mAP | 95% interval |" in table
     assert (result.out_dir / "compare.csv").read_text(encoding="utf-8").splitlines()[0].endswith("map,test_map,run")
+
+
+def test_the_trained_run_exports_and_quantizes_with_per_label_agreement(run, table: Path, tmp_path: Path) -> None:
+    from sedensenet.export import export_model
+
+    images = [str(p) for p in sorted((table.parent / "images").glob("*.png"))[600:620]]
+    onnx = export_model(run.run_dir, output=tmp_path / "model.onnx").path
+    eager, exported = sedensenet.predict(run.run_dir, images), sedensenet.predict(onnx, images)
+    assert [p.labels for p in exported] == [p.labels for p in eager]
+    for p, q in zip(eager, exported, strict=True):
+        assert max(abs(p.scores[k] - q.scores[k]) for k in p.scores) < 1e-4
+    # int8: calibrated on the run's own training rows, judged per label on its val rows (uncertain entries ignored)
+    q = export_model(run.run_dir, quantize="int8", output=tmp_path / "model.int8.onnx", force=True).quantization
+    assert q["task"] == "multi" and sorted(q["per_label"]) == sorted(FINDINGS)
+    assert q["agreement"] == min(row["agreement"] for row in q["per_label"].values())
+    assert all(row["known"] <= q["eval_images"] for row in q["per_label"].values())
+
+
+def test_evaluate_on_the_runs_own_test_rows_gives_the_runs_figures(run, tmp_path: Path) -> None:
+    saved = json.loads((run.run_dir / "test" / "metrics.json").read_text(encoding="utf-8"))
+    report = sedensenet.evaluate(run.run_dir, split="test", output=tmp_path / "eval", seed=123)
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert report.num_samples == saved["num_samples"] == again["num_samples"]
+    for key in ("macro_auroc", "macro_map", "subset_accuracy", "hamming_loss"):
+        assert again[key] == pytest.approx(saved[key], abs=1e-6), key
+    assert {n: again["per_label"][n]["ignored"] for n in FINDINGS} == {n: saved["per_label"][n]["ignored"]
+                                                                       for n in FINDINGS}  # fmt: skip
+    assert (tmp_path / "eval" / "per_label.csv").is_file() and (tmp_path / "eval" / "label_curves.png").is_file()
