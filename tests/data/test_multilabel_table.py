@@ -199,3 +199,22 @@ def test_resolve_gives_tuple_labels_test_from_the_split_column_and_float_targets
     Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
     _, y = ImageFolderDataset([Sample(tmp_path / "x.png", (1.0, NAN, 0.0))])[0]
     assert y.dtype == torch.float32 and y[0] == 1 and torch.isnan(y[1]) and y[2] == 0
+
+
+def test_a_no_finding_label_is_trained_only_with_a_warning_that_names_the_flag(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from PIL import Image
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    table = tmp_path / "labels.csv"
+    table.write_text("image,labels\na.png,Effusion|Mass\nb.png,No Finding\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="sedensenet"):
+        read = read_table(table)
+    assert "No Finding" in read.label_names
+    assert "--none-label 'No Finding'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sedensenet"):
+        read = read_table(table, labels=LabelOptions(none_label="No Finding"))
+    assert read.label_names == ["Effusion", "Mass"] and "--none-label" not in caplog.text

@@ -518,6 +518,14 @@ def _log_table(table: Table) -> None:
         return
     logger.info("%s: %d images, multi-label: %d labels (%s)", table.source.name, len(table.samples),
                 len(table.label_names), ", ".join(table.label_names))  # fmt: skip
+    for name in table.label_names:
+        if name.lower().replace("_", " ") in NONE_NAMES:  # ChestX-ray14's "No Finding" trained as a finding
+            logger.warning("%s: label %r is trained as a finding of its own; if it means that the image has none, "
+                           "pass none_label=%r (--none-label %r)", table.source.name, name, name, name)  # fmt: skip
+
+
+NONE_NAMES = ("no finding", "no findings", "none", "normal")
+"""Label names that usually mean "nothing found": a warning suggests ``--none-label`` when one is trained as a label."""
 
 
 def read_image_list(
