@@ -134,3 +134,11 @@ def test_class_weights_auto_weighs_each_labels_positives_by_its_negatives() -> N
                         task="multi")  # fmt: skip
     assert positive_weight_tensor(splits).tolist() == [20.0, 1.0, 20.0]
     assert positive_weight_tensor(splits, cap=1000).tolist() == pytest.approx([99.0, 1.0, 98.0])
+
+
+def test_label_smoothing_moves_each_known_target_towards_one_half() -> None:
+    logits = torch.tensor([[1.0, -2.0, 0.3]])
+    targets = torch.tensor([[1.0, 0.0, NAN]])
+    smoothed = MaskedBCEWithLogits(label_smoothing=0.2)(logits, targets)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[0, :2], torch.tensor([0.9, 0.1]))
+    assert smoothed.item() == pytest.approx(expected.item(), rel=1e-6)

@@ -245,18 +245,23 @@ class MaskedBCEWithLogits(nn.Module):
     """Binary cross-entropy over every label, NaN targets (ignored labels) masked out of the loss.
 
     The mean is over the unmasked entries of the batch, so an ignored label neither pulls its logit nor dilutes the
-    others. ``pos_weight`` (one per label) scales the positive term, as ``nn.BCEWithLogitsLoss`` does.
+    others. ``pos_weight`` (one per label) scales the positive term, as ``nn.BCEWithLogitsLoss`` does;
+    ``label_smoothing`` moves each target towards 0.5 by that share (a 1 becomes ``1 - s/2``, a 0 ``s/2``).
     """
 
-    def __init__(self, pos_weight: torch.Tensor | None = None) -> None:
+    def __init__(self, pos_weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.register_buffer("pos_weight", pos_weight)
+        self.label_smoothing = label_smoothing
 
     def elementwise(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of each entry (0 where masked) and the mask of known entries."""
         known = ~targets.isnan()
+        target = targets.nan_to_num(0.0)
+        if self.label_smoothing:
+            target = target * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
         loss = nn.functional.binary_cross_entropy_with_logits(
-            logits.float(), targets.nan_to_num(0.0), pos_weight=self.pos_weight, reduction="none"
+            logits.float(), target, pos_weight=self.pos_weight, reduction="none"
         )
         return loss * known, known
 

@@ -251,7 +251,8 @@ def _criterion(config: TrainConfig, splits: DataSplits, device: torch.device) ->
     run, binary cross-entropy masked where a label is ignored, with (``auto``) each label's positive weight."""
     if is_multilabel(splits):
         pos_weight = build.positive_weight_tensor(splits) if config.class_weights == "auto" else None
-        return MaskedBCEWithLogits(pos_weight.to(device) if pos_weight is not None else None)
+        return MaskedBCEWithLogits(pos_weight.to(device) if pos_weight is not None else None,
+                                   label_smoothing=config.label_smoothing)  # fmt: skip
     weights = build.class_weight_tensor(splits) if config.class_weights == "auto" else None
     return nn.CrossEntropyLoss(
         weight=weights.to(device) if weights is not None else None, label_smoothing=config.label_smoothing
@@ -457,7 +458,7 @@ def finish(ctx: RunContext) -> dict[str, Any]:
 
 def is_multilabel(splits: DataSplits) -> bool:
     """Whether ``splits`` is a multi-label set (its samples carry one 0/1/NaN entry per label)."""
-    return getattr(splits, "task", "single") == "multi"
+    return splits.task == "multi"
 
 
 def split_label(split: str, has_test: bool) -> str:
