@@ -116,7 +116,8 @@ def test_compare_on_builtin_faces(tmp_path: Path) -> None:
     from sedensenet.compare import compare
 
     # At 16 px instead of the recommended 32: a quarter of the pixels; nothing asserted depends on the size.
-    result = compare("builtin:faces", ["densenet_bc_100", "se_densenet_bc_100"], seeds=2, epochs=1,
+    # Two steps of training each: what is asserted is the table's shape and the models' sizes, not their scores.
+    result = compare("builtin:faces", ["densenet_bc_100", "se_densenet_bc_100"], seeds=2, epochs=1, max_steps=2,
                      project=str(tmp_path), workers=0, image_size=16)  # fmt: skip
     assert [r.model for r in result.rows] == ["densenet_bc_100", "se_densenet_bc_100"]
     assert all(len(r.val_accuracy) == len(r.roc_auc) == 2 for r in result.rows)
