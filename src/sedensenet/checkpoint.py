@@ -229,6 +229,10 @@ class CheckpointMeta:
     def multilabel(self) -> bool:
         return self.task == "multi"
 
+    def label_thresholds(self) -> list[float]:
+        """Multi-label: each label's threshold in ``classes`` order; 0.5 for every label before any was chosen."""
+        return [d.threshold for d in self.labels] if self.labels else [0.5] * len(self.classes)
+
     def dicom_options(self) -> DicomOptions | None:
         """How the run decoded DICOM files (its ``--dicom-window``), for predicting as it trained; None: each file's
         own window."""

@@ -44,7 +44,7 @@ def decide_labels(probs: np.ndarray, meta: CheckpointMeta) -> np.ndarray:
     """Multi-label: which labels each image has, ``(N, K)`` booleans: a label's (calibrated) probability at or
     above its stored threshold (0.5 before thresholds were chosen)."""
     p = np.asarray(probs)
-    thresholds = np.array([d.threshold for d in meta.labels] if meta.labels else [0.5] * p.shape[1])
+    thresholds = np.array(meta.label_thresholds())
     return p >= thresholds[None, :]
 
 

@@ -106,7 +106,7 @@ def write_label_evaluation(
     decides (0.5 without ``meta``)."""
     assert result.probs is not None and result.targets is not None
     probs = result.probs if meta is None else postprocess(result.probs, meta)
-    thresholds = [d.threshold for d in meta.labels] if meta is not None and meta.labels else [0.5] * len(classes)
+    thresholds = meta.label_thresholds() if meta is not None else [0.5] * len(classes)
     targets = np.asarray(result.targets, dtype=np.float64)
     report = multilabel_report(targets, probs, classes, thresholds, seed=seed, loss=result.loss)
     out_dir.mkdir(parents=True, exist_ok=True)

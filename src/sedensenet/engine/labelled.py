@@ -68,8 +68,7 @@ def _evaluate_labels(
     if output is not None:
         return write_label_evaluation(Path(output), res, predictor.classes, samples, extra, meta=meta, seed=seed)
     probs = postprocess(res.probs, meta)
-    thresholds = [d.threshold for d in meta.labels] if meta.labels else [0.5] * len(predictor.classes)
-    return multilabel_report(res.targets, probs, predictor.classes, thresholds, seed=seed, loss=res.loss)
+    return multilabel_report(res.targets, probs, predictor.classes, meta.label_thresholds(), seed=seed, loss=res.loss)
 
 
 def meta_for(meta: CheckpointMeta, positive: str | None) -> CheckpointMeta:

@@ -17,7 +17,7 @@ from torch import nn
 
 from sedensenet.data import normalize_batch
 from sedensenet.errors import UserError
-from sedensenet.reports.multilabel import epoch_scores
+from sedensenet.reports.multilabel import binary_accuracy, epoch_scores
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -227,8 +227,7 @@ def accuracy_of(probs: np.ndarray, targets: np.ndarray) -> float:
         return math.nan
     if not np.issubdtype(targets.dtype, np.floating):
         return float((probs.argmax(1) == targets).mean())
-    known = ~np.isnan(targets)
-    return float(((probs >= 0.5) == (targets > 0.5))[known].mean()) if known.any() else math.nan
+    return binary_accuracy(targets, probs)
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:

@@ -145,7 +145,7 @@ class ServedModel:
         meta = self.predictor.meta
         if not meta.multilabel:
             return None
-        return [d.threshold for d in meta.labels] if meta.labels else [0.5] * len(meta.classes)
+        return meta.label_thresholds()
 
 
 def label_card(meta: CheckpointMeta) -> dict[str, Any]:
