@@ -1,5 +1,6 @@
-"""``--amp auto``: bf16 on CPUs whose bf16 matrix units oneDNN uses, float32 elsewhere (detection patched both
-ways, so these pass on any CPU); predict and evaluate follow the same rule and record it in metrics.json."""
+"""``--amp auto``: bf16 on CPUs whose bf16 matrix units oneDNN uses and where they run DenseNet faster than float32
+(measured), float32 elsewhere (detection and measurement patched both ways, so these pass on any CPU); predict and
+evaluate follow the same rule and record it in metrics.json."""
 
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ X86_WITH = {"architecture": "x86_64", "avx512_bf16": True, "amx_bf16": False}
 X86_WITHOUT = {"architecture": "x86_64", "avx512_bf16": False, "amx_bf16": False}
 
 
-def _caps(monkeypatch: pytest.MonkeyPatch, onednn: bool, caps: dict) -> None:
+def _caps(monkeypatch: pytest.MonkeyPatch, onednn: bool, caps: dict, speedup: float = 1.8) -> None:
+    """The CPU's answers as given; its bf16 probe reports ``speedup`` (1.8: what an EPYC's AVX512-BF16 gives)."""
     monkeypatch.delenv("SEDENSENET_CPU_BF16", raising=False)  # tests/conftest.py pins float32 for the rest
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    monkeypatch.setattr(device_mod, "cpu_bf16_speedup", lambda threads=None: speedup)
 
 
 def test_cpu_bf16_needs_native_units(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,18 +49,60 @@ def test_cpu_bf16_needs_native_units(monkeypatch: pytest.MonkeyPatch) -> None:
     assert device_mod.cpu_bf16()[0]
 
 
-@pytest.mark.parametrize(("native", "want"), [(True, torch.bfloat16), (False, None)], ids=["bf16_cpu", "older_cpu"])
-def test_amp_auto_on_cpu_follows_detection_and_logs_why(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, native: bool, want: torch.dtype | None
-) -> None:
-    _caps(monkeypatch, True, X86_WITH if native else X86_WITHOUT)
+@pytest.mark.parametrize(
+    ("native", "speedup", "want", "line"),
+    [
+        (True, 1.8, torch.bfloat16, "--amp auto: bf16 on cpu (oneDNN uses this CPU's avx512_bf16; a DenseNet layer's "
+         "training step ran 1.80x float32's speed in bf16: faster; --amp off forces float32)"),
+        (True, 0.85, None, "--amp auto: fp32 on cpu (oneDNN uses this CPU's avx512_bf16; a DenseNet layer's training "
+         "step ran 0.85x float32's speed in bf16: under 1.1x, not worth bf16's precision; --amp bf16 forces bf16)"),
+        (False, 1.8, None, "--amp auto: fp32 on cpu (no AVX512-BF16 or AMX-BF16"),
+    ],
+    ids=["bf16_faster", "bf16_slower", "older_cpu"],
+)  # fmt: skip
+def test_amp_auto_on_cpu_follows_detection_and_measurement_and_logs_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, native: bool, speedup: float,
+    want: torch.dtype | None, line: str,
+) -> None:  # fmt: skip
+    _caps(monkeypatch, True, X86_WITH if native else X86_WITHOUT, speedup)
     with caplog.at_level(logging.INFO, logger="sedensenet.engine.device"):
         settings, scaler = device_mod.step_settings(TrainConfig(data="builtin:digits", amp="auto"), CPU)
     assert settings.amp_dtype == want and scaler is None
-    line = "--amp auto: bf16 on cpu (oneDNN uses this CPU's avx512_bf16" if native else "--amp auto: fp32 on cpu (no"
     assert line in caplog.text
     assert device_mod.step_settings(TrainConfig(data="builtin:digits", amp="off"), CPU)[0].amp_dtype is None
     assert device_mod.step_settings(TrainConfig(data="builtin:digits", amp="bf16"), CPU)[0].amp_dtype == torch.bfloat16
+
+
+def test_env_1_trusts_the_units_without_measuring(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _caps(monkeypatch, True, X86_WITH, speedup=0.5)
+
+    def unmeasured(threads: int | None = None) -> float:
+        raise AssertionError("SEDENSENET_CPU_BF16=1 must not run the probe")
+
+    monkeypatch.setattr(device_mod, "cpu_bf16_speedup", unmeasured)
+    monkeypatch.setenv("SEDENSENET_CPU_BF16", "1")
+    with caplog.at_level(logging.INFO, logger="sedensenet.engine.device"):
+        assert device_mod.amp_dtype("auto", CPU) == torch.bfloat16
+    assert "SEDENSENET_CPU_BF16=1, not measured" in caplog.text
+    _caps(monkeypatch, True, X86_WITHOUT)
+    monkeypatch.setenv("SEDENSENET_CPU_BF16", "1")
+    assert device_mod.amp_dtype("auto", CPU) is None  # no units: the variable cannot conjure them
+
+
+def test_the_bf16_probe_measures_once_and_leaves_the_run_as_it_found_it() -> None:
+    device_mod.cpu_bf16_speedup.cache_clear()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    threads = torch.get_num_threads()
+    speedup = device_mod.cpu_bf16_speedup(1)
+    assert 0.05 < speedup < 50  # float32 seconds / bf16 seconds of a real step, both timed
+    assert torch.get_num_threads() == threads  # measured at 1 thread, then restored
+    assert torch.equal(torch.rand(3), expected)  # the global generator did not move: seeding stays exact
+    assert device_mod.cpu_bf16_speedup(1) == speedup  # once per process and thread count
+    assert device_mod.cpu_bf16_speedup.cache_info().hits >= 1
 
 
 @pytest.fixture(scope="module")
