@@ -1,6 +1,6 @@
-"""``--amp auto``: bf16 on CPUs whose bf16 matrix units oneDNN uses and where they run DenseNet faster than float32
-(measured), float32 elsewhere (detection and measurement patched both ways, so these pass on any CPU); predict and
-evaluate follow the same rule and record it in metrics.json."""
+"""``--amp auto``: bf16 on CPUs whose bf16 matrix units oneDNN uses and are faster than its float32, float32 elsewhere
+(detection patched both ways, so these pass on any CPU); predict and evaluate follow the same rule and record it in
+metrics.json; a run records the precision it trained in, and a resume keeps it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from imagegen import CLASSES, make_folder  # noqa: E402
@@ -27,12 +28,16 @@ X86_WITH = {"architecture": "x86_64", "avx512_bf16": True, "amx_bf16": False}
 X86_WITHOUT = {"architecture": "x86_64", "avx512_bf16": False, "amx_bf16": False}
 
 
-def _caps(monkeypatch: pytest.MonkeyPatch, onednn: bool, caps: dict, speedup: float = 1.8) -> None:
-    """The CPU's answers as given; its bf16 probe reports ``speedup`` (1.8: what an EPYC's AVX512-BF16 gives)."""
+EPYC = ("AuthenticAMD", 25, 17)  # Zen 4: AVX512-BF16, bf16 1.6-1.8x float32 (benchmarks/README.md)
+EMERALD_RAPIDS = ("GenuineIntel", 6, 207)  # AVX512-BF16 slower than float32 when AMX is hidden
+
+
+def _caps(monkeypatch: pytest.MonkeyPatch, onednn: bool, caps: dict, cpu: tuple[str, int, int] = EPYC) -> None:
+    """The CPU's answers as given (an EPYC unless ``cpu`` names another)."""
     monkeypatch.delenv("SEDENSENET_CPU_BF16", raising=False)  # tests/conftest.py pins float32 for the rest
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
-    monkeypatch.setattr(device_mod, "cpu_bf16_speedup", lambda threads=None: speedup)
+    monkeypatch.setattr(device_mod, "cpu_id", lambda: cpu)
 
 
 def test_cpu_bf16_needs_native_units(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,60 +54,58 @@ def test_cpu_bf16_needs_native_units(monkeypatch: pytest.MonkeyPatch) -> None:
     assert device_mod.cpu_bf16()[0]
 
 
+def test_cpu_bf16_keeps_float32_where_avx512_bf16_is_slower(monkeypatch: pytest.MonkeyPatch) -> None:
+    _caps(monkeypatch, True, X86_WITH, cpu=EMERALD_RAPIDS)
+    assert device_mod.cpu_bf16() == (False, "Emerald Rapids without AMX: its AVX512-BF16 runs DenseNet at "
+                                            "0.64-0.75x float32's speed (benchmarks/README.md)")  # fmt: skip
+    _caps(monkeypatch, True, {**X86_WITH, "amx_bf16": True}, cpu=EMERALD_RAPIDS)  # with AMX: bf16
+    assert device_mod.cpu_bf16() == (True, "oneDNN uses this CPU's amx_bf16 and avx512_bf16")
+    _caps(monkeypatch, True, X86_WITH, cpu=("GenuineIntel", 6, 143))  # Sapphire Rapids, the same cores
+    assert not device_mod.cpu_bf16()[0]
+    _caps(monkeypatch, True, X86_WITH, cpu=("GenuineIntel", 6, 85))  # Cooper Lake: not measured slower
+    assert device_mod.cpu_bf16()[0]
+    _caps(monkeypatch, True, X86_WITH, cpu=None)  # no /proc/cpuinfo (another OS): the units decide
+    assert device_mod.cpu_bf16()[0]
+    _caps(monkeypatch, True, X86_WITH, cpu=EMERALD_RAPIDS)
+    monkeypatch.setenv("SEDENSENET_CPU_BF16", "1")  # the user's word over the rule
+    assert device_mod.cpu_bf16() == (True, "oneDNN uses this CPU's avx512_bf16")
+
+
+def test_cpu_id_reads_this_machine() -> None:
+    found = device_mod.cpu_id()
+    if not Path("/proc/cpuinfo").is_file():
+        assert found is None
+        return
+    text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    if "vendor_id" not in text:  # Arm and others name no vendor there
+        assert found is None
+        return
+    vendor, family, model = found
+    assert f"vendor_id\t: {vendor}" in text and family > 0 and model >= 0
+
+
 @pytest.mark.parametrize(
-    ("native", "speedup", "want", "line"),
+    ("native", "cpu", "want", "line"),
     [
-        (True, 1.8, torch.bfloat16, "--amp auto: bf16 on cpu (oneDNN uses this CPU's avx512_bf16; a DenseNet layer's "
-         "training step ran 1.80x float32's speed in bf16: faster; --amp off forces float32)"),
-        (True, 0.85, None, "--amp auto: fp32 on cpu (oneDNN uses this CPU's avx512_bf16; a DenseNet layer's training "
-         "step ran 0.85x float32's speed in bf16: under 1.1x, not worth bf16's precision; --amp bf16 forces bf16)"),
-        (False, 1.8, None, "--amp auto: fp32 on cpu (no AVX512-BF16 or AMX-BF16"),
+        (True, EPYC, torch.bfloat16, "--amp auto: bf16 on cpu (oneDNN uses this CPU's avx512_bf16; --amp off forces "
+         "float32)"),
+        (True, EMERALD_RAPIDS, None, "--amp auto: fp32 on cpu (Emerald Rapids without AMX: its AVX512-BF16 runs "
+         "DenseNet at 0.64-0.75x float32's speed (benchmarks/README.md); --amp bf16 forces bf16)"),
+        (False, EPYC, None, "--amp auto: fp32 on cpu (no AVX512-BF16 or AMX-BF16"),
     ],
-    ids=["bf16_faster", "bf16_slower", "older_cpu"],
+    ids=["bf16_cpu", "slow_bf16_cpu", "older_cpu"],
 )  # fmt: skip
-def test_amp_auto_on_cpu_follows_detection_and_measurement_and_logs_why(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, native: bool, speedup: float,
+def test_amp_auto_on_cpu_follows_detection_and_logs_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, native: bool, cpu: tuple,
     want: torch.dtype | None, line: str,
 ) -> None:  # fmt: skip
-    _caps(monkeypatch, True, X86_WITH if native else X86_WITHOUT, speedup)
+    _caps(monkeypatch, True, X86_WITH if native else X86_WITHOUT, cpu)
     with caplog.at_level(logging.INFO, logger="sedensenet.engine.device"):
         settings, scaler = device_mod.step_settings(TrainConfig(data="builtin:digits", amp="auto"), CPU)
     assert settings.amp_dtype == want and scaler is None
     assert line in caplog.text
     assert device_mod.step_settings(TrainConfig(data="builtin:digits", amp="off"), CPU)[0].amp_dtype is None
     assert device_mod.step_settings(TrainConfig(data="builtin:digits", amp="bf16"), CPU)[0].amp_dtype == torch.bfloat16
-
-
-def test_env_1_trusts_the_units_without_measuring(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    _caps(monkeypatch, True, X86_WITH, speedup=0.5)
-
-    def unmeasured(threads: int | None = None) -> float:
-        raise AssertionError("SEDENSENET_CPU_BF16=1 must not run the probe")
-
-    monkeypatch.setattr(device_mod, "cpu_bf16_speedup", unmeasured)
-    monkeypatch.setenv("SEDENSENET_CPU_BF16", "1")
-    with caplog.at_level(logging.INFO, logger="sedensenet.engine.device"):
-        assert device_mod.amp_dtype("auto", CPU) == torch.bfloat16
-    assert "SEDENSENET_CPU_BF16=1, not measured" in caplog.text
-    _caps(monkeypatch, True, X86_WITHOUT)
-    monkeypatch.setenv("SEDENSENET_CPU_BF16", "1")
-    assert device_mod.amp_dtype("auto", CPU) is None  # no units: the variable cannot conjure them
-
-
-def test_the_bf16_probe_measures_once_and_leaves_the_run_as_it_found_it() -> None:
-    device_mod.cpu_bf16_speedup.cache_clear()
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
-    threads = torch.get_num_threads()
-    speedup = device_mod.cpu_bf16_speedup(1)
-    assert 0.05 < speedup < 50  # float32 seconds / bf16 seconds of a real step, both timed
-    assert torch.get_num_threads() == threads  # measured at 1 thread, then restored
-    assert torch.equal(torch.rand(3), expected)  # the global generator did not move: seeding stays exact
-    assert device_mod.cpu_bf16_speedup(1) == speedup  # once per process and thread count
-    assert device_mod.cpu_bf16_speedup.cache_info().hits >= 1
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +155,18 @@ def test_bf16_predictions_agree_with_fp32_and_large_jobs_stay_on_bf16_eager(
 def test_unknown_amp_is_refused_by_name(checkpoint: tuple[Path, Path]) -> None:
     with pytest.raises(sedensenet.config.ConfigError, match="--amp 'int8'"):
         Predictor.load(checkpoint[0], InferenceSettings(device="cpu", amp="int8"))
+
+
+def test_a_run_records_the_precision_auto_measured_and_a_resume_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _caps(monkeypatch, True, X86_WITH, cpu=EMERALD_RAPIDS)  # auto trains in float32 here
+    data = make_folder(tmp_path / "data", per_class=4)
+    settings = {"model": "se_densenet_tiny", "image_size": 16, "batch_size": 4, "workers": 0}
+    first = sedensenet.train(data=str(data), project=str(tmp_path / "runs"), epochs=1, **settings)
+    assert yaml.safe_load((first.run_dir / "config.yaml").read_text(encoding="utf-8"))["amp"] == "off"
+    _caps(monkeypatch, True, X86_WITH)  # resumed on an EPYC, where auto would pick bf16: the run keeps float32
+    resumed = sedensenet.train(resume=first.run_dir, epochs=2)
+    assert yaml.safe_load((resumed.run_dir / "config.yaml").read_text(encoding="utf-8"))["amp"] == "off"
+    fresh = sedensenet.train(data=str(data), project=str(tmp_path / "runs"), epochs=1, **settings)
+    assert yaml.safe_load((fresh.run_dir / "config.yaml").read_text(encoding="utf-8"))["amp"] == "bf16"

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
 import os
 import random
-import time
 
 import numpy as np
 import torch
-from torch import nn
 
 from sedensenet.config import TrainConfig
-from sedensenet.engine import distributed as dist
 from sedensenet.engine.loop import StepSettings
 from sedensenet.errors import DeviceError
 
@@ -42,13 +39,14 @@ def select_device(name: str) -> torch.device:
 
 
 def cpu_bf16() -> tuple[bool, str]:
-    """Whether this CPU runs bf16 matrix work on bf16 units that PyTorch's oneDNN uses, and why (for the log).
+    """Whether ``--amp auto`` runs bf16 on this CPU: it has bf16 matrix units that PyTorch's oneDNN uses, and they
+    are faster than its float32 units; and why (for the log).
 
     oneDNN's own query (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) is true on any AVX-512 x86 CPU, where
     bf16 without AVX512-BF16 or AMX is emulated and slower than float32; so on x86 the CPU must also report
-    ``avx512_bf16`` or ``amx_bf16`` (``torch.cpu.get_capabilities``). On Arm oneDNN's query already asks for the
-    BF16 extension. ``SEDENSENET_CPU_BF16=0`` in the environment answers no (float32 under ``--amp auto``).
-    Having the units does not make bf16 faster: :func:`cpu_bf16_speedup` measures that.
+    ``avx512_bf16`` or ``amx_bf16`` (``torch.cpu.get_capabilities``), and not be one whose AVX512-BF16 is slower
+    than its float32 (:func:`slow_avx512_bf16`). On Arm oneDNN's query already asks for the BF16 extension.
+    ``SEDENSENET_CPU_BF16=0`` in the environment answers no, ``=1`` skips the speed rule.
     """
     if os.environ.get("SEDENSENET_CPU_BF16") == "0":  # e.g. runs that must match float32 ones on any CPU
         return False, "SEDENSENET_CPU_BF16=0"
@@ -65,79 +63,50 @@ def cpu_bf16() -> tuple[bool, str]:
     units = [name for name in ("amx_bf16", "avx512_bf16") if caps.get(name)]
     if not units:
         return False, "no AVX512-BF16 or AMX-BF16 on this x86 CPU (oneDNN would emulate bf16, slower than fp32)"
+    slow = None if caps.get("amx_bf16") or os.environ.get("SEDENSENET_CPU_BF16") == "1" else slow_avx512_bf16()
+    if slow:
+        return False, slow
     return True, f"oneDNN uses this CPU's {' and '.join(units)}"
 
 
-BF16_MIN_SPEEDUP = 1.1
-"""``--amp auto`` trains and predicts in bf16 on a CPU only when its probe step is at least this much faster
-than float32's: bf16 costs precision, so near parity float32 wins."""
+SLOW_AVX512_BF16 = {("GenuineIntel", 6, 143): "Sapphire Rapids", ("GenuineIntel", 6, 207): "Emerald Rapids"}
+"""x86 CPUs (vendor, family, model) whose AVX512-BF16 runs slower than their float32 when AMX is not available to
+the process (hidden by a hypervisor, as on the VM of benchmarks/README.md, or disabled). Measured on Emerald
+Rapids (model 207): oneDNN's bf16 convolutions at 86 GFLOP/s against 141 in float32, a 2048-square matmul at 165
+against 350, our DenseNet-121 training at 0.64-0.75x and inference at 0.74x its float32 speed. Sapphire Rapids has
+the same cores' bf16 units. Other CPUs with AVX512-BF16 (AMD's Zen 4 and 5: bf16 1.6-1.8x float32 on an EPYC;
+Cooper Lake) keep bf16. ``python benchmarks/precision.py`` measures a CPU not listed."""
 
 
-@functools.lru_cache(maxsize=8)
-def cpu_bf16_speedup(threads: int | None = None) -> float:
-    """How much faster one DenseNet layer's training step runs under bf16 autocast than in float32 on this CPU
-    (float32 seconds / bf16 seconds; measured once per process and thread count, in under a second).
+def slow_avx512_bf16() -> str | None:
+    """Why bf16 would be slower than float32 on this CPU (:data:`SLOW_AVX512_BF16`), or None."""
+    name = SLOW_AVX512_BF16.get(cpu_id() or ("", -1, -1))
+    if name is None:
+        return None
+    return f"{name} without AMX: its AVX512-BF16 runs DenseNet at 0.64-0.75x float32's speed (benchmarks/README.md)"
 
-    Why measure: bf16 units do not make bf16 faster everywhere. On a Xeon with AVX512-BF16 and no AMX, oneDNN's
-    bf16 convolutions ran at half its float32 ones' speed and a whole DenseNet-121 step at 0.85x (inference
-    0.77x), while an EPYC with the same flag gains ~1.8x and AMX more (benchmarks/README.md, *Which precision
-    --amp auto picks*). The probe is a layer of DenseNet-121's second block at 224 px (BN-ReLU-1x1 conv 256 to 128,
-    BN-ReLU-3x3 conv to 32, 28x28, batch 16, channels_last), forward and backward, each precision's best of
-    three interleaved runs after a warm-up, at the run's thread count.
-    """
-    threads = threads or torch.get_num_threads()
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
+
+def cpu_id() -> tuple[str, int, int] | None:
+    """(vendor, family, model) of the first CPU in ``/proc/cpuinfo`` (x86 Linux); None where it cannot be read."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as info:
+        for line in info:
+            if not line.strip():
+                break  # the first processor's block is enough
+            name, _, value = line.partition(":")
+            fields[name.strip()] = value.strip()
     try:
-        gen = torch.Generator().manual_seed(0)
-        with torch.random.fork_rng(devices=[]):  # the run's global generator stays where seeding put it
-            torch.manual_seed(0)
-            layer = nn.Sequential(
-                nn.BatchNorm2d(256), nn.ReLU(), nn.Conv2d(256, 128, 1, bias=False),
-                nn.BatchNorm2d(128), nn.ReLU(), nn.Conv2d(128, 32, 3, padding=1, bias=False),
-            )  # fmt: skip
-        x = torch.randn(16, 256, 28, 28, generator=gen).contiguous(memory_format=torch.channels_last)
-        x.requires_grad_(True)
-
-        def step(bf16: bool) -> float:
-            start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                y = layer(x.to(torch.bfloat16) if bf16 else x)
-            y.float().sum().backward()
-            return time.perf_counter() - start
-
-        best = {False: float("inf"), True: float("inf")}
-        for bf16 in best:
-            step(bf16)  # oneDNN builds its kernels for the shapes on the first call
-        for _ in range(3):
-            for bf16 in best:
-                best[bf16] = min(best[bf16], step(bf16))
-        return best[False] / best[True]
-    finally:
-        torch.set_num_threads(saved)
-
-
-def _cpu_amp_auto() -> tuple[str, str]:
-    """``--amp auto`` on the CPU: bf16 where the CPU has bf16 units and the probe finds them faster
-    (``SEDENSENET_CPU_BF16=1``: the units alone decide, no probe), else float32; with the reason for the log."""
-    ok, why = cpu_bf16()
-    if not ok:
-        return "off", why
-    if os.environ.get("SEDENSENET_CPU_BF16") == "1":
-        return "bf16", f"{why}; SEDENSENET_CPU_BF16=1, not measured"
-    speedup = cpu_bf16_speedup()
-    verdict = "faster" if speedup >= BF16_MIN_SPEEDUP else f"under {BF16_MIN_SPEEDUP}x, not worth bf16's precision"
-    measured = f"a DenseNet layer's training step ran {speedup:.2f}x float32's speed in bf16: {verdict}"
-    return ("bf16" if speedup >= BF16_MIN_SPEEDUP else "off"), f"{why}; {measured}"
+        return fields["vendor_id"], int(fields["cpu family"]), int(fields["model"])
+    except (KeyError, ValueError):
+        return None
 
 
 def amp_dtype(amp: str, device: torch.device, *, quiet: bool = False) -> torch.dtype | None:
     """The autocast dtype ``--amp`` asks for on ``device``; ``auto`` picks it and logs which and why (unless
     ``quiet``: a caller that only plans, such as the memory estimate, leaves the log line to the run).
 
-    ``auto``: bf16 on CUDA GPUs that support it (else fp16); on a CPU bf16 where it has bf16 matrix units
-    (:func:`cpu_bf16`) and they run DenseNet faster than float32 (:func:`cpu_bf16_speedup`, measured once per
-    process), float32 elsewhere. ``off`` is float32 everywhere.
+    ``auto``: bf16 on CUDA GPUs that support it (else fp16), bf16 on CPUs whose bf16 matrix units are faster than
+    their float32 (:func:`cpu_bf16`), float32 elsewhere. ``off`` is float32 everywhere.
     """
     if amp not in ("auto", "off", "bf16", "fp16"):
         raise ValueError(f"--amp {amp!r}: choose auto, off, bf16 or fp16")
@@ -145,16 +114,14 @@ def amp_dtype(amp: str, device: torch.device, *, quiet: bool = False) -> torch.d
         if device.type == "cuda":
             amp, why = ("bf16", "GPU supports bf16") if torch.cuda.is_bf16_supported() else ("fp16", "no bf16 on GPU")
         elif device.type == "cpu":
-            amp, why = _cpu_amp_auto()
+            ok, why = cpu_bf16()
+            amp = "bf16" if ok else "off"
         else:
             amp, why = "off", f"no mixed precision by default on {device.type}"
         if not quiet:
             force = "--amp off forces float32" if amp != "off" else "--amp bf16 forces bf16"
             log.info("--amp auto: %s on %s (%s; %s)", "fp32" if amp == "off" else amp, device.type, why, force)
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
-_AMP_DTYPES = (None, torch.bfloat16, torch.float16)
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
@@ -166,8 +133,6 @@ def step_settings(config: TrainConfig, device: torch.device) -> tuple[StepSettin
     """Mixed precision (see :func:`amp_dtype`) and memory format for ``device``: channels_last only on GPUs (on CPU
     the model's fast path runs channels_last itself)."""
     dtype = amp_dtype(config.amp, device)
-    if config.amp == "auto":  # a measured choice: every process takes rank 0's, as they take its memory plan
-        dtype = _AMP_DTYPES[dist.rank0_decides(_AMP_DTYPES.index(dtype), device)]
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     return StepSettings(device, dtype, channels_last=config.channels_last and device.type == "cuda"), scaler
 

@@ -32,7 +32,13 @@ from sedensenet.engine import build, memory
 from sedensenet.engine import distributed as dist
 from sedensenet.engine.budget import TimeBudget, format_seconds
 from sedensenet.engine.decision import check_decision_settings, check_label_settings, fit_decision
-from sedensenet.engine.device import precision_name, seed_everything, select_device, step_settings
+from sedensenet.engine.device import (
+    amp_dtype,
+    precision_name,
+    seed_everything,
+    select_device,
+    step_settings,
+)
 from sedensenet.engine.evaluation import record_evaluation, write_evaluation, write_label_evaluation
 from sedensenet.engine.loader import make_loader
 from sedensenet.engine.loop import MaskedBCEWithLogits, weighted_loss
@@ -117,6 +123,7 @@ def prepare(
     if config.sync_bn and dist.is_distributed() and device.type != "cuda":
         # PyTorch's SyncBatchNorm has kernels for GPUs only: fail here, not in the first forward pass.
         raise ConfigError(f"--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no {device.type} kernels); drop it")
+    config = _resolve_amp(config, device)
     plan = _plan_memory(config, device, died)
     seed_everything(config.seed)
     splits = scan(config)
@@ -176,6 +183,22 @@ def _resolve_monitor(config: TrainConfig, splits: DataSplits) -> TrainConfig:
         log.info("--monitor auto: the best epoch is the one of the highest %s (%s)", monitor,
                  "multi-label" if is_multilabel(splits) else "--class-weights auto")  # fmt: skip
     return replace(config, monitor=monitor)
+
+
+AMP_NAMES = ("off", "bf16", "fp16")
+
+
+def _resolve_amp(config: TrainConfig, device: torch.device) -> TrainConfig:
+    """``--amp auto`` made concrete before the memory plan, which depends on it: rank 0's reading of its device
+    (:func:`~sedensenet.engine.device.amp_dtype`), taken by every process, so that ranks on machines with and
+    without fast bf16 train in one precision, and recorded in config.yaml, so that a resume on another machine
+    keeps the precision the run started in."""
+    if config.amp != "auto":
+        return config
+    code = 0
+    if dist.is_main():
+        code = AMP_NAMES.index(precision_name(amp_dtype("auto", device)).replace("fp32", "off"))
+    return replace(config, amp=AMP_NAMES[dist.rank0_decides(code, device)])
 
 
 def _meta(
