@@ -70,3 +70,41 @@ def test_table_is_generated_from_raw_results(modules, tmp_path: Path) -> None:  
     assert line.startswith("| DenseNet-BC-100 | 32/64 | bf16 | train | 60.0 | 84.0 | **1.40x** (1.30-1.50) |")
     assert "**1.33x** (1.20-1.40) | +5% | 0.97x / 0.98x |" in line  # SE cost: 1 - 1.33 / 1.40
     assert snippet.read_text().endswith(text)
+
+
+def test_compact_table_groups_the_works_of_one_family_size_and_precision(modules, tmp_path: Path) -> None:  # noqa: ANN001
+    _, table, _ = modules
+
+    def row(ratio: float, mem: float) -> dict:
+        return {"ratios": [ratio], "ratio": ratio, "memory_vs_twin": mem, "error": None}
+
+    def cell(work: str, plain: float, se: float) -> dict:
+        batch = 32 if work == "infer" else 16
+        return {"family": "DenseNet-121", "size": 224, "precision": "bf16", "work": work, "batch": batch,
+                "rows": [row(1.0, 1.0), row(plain, 0.8), row(se, 0.85)]}  # fmt: skip
+
+    raw = {"started": "2026-12-07T1200", "machine": "Test CPU", "bf16_units": "avx512_bf16 (no AMX)", "threads": 1,
+           "clock": "cpu", "steps": 5, "command": "python benchmarks/matrix.py",
+           "cells": [cell("train", 1.5, 1.44), cell("infer", 3.0, 2.97)]}  # fmt: skip
+    lines = table.compact_table([raw]).splitlines()
+    assert lines[-1] == (
+        "| DenseNet-121 | 224 (16/32) | bf16 | 1.50x / 1.44x | not measured | 3.00x / 2.97x | +4%, -, +1% "
+        "| 0.80-0.85x |"
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{table.BEGIN} old.json -->\nstale\n{table.END}\nafter\n", encoding="utf-8")
+    table.replace_readme_table(readme, [tmp_path / "matrix-new.json", tmp_path / "matrix-more.json"], [raw])
+    text = readme.read_text(encoding="utf-8")
+    assert "stale" not in text and text.startswith("intro\n") and text.endswith(f"{table.END}\nafter\n")
+    assert f"{table.BEGIN} matrix-new.json + matrix-more.json;" in text and lines[-1] in text
+    assert table.readme_raw_names(text) == ["matrix-new.json", "matrix-more.json"]
+
+
+def test_readme_speed_table_is_the_one_its_raw_results_give(modules) -> None:  # noqa: ANN001
+    """The README's matrix table names a committed raw file and equals what matrix_table.py makes of it: no
+    figure in it was typed by hand, and each traces to a file and the command inside it."""
+    _, table, _ = modules
+    readme = (BENCHMARKS.parent / "README.md").read_text(encoding="utf-8")
+    raws = [json.loads((BENCHMARKS / "results" / name).read_text()) for name in table.readme_raw_names(readme)]
+    block = readme[readme.index(table.BEGIN) :].partition("\n")[2]
+    assert block[: block.index(table.END)] == table.compact_table(raws)
