@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -268,12 +269,19 @@ def test_cli_user_errors_are_one_line(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_builtin_digits_reaches_97_percent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The README's main job as a user runs it: in the precision --amp auto picks here (bf16 on a CPU with bf16
-    # units, float32 elsewhere), not the float32 the rest of the suite pins. It stops (as early stopping does)
-    # after the first epoch at 97%: the verdict is known, and the epochs up to it are those of the full run
-    # (the cosine schedule follows the configured 8 epochs).
+def test_builtin_digits_reaches_97_percent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    # The README's main job as a user runs it: in the precision --amp auto picks here (bf16 where it is faster,
+    # float32 elsewhere), not the float32 the rest of the suite pins, and on both cores as the README's figures
+    # were (the suite's one thread takes another path through float32 rounding: 96.9% after epoch 3 and three
+    # epochs more, where two threads reach 98.1%). It stops (as early stopping does) after the first epoch at
+    # 97%: the verdict is known, and the epochs up to it are those of the full run (the cosine schedule follows
+    # the configured 8 epochs).
     monkeypatch.delenv("SEDENSENET_CPU_BF16", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     real_end = trainer.end_epoch
 
     def stop_once_reached(ctx, epoch, row, train):  # noqa: ANN001, ANN202
