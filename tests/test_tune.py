@@ -4,6 +4,7 @@ started here) run distinct trials."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -183,3 +184,24 @@ def test_the_defaults_are_enqueued_only_by_the_worker_that_holds_the_lock(tmp_pa
     [trial] = study.get_trials(deepcopy=False)
     assert trial.user_attrs == {"defaults": True} and trial.system_attrs["fixed_params"] == {"lr": 0.001}
     assert [s.study_name for s in optuna.get_all_study_summaries(storage=storage)] == ["tune"]  # the lock is dropped
+
+
+def test_a_worker_whose_trial_another_worker_failed_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A late heartbeat (a paused or overloaded machine) lets another worker fail and retry this worker's trial;
+    Optuna then refuses its report ("Cannot tell a FAIL trial"), which ended the whole worker as a crash."""
+    from sedensenet import tune as tune_mod
+
+    storage = tune_mod._storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=60)
+    study = tune_mod._study(storage, "late", "val_accuracy")
+
+    def objective(trial: optuna.trial.Trial) -> float:
+        if trial.number == 0:  # what the other worker's stale-trial check does to this one
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            trial.report(0.5, 1)  # refused: the trial has finished
+        return 0.9
+
+    with caplog.at_level(logging.WARNING, logger="sedensenet.tune"):
+        tune_mod._optimize(study, objective, trials=2)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states[0] == TrialState.FAIL and states.count(TrialState.COMPLETE) == 2
+    assert "failed by another one, its heartbeat late" in caplog.text

@@ -137,19 +137,41 @@ def _require(module: str, extra: str) -> None:
 
 
 def _optimize(study: Any, objective: Objective, trials: int) -> None:
-    """Run trials until the study holds ``trials`` finished ones (other workers' included)."""
+    """Run trials until the study holds ``trials`` finished ones (other workers' included).
+
+    A worker whose heartbeat came late (a paused or overloaded machine) finds its running trial failed by another
+    worker, which retries it; Optuna then refuses this worker's report or result ("Cannot tell a FAIL trial").
+    That trial is another worker's now: this one logs it and goes on with the next.
+    """
     import optuna
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     try:
-        study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
-                       gc_after_trial=True)  # fmt: skip
+        for _ in range(trials + RETRIES + 1):
+            try:
+                study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
+                               gc_after_trial=True)  # fmt: skip
+                return
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as e:
+                if not _taken_over(e):
+                    raise
+                log.warning("a trial of this worker was failed by another one, its heartbeat late (a busy or paused "
+                            "machine); the study retries it, and this worker goes on (%s)", e)  # fmt: skip
     except TrainingInterrupted as e:  # Ctrl-C: the trial is failed; the study continues on a rerun
         raise TrainingInterrupted(
             f"tuning stopped in a trial ({e.run_dir}); rerun the same tune command to continue the study "
             f"{study.study_name} ({_finished(study)} of {trials} trials finished)",
             e.run_dir, e.epoch, e.signum, e.command,
         ) from None  # fmt: skip
+
+
+def _taken_over(error: Exception) -> bool:
+    """Whether ``error`` is Optuna refusing an update to a trial that another worker already failed."""
+    import optuna
+
+    if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
+        return True
+    return isinstance(error, ValueError) and str(error).startswith("Cannot tell a FAIL trial")
 
 
 def storage_url(url: str) -> str:
