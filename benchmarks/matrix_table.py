@@ -32,12 +32,22 @@ def _num(value: float | None, spec: str) -> str:
     return "-" if value is None or value != value else format(value, spec)
 
 
+def _rows(cell: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A cell's twin, plain and SE rows (empty ones for what it lacks)."""
+    return ((cell or {}).get("rows", []) + [{}, {}, {}])[:3]
+
+
+def _se_cost(plain: dict[str, Any], se: dict[str, Any]) -> str:
+    """How far the SE variant's ratio is behind its plain preset's, e.g. ``+5%`` (``-`` when either is missing)."""
+    if plain.get("ratio") and se.get("ratio"):
+        return f"{(1 - se['ratio'] / plain['ratio']) * 100:+.0f}%"
+    return "-"
+
+
 def cell_line(cell: dict[str, Any]) -> str:
     """One table line: the twin's img/s, ours and our SE variant against it, the SE cost, memory."""
-    twin, plain, se = (cell["rows"] + [{}, {}, {}])[:3]
-    se_cost = "-"
-    if plain.get("ratio") and se.get("ratio"):
-        se_cost = f"{(1 - se['ratio'] / plain['ratio']) * 100:+.0f}%"
+    twin, plain, se = _rows(cell)
+    se_cost = _se_cost(plain, se)
     return (
         f"| {cell['family']} | {cell['size']}/{cell['batch']} | {cell['precision']} | {cell['work']} | "
         f"{_num(twin.get('images_per_s'), '.1f')} | {_num(plain.get('images_per_s'), '.1f')} | {_ratio(plain)} | "
@@ -98,12 +108,9 @@ def compact_table(raws: list[dict[str, Any]]) -> str:
         batches = "/".join(str(works[w]["batch"]) for w in ("train", "infer") if w in works)
         ratios, costs, mems = [], [], []
         for work in WORKS:
-            twin, plain, se = (works[work]["rows"] + [{}, {}, {}])[:3] if work in works else ({}, {}, {})
+            _, plain, se = _rows(works.get(work))
             ratios.append(f"{_short(plain)} / {_short(se)}" if plain else "not measured")
-            if plain.get("ratio") and se.get("ratio"):
-                costs.append(f"{(1 - se['ratio'] / plain['ratio']) * 100:+.0f}%")
-            else:
-                costs.append("-")
+            costs.append(_se_cost(plain, se))
             mems += [r["memory_vs_twin"] for r in (plain, se) if r.get("memory_vs_twin")]
         mem = f"{min(mems):.2f}-{max(mems):.2f}x" if mems else "-"
         lines.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -86,8 +87,10 @@ def slow_avx512_bf16() -> str | None:
     return f"{name} without AMX: its AVX512-BF16 runs DenseNet at 0.64-0.75x float32's speed (benchmarks/README.md)"
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_id() -> tuple[str, int, int] | None:
-    """(vendor, family, model) of the first CPU in ``/proc/cpuinfo`` (x86 Linux); None where it cannot be read."""
+    """(vendor, family, model) of the first CPU in ``/proc/cpuinfo`` (x86 Linux); None where it cannot be read.
+    Read once per process: ``--amp auto`` asks for each plan, run and prediction."""
     fields: dict[str, str] = {}
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as info:
         for line in info:

@@ -186,6 +186,8 @@ def _resolve_monitor(config: TrainConfig, splits: DataSplits) -> TrainConfig:
 
 
 AMP_NAMES = ("off", "bf16", "fp16")
+"""``--amp`` values for float32, bf16 and fp16, in the order :data:`AMP_DTYPES` lists their autocast dtypes."""
+AMP_DTYPES = (None, torch.bfloat16, torch.float16)
 
 
 def _resolve_amp(config: TrainConfig, device: torch.device) -> TrainConfig:
@@ -197,7 +199,7 @@ def _resolve_amp(config: TrainConfig, device: torch.device) -> TrainConfig:
         return config
     code = 0
     if dist.is_main():
-        code = AMP_NAMES.index(precision_name(amp_dtype("auto", device)).replace("fp32", "off"))
+        code = AMP_DTYPES.index(amp_dtype("auto", device))
     return replace(config, amp=AMP_NAMES[dist.rank0_decides(code, device)])
 
 
