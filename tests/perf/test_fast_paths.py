@@ -91,6 +91,26 @@ def test_against_reference_float64(name: str, memory_efficient: bool, channels_l
         assert_close(fast(x), ref(x), atol=1e-10, rtol=1e-9)
 
 
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["default", "memory_efficient"])
+def test_one_channel_against_reference_float64(memory_efficient: bool) -> None:
+    """Grayscale input, which the fast path views with channels_last strides (a different stem layout)."""
+    fast = DenseNet(
+        growth_rate=4, block_config=(3, 2), num_init_features=6, bn_size=2, stem="cifar", num_classes=2, in_chans=1,
+        se_placement=("block",), se_rd_channels=2, memory_efficient=memory_efficient,
+    ).double()  # fmt: skip
+    ref = copy.deepcopy(fast)
+    set_fast(ref, False)
+    x = torch.randn(3, 1, 12, 12, dtype=torch.float64)
+    out_ref, dx_ref = _train_steps(ref, x)
+    out_fast, dx_fast = _train_steps(fast, x)
+    assert_close(out_fast, out_ref, atol=1e-10, rtol=1e-9)
+    assert_close(dx_fast, dx_ref, atol=1e-10, rtol=1e-8)
+    assert dx_fast.shape == x.shape and dx_fast.is_contiguous()  # the input's gradient in the input's layout
+    ref_params = dict(ref.named_parameters())
+    for key, p in fast.named_parameters():
+        assert_close(p.grad, ref_params[key].grad, atol=1e-10, rtol=1e-8, msg=key)
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_float32_outputs_within_1e4(name: str) -> None:
     for memory_efficient in (False, True):
