@@ -196,6 +196,33 @@ def test_eval_with_gradients_uses_reference_and_matches() -> None:
     assert_close(g, x.grad, atol=1e-6, rtol=1e-5)
 
 
+def test_se_after_a_block_scales_its_output_in_place_only_in_inference(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _tiny().eval()  # SE after each block and in the head: se1 and se2 follow a block, se_head follows se2
+    ref = copy.deepcopy(model)
+    set_fast(ref, False)
+    scaled: list[int] = []
+    real = SqueezeExcite.scale_
+    monkeypatch.setattr(SqueezeExcite, "scale_", lambda se, x: scaled.append(x.data_ptr()) or real(se, x))
+    x = torch.randn(2, 3, 48, 48)
+    with torch.inference_mode():
+        out, want = model(x), ref(x)
+    assert_close(out, want, atol=1e-5, rtol=1e-5)
+    assert len(scaled) == 2  # se1 and se2 wrote into their block's output; se_head ran as a module
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, want = model(x), ref(x)
+    assert out.dtype == want.dtype == torch.bfloat16
+    assert_close(out.float(), want.float(), atol=0.05, rtol=0.05)
+    scaled.clear()
+    gates: list[torch.Size] = []
+    handle = model.features.se1.gate.register_forward_hook(lambda m, i, o: gates.append(o.shape))
+    with torch.inference_mode():
+        model(x)
+    handle.remove()
+    assert scaled == [] and gates == [(2, 16, 1, 1)]  # a hook (explain's) sees SE run as a module
+    model(x.requires_grad_()).sum().backward()  # eval with gradients (Grad-CAM): nothing in place
+    assert scaled == []
+
+
 def test_set_fast_switches_every_part() -> None:
     model = create_model("keras_se_densenet121", num_classes=2)
     set_fast(model, False)

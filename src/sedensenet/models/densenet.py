@@ -192,6 +192,9 @@ class DenseBlock(nn.ModuleDict):
     """
 
     fast: bool = True
+    fresh_output: bool = True
+    """``forward`` returns a new tensor that no other code holds (every path ends in a new buffer or a
+    concatenation): the fast path's inference lets an SE layer right after the block scale it in place."""
 
     def __init__(
         self,

@@ -39,7 +39,11 @@ early layers' 1x1 bottlenecks, are recomputed):
   keeping only their input (which is kept anyway) and recomputing the rest into the same scratch storage.
 
 **Inference** (eval mode without autograd): the same buffer, ``norm1`` from running statistics into the
-shared scratch, and ``norm2`` folded into ``conv1`` (it directly follows it).
+shared scratch, and ``norm2`` folded into ``conv1`` (it directly follows it). An SE layer right after a dense
+block scales the block's output in place (:func:`_features`).
+
+**Grayscale input** is viewed with channels_last strides (:func:`channels_last`), so one-channel networks run
+the same paths as colour ones.
 
 **Autocast** (bf16 or fp16): the paths do what the reference modules do under autocast. Convolutions run in the
 autocast dtype (their weights cast to it, their gradients returned in float32); ``nn.BatchNorm2d`` is on neither
@@ -261,11 +265,30 @@ def forward_features(model: DenseNet, x: torch.Tensor) -> torch.Tensor:
     if x.device.type == "cpu":
         x = channels_last(x)
     if not _memory_efficient_stem(model, x):
-        return model.features(x)
+        return _features(model.features, x)
     x = fast_memeff.stem_forward(model, x)  # conv0 + norm0/relu0/pool0 keeping only conv0's output
     for name, module in model.features.named_children():
         if name not in ("conv0", "norm0", "relu0", "pool0"):
             x = module(x)
+    return x
+
+
+def _features(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``features(x)``; without autograd, an SE layer right after a dense block scales the block's output in place.
+
+    A dense block's output is a new tensor nothing else holds (unless a hook took it: then, and for SE layers with
+    hooks, such as ``explain``'s on ``se.gate``, every module runs as usual), so SE's product can overwrite it:
+    no new ``(B, C, H, W)`` tensor per SE layer.
+    """
+    if torch.is_grad_enabled() or has_hooks(features):
+        return features(x)
+    after_block = False
+    for module in features:
+        if after_block and hasattr(module, "scale_") and getattr(module, "fast", False):
+            x = module.scale_(x)
+        else:
+            x = module(x)
+        after_block = getattr(module, "fresh_output", False)
     return x
 
 

@@ -60,8 +60,22 @@ class SqueezeExcite(nn.Module):
         self.gate = gate()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.excitation(x)
+
+    def excitation(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-channel gate ``(B, C, 1, 1)`` for ``x``: squeeze, reduce, activate, expand, gate."""
         s = fast.spatial_mean(x, enabled=self.fast)  # (B, C, 1, 1): x.mean((2, 3)), faster on CPU
-        return x * self.gate(self.fc2(self.act(self.fc1(s))))  # gate: (B, C, 1, 1)
+        return self.gate(self.fc2(self.act(self.fc1(s))))
+
+    def scale_(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(x)`` written into ``x``, for a caller that owns ``x`` and needs no gradient through it.
+
+        The fast path's inference uses it on a dense block's fresh output: multiplying in place saves a new
+        ``(B, C, H, W)`` tensor per SE layer (the product's memory traffic and, under glibc, its page faults).
+        Out of place when the gate's dtype would promote ``x``'s (as ``x * gate`` does).
+        """
+        gate = self.excitation(x)
+        return x.mul_(gate) if gate.dtype == x.dtype else x * gate
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, rd_channels={self.rd_channels}"
