@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _worker import twin  # noqa: E402
+from bench import interleaved_cpu_seconds, median_ratio  # noqa: E402
 
 from sedensenet import create_model  # noqa: E402
 from sedensenet.models import fast  # noqa: E402
@@ -79,17 +78,9 @@ def main() -> int:
         "se before": make_step(create_model("se_densenet_bc_100", num_classes=10), x, y, before=True),
         "se after": make_step(create_model("se_densenet_bc_100", num_classes=10), x, y, before=False),
     }
-    for step in steps.values():
-        step()  # warm-up
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
-    names = list(steps)
     load = Path("/proc/loadavg").read_text().split()[:3]
-    for r in range(args.rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            t = time.process_time()
-            steps[name]()
-            seconds[name].append(time.process_time() - t)
-    ratios = {n: statistics.median(a / b for a, b in zip(seconds["twin"], seconds[n], strict=True)) for n in names}
+    seconds = interleaved_cpu_seconds(steps, args.rounds)
+    ratios = {n: median_ratio(seconds["twin"], seconds[n]) for n in steps}
     result = {"size": args.size, "batch": args.batch, "rounds": args.rounds, "threads": 1, "clock": "cpu",
               "loadavg_before": load, "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
               "cpu_seconds": seconds, "ratio_to_twin": ratios}  # fmt: skip

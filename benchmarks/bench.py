@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,26 @@ def table(rows: list[Row], device: str) -> str:
                 f"{_fmt(setup, '.1f')} | {row.ready.get('params', '-'):,} |"
             )
     return "\n".join(lines)
+
+
+def interleaved_cpu_seconds(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of this process's CPU time per step, for one-process A/B scripts: every step run once to warm up,
+    then once per round in turn, the order reversed every other round (drift falls on both sides alike)."""
+    for step in steps.values():
+        step()
+    names = list(steps)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.process_time()
+            steps[name]()
+            seconds[name].append(time.process_time() - start)
+    return seconds
+
+
+def median_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """The median over rounds of ``numerator / denominator`` (paired round by round)."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
 
 
 def machine() -> str:

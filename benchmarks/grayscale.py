@@ -13,25 +13,24 @@ order reversed every other round; the ratio is the median of per-round ``before 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import machine  # noqa: E402
+from bench import interleaved_cpu_seconds, machine, median_ratio  # noqa: E402
 from matrix import bf16_units  # noqa: E402
 
 from sedensenet import create_model  # noqa: E402
 from sedensenet.models import fast  # noqa: E402
 
-_NOW = fast.channels_last
 CASES = (
     # (model, image size, batch, work): the main job's model and size, and DenseNet-121 on a chest X-ray's 224 px
     ("se_densenet_bc_100", 16, 64, "train"),
@@ -52,19 +51,16 @@ def make_step(model: torch.nn.Module, work: str, x: torch.Tensor, bf16: bool, be
     model.train(work == "train")
 
     def step() -> None:
-        fast.channels_last = _old_channels_last if before else _NOW
-        try:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                if opt is None:
-                    with torch.inference_mode():
-                        model(x)
-                    return
-                opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x).float(), y)
-            loss.backward()
-            opt.step()
-        finally:
-            fast.channels_last = _NOW
+        old = mock.patch.object(fast, "channels_last", _old_channels_last) if before else contextlib.nullcontext()
+        with old, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if opt is None:
+                with torch.inference_mode():
+                    model(x)
+                return
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
 
     return step
 
@@ -78,15 +74,8 @@ def measure(name: str, size: int, batch: int, work: str, precision: str, rounds:
         label: make_step(create_model(name, num_classes=2, in_chans=1), work, x, bf16, before)
         for label, before in (("before", True), ("after", False))
     }
-    for step in steps.values():
-        step()
-    seconds: dict[str, list[float]] = {label: [] for label in steps}
-    for r in range(rounds):
-        for label in steps if r % 2 == 0 else reversed(steps):
-            t = time.process_time()
-            steps[label]()
-            seconds[label].append(time.process_time() - t)
-    speedup = statistics.median(b / a for b, a in zip(seconds["before"], seconds["after"], strict=True))
+    seconds = interleaved_cpu_seconds(steps, rounds)
+    speedup = median_ratio(seconds["before"], seconds["after"])
     return {"model": name, "size": size, "batch": batch, "work": work, "precision": precision,
             "cpu_seconds": seconds, "after_over_before_speed": speedup}  # fmt: skip
 

@@ -11,24 +11,23 @@ every other round; SE cost = the median over rounds of ``SE seconds / plain seco
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import machine  # noqa: E402
+from bench import interleaved_cpu_seconds, machine, median_ratio  # noqa: E402
 from matrix import NUM_CLASSES, bf16_units  # noqa: E402
 
 from sedensenet import create_model  # noqa: E402
 from sedensenet.models import fast  # noqa: E402
 
-_NOW = fast._features
 CASES = (
     # (plain, SE variant, image size, batch): the matrix's inference cells, and the tutorial's model (SE in the head)
     ("densenet121", "se_densenet121", 224, 32),
@@ -42,14 +41,12 @@ def make_forward(model: torch.nn.Module, x: torch.Tensor, bf16: bool, before: bo
     """One inference batch; ``before`` runs ``model.features`` as a plain ``nn.Sequential``."""
     model.eval()
 
+    old = mock.patch.object(fast, "_features", lambda features, x: features(x))
+
     def forward() -> None:
-        if before:
-            fast._features = lambda features, x: features(x)
-        try:
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with old if before else contextlib.nullcontext(), torch.inference_mode():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 model(x)
-        finally:
-            fast._features = _NOW
 
     return forward
 
@@ -65,17 +62,10 @@ def measure(plain: str, se: str, size: int, batch: int, precision: str, rounds: 
         "se before": make_forward(se_model, x, bf16, True),
         "se after": make_forward(se_model, x, bf16, False),
     }
-    for run in rows.values():
-        run()
-    seconds: dict[str, list[float]] = {name: [] for name in rows}
-    for r in range(rounds):
-        for name in rows if r % 2 == 0 else reversed(rows):
-            t = time.process_time()
-            rows[name]()
-            seconds[name].append(time.process_time() - t)
+    seconds = interleaved_cpu_seconds(rows, rounds)
 
     def cost(name: str) -> float:
-        return statistics.median(s / p - 1 for s, p in zip(seconds[name], seconds["plain"], strict=True))
+        return median_ratio(seconds[name], seconds["plain"]) - 1
 
     return {"plain": plain, "se": se, "size": size, "batch": batch, "precision": precision, "cpu_seconds": seconds,
             "se_cost_before": cost("se before"), "se_cost_after": cost("se after")}  # fmt: skip

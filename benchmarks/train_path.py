@@ -20,7 +20,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _worker import twin  # noqa: E402
-from bench import machine  # noqa: E402
+from bench import interleaved_cpu_seconds, machine, median_ratio  # noqa: E402
 from matrix import NUM_CLASSES, bf16_units  # noqa: E402
 
 from sedensenet import create_model  # noqa: E402
@@ -91,17 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         "memory-efficient": create_model(args.model, num_classes=NUM_CLASSES, memory_efficient=True),
     }
     steps = {name: make_step(model, x, y, bf16) for name, model in models.items()}
-    for step in steps.values():
-        step()  # warm-up: oneDNN builds its kernels, the scratch storage grows
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
-    names = list(steps)
     load = Path("/proc/loadavg").read_text().split()[:3]
-    for r in range(args.rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            t = time.process_time()
-            steps[name]()
-            seconds[name].append(time.process_time() - t)
-    ratios = {n: statistics.median(a / b for a, b in zip(seconds["twin"], seconds[n], strict=True)) for n in names}
+    seconds = interleaved_cpu_seconds(steps, args.rounds)  # the warm-up builds oneDNN's kernels, grows the scratch
+    ratios = {n: median_ratio(seconds["twin"], seconds[n]) for n in steps}
     result = {
         "machine": machine(), "bf16_units": bf16_units(), "model": args.model, "size": args.size,
         "batch": args.batch, "precision": args.precision, "rounds": args.rounds, "threads": 1, "clock": "cpu",
