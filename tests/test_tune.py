@@ -186,22 +186,31 @@ def test_the_defaults_are_enqueued_only_by_the_worker_that_holds_the_lock(tmp_pa
     assert [s.study_name for s in optuna.get_all_study_summaries(storage=storage)] == ["tune"]  # the lock is dropped
 
 
-def test_a_worker_whose_trial_another_worker_failed_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A late heartbeat (a paused or overloaded machine) lets another worker fail and retry this worker's trial;
-    Optuna then refuses its report ("Cannot tell a FAIL trial"), which ended the whole worker as a crash."""
+@pytest.mark.parametrize("other", [TrialState.FAIL, TrialState.COMPLETE])
+def test_a_worker_whose_trial_another_worker_finished_goes_on(
+    other: TrialState, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another worker finished this worker's running trial, and Optuna refuses this one's report or result, which
+    ended the whole worker as a crash. FAIL: a late heartbeat (a paused or overloaded machine) let another worker
+    fail it ("Cannot tell a FAIL trial"). COMPLETE: on SQLite both workers took the one queued trial (the
+    defaults) and the other one finished it first ("Cannot tell a COMPLETE trial", seen in the two-worker test)."""
     from sedensenet import tune as tune_mod
 
     storage = tune_mod._storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=60)
     study = tune_mod._study(storage, "late", "val_accuracy")
 
     def objective(trial: optuna.trial.Trial) -> float:
-        if trial.number == 0:  # what the other worker's stale-trial check does to this one
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            trial.report(0.5, 1)  # refused: the trial has finished
+        if trial.number == 0:  # what the other worker does to this one
+            values = [0.7] if other == TrialState.COMPLETE else None
+            storage.set_trial_state_values(trial._trial_id, other, values=values)
+            if other == TrialState.FAIL:
+                trial.report(0.5, 1)  # refused: the trial has finished
         return 0.9
 
     with caplog.at_level(logging.WARNING, logger="sedensenet.tune"):
         tune_mod._optimize(study, objective, trials=2)
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    assert states[0] == TrialState.FAIL and states.count(TrialState.COMPLETE) == 2
-    assert "failed by another one, its heartbeat late" in caplog.text
+    trials = study.get_trials(deepcopy=False)
+    assert trials[0].state == other and [t.state for t in trials].count(TrialState.COMPLETE) == 2
+    if other == TrialState.COMPLETE:
+        assert trials[0].values == [0.7]  # the other worker's outcome stands
+    assert "finished by another one" in caplog.text

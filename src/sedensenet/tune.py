@@ -16,6 +16,7 @@ import io
 import logging
 import math
 import os
+import re
 import socket
 import warnings
 from dataclasses import dataclass, fields
@@ -141,7 +142,9 @@ def _optimize(study: Any, objective: Objective, trials: int) -> None:
 
     A worker whose heartbeat came late (a paused or overloaded machine) finds its running trial failed by another
     worker, which retries it; Optuna then refuses this worker's report or result ("Cannot tell a FAIL trial").
-    That trial is another worker's now: this one logs it and goes on with the next.
+    On SQLite two workers starting together can also both take the one queued trial (the defaults) and run it;
+    the second to finish is refused ("Cannot tell a COMPLETE trial"). Either way the trial is another worker's
+    now: this one logs it and goes on with the next.
     """
     import optuna
 
@@ -155,8 +158,9 @@ def _optimize(study: Any, objective: Objective, trials: int) -> None:
             except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as e:
                 if not _taken_over(e):
                     raise
-                log.warning("a trial of this worker was failed by another one, its heartbeat late (a busy or paused "
-                            "machine); the study retries it, and this worker goes on (%s)", e)  # fmt: skip
+                log.warning("a trial of this worker was finished by another one (failed for a late heartbeat on a "
+                            "busy or paused machine, or run by both); the study keeps the other worker's outcome and "
+                            "this worker goes on (%s)", e)  # fmt: skip
     except TrainingInterrupted as e:  # Ctrl-C: the trial is failed; the study continues on a rerun
         raise TrainingInterrupted(
             f"tuning stopped in a trial ({e.run_dir}); rerun the same tune command to continue the study "
@@ -166,12 +170,15 @@ def _optimize(study: Any, objective: Objective, trials: int) -> None:
 
 
 def _taken_over(error: Exception) -> bool:
-    """Whether ``error`` is Optuna refusing an update to a trial that another worker already failed."""
+    """Whether ``error`` is Optuna refusing an update to a trial that another worker already finished."""
     import optuna
 
     if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
         return True
-    return isinstance(error, ValueError) and str(error).startswith("Cannot tell a FAIL trial")
+    return (
+        isinstance(error, ValueError)
+        and re.match(r"Cannot tell a (FAIL|COMPLETE|PRUNED) trial", str(error)) is not None
+    )
 
 
 def storage_url(url: str) -> str:
