@@ -104,6 +104,7 @@ def test_the_logged_model_predicts_as_sedensenet_predict(
         assert row.probability == pytest.approx(expected[row.path][1], abs=1e-5)
 
 
+@pytest.mark.slow  # starts a real `mlflow models serve` (8 s)
 def test_mlflow_models_serve_answers_as_predict(tracked: dict[str, Any], tmp_path: Path) -> None:
     files = sorted(str(p) for p in Path(tracked["data"]).rglob("*.png"))[:4]
     port = _free_port()

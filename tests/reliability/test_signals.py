@@ -142,6 +142,7 @@ def test_interrupt_before_the_first_epoch_says_to_start_again(
     assert not (tmp_path / "early" / "state" / "last.pt").exists()
 
 
+@pytest.mark.slow  # a real CLI process per signal (7-10 s each)
 @pytest.mark.parametrize(
     "sig, workers, group",
     [(signal.SIGINT, 1, True), (signal.SIGTERM, 0, False)],
