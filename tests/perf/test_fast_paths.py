@@ -223,6 +223,20 @@ def test_se_after_a_block_scales_its_output_in_place_only_in_inference(monkeypat
     assert scaled == []
 
 
+def test_an_se_subclass_with_its_own_forward_is_not_bypassed_in_inference() -> None:
+    class ResidualSE(SqueezeExcite):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + x * self.excitation(x)
+
+    model = _tiny().eval()
+    model.features.se1 = ResidualSE(16, rd_channels=2)
+    ref = copy.deepcopy(model)
+    set_fast(ref, False)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.inference_mode():
+        assert_close(model(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
 def test_set_fast_switches_every_part() -> None:
     model = create_model("keras_se_densenet121", num_classes=2)
     set_fast(model, False)

@@ -72,8 +72,11 @@ class SqueezeExcite(nn.Module):
 
         The fast path's inference uses it on a dense block's fresh output: multiplying in place saves a new
         ``(B, C, H, W)`` tensor per SE layer (the product's memory traffic and, under glibc, its page faults).
-        Out of place when the gate's dtype would promote ``x``'s (as ``x * gate`` does).
+        Out of place when the gate's dtype would promote ``x``'s (as ``x * gate`` does), and the module's own call
+        when a subclass changes ``forward``.
         """
+        if type(self).forward is not SqueezeExcite.forward:
+            return self(x)
         gate = self.excitation(x)
         return x.mul_(gate) if gate.dtype == x.dtype else x * gate
 
