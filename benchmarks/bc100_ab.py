@@ -18,12 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _worker import twin  # noqa: E402
-from bench import interleaved_cpu_seconds, median_ratio  # noqa: E402
+from bench import adam_step, interleaved_cpu_seconds, median_ratio  # noqa: E402
 
 from sedensenet import create_model  # noqa: E402
 from sedensenet.models import fast  # noqa: E402
@@ -44,17 +43,13 @@ def _old_mean(x: torch.Tensor, *, enabled: bool = True) -> torch.Tensor:
 
 def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, before: bool) -> Callable[[], None]:
     """One Adam training step under bf16 autocast; ``before`` runs it with the old guard and squeeze."""
-    opt = torch.optim.Adam(model.parameters())
+    inner = adam_step(model, x, y, bf16=True)
 
     def step() -> None:
         if before:
             fast.block_applies, fast.spatial_mean = _old_block_applies, _old_mean
         try:
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = F.cross_entropy(model(x).float(), y)
-            loss.backward()
-            opt.step()
+            inner()
         finally:
             fast.block_applies, fast.spatial_mean = _APPLIES, _MEAN
 

@@ -210,6 +210,24 @@ def table(rows: list[Row], device: str) -> str:
     return "\n".join(lines)
 
 
+def adam_step(model: Any, x: Any, y: Any, bf16: bool) -> Callable[[], None]:
+    """One training step as the one-process scripts time it: Adam, cross-entropy, under bf16 autocast when
+    ``bf16`` (the loss in float32)."""
+    import torch
+    import torch.nn.functional as F
+
+    opt = torch.optim.Adam(model.parameters())
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def interleaved_cpu_seconds(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
     """Seconds of this process's CPU time per step, for one-process A/B scripts: every step run once to warm up,
     then once per round in turn, the order reversed every other round (drift falls on both sides alike)."""

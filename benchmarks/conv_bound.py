@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from _worker import twin  # noqa: E402
-from bench import machine  # noqa: E402
+from bench import adam_step, machine  # noqa: E402
 from matrix import NUM_CLASSES, bf16_units  # noqa: E402
 
 from sedensenet import create_model  # noqa: E402
@@ -123,17 +123,7 @@ def model_seconds(model: torch.nn.Module, x: torch.Tensor, bf16: bool, reps: int
 
         return best_of(run, reps)
     model.train()
-    opt = torch.optim.Adam(model.parameters())
-    y = torch.zeros(x.shape[0], dtype=torch.long)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with amp:
-            loss = F.cross_entropy(model(x).float(), y)
-        loss.backward()
-        opt.step()
-
-    return best_of(step, reps)
+    return best_of(adam_step(model, x, torch.zeros(x.shape[0], dtype=torch.long), bf16), reps)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,11 +21,10 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import interleaved_cpu_seconds, machine, median_ratio  # noqa: E402
+from bench import adam_step, interleaved_cpu_seconds, machine, median_ratio  # noqa: E402
 from matrix import bf16_units  # noqa: E402
 
 from sedensenet import create_model  # noqa: E402
@@ -46,21 +45,15 @@ def _old_channels_last(x: torch.Tensor) -> torch.Tensor:
 
 def make_step(model: torch.nn.Module, work: str, x: torch.Tensor, bf16: bool, before: bool) -> Callable[[], None]:
     """One training step (Adam) or one inference batch, with the old conversion when ``before``."""
-    y = torch.zeros(x.shape[0], dtype=torch.long)
-    opt = torch.optim.Adam(model.parameters()) if work == "train" else None
     model.train(work == "train")
+    train = adam_step(model, x, torch.zeros(x.shape[0], dtype=torch.long), bf16) if work == "train" else None
 
     def step() -> None:
-        old = mock.patch.object(fast, "channels_last", _old_channels_last) if before else contextlib.nullcontext()
-        with old, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            if opt is None:
-                with torch.inference_mode():
-                    model(x)
-                return
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x).float(), y)
-        loss.backward()
-        opt.step()
+        with mock.patch.object(fast, "channels_last", _old_channels_last) if before else contextlib.nullcontext():
+            if train is not None:
+                return train()
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                model(x)
 
     return step
 

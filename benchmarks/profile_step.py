@@ -14,13 +14,12 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _worker import twin  # noqa: E402
-from bench import machine  # noqa: E402
+from bench import adam_step, machine  # noqa: E402
 from matrix import NUM_CLASSES  # noqa: E402
 
 from sedensenet import create_model  # noqa: E402
@@ -28,15 +27,7 @@ from sedensenet import create_model  # noqa: E402
 
 def profile_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool, rows: int) -> str:
     """The operator table (self CPU time) of two Adam training steps, after two unprofiled ones."""
-    opt = torch.optim.Adam(model.parameters())
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x).float(), y)
-        loss.backward()
-        opt.step()
-
+    step = adam_step(model, x, y, bf16)
     step(), step()
     with profile() as prof:
         step(), step()

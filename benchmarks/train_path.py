@@ -20,16 +20,14 @@ import argparse
 import json
 import statistics
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _worker import twin  # noqa: E402
-from bench import interleaved_cpu_seconds, machine, median_ratio  # noqa: E402
+from bench import adam_step, interleaved_cpu_seconds, machine, median_ratio  # noqa: E402
 from matrix import NUM_CLASSES, bf16_units  # noqa: E402
 
 from sedensenet import create_model  # noqa: E402
@@ -42,20 +40,6 @@ def shared_blocks(model: torch.nn.Module) -> torch.nn.Module:
         if isinstance(module, DenseLayer):
             module.memory_efficient = True
     return model
-
-
-def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> Callable[[], None]:
-    """One Adam training step, under bf16 autocast when ``bf16``."""
-    opt = torch.optim.Adam(model.parameters())
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x).float(), y)
-        loss.backward()
-        opt.step()
-
-    return step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         "shared blocks": shared_blocks(create_model(args.model, num_classes=NUM_CLASSES)),
         "memory-efficient": create_model(args.model, num_classes=NUM_CLASSES, memory_efficient=True),
     }
-    steps = {name: make_step(model, x, y, bf16) for name, model in models.items()}
+    steps = {name: adam_step(model, x, y, bf16) for name, model in models.items()}
     load = Path("/proc/loadavg").read_text().split()[:3]
     seconds = interleaved_cpu_seconds(steps, args.rounds)  # the warm-up builds oneDNN's kernels, grows the scratch
     ratios = {n: median_ratio(seconds["twin"], seconds[n]) for n in steps}
