@@ -297,9 +297,9 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 
     For ``C = 1`` both layouts hold the same bytes, and ``x.contiguous(memory_format=torch.channels_last)`` keeps
     the NCHW strides; oneDNN then picks NCHW for the stem's output, and every layer after it runs NCHW: no
-    channels_last convolutions, and default training on the reference block (the main job, SE-DenseNet-BC-100 on
-    the digits, trained 1.4x slower). A view with the channels_last strides (no copy) makes the stem write
-    channels_last as for a colour image.
+    channels_last convolutions, and default training on the reference block (the main job's SE-DenseNet-BC-100
+    trained 1.14-1.28x and predicted 1.26-1.49x slower: ``benchmarks/grayscale.py``). A view with the
+    channels_last strides (no copy) makes the stem write channels_last as for a colour image.
     """
     if x.dim() != 4 or x.shape[1] != 1:
         return x.contiguous(memory_format=torch.channels_last)
