@@ -140,3 +140,15 @@ def test_one_channel_images_take_the_fast_training_block(monkeypatch: pytest.Mon
     model = create_model("se_densenet_bc_100", num_classes=10, in_chans=1).train()
     model(x).sum().backward()
     assert taken == [True, True, True]  # every dense block on the fast path, in channels_last
+
+
+@pytest.mark.parametrize("chans", [1, 3])
+def test_batches_asked_for_in_channels_last_get_it_with_one_channel_too(chans: int) -> None:
+    # What the training loop does on a GPU (StepSettings.channels_last); a one-channel batch kept NCHW strides.
+    from sedensenet.engine.loop import StepSettings
+
+    images, labels = torch.randn(4, chans, 8, 8), torch.zeros(4, dtype=torch.long)
+    out, _ = StepSettings(torch.device("cpu"), channels_last=True).to_device(images, labels)
+    assert out.stride(1) == 1 and out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, images)
+    plain, _ = StepSettings(torch.device("cpu")).to_device(images.contiguous(memory_format=torch.channels_last), labels)
+    assert plain.is_contiguous()

@@ -17,6 +17,7 @@ from torch import nn
 
 from sedensenet.data import normalize_batch
 from sedensenet.errors import UserError
+from sedensenet.models import fast
 from sedensenet.reports.multilabel import binary_accuracy, epoch_scores
 
 
@@ -66,14 +67,16 @@ class StepSettings:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        """The batch on the device, normalised if it came as uint8, in channels_last when asked (a one-channel
+        batch too, whose ``.contiguous(memory_format=channels_last)`` would keep NCHW strides)."""
         non_blocking = self.device.type == "cuda"
         images = images.to(self.device, non_blocking=non_blocking)
         if images.dtype == torch.uint8:
             if self.mean is None or self.std is None:
                 raise ValueError("uint8 batches need StepSettings.mean and .std to be normalised")
             images = normalize_batch(images, self.mean, self.std)
-        return images.contiguous(memory_format=fmt), labels.to(self.device, non_blocking=non_blocking)
+        images = fast.channels_last(images) if self.channels_last else images.contiguous()
+        return images, labels.to(self.device, non_blocking=non_blocking)
 
 
 def train_one_epoch(
