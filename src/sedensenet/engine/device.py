@@ -104,6 +104,10 @@ def cpu_id() -> tuple[str, int, int] | None:
         return None
 
 
+AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""The autocast dtype of each concrete ``--amp`` value (``off``: float32, no autocast)."""
+
+
 def amp_dtype(amp: str, device: torch.device, *, quiet: bool = False) -> torch.dtype | None:
     """The autocast dtype ``--amp`` asks for on ``device``; ``auto`` picks it and logs which and why (unless
     ``quiet``: a caller that only plans, such as the memory estimate, leaves the log line to the run).
@@ -124,7 +128,7 @@ def amp_dtype(amp: str, device: torch.device, *, quiet: bool = False) -> torch.d
         if not quiet:
             force = "--amp off forces float32" if amp != "off" else "--amp bf16 forces bf16"
             log.info("--amp auto: %s on %s (%s; %s)", "fp32" if amp == "off" else amp, device.type, why, force)
-    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return AMP_DTYPES[amp]
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

@@ -33,6 +33,7 @@ from sedensenet.engine import distributed as dist
 from sedensenet.engine.budget import TimeBudget, format_seconds
 from sedensenet.engine.decision import check_decision_settings, check_label_settings, fit_decision
 from sedensenet.engine.device import (
+    AMP_DTYPES,
     amp_dtype,
     precision_name,
     seed_everything,
@@ -185,11 +186,6 @@ def _resolve_monitor(config: TrainConfig, splits: DataSplits) -> TrainConfig:
     return replace(config, monitor=monitor)
 
 
-AMP_NAMES = ("off", "bf16", "fp16")
-"""``--amp`` values for float32, bf16 and fp16, in the order :data:`AMP_DTYPES` lists their autocast dtypes."""
-AMP_DTYPES = (None, torch.bfloat16, torch.float16)
-
-
 def _resolve_amp(config: TrainConfig, device: torch.device) -> TrainConfig:
     """``--amp auto`` made concrete before the memory plan, which depends on it: rank 0's reading of its device
     (:func:`~sedensenet.engine.device.amp_dtype`), taken by every process, so that ranks on machines with and
@@ -197,10 +193,9 @@ def _resolve_amp(config: TrainConfig, device: torch.device) -> TrainConfig:
     keeps the precision the run started in."""
     if config.amp != "auto":
         return config
-    code = 0
-    if dist.is_main():
-        code = AMP_DTYPES.index(amp_dtype("auto", device))
-    return replace(config, amp=AMP_NAMES[dist.rank0_decides(code, device)])
+    names, dtypes = list(AMP_DTYPES), list(AMP_DTYPES.values())
+    code = dtypes.index(amp_dtype("auto", device)) if dist.is_main() else 0
+    return replace(config, amp=names[dist.rank0_decides(code, device)])
 
 
 def _meta(
