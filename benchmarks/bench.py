@@ -228,18 +228,22 @@ def adam_step(model: Any, x: Any, y: Any, bf16: bool) -> Callable[[], None]:
     return step
 
 
-def interleaved_cpu_seconds(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
-    """Seconds of this process's CPU time per step, for one-process A/B scripts: every step run once to warm up,
-    then once per round in turn, the order reversed every other round (drift falls on both sides alike)."""
+def interleaved_cpu_seconds(
+    steps: dict[str, Callable[[], None]], rounds: int, clock: str = "cpu"
+) -> dict[str, list[float]]:
+    """Seconds per step, for one-process A/B scripts: every step run once to warm up, then once per round in turn,
+    the order reversed every other round (drift falls on both sides alike). ``clock``: this process's CPU time
+    (``cpu``, what one thread is timed by) or ``wall`` (what more threads are timed by)."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
     for step in steps.values():
         step()
     names = list(steps)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            start = time.process_time()
+            start = now()
             steps[name]()
-            seconds[name].append(time.process_time() - start)
+            seconds[name].append(now() - start)
     return seconds
 
 

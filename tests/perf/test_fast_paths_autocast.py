@@ -179,8 +179,8 @@ def test_low_precision_kernels_on_a_buffer_slice_equal_those_on_its_dense_copy(f
     d_z = torch.randn(4, 7, 6, 6, generator=g).to(torch.bfloat16).contiguous(memory_format=fmt)
     mean, invstd = x.float().mean((0, 2, 3)), torch.rand(7, generator=g) + 0.5
     free = torch.empty_like(out)
-    got = _norm1_param_grads(d_z, x, free, mean, invstd, scale, 1e-5)
-    want = _norm1_param_grads(d_z, x.contiguous(memory_format=fmt), torch.empty_like(out), mean, invstd, scale, 1e-5)
+    got = _norm1_param_grads(d_z, x, free, mean, invstd)
+    want = _norm1_param_grads(d_z, x.contiguous(memory_format=fmt), torch.empty_like(out), mean, invstd)
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     exact = ((d_z.double() * (x.double() - mean.double().view(1, -1, 1, 1))).sum((0, 2, 3)) * invstd.double(),
              d_z.double().sum((0, 2, 3)))  # fmt: skip

@@ -3,8 +3,9 @@
 The fast path runs the network in channels_last on CPU. With the reference block's ``cat(x, f1, ..., fi)``
 autograd accumulates every earlier layer's gradient separately: ``i`` adds per layer, each on a channel slice
 ``k`` wide (12 channels for BC-100) read out of every pixel, and on such slices bf16 adds are several times
-slower than on dense tensors. The fast training block concatenates one layer at a time, so each accumulation
-runs over a whole prefix. These tests check that invariant and that no stage of a preset changes dtype or
+slower than on dense tensors. The fast training block accumulates every channel's gradient in one buffer, each
+layer adding into the whole prefix it read; the only additions ``k`` wide are one per layer, on a dense copy of its
+own new channels' gradient. These tests check that invariant and that no stage of a preset changes dtype or
 layout under bf16 autocast where the reference path does not. No timing here: speed lives in ``benchmarks/``.
 """
 
@@ -43,7 +44,7 @@ def _bc_block(fast: bool) -> DenseNet:
 
 def test_default_training_accumulates_no_gradient_one_layer_wide() -> None:
     x = torch.randn(2, 3, 8, 8)
-    assert _narrow_adds(_bc_block(True), x, k=12) == 0
+    assert _narrow_adds(_bc_block(True), x, k=12) <= 8  # one per layer: its new channels' affine BN term
     # The reference run in channels_last, counted the same way: the test sees the regression when it is there
     # (feature j of 8 has 9 - j consumers, so 8 - j additions: 28 in all).
     assert _narrow_adds(_bc_block(False), x.contiguous(memory_format=torch.channels_last), k=12) >= 28

@@ -3,23 +3,34 @@
 The reference modules in :mod:`sedensenet.models.densenet` each keep one dispatch line
 (``if self.fast and fast.X_applies(self, x): return fast.forward_X(self, x)``); the rewrites live in
 :mod:`~sedensenet.models.fast_memeff` (memory-efficient training), :mod:`~sedensenet.models.fast_infer`
-(inference) and :mod:`~sedensenet.models.fast_storage` (the scratch storage they share), plus two exact
+(inference), :mod:`~sedensenet.models.fast_norm` (training batch norm in channels_last, folded) and
+:mod:`~sedensenet.models.fast_storage` (the scratch storage they share), plus two exact
 rewrites here: pooling before a transition's 1x1 convolution, and channels_last on CPU.
 
 Why they exist:
 
 The textbook dense block (the reference path of :class:`~sedensenet.models.densenet.DenseBlock`, and
 torchvision's) concatenates every earlier feature map for each layer, normalises the copy, and autograd keeps
-both the copy and its normalised version for backward: O(L^2) memory per block. For default training that
-is also the fastest structure we measured on CPU, with one change in channels_last (below). The paths here
-replace it where they win:
+both the copy and its normalised version for backward: O(L^2) memory per block. The paths here replace it where
+they win:
 
-**Default training in channels_last** (:func:`_incremental_block`): the same modules and operations, but the
-features concatenated one layer at a time, ``cat(cat(x, f1), f2)``, so autograd accumulates each layer's input
-gradient into the previous concatenation's (one add over a whole prefix) instead of into every earlier layer's
-``k`` channels. In channels_last those ``k``-wide slices are read out of every pixel, and on a narrow network
-under bf16 the additions cost more than the convolutions (DenseNet-BC-100, k = 12: 0.72x torchvision's speed).
-In NCHW a channel slice is a run of whole planes and the reference path is as fast, so it stays there.
+**Default training in channels_last** (``fast_memeff.train_block(keep=True)``): one autograd node per block, with
+the hand-written backward of memory-efficient mode but recomputing nothing. Each layer's input is concatenated one
+layer at a time (a dense tensor, kept with both activations and the bottleneck output, what the reference keeps),
+norm1's batch statistics are computed once per channel, and backward accumulates every channel's gradient in one
+buffer: each layer adds ``a * d_z`` in place to the channels it read, the channel-wise affine rest of BatchNorm's
+input gradient applied once per channel. Autograd on the reference modules would instead compute each norm1's
+whole input gradient and add it to the concatenation's (3 passes over the layer's input more per layer), and with
+``cat(x, f1, ..., fi)`` accumulate every earlier layer's gradient ``k`` channels wide, read out of every pixel in
+channels_last (DenseNet-BC-100, k = 12, bf16: 0.72x torchvision's speed). Measured against concatenating one layer
+at a time through autograd (what this replaced): bf16 DenseNet-BC-100 1.17x -> 1.24x torchvision at 1 thread,
+DenseNet-121 unchanged, float32 +2-3% (``benchmarks/kept_block.py``). Not twice differentiable
+(``create_graph``); ``set_fast(model, False)`` runs the reference modules for that. In NCHW a channel slice is a run
+of whole planes and the reference path is as fast, so it stays there.
+
+**Training batch norm** outside the blocks (stem, transitions, the last norm) and the fast paths' batch statistics
+and BN reductions go through :mod:`~sedensenet.models.fast_norm`, which folds rows so that PyTorch's channels_last
+kernels scale with threads when a layer's width is not a multiple of 16.
 
 **Memory-efficient training** (``memory_efficient=True``), after Pleiss et al. 2017, "Memory-Efficient
 Implementation of DenseNets" (its shared-storage variant, not checkpointing: only the cheapest convolutions, the
@@ -69,7 +80,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from sedensenet.models import fast_infer, fast_memeff
+from sedensenet.models import fast_infer, fast_memeff, fast_norm
 from sedensenet.models.fast_storage import ScratchKey, low_precision, preferred_format, share_scratch
 
 if TYPE_CHECKING:
@@ -210,25 +221,7 @@ def forward_block(block: DenseBlock, x: torch.Tensor) -> torch.Tensor:
     """The block's output ``(B, C_in + L*k, H, W)`` through the fast path (after :func:`block_applies`)."""
     if not block.training:
         return fast_infer.eval_block(block, x)
-    if next(iter(block.values())).memory_efficient:
-        return fast_memeff.train_block(block, x)
-    return _incremental_block(block, x)
-
-
-def _incremental_block(block: DenseBlock, x: torch.Tensor) -> torch.Tensor:
-    """Default training: the reference layers' own modules, with the features concatenated one layer at a time.
-
-    ``cat(cat(x, f1), f2)`` holds the same values as ``cat(x, f1, f2)`` and costs the same forward, but autograd
-    then accumulates each layer's input gradient into the previous concatenation's (one wide add per layer)
-    instead of into every earlier layer's ``k`` channels (``i`` narrow adds for layer ``i``). In channels_last
-    those narrow adds read channel slices ``k`` wide out of every pixel, the cause of DenseNet-BC-100's
-    bf16 training running at 0.72x torchvision's (benchmarks/README.md, *Every preset against its twin*).
-    """
-    features = x
-    for layer in block.values():
-        new = layer.conv2(layer.relu2(layer.norm2(layer.conv1(layer.relu1(layer.norm1(features))))))  # (B, k, H, W)
-        features = torch.cat([features, new], 1)  # (B, C + k, H, W)
-    return features
+    return fast_memeff.train_block(block, x, keep=not next(iter(block.values())).memory_efficient)
 
 
 def transition_applies(transition: Transition, x: torch.Tensor) -> bool:
@@ -242,7 +235,7 @@ def forward_transition(transition: Transition, x: torch.Tensor) -> torch.Tensor:
     """Pool first, then the 1x1 convolution on H/2 x W/2; memory-efficient training as one BN-ReLU-pool node."""
     if transition.memory_efficient and _memory_efficient_transition(transition, x):
         return fast_memeff.transition_forward(transition, x)
-    return transition.conv(transition.pool(transition.relu(transition.norm(x))))
+    return transition.conv(transition.pool(transition.relu(fast_norm.batch_norm(transition.norm, x))))
 
 
 def _memory_efficient_transition(transition: Transition, x: torch.Tensor) -> bool:
@@ -274,20 +267,22 @@ def forward_features(model: DenseNet, x: torch.Tensor) -> torch.Tensor:
 
 
 def _features(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``features(x)``; without autograd, an SE layer right after a dense block scales the block's output in place.
+    """``features(x)``, its batch norms in training through :func:`fast_norm.batch_norm`; without autograd, an SE
+    layer right after a dense block scales the block's output in place.
 
     A dense block's output is a new tensor nothing else holds (unless a hook took it: then, and for SE layers with
     hooks, such as ``explain``'s on ``se.gate``, every module runs as usual), so SE's product can overwrite it:
     no new ``(B, C, H, W)`` tensor per SE layer.
     """
-    if torch.is_grad_enabled() or has_hooks(features):
+    if has_hooks(features):
         return features(x)
+    in_place = not torch.is_grad_enabled()
     after_block = False
     for module in features:
-        if after_block and hasattr(module, "scale_") and getattr(module, "fast", False):
+        if in_place and after_block and hasattr(module, "scale_") and getattr(module, "fast", False):
             x = module.scale_(x)
         else:
-            x = module(x)
+            x = fast_norm.batch_norm(module, x) if isinstance(module, nn.BatchNorm2d) else module(x)
         after_block = getattr(module, "fresh_output", False)
     return x
 

@@ -1,5 +1,6 @@
 """Memory-efficient training (Pleiss et al. 2017, shared storage): one autograd node per dense block, stem and
-transition, keeping the block's feature buffer and a few bottleneck outputs and recomputing BN + ReLU in backward.
+transition, keeping the block's feature buffer and a few bottleneck outputs and recomputing BN + ReLU in backward;
+and default training's block, the same node keeping what the reference keeps instead (``keep=True``).
 
 See :mod:`sedensenet.models.fast` for the design and for when these paths apply.
 """
@@ -12,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sedensenet.models.fast_norm import batch_norm_backward, batch_stats, grad_sums
 from sedensenet.models.fast_storage import (
     aten,
-    batch_stats,
     chan,
     conv2d,
     conv2d_backward,
@@ -32,11 +33,15 @@ if TYPE_CHECKING:
     from sedensenet.models.densenet import DenseBlock, DenseLayer
 
 
-def train_block(block: DenseBlock, x: torch.Tensor) -> torch.Tensor:
-    """A dense block's training forward with batch statistics: one autograd node when gradients are needed."""
+def train_block(block: DenseBlock, x: torch.Tensor, keep: bool = False) -> torch.Tensor:
+    """A dense block's training forward with batch statistics: one autograd node when gradients are needed.
+
+    ``keep``: default training's variant, which keeps every layer's activations instead of recomputing them
+    (:func:`_kept_forward`).
+    """
     params = [t for layer in block.values() for t in _layer_params(layer)]
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-        return _SharedStorageBlock.apply(block, x, *params)
+        return _SharedStorageBlock.apply(block, keep, x, *params)
     with torch.autocast(x.device.type, enabled=False):
         return _train_forward(block, x, params, saved=None)[0]
 
@@ -93,6 +98,49 @@ def _train_forward(
     return buf, mean, var
 
 
+def _kept_forward(
+    block: DenseBlock, x: torch.Tensor, params: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    saved: list[tuple[torch.Tensor, ...]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Default training's forward: :func:`_train_forward`'s arithmetic, keeping what backward needs.
+
+    The features are concatenated one layer at a time (each layer's input a dense tensor, as in the incremental
+    block), each layer keeps its input, both activations and the bottleneck output (what the reference keeps), and
+    norm1's statistics are still computed once per channel. Backward then recomputes nothing, and accumulates
+    the gradient of every channel in one buffer: each layer adds ``a * d_z`` to the channels it read, in place,
+    where autograd would compute BatchNorm's whole input gradient and then add it to the concatenation's in a
+    new tensor (the channel-wise affine rest is applied once per channel, as in memory-efficient mode).
+    """
+    layers: list[DenseLayer] = list(block.values())
+    b, c0, h, w = x.shape
+    k = layers[0].conv2.out_channels
+    total = c0 + len(layers) * k
+    n = b * h * w
+    fmt = preferred_format(x)
+    mean = torch.empty(total, dtype=stat_dtype(x), device=x.device)
+    var = torch.empty_like(mean)
+    mean[:c0], var[:c0] = batch_stats(x)
+    scratch(block, (b, total, h, w), x, fmt)  # reserve once: backward's gradient needs the whole width
+    features = x.contiguous(memory_format=fmt)
+    for i, layer in enumerate(layers):
+        c = c0 + i * k
+        g1, b1, w1, g2, b2, w2 = params[6 * i : 6 * i + 6]
+        scale1 = g1 * (var[:c] + layer.norm1.eps).rsqrt()
+        shift1 = b1 - mean[:c] * scale1
+        update_running(layer.norm1, mean[:c], var[:c], n)
+        act1 = scale_shift(features, scale1, shift1).relu_()  # norm1 + relu1: (B, c, H, W)
+        y1 = conv2d(act1, layer.conv1, w1.to(x.dtype))  # (B, bn_size*k, H, W)
+        n2 = layer.norm2
+        act2, mean2, invstd2 = aten.native_batch_norm(
+            y1, g2, b2, n2.running_mean, n2.running_var, True, momentum(n2), n2.eps
+        )
+        y2 = conv2d(act2.relu_(), layer.conv2, w2.to(x.dtype))  # (B, k, H, W)
+        mean[c : c + k], var[c : c + k] = batch_stats(y2)
+        saved.append((y1, mean2, invstd2, scale1, shift1, features, act1, act2))
+        features = torch.cat([features, y2], 1)  # (B, c + k, H, W): y2's values are kept there
+    return features, mean, var
+
+
 RECOMPUTE_WIDTH = 9
 """Memory-efficient mode recomputes a layer's bottleneck convolution in backward instead of keeping its output
 when its input has at most ``RECOMPUTE_WIDTH * growth_rate`` channels: then conv1 costs at most as many
@@ -110,19 +158,28 @@ class _SharedStorageBlock(torch.autograd.Function):
     """A dense block as one autograd node that keeps the buffer and the bottleneck outputs, nothing O(L^2)."""
 
     @staticmethod
-    def forward(ctx: Any, block: DenseBlock, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, block: DenseBlock, keep: bool, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         saved: list[tuple[torch.Tensor, ...]] = []
         with torch.autocast(x.device.type, enabled=False):  # the casts autocast would make are explicit
-            buf, mean, var = _train_forward(block, x, params, saved)
-        ctx.block, ctx.c0, ctx.fmt, ctx.layer_saved = block, x.shape[1], preferred_format(x), saved
-        ctx.save_for_backward(buf, mean, var, *params)
+            forward = _kept_forward if keep else _train_forward
+            buf, mean, var = forward(block, x, params, saved)
+        ctx.block, ctx.c0, ctx.fmt, ctx.keep = block, x.shape[1], preferred_format(x), keep
+        ctx.widths = [len(t) for t in saved]
+        # Saved through autograd, not kept on ctx: freed once backward is done (unless retain_graph), where a
+        # ctx attribute would live as long as the graph, into the next step's forward.
+        ctx.save_for_backward(buf, mean, var, *params, *(t for layer in saved for t in layer))
         return buf
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        buf, mean, var, *params = ctx.saved_tensors
+        buf, mean, var, *rest = ctx.saved_tensors
         layers: list[DenseLayer] = list(ctx.block.values())
+        params, rest = rest[: 6 * len(layers)], rest[6 * len(layers) :]
+        layer_saved, start = [], 0
+        for width in ctx.widths:
+            layer_saved.append(rest[start : start + width])
+            start += width
         fmt, c0 = ctx.fmt, ctx.c0
         b, total, h, w = buf.shape
         k = layers[0].conv2.out_channels
@@ -139,21 +196,26 @@ class _SharedStorageBlock(torch.autograd.Function):
         needs = ctx.needs_input_grad
         grads: list[torch.Tensor | None] = [None] * len(params)
         for i in reversed(range(len(layers))):
-            layer, (y1, mean2, invstd2, scale1, shift1) = layers[i], ctx.layer_saved[i]
+            layer, (y1, mean2, invstd2, scale1, shift1, *kept) = layers[i], layer_saved[i]
             c = c0 + i * k
             g1, _, w1, g2, b2, w2 = params[6 * i : 6 * i + 6]
-            want = needs[2 + 6 * i : 2 + 6 * i + 6]
-            # This layer's k new channels now have their whole gradient.
-            d_y2 = _affine_grad(grad[:, c : c + k], buf[:, c : c + k], mean[c : c + k], coef[c : c + k],
-                                const[c : c + k]).contiguous(memory_format=fmt)  # fmt: skip
-            x_in = buf[:, :c]
-            act1 = scratch(ctx.block, (b, c, h, w), buf, fmt)  # norm1 + relu1, recomputed into the scratch
-            scale_shift(x_in, scale1, shift1, out=act1).relu_()
+            want = needs[3 + 6 * i : 3 + 6 * i + 6]
             w1_low, w2_low = w1.to(buf.dtype), w2.to(buf.dtype)  # (autocast's weight casts, under bf16/fp16)
-            if y1 is None:
-                y1 = conv2d(act1, layer.conv1, w1_low)  # the same operation on the same values: bitwise the same
-            scale2 = g2 * invstd2  # norm2 + relu2, recomputed from the bottleneck output
-            act2 = scale_shift(y1, scale2, b2 - mean2 * scale2).relu_()
+            free = scratch(ctx.block, (b, c, h, w), buf, fmt)
+            if kept:
+                x_in, act1, act2 = kept
+                y2 = (layer_saved[i + 1][5] if i + 1 < len(layers) else buf)[:, c : c + k]  # the next input's
+            else:
+                x_in, act1, y2 = buf[:, :c], free, buf[:, c : c + k]
+                scale_shift(x_in, scale1, shift1, out=act1).relu_()  # norm1 + relu1, recomputed in the scratch
+                if y1 is None:
+                    y1 = conv2d(act1, layer.conv1, w1_low)  # the same operation on the same values: bitwise
+                scale2 = g2 * invstd2  # norm2 + relu2, recomputed from the bottleneck output
+                act2 = scale_shift(y1, scale2, b2 - mean2 * scale2).relu_()
+            # This layer's k new channels now have their whole gradient (a dense copy of the slice first: an
+            # elementwise kernel reading k channels out of every pixel of the buffer runs ~10x slower).
+            d_y2 = _affine_grad(grad[:, c : c + k].contiguous(memory_format=fmt), y2, mean[c : c + k],
+                                coef[c : c + k], const[c : c + k])  # fmt: skip
             d_act2, d_w2 = conv2d_backward(d_y2, act2, w2_low, layer.conv2, want[5])
             d_z2 = aten.threshold_backward.grad_input(d_act2, act2, 0, grad_input=d_act2)
             del act2
@@ -167,7 +229,7 @@ class _SharedStorageBlock(torch.autograd.Function):
             # BatchNorm backward with the shared statistics: d_x = a * d_z + coef_i * (x - mean) + const_i,
             # where a = g * invstd, coef_i = -a * invstd * d_gamma / n and const_i = -a * d_beta / n.
             invstd1 = invstd[:c] if invstd is not None else (var[:c] + layer.norm1.eps).rsqrt()
-            d_g1, d_b1 = _norm1_param_grads(d_z1, x_in, act1, mean[:c], invstd1, g1, layer.norm1.eps)
+            d_g1, d_b1 = _norm1_param_grads(d_z1, x_in, free, mean[:c], invstd1)
             del act1
             a = g1 * invstd1
             grad[:, :c].addcmul_(d_z1, chan(a.to(grad.dtype)))  # bf16: a rounded once, as the products are
@@ -177,9 +239,10 @@ class _SharedStorageBlock(torch.autograd.Function):
             grads[6 * i : 6 * i + 6] = [d_g1 if want[0] else None, d_b1 if want[1] else None, _as(d_w1, w1), d_g2,
                                         d_b2, _as(d_w2, w2)]  # fmt: skip
         d_x = None
-        if needs[1]:
-            d_x = _affine_grad(grad[:, :c0], buf[:, :c0], mean[:c0], coef[:c0], const[:c0])
-        return (None, d_x, *grads)
+        if needs[2]:
+            x = layer_saved[0][5] if ctx.keep else buf[:, :c0]
+            d_x = _affine_grad(grad[:, :c0].contiguous(memory_format=fmt), x, mean[:c0], coef[:c0], const[:c0])
+        return (None, None, d_x, *grads)
 
 
 def _as(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor | None:
@@ -196,21 +259,18 @@ def _affine_grad(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, coef: 
 
 
 def _norm1_param_grads(
-    d_z: torch.Tensor, x: torch.Tensor, free: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
-    weight: torch.Tensor, eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    d_z: torch.Tensor, x: torch.Tensor, free: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """norm1's weight and bias gradients ``sum(d_z * (x - mean)) * invstd`` and ``sum(d_z)`` per channel.
 
     In float32/64 two reductions, using ``free`` (scratch of ``x``'s shape) for the product; for bf16/fp16
-    BatchNorm's backward kernel, which accumulates in float32 (as the reference's does) without rounding
-    each product to bf16, on a dense copy of ``x`` in ``free`` (on a channel slice of the buffer it takes a
-    strided path ~5x slower than the copy and the dense kernel together).
+    BatchNorm's backward reductions (:func:`~sedensenet.models.fast_norm.grad_sums`, folded when it pays), which
+    accumulate in float32 (as the reference's do) without rounding each product to bf16, on a dense copy of ``x``
+    in ``free`` (on a channel slice of the buffer the kernel takes a strided path ~5x slower than the copy and
+    the dense kernel together).
     """
     if low_precision(x):
-        x = x if dense(x) else free.copy_(x)
-        _, d_g, d_b = aten.native_batch_norm_backward(d_z, x, weight, None, None, mean, invstd, True, eps,
-                                                      [False, True, True])  # fmt: skip
-        return d_g, d_b
+        return grad_sums(d_z, x if dense(x) else free.copy_(x), mean, invstd)
     d_b = d_z.sum((0, 2, 3))
     product = torch.mul(d_z, x, out=free)
     return (product.sum((0, 2, 3)) - mean * d_b) * invstd, d_b
@@ -265,15 +325,13 @@ class _BNReLUPool(torch.autograd.Function):
         d_act = _pool_backward(ctx.pool, grad, act)
         d_act = aten.threshold_backward.grad_input(d_act, act, 0, grad_input=d_act)
         want = ctx.needs_input_grad[4:]
-        d_x, d_w, d_b = aten.native_batch_norm_backward(
-            d_act, x, weight, None, None, mean, invstd, True, ctx.bn.eps, list(want)
-        )
+        d_x, d_w, d_b = batch_norm_backward(d_act, x, weight, mean, invstd, want[0])
         del d_act
         if d_x is not None and ctx.handoff:
             # Hand the gradient to the dense block before us in the scratch slot its backward accumulates in,
             # so it need not keep a second copy alive (the engine holds the one we return).
             d_x = scratch(ctx.owner, tuple(x.shape), x, preferred_format(x), slot=1).copy_(d_x)
-        return None, None, None, None, d_x, d_w, d_b
+        return None, None, None, None, d_x, d_w if want[1] else None, d_b if want[2] else None
 
 
 def _pool_forward(pool: nn.Module, act: torch.Tensor) -> torch.Tensor:

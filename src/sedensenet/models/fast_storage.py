@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import torch
@@ -35,6 +36,43 @@ def share_scratch(model: nn.Module) -> ScratchKey:
     for module in model.modules():
         object.__setattr__(module, SCRATCH_ATTR, key)
     return key
+
+
+FOLD_MIN_ROWS = 16384
+"""Fold only tensors of at least this many rows ``B*H*W`` (BC-100's 32 px and 16 px stages at batch 64; not its
+8 px stage), below which the fold's small vector operations cost more than the kernels save (bn_threads.py)."""
+
+_LINE_FLOATS = 16  # floats per 64-byte cache line: the per-thread slices must start on one
+_VECTOR = {torch.bfloat16: 32, torch.float32: 16}  # AVX-512 lanes of the kernels' vectorised loop
+
+
+def fold_factor(x: torch.Tensor, extra_pass: bool = False) -> int:
+    """How many rows of ``x`` to lay side by side for PyTorch's channels_last BN kernels (1: none, run as is).
+
+    See :mod:`~sedensenet.models.fast_norm` for why. Folds bf16 and float32 CPU tensors in dense channels_last
+    whose ``C`` is not a multiple of 16, of at least :data:`FOLD_MIN_ROWS` rows (divisible by the factor). At one
+    thread nothing is shared, and only the scalar tail is saved: there it folds narrow tensors (``C < 16``, all
+    tail), and bf16 ones for a statistics pass, the backward's sums or a transform (``extra_pass=False``), but
+    not a whole BatchNorm forward or backward (``extra_pass``), whose folded input gradient takes one pass more
+    (``benchmarks/bn_threads.py`` and the 1-thread rows of ``kept_block.py``).
+    """
+    if x.device.type != "cpu" or x.dim() != 4 or x.dtype not in _VECTOR:
+        return 1
+    b, c, h, w = x.shape
+    rows = b * h * w
+    if c % _LINE_FLOATS == 0 or rows < FOLD_MIN_ROWS or not x.permute(0, 2, 3, 1).is_contiguous():
+        return 1
+    if torch.get_num_threads() == 1 and c >= _LINE_FLOATS and (extra_pass or x.dtype == torch.float32):
+        return 1
+    lanes = _VECTOR[x.dtype]
+    r = lanes // math.gcd(c, lanes)
+    return r if rows % r == 0 else 1
+
+
+def fold(x: torch.Tensor, r: int) -> torch.Tensor:
+    """The ``(B*H*W/r, r*C)`` matrix view of a dense channels_last ``(B, C, H, W)`` tensor (no copy)."""
+    b, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b * h * w // r, r * c)
 
 
 def preferred_format(x: torch.Tensor) -> torch.memory_format:
@@ -91,20 +129,6 @@ def stat_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if low_precision(x) else x.dtype
 
 
-def batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel batch mean and biased variance, through BatchNorm's own statistics kernel.
-
-    (``torch.var_mean`` over ``(0, 2, 3)`` takes 5-15x longer on CPU; ``eps=0`` makes ``var = invstd**-2``.)
-    For bf16/fp16 data a float32 unit weight makes the kernel accumulate and return float32 statistics, as
-    ``nn.BatchNorm2d`` under autocast does (without a weight it returns them rounded to the data's dtype).
-    """
-    weight = bias = None
-    if low_precision(x):
-        weight, bias = x.new_ones(x.shape[1], dtype=torch.float32), x.new_zeros(x.shape[1], dtype=torch.float32)
-    _, mean, invstd = aten.native_batch_norm(x, weight, bias, None, None, True, 0.0, 0.0)
-    return mean, invstd.pow(-2)
-
-
 def scale_shift(
     x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -116,14 +140,20 @@ def scale_shift(
     slice of a dense block's buffer is first copied into ``out`` and transformed there: on a slice the kernel
     takes a generic strided path 3-5x slower than the copy and the dense kernel together.
     """
-    if x.dtype == scale.dtype == shift.dtype:
+    narrow = x.shape[1] < _LINE_FLOATS and fold_factor(x) > 1  # float32 k-wide slices (all scalar tail)
+    if x.dtype == scale.dtype == shift.dtype and not narrow:
         return torch.addcmul(chan(shift), x, chan(scale), out=out)
     if out is None:
         out = torch.empty_like(x, memory_format=preferred_format(x))
     src = x if dense(x) else out.copy_(x)
+    r = fold_factor(src)
+    if r > 1 and out.stride() == src.stride():  # the folded view vectorises the scalar tail (fast_norm)
+        src, target, scale, shift = fold(src, r), fold(out, r), scale.repeat(r), shift.repeat(r)
+    else:
+        target = out
     zeros, ones = torch.zeros_like(scale), torch.ones_like(scale)
     save = scale.new_empty(0)
-    aten.native_batch_norm.out(src, scale, shift, zeros, ones, False, 0.0, 0.0, out=out, save_mean=save,
+    aten.native_batch_norm.out(src, scale, shift, zeros, ones, False, 0.0, 0.0, out=target, save_mean=save,
                                save_invstd=save.clone())  # fmt: skip
     return out
 
