@@ -10,6 +10,10 @@ results are written after every cell (a run stopped midway keeps what it finishe
     python benchmarks/matrix.py --quick                  # 3 cells, 3 rounds (7-10 min on 2 cores under load 5-8)
     python benchmarks/matrix.py                          # the whole matrix (about an hour on 2 cores)
     python benchmarks/matrix.py --only 'bc100.*bf16'     # cells whose id matches a regex
+
+Every worker, the twin's too, runs with glibc tuned as ``sedensenet train`` runs (``--malloc tuned``, the default
+since 2026-12-07 evening): as glibc comes, large tensors are mapped and unmapped every step, and the page faults
+made large float32 cells swing 0.82-1.18x between rounds.
 """
 
 from __future__ import annotations
@@ -79,8 +83,11 @@ def cells(quick: bool, only: str) -> list[tuple[str, Family, int, int, str, str]
     return out
 
 
-def setting_for(fam: Family, size: int, batch: int, precision: str, work: str, steps: int, clock: str) -> Setting:
-    """The twin (baseline) and our plain and SE presets for one cell, all in the same precision, mode and clock."""
+def setting_for(
+    fam: Family, size: int, batch: int, precision: str, work: str, steps: int, clock: str, malloc: str = "default"
+) -> Setting:
+    """The twin (baseline) and our plain and SE presets for one cell, all in the same precision, mode and clock;
+    ``malloc="tuned"``: every worker, the twin's too, with glibc tuned as ``sedensenet train`` tunes it."""
     spec: dict[str, Any] = {"num_classes": NUM_CLASSES, "clock": clock}
     if precision == "bf16":
         spec["amp"] = True
@@ -92,7 +99,7 @@ def setting_for(fam: Family, size: int, batch: int, precision: str, work: str, s
     twin = Config(f"torchvision twin of {fam.plain}", "twin", {**twin_spec, "model": fam.plain})
     ours = [Config(f"ours {name}", "ours", {**spec, "model": name}) for name in (fam.plain, fam.se)]
     task = "infer" if work == "infer" else "train"
-    return Setting(task, size, batch, "glibc", twin, ours, steps, 1)
+    return Setting(task, size, batch, "glibc tuned" if malloc == "tuned" else "glibc", twin, ours, steps, 1)
 
 
 def row_record(cid: str, row: Row, base: Row) -> dict[str, Any]:
@@ -124,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         "--clock", choices=("wall", "cpu"), default="wall",
         help="time steps by wall clock, or by each worker's CPU time (steadier on a loaded machine with --threads 1)",
     )  # fmt: skip
+    parser.add_argument(
+        "--malloc", choices=("default", "tuned"), default="tuned",
+        help="glibc tuned in every worker, the twin's too, as the CLI tunes it (no mmap, no trim; runs before "
+        "2026-12-07 evening used glibc as it comes: --malloc default)",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=None, help="raw results (.json; default results/matrix-*.json)")
     args = parser.parse_args(argv)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M")
@@ -136,14 +148,14 @@ def main(argv: list[str] | None = None) -> int:
 
     raw: dict[str, Any] = {
         "started": stamp, "machine": machine(), "bf16_units": bf16_units(), "threads": args.threads,
-        "clock": args.clock, "steps": steps, "quick": args.quick,
+        "clock": args.clock, "steps": steps, "quick": args.quick, "malloc": args.malloc,
         "command": " ".join(["python", "benchmarks/matrix.py", *(argv if argv is not None else sys.argv[1:])]),
         "cells": [],
     }  # fmt: skip
     for cid, fam, size, batch, precision, work in cells(args.quick, args.only):
         load = Path("/proc/loadavg").read_text().split()[:3]
         log(f"{cid} (load {' '.join(load)})")
-        setting = setting_for(fam, size, batch, precision, work, steps, args.clock)
+        setting = setting_for(fam, size, batch, precision, work, steps, args.clock, args.malloc)
         rows = run_setting(setting, "cpu", args.threads, log)
         records = [row_record(cid, row, rows[0]) for row in rows]
         after = Path("/proc/loadavg").read_text().split()[:3]

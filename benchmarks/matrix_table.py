@@ -56,12 +56,18 @@ def cell_line(cell: dict[str, Any]) -> str:
     )
 
 
+def _malloc(raw: dict[str, Any]) -> str:
+    """How the run's workers allocated (runs before ``--malloc`` existed used glibc as it comes)."""
+    return "glibc tuned as the CLI tunes it" if raw.get("malloc") == "tuned" else "glibc as it comes"
+
+
 def table(raw: dict[str, Any]) -> str:
     """The whole table, headed by the machine and the command that measured it."""
     head = [
         f"Measured {raw['started']} UTC on {raw['machine']} ({raw.get('bf16_units', 'bf16 units not recorded')}); "
         f"{raw['threads']} thread(s) per process, steps timed by "
-        f"{'CPU time' if raw.get('clock') == 'cpu' else 'wall clock'}, {raw['steps']} interleaved rounds per row, "
+        f"{'CPU time' if raw.get('clock') == 'cpu' else 'wall clock'}, {_malloc(raw)}, "
+        f"{raw['steps']} interleaved rounds per row, "
         f"run time {raw.get('wall_s', 0) / 60:.1f} min.",
         f"Command: `{raw['command']}`. Raw results: the .json beside this table.",
         "",
@@ -93,7 +99,7 @@ def compact_table(raws: list[dict[str, Any]]) -> str:
     lines = [
         f"Measured {raw['started']} UTC on {raw['machine']} ({raw.get('bf16_units', 'bf16 units not recorded')}), "
         f"{raw['threads']} thread(s) per process, timed by {'CPU time' if raw.get('clock') == 'cpu' else 'wall clock'}"
-        f", {raw['steps']} interleaved rounds, {len(raw['cells'])} cells: `{raw['command']}`."
+        f", {_malloc(raw)}, {raw['steps']} interleaved rounds, {len(raw['cells'])} cells: `{raw['command']}`."
         for raw in raws
     ]
     lines += [

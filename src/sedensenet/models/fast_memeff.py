@@ -37,7 +37,7 @@ def train_block(block: DenseBlock, x: torch.Tensor, keep: bool = False) -> torch
     """A dense block's training forward with batch statistics: one autograd node when gradients are needed.
 
     ``keep``: default training's variant, which keeps every layer's activations instead of recomputing them
-    (:func:`_kept_forward`).
+    (:func:`_train_forward`).
     """
     params = [t for layer in block.values() for t in _layer_params(layer)]
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
@@ -53,12 +53,19 @@ def _layer_params(layer: DenseLayer) -> tuple[torch.Tensor, ...]:
 
 def _train_forward(
     block: DenseBlock, x: torch.Tensor, params: list[torch.Tensor] | tuple[torch.Tensor, ...],
-    saved: list[tuple[torch.Tensor, ...]] | None,
+    saved: list[tuple[torch.Tensor, ...]] | None, keep: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Training-mode forward with batch statistics; returns the buffer and every channel's mean and variance.
+    """Training-mode forward with batch statistics; returns the block's output and every channel's mean and variance.
 
     When ``saved`` is a list, each layer appends what its backward needs: the bottleneck output ``y1``, its
     batch mean and inverse std, and norm1's per-channel scale and shift.
+
+    ``keep`` (default training): the features are concatenated one layer at a time instead of written into one
+    buffer (each layer's input a dense tensor), and each layer also keeps its input and both activations (what
+    the reference keeps), so backward recomputes nothing. It still computes norm1's statistics once per channel,
+    and its backward accumulates every channel's gradient in one buffer: each layer adds ``a * d_z`` to the
+    channels it read, in place, where autograd would compute BatchNorm's whole input gradient and then add it to
+    the concatenation's in a new tensor (the channel-wise affine rest is applied once per channel).
 
     Under autocast (bf16/fp16 ``x``, run here with autocast off) this does what the reference does: the
     convolutions in ``x``'s dtype with their weights cast to it, BatchNorm statistics and per-channel arithmetic
@@ -70,8 +77,11 @@ def _train_forward(
     total = c0 + len(layers) * k
     n = b * h * w
     fmt = preferred_format(x)
-    buf = torch.empty((b, total, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
-    buf[:, :c0].copy_(x)
+    if keep:
+        features = x.contiguous(memory_format=fmt)
+    else:
+        features = torch.empty((b, total, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+        features[:, :c0].copy_(x)
     mean = torch.empty(total, dtype=stat_dtype(x), device=x.device)
     var = torch.empty_like(mean)
     mean[:c0], var[:c0] = batch_stats(x)
@@ -82,62 +92,26 @@ def _train_forward(
         scale1 = g1 * (var[:c] + layer.norm1.eps).rsqrt()
         shift1 = b1 - mean[:c] * scale1
         update_running(layer.norm1, mean[:c], var[:c], n)
-        act1 = scratch(block, (b, c, h, w), x, fmt)
-        scale_shift(buf[:, :c], scale1, shift1, out=act1).relu_()  # norm1 + relu1: (B, c, H, W)
+        if keep:
+            act1 = scale_shift(features, scale1, shift1).relu_()  # norm1 + relu1: (B, c, H, W)
+        else:
+            act1 = scratch(block, (b, c, h, w), x, fmt)
+            scale_shift(features[:, :c], scale1, shift1, out=act1).relu_()
         y1 = conv2d(act1, layer.conv1, w1.to(x.dtype))  # (B, bn_size*k, H, W)
         n2 = layer.norm2
         act2, mean2, invstd2 = aten.native_batch_norm(
             y1, g2, b2, n2.running_mean, n2.running_var, True, momentum(n2), n2.eps
         )
         y2 = conv2d(act2.relu_(), layer.conv2, w2.to(x.dtype))  # (B, k, H, W)
-        del act2
-        buf[:, c : c + k].copy_(y2)
         mean[c : c + k], var[c : c + k] = batch_stats(y2)
+        if keep:
+            saved.append((y1, mean2, invstd2, scale1, shift1, features, act1, act2))
+            features = torch.cat([features, y2], 1)  # (B, c + k, H, W): y2's values are kept there
+            continue
+        del act2
+        features[:, c : c + k].copy_(y2)
         if saved is not None:
             saved.append((None if recompute_bottleneck(layer, c) else y1, mean2, invstd2, scale1, shift1))
-    return buf, mean, var
-
-
-def _kept_forward(
-    block: DenseBlock, x: torch.Tensor, params: list[torch.Tensor] | tuple[torch.Tensor, ...],
-    saved: list[tuple[torch.Tensor, ...]],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Default training's forward: :func:`_train_forward`'s arithmetic, keeping what backward needs.
-
-    The features are concatenated one layer at a time (each layer's input a dense tensor, as in the incremental
-    block), each layer keeps its input, both activations and the bottleneck output (what the reference keeps), and
-    norm1's statistics are still computed once per channel. Backward then recomputes nothing, and accumulates
-    the gradient of every channel in one buffer: each layer adds ``a * d_z`` to the channels it read, in place,
-    where autograd would compute BatchNorm's whole input gradient and then add it to the concatenation's in a
-    new tensor (the channel-wise affine rest is applied once per channel, as in memory-efficient mode).
-    """
-    layers: list[DenseLayer] = list(block.values())
-    b, c0, h, w = x.shape
-    k = layers[0].conv2.out_channels
-    total = c0 + len(layers) * k
-    n = b * h * w
-    fmt = preferred_format(x)
-    mean = torch.empty(total, dtype=stat_dtype(x), device=x.device)
-    var = torch.empty_like(mean)
-    mean[:c0], var[:c0] = batch_stats(x)
-    scratch(block, (b, total, h, w), x, fmt)  # reserve once: backward's gradient needs the whole width
-    features = x.contiguous(memory_format=fmt)
-    for i, layer in enumerate(layers):
-        c = c0 + i * k
-        g1, b1, w1, g2, b2, w2 = params[6 * i : 6 * i + 6]
-        scale1 = g1 * (var[:c] + layer.norm1.eps).rsqrt()
-        shift1 = b1 - mean[:c] * scale1
-        update_running(layer.norm1, mean[:c], var[:c], n)
-        act1 = scale_shift(features, scale1, shift1).relu_()  # norm1 + relu1: (B, c, H, W)
-        y1 = conv2d(act1, layer.conv1, w1.to(x.dtype))  # (B, bn_size*k, H, W)
-        n2 = layer.norm2
-        act2, mean2, invstd2 = aten.native_batch_norm(
-            y1, g2, b2, n2.running_mean, n2.running_var, True, momentum(n2), n2.eps
-        )
-        y2 = conv2d(act2.relu_(), layer.conv2, w2.to(x.dtype))  # (B, k, H, W)
-        mean[c : c + k], var[c : c + k] = batch_stats(y2)
-        saved.append((y1, mean2, invstd2, scale1, shift1, features, act1, act2))
-        features = torch.cat([features, y2], 1)  # (B, c + k, H, W): y2's values are kept there
     return features, mean, var
 
 
@@ -161,8 +135,7 @@ class _SharedStorageBlock(torch.autograd.Function):
     def forward(ctx: Any, block: DenseBlock, keep: bool, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         saved: list[tuple[torch.Tensor, ...]] = []
         with torch.autocast(x.device.type, enabled=False):  # the casts autocast would make are explicit
-            forward = _kept_forward if keep else _train_forward
-            buf, mean, var = forward(block, x, params, saved)
+            buf, mean, var = _train_forward(block, x, params, saved, keep)
         ctx.block, ctx.c0, ctx.fmt, ctx.keep = block, x.shape[1], preferred_format(x), keep
         ctx.widths = [len(t) for t in saved]
         # Saved through autograd, not kept on ctx: freed once backward is done (unless retain_graph), where a

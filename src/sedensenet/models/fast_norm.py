@@ -15,10 +15,10 @@ of 16 (of 32 under bf16) no cache line is shared and no channel is left to the s
 keep is the fused second pass of the backward, which needs the whole channel's sums: the input gradient is one
 more BatchNorm transform and an in-place ``addcmul``, ``d_x = (coef * x + const) + a * d_y``.
 
-Measured (``benchmarks/bn_threads.py``): bf16 ``64 x 120 x 32 x 32`` at 2 threads, forward 3.4 -> 2.3 ms, backward
-5.9 -> 3.9 ms; at 1 thread a little faster too (the scalar tail), except on small tensors, where the dozen
-vector operations of the fold cost more than they save (:data:`FOLD_MIN_ROWS`). In float32 the fold's extra
-backward pass costs more than the tail saves at 1 thread, so float32 folds only with more threads.
+Measured (``benchmarks/bn_threads.py``): bf16 ``64 x 120 x 32 x 32`` at 2 threads, forward 3.45 -> 2.57 ms, backward
+6.00 -> 3.78 ms; at 1 thread a little faster too (the scalar tail), except on small tensors, where the dozen
+vector operations of the fold cost more than they save (``fast_storage.FOLD_MIN_ROWS``). When to fold, by thread
+count, dtype and pass, is :func:`~sedensenet.models.fast_storage.fold_factor`.
 """
 
 from __future__ import annotations
