@@ -156,7 +156,8 @@ def test_default_training_backward_twice_with_retain_graph() -> None:
         out.sum().backward(retain_graph=True)
         out.square().sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    assert fast.features.denseblock1(torch.randn(2, 24, 4, 4).contiguous(memory_format=torch.channels_last)).grad_fn
+    block_out = fast.features.denseblock1(torch.randn(2, 24, 4, 4).contiguous(memory_format=torch.channels_last))
+    assert block_out.grad_fn.name() == "_SharedStorageBlockBackward"  # on CPU default training takes the kept node
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)
 
 

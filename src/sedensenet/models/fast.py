@@ -14,7 +14,8 @@ torchvision's) concatenates every earlier feature map for each layer, normalises
 both the copy and its normalised version for backward: O(L^2) memory per block. The paths here replace it where
 they win:
 
-**Default training in channels_last** (``fast_memeff.train_block(keep=True)``): one autograd node per block, with
+**Default training in channels_last on CPU** (``fast_memeff.train_block(keep=True)``; on a GPU, where it is not
+measured yet, the features concatenated one layer at a time through autograd): one autograd node per block, with
 the hand-written backward of memory-efficient mode but recomputing nothing. Each layer's input is concatenated one
 layer at a time (a dense tensor, kept with both activations and the bottleneck output, what the reference keeps),
 norm1's batch statistics are computed once per channel, and backward accumulates every channel's gradient in one
@@ -221,7 +222,24 @@ def forward_block(block: DenseBlock, x: torch.Tensor) -> torch.Tensor:
     """The block's output ``(B, C_in + L*k, H, W)`` through the fast path (after :func:`block_applies`)."""
     if not block.training:
         return fast_infer.eval_block(block, x)
-    return fast_memeff.train_block(block, x, keep=not next(iter(block.values())).memory_efficient)
+    memory_efficient = next(iter(block.values())).memory_efficient
+    if not memory_efficient and x.device.type != "cpu":
+        return _incremental_block(block, x)
+    return fast_memeff.train_block(block, x, keep=not memory_efficient)
+
+
+def _incremental_block(block: DenseBlock, x: torch.Tensor) -> torch.Tensor:
+    """Default training off the CPU: the layers' own modules, the features concatenated one layer at a time.
+
+    ``cat(cat(x, f1), f2)`` makes autograd accumulate each layer's input gradient once, over a whole prefix,
+    instead of ``k`` channels wide per later layer. On CPU the kept block replaced it (measured there); on a GPU
+    it stays until the kept block is measured on one.
+    """
+    features = x
+    for layer in block.values():
+        new = layer.conv2(layer.relu2(layer.norm2(layer.conv1(layer.relu1(layer.norm1(features))))))  # (B, k, H, W)
+        features = torch.cat([features, new], 1)  # (B, C + k, H, W)
+    return features
 
 
 def transition_applies(transition: Transition, x: torch.Tensor) -> bool:
