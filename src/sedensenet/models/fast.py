@@ -24,10 +24,10 @@ input gradient applied once per channel. Autograd on the reference modules would
 whole input gradient and add it to the concatenation's (3 passes over the layer's input more per layer), and with
 ``cat(x, f1, ..., fi)`` accumulate every earlier layer's gradient ``k`` channels wide, read out of every pixel in
 channels_last (DenseNet-BC-100, k = 12, bf16: 0.72x torchvision's speed). Measured against concatenating one layer
-at a time through autograd (what this replaced): bf16 DenseNet-BC-100 1.17x -> 1.24x torchvision at 1 thread,
-DenseNet-121 unchanged, float32 +2-3% (``benchmarks/kept_block.py``). Not twice differentiable
-(``create_graph``); ``set_fast(model, False)`` runs the reference modules for that. In NCHW a channel slice is a run
-of whole planes and the reference path is as fast, so it stays there.
+at a time through autograd (what this replaced): bf16 DenseNet-BC-100 1.16-1.18x -> 1.23-1.25x torchvision at 1
+thread, 1.06x -> 1.18-1.21x at 2; DenseNet-121 unchanged; float32 +2-5% (``benchmarks/kept_block.py``). Not
+twice differentiable (``create_graph``); ``set_fast(model, False)`` runs the reference modules for that. In NCHW a
+channel slice is a run of whole planes and the reference path is as fast, so it stays there.
 
 **Training batch norm** outside the blocks (stem, transitions, the last norm) and the fast paths' batch statistics
 and BN reductions go through :mod:`~sedensenet.models.fast_norm`, which folds rows so that PyTorch's channels_last
