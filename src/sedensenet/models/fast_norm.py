@@ -28,22 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from sedensenet.models.fast_storage import aten, fold, fold_factor, update_running
+from sedensenet.models.fast_storage import affine_rows, aten, fold, fold_factor, update_running
 
 
-def _transform(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, r: int) -> torch.Tensor:
-    """``x * scale + shift`` per channel (``C``-vectors) into a new channels_last tensor, on the folded views.
-
-    BatchNorm's inference kernel with zero mean and unit variance: float32 arithmetic, one rounding to ``x``'s
-    dtype, vectorised over the folded rows for bf16 and float32 alike.
-    """
-    result = torch.empty_like(x, memory_format=torch.channels_last)
-    m, out = fold(x, r), fold(result, r)
-    zeros, ones = scale.new_zeros(r * scale.numel()), scale.new_ones(r * scale.numel())
-    save = scale.new_empty(0)
-    aten.native_batch_norm.out(m, scale.repeat(r), shift.repeat(r), zeros, ones, False, 0.0, 0.0, out=out,
-                               save_mean=save, save_invstd=save.clone())  # fmt: skip
-    return result
+def _like(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.channels_last)
 
 
 def batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +107,7 @@ class _FoldedBatchNorm(torch.autograd.Function):
             update_running(norm, mean, var, b * h * w)
             invstd = (var + norm.eps).rsqrt()
             scale = weight * invstd
-            out = _transform(x, scale, bias - mean * scale, r)
+            out = affine_rows(x, scale, bias - mean * scale, _like(x), r)
         ctx.r = r
         ctx.save_for_backward(x, weight, mean, invstd)
         return out
@@ -155,6 +144,6 @@ def batch_norm_backward(
     n = b * h * w
     a = weight * invstd
     coef = -a * invstd * d_w / n
-    d_x = _transform(x, coef, -a * d_b / n - mean * coef, r)
+    d_x = affine_rows(x, coef, -a * d_b / n - mean * coef, _like(x), r)
     fold(d_x, r).addcmul_(fold(grad, r), a.to(x.dtype).repeat(r))
     return d_x, d_w, d_b

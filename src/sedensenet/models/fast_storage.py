@@ -140,20 +140,27 @@ def scale_shift(
     slice of a dense block's buffer is first copied into ``out`` and transformed there: on a slice the kernel
     takes a generic strided path 3-5x slower than the copy and the dense kernel together.
     """
-    narrow = x.shape[1] < _LINE_FLOATS and fold_factor(x) > 1  # float32 k-wide slices (all scalar tail)
-    if x.dtype == scale.dtype == shift.dtype and not narrow:
-        return torch.addcmul(chan(shift), x, chan(scale), out=out)
+    r = fold_factor(x)  # 1 for a channel slice
+    if x.dtype == scale.dtype == shift.dtype and not (r > 1 and x.shape[1] < _LINE_FLOATS):
+        return torch.addcmul(chan(shift), x, chan(scale), out=out)  # (float32 k-wide tensors: all scalar tail)
     if out is None:
         out = torch.empty_like(x, memory_format=preferred_format(x))
-    src = x if dense(x) else out.copy_(x)
-    r = fold_factor(src)
-    if r > 1 and out.stride() == src.stride():  # the folded view vectorises the scalar tail (fast_norm)
-        src, target, scale, shift = fold(src, r), fold(out, r), scale.repeat(r), shift.repeat(r)
+    if not dense(x):
+        x = out.copy_(x)
+        r = fold_factor(x)
+    return affine_rows(x, scale, shift, out, r if out.stride() == x.stride() else 1)
+
+
+def affine_rows(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor, r: int) -> torch.Tensor:
+    """``x * scale + shift`` per channel into ``out`` (dense), by BatchNorm's inference kernel with zero mean and
+    unit variance, on the folded ``(N/r, r*C)`` views when ``r > 1`` (the fold vectorises the scalar tail)."""
+    if r > 1:
+        x, target, scale, shift = fold(x, r), fold(out, r), scale.repeat(r), shift.repeat(r)
     else:
         target = out
     zeros, ones = torch.zeros_like(scale), torch.ones_like(scale)
     save = scale.new_empty(0)
-    aten.native_batch_norm.out(src, scale, shift, zeros, ones, False, 0.0, 0.0, out=target, save_mean=save,
+    aten.native_batch_norm.out(x, scale, shift, zeros, ones, False, 0.0, 0.0, out=target, save_mean=save,
                                save_invstd=save.clone())  # fmt: skip
     return out
 
