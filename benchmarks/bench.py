@@ -228,6 +228,29 @@ def adam_step(model: Any, x: Any, y: Any, bf16: bool) -> Callable[[], None]:
     return step
 
 
+def infer_step(model: Any, x: Any, bf16: bool) -> Callable[[], None]:
+    """One inference batch as the one-process scripts time it: inference mode, under bf16 autocast when ``bf16``."""
+    import torch
+
+    def step() -> None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model(x)
+
+    return step
+
+
+def patched(step: Callable[[], None], target: Any, name: str, value: Any) -> Callable[[], None]:
+    """``step`` with ``target.name`` replaced by ``value`` while it runs: the "before" row of a one-process A/B
+    script, the old code put back for its steps only."""
+    from unittest import mock
+
+    def run() -> None:
+        with mock.patch.object(target, name, value):
+            step()
+
+    return run
+
+
 def interleaved_cpu_seconds(
     steps: dict[str, Callable[[], None]], rounds: int, clock: str = "cpu"
 ) -> dict[str, list[float]]:

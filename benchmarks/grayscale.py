@@ -13,18 +13,16 @@ order reversed every other round; the ratio is the median of per-round ``before 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import adam_step, interleaved_cpu_seconds, machine, median_ratio  # noqa: E402
+from bench import adam_step, infer_step, interleaved_cpu_seconds, machine, median_ratio, patched  # noqa: E402
 from matrix import bf16_units  # noqa: E402
 
 from sedensenet import create_model  # noqa: E402
@@ -46,16 +44,11 @@ def _old_channels_last(x: torch.Tensor) -> torch.Tensor:
 def make_step(model: torch.nn.Module, work: str, x: torch.Tensor, bf16: bool, before: bool) -> Callable[[], None]:
     """One training step (Adam) or one inference batch, with the old conversion when ``before``."""
     model.train(work == "train")
-    train = adam_step(model, x, torch.zeros(x.shape[0], dtype=torch.long), bf16) if work == "train" else None
-
-    def step() -> None:
-        with mock.patch.object(fast, "channels_last", _old_channels_last) if before else contextlib.nullcontext():
-            if train is not None:
-                return train()
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                model(x)
-
-    return step
+    if work == "train":
+        step = adam_step(model, x, torch.zeros(x.shape[0], dtype=torch.long), bf16)
+    else:
+        step = infer_step(model, x, bf16)
+    return patched(step, fast, "channels_last", _old_channels_last) if before else step
 
 
 def measure(name: str, size: int, batch: int, work: str, precision: str, rounds: int) -> dict:

@@ -14,19 +14,17 @@ reversed every other round; a ratio is the median over rounds.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _worker import twin  # noqa: E402
-from bench import adam_step, interleaved_cpu_seconds, machine, median_ratio  # noqa: E402
+from bench import adam_step, interleaved_cpu_seconds, machine, median_ratio, patched  # noqa: E402
 from matrix import NUM_CLASSES, bf16_units  # noqa: E402
 
 from sedensenet import create_model  # noqa: E402
@@ -36,29 +34,15 @@ from sedensenet.models import fast  # noqa: E402
 CASES = (("densenet_bc_100", 32, 64), ("densenet_bc_100", 64, 32), ("densenet121", 128, 32))
 
 
-def _incremental_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What default training ran before: the layers' modules, ``cat(cat(x, f1), f2)`` through autograd."""
-    features = x
-    for layer in block.values():
-        new = layer.conv2(layer.relu2(layer.norm2(layer.conv1(layer.relu1(layer.norm1(features))))))
-        features = torch.cat([features, new], 1)
-    return features
-
-
 def _old_forward_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     if block.training and not next(iter(block.values())).memory_efficient:
-        return _incremental_block(block, x)
+        return fast._incremental_block(block, x)  # (what a GPU still runs)
     return fast.fast_memeff.train_block(block, x) if block.training else fast.fast_infer.eval_block(block, x)
 
 
 def make_step(model: torch.nn.Module, x: torch.Tensor, bf16: bool, before: bool) -> Callable[[], None]:
-    train = adam_step(model, x, torch.zeros(x.shape[0], dtype=torch.long), bf16)
-
-    def step() -> None:
-        with mock.patch.object(fast, "forward_block", _old_forward_block) if before else contextlib.nullcontext():
-            train()
-
-    return step
+    step = adam_step(model, x, torch.zeros(x.shape[0], dtype=torch.long), bf16)
+    return patched(step, fast, "forward_block", _old_forward_block) if before else step
 
 
 def measure(name: str, size: int, batch: int, precision: str, rounds: int, clock: str) -> dict:

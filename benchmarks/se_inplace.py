@@ -11,18 +11,16 @@ every other round; SE cost = the median over rounds of ``SE seconds / plain seco
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import interleaved_cpu_seconds, machine, median_ratio  # noqa: E402
+from bench import infer_step, interleaved_cpu_seconds, machine, median_ratio, patched  # noqa: E402
 from matrix import NUM_CLASSES, bf16_units  # noqa: E402
 
 from sedensenet import create_model  # noqa: E402
@@ -40,15 +38,8 @@ CASES = (
 def make_forward(model: torch.nn.Module, x: torch.Tensor, bf16: bool, before: bool) -> Callable[[], None]:
     """One inference batch; ``before`` runs ``model.features`` as a plain ``nn.Sequential``."""
     model.eval()
-
-    old = mock.patch.object(fast, "_features", lambda features, x: features(x))
-
-    def forward() -> None:
-        with old if before else contextlib.nullcontext(), torch.inference_mode():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                model(x)
-
-    return forward
+    step = infer_step(model, x, bf16)
+    return patched(step, fast, "_features", lambda features, x: features(x)) if before else step
 
 
 def measure(plain: str, se: str, size: int, batch: int, precision: str, rounds: int) -> dict:
