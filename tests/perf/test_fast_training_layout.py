@@ -153,3 +153,66 @@ def test_batches_asked_for_in_channels_last_get_it_with_one_channel_too(chans: i
     assert out.stride(1) == 1 and out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, images)
     plain, _ = StepSettings(torch.device("cpu")).to_device(images.contiguous(memory_format=torch.channels_last), labels)
     assert plain.is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize("size", [7, 8])
+def test_classifier_pooling_gradient_is_a_broadcast_view_with_the_same_values(dtype: torch.dtype, size: int) -> None:
+    # adaptive_avg_pool2d's backward writes NCHW; against the last ReLU's channels_last output its backward took a
+    # strided path (9 ms against 1 ms for BC-100's 64 x 342 x 8 x 8 under bf16).
+    torch.manual_seed(0)
+    model = create_model("densenet_bc_100", num_classes=10).train()
+    fmap = torch.randn(4, 342, size, size).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = model.forward_head(fmap, pre_logits=True)
+    assert "_SpatialMeanBackward" in _graph_nodes(out.grad_fn)
+    grad = torch.randn(out.shape, dtype=out.dtype)
+    (got,) = torch.autograd.grad(out, fmap, grad)
+    (want,) = torch.autograd.grad(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(fmap, 1), 1), fmap, grad)
+    assert got.stride()[2:] == (0, 0) and want.stride(3) == 1  # a broadcast view where PyTorch gave NCHW
+    assert torch.equal(got, want)
+    assert torch.equal(out.detach(), torch.nn.functional.adaptive_avg_pool2d(fmap.detach(), 1).flatten(1))
+    set_fast(model, False)
+    assert "_SpatialMeanBackward" not in _graph_nodes(model.forward_head(fmap, pre_logits=True).grad_fn)
+
+
+def test_default_training_transition_is_one_node_equal_to_its_modules() -> None:
+    """On CPU in channels_last a transition trains as one BN-ReLU-pool node that keeps its activation (the
+    reference's average-pool backward zero-fills and adds, its ReLU backward writes a new tensor)."""
+    from sedensenet.models.densenet import Transition
+
+    torch.manual_seed(0)
+    fast_t = Transition(num_input_features=36, num_output_features=18).train()
+    ref_t = set_fast(Transition(num_input_features=36, num_output_features=18).train(), False)
+    ref_t.load_state_dict(fast_t.state_dict())
+    x = torch.randn(4, 36, 10, 10, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(4, 18, 5, 5, dtype=torch.float64)
+    runs = []
+    for t in (fast_t.double(), ref_t.double()):
+        xi = x.clone().requires_grad_()
+        out = t(xi)
+        runs.append((out, _graph_nodes(out.grad_fn), *torch.autograd.grad(out, [xi, *t.parameters()], grad)))
+    (out, nodes, *grads), (ref_out, ref_nodes, *ref_grads) = runs
+    assert "_BNReLUPoolBackward" in nodes and "_BNReLUPoolBackward" not in ref_nodes
+    assert "AvgPool2DBackward0" in ref_nodes and "AvgPool2DBackward0" not in nodes
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    for g, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, want, rtol=1e-10, atol=1e-12)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.allclose(getattr(fast_t.norm, name), getattr(ref_t.norm, name), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize(("size", "kernel", "stride"), [(8, 2, 2), (9, 2, 2), (9, 3, 3), (8, 3, 2)])
+def test_pooling_backward_equals_pytorchs(dtype: torch.dtype, size: int, kernel: int, stride: int) -> None:
+    """Windows that tile the input take one broadcast copy; the others (an odd size, overlapping windows) take
+    ``avg_pool2d_backward``: bitwise what PyTorch gives either way."""
+    from sedensenet.models.fast_memeff import _pool_backward
+
+    torch.manual_seed(0)
+    pool = torch.nn.AvgPool2d(kernel, stride)
+    act = torch.randn(3, 20, size, size).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = pool(act)
+    grad = torch.randn(out.shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    (want,) = torch.autograd.grad(out, act, grad)
+    got = _pool_backward(pool, grad, act.detach())
+    assert torch.equal(got, want) and got.is_contiguous(memory_format=torch.channels_last)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import os
 import random
@@ -14,6 +12,7 @@ import torch
 from sedensenet.config import TrainConfig
 from sedensenet.engine.loop import StepSettings
 from sedensenet.errors import DeviceError
+from sedensenet.models.cpu import SLOW_AVX512_BF16, cpu_id
 
 log = logging.getLogger(__name__)
 
@@ -70,38 +69,12 @@ def cpu_bf16() -> tuple[bool, str]:
     return True, f"oneDNN uses this CPU's {' and '.join(units)}"
 
 
-SLOW_AVX512_BF16 = {("GenuineIntel", 6, 143): "Sapphire Rapids", ("GenuineIntel", 6, 207): "Emerald Rapids"}
-"""x86 CPUs (vendor, family, model) whose AVX512-BF16 runs slower than their float32 when AMX is not available to
-the process (hidden by a hypervisor, as on the VM of benchmarks/README.md, or disabled). Measured on Emerald
-Rapids (model 207): oneDNN's bf16 convolutions at 86 GFLOP/s against 141 in float32, a 2048-square matmul at 165
-against 350, our DenseNet-121 training at 0.64-0.75x and inference at 0.74x its float32 speed. Sapphire Rapids has
-the same cores' bf16 units. Other CPUs with AVX512-BF16 (AMD's Zen 4 and 5: bf16 1.6-1.8x float32 on an EPYC;
-Cooper Lake) keep bf16. ``python benchmarks/precision.py`` measures a CPU not listed."""
-
-
 def slow_avx512_bf16() -> str | None:
     """Why bf16 would be slower than float32 on this CPU (:data:`SLOW_AVX512_BF16`), or None."""
     name = SLOW_AVX512_BF16.get(cpu_id() or ("", -1, -1))
     if name is None:
         return None
     return f"{name} without AMX: its AVX512-BF16 runs DenseNet at 0.64-0.75x float32's speed (benchmarks/README.md)"
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_id() -> tuple[str, int, int] | None:
-    """(vendor, family, model) of the first CPU in ``/proc/cpuinfo`` (x86 Linux); None where it cannot be read.
-    Read once per process: ``--amp auto`` asks for each plan, run and prediction."""
-    fields: dict[str, str] = {}
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as info:
-        for line in info:
-            if not line.strip():
-                break  # the first processor's block is enough
-            name, _, value = line.partition(":")
-            fields[name.strip()] = value.strip()
-    try:
-        return fields["vendor_id"], int(fields["cpu family"]), int(fields["model"])
-    except (KeyError, ValueError):
-        return None
 
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}

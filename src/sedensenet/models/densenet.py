@@ -378,7 +378,8 @@ class DenseNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Feature map -> logits (or the pooled, pre-classifier features with ``pre_logits=True``)."""
-        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)  # (B, num_features)
+        pooled = fast.global_pool(x) if self.fast else F.adaptive_avg_pool2d(x, 1)
+        x = torch.flatten(pooled, 1)  # (B, num_features)
         x = self.head_drop(x)
         return x if pre_logits else self.classifier(x)
 

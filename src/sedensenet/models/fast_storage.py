@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sedensenet.models.cpu import slow_bf16_units
 
 aten = torch.ops.aten
 
@@ -87,19 +91,97 @@ def chan(t: torch.Tensor) -> torch.Tensor:
     return t.view(1, -1, 1, 1)
 
 
-def conv2d(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+BF16_CONVOLUTIONS_IN_FLOAT32: bool | None = None
+"""Whether training convolutions on bf16 data on CPU compute in float32 (:func:`float32_convolutions`); None:
+where this CPU's bf16 units are slower than its float32 ones (:func:`sedensenet.models.cpu.slow_bf16_units`)."""
+
+
+def float32_convolutions(x: torch.Tensor) -> bool:
+    """Whether a convolution of the bf16 CPU tensor ``x`` computes in float32 (from the same bf16 values).
+
+    On CPUs whose bf16 units are slower than their float32 ones (Sapphire and Emerald Rapids without AMX:
+    :data:`~sedensenet.models.cpu.SLOW_AVX512_BF16`), oneDNN's bf16 convolutions run at about half the speed of its
+    float32 ones, forward and backward alike (``benchmarks/conv_precision.py``). Every product of two bf16 numbers
+    is exact in float32 and oneDNN's bf16 kernels accumulate in float32 as well, so computing on the bf16 values
+    in float32 and rounding the result to bf16 gives what the bf16 kernel gives, up to the order of the sums; the
+    weight gradient stays in float32 (the bf16 kernel rounds it to bf16 before autocast casts it back). The
+    conversions cost a pass over the input (and over the output gradient in backward), so inference, which has
+    no backward to share them with, keeps bf16 (it measured slower).
+    """
+    return _in_float32(x.dtype, x.device.type)
+
+
+def _in_float32(dtype: torch.dtype, device: str) -> bool:
+    if dtype != torch.bfloat16 or device != "cpu":
+        return False
+    if BF16_CONVOLUTIONS_IN_FLOAT32 is not None:
+        return BF16_CONVOLUTIONS_IN_FLOAT32
+    return _slow_bf16_units()
+
+
+@functools.lru_cache(maxsize=1)
+def _slow_bf16_units() -> bool:
+    return slow_bf16_units() is not None
+
+
+def conv2d(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           training: bool = False) -> torch.Tensor:  # fmt: skip
+    """``conv``'s operation with ``weight`` (and ``bias``) on ``x``; in training computed in float32 when
+    :func:`float32_convolutions` says so (``weight`` already in ``x``'s dtype, as autocast casts it)."""
+    if training and float32_convolutions(x):
+        y = F.conv2d(x.float(), weight.float(), None if bias is None else bias.float(), conv.stride, conv.padding,
+                     conv.dilation, conv.groups)  # fmt: skip
+        return y.to(x.dtype)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def conv2d_backward(
-    grad: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d, weight_grad: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gradients of a bias-free convolution with respect to its input and (when asked) its weight."""
+    grad: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d, weight_grad: bool,
+    input_grad: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
+    """Gradients of a bias-free convolution with respect to its input and (when asked) its weight; in float32
+    when :func:`float32_convolutions` says so (the input gradient then rounded to ``inp``'s dtype, the weight's
+    left in float32)."""
+    low = float32_convolutions(inp)
+    if low:
+        grad, inp, weight = grad.float(), inp.float(), weight.float()
     gi, gw, _ = aten.convolution_backward(
         grad, inp, weight, None, list(conv.stride), list(conv.padding), list(conv.dilation), False, [0, 0],
-        conv.groups, [True, weight_grad, False],
+        conv.groups, [input_grad, weight_grad, False],
     )  # fmt: skip
-    return gi, gw
+    return (gi.to(torch.bfloat16) if low and gi is not None else gi), gw
+
+
+def convolve(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a plain bias-free ``nn.Conv2d`` in training, as one node computing in float32 when
+    :func:`float32_convolutions` says so for what autocast would give the convolution (the stem's and the
+    transitions' convolutions; the dense blocks' call :func:`conv2d` themselves)."""
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    plain = type(conv) is nn.Conv2d and conv.bias is None and conv.padding_mode == "zeros"
+    if not (plain and torch.is_grad_enabled() and _in_float32(dtype, device)):
+        return conv(x)
+    return _Float32Conv.apply(conv, x, conv.weight)
+
+
+class _Float32Conv(torch.autograd.Function):
+    """A bias-free convolution under bf16 (autocast's casts made explicit) computed in float32 (:func:`conv2d`)."""
+
+    @staticmethod
+    def forward(ctx: Any, conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            x_low, w_low = x.to(torch.bfloat16), weight.to(torch.bfloat16)
+            ctx.conv, ctx.x_dtype = conv, x.dtype
+            ctx.save_for_backward(x_low, w_low)
+            return conv2d(x_low, conv, w_low, training=True)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x_low, w_low = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        gi, gw = conv2d_backward(grad.to(torch.bfloat16), x_low, w_low, ctx.conv, need[2], input_grad=need[1])
+        return None, (None if gi is None else gi.to(ctx.x_dtype)), gw
 
 
 def momentum(bn: nn.BatchNorm2d) -> float:
