@@ -133,3 +133,21 @@ def test_the_rule_reads_the_table_of_slow_bf16_cpus(
     monkeypatch.setattr(cpu, "cpu_id", lambda: cpu_id)
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": amx, "avx512_bf16": True})
     assert cpu.slow_bf16_units() == slow
+
+
+def test_float32_route_in_parts_equals_it_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The float32 copies are made a few images at a time: the same values as one whole copy (the weight
+    gradient summed over the parts in float32)."""
+    monkeypatch.setattr(fast_storage, "BF16_CONVOLUTIONS_IN_FLOAT32", True)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 3, padding=1, bias=False)
+    x = torch.randn(10, 16, 6, 6).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    w = conv.weight.detach().to(torch.bfloat16)
+    grad = torch.randn(10, 8, 6, 6).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    whole = [fast_storage.conv2d(x, conv, w, training=True), *fast_storage.conv2d_backward(grad, x, w, conv, True)]
+    monkeypatch.setattr(fast_storage, "FLOAT32_PART_BYTES", 3 * 4 * x[0].numel())  # parts of 3, 3, 3 and 1 images
+    assert [start for start, _ in fast_storage._batch_parts(x)] == [0, 3, 6, 9]
+    parts = [fast_storage.conv2d(x, conv, w, training=True), *fast_storage.conv2d_backward(grad, x, w, conv, True)]
+    for got, want in zip(parts, whole, strict=True):
+        assert got.dtype == want.dtype and got.stride() == want.stride()
+        torch.testing.assert_close(got, want, rtol=1e-5 if got.dtype == torch.float32 else 2**-8, atol=1e-6)

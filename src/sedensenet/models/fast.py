@@ -54,11 +54,21 @@ early layers' 1x1 bottlenecks, are recomputed):
 shared scratch, and ``norm2`` folded into ``conv1`` (it directly follows it). An SE layer right after a dense
 block scales the block's output in place (:func:`_features`).
 
+**Transitions and the classifier's pooling in default training on CPU**: a transition is one BN-ReLU-pool node
+that keeps its activation (as the reference's pooling does); average pooling's backward is one broadcast copy
+(``avg_pool2d_backward`` zero-fills, then adds) and ReLU's runs in place. The classifier's pooling returns its
+gradient as a broadcast view (:func:`global_pool`): PyTorch's is NCHW, and the last ReLU's backward against its
+channels_last output took a strided path, 9-17x slower.
+
 **Grayscale input** is viewed with channels_last strides (:func:`channels_last`), so one-channel networks run
 the same paths as colour ones.
 
 **Autocast** (bf16 or fp16): the paths do what the reference modules do under autocast. Convolutions run in the
-autocast dtype (their weights cast to it, their gradients returned in float32); ``nn.BatchNorm2d`` is on neither
+autocast dtype (their weights cast to it, their gradients returned in float32), except bf16 training
+convolutions on CPUs whose bf16 units are slower than their float32 ones (Sapphire and Emerald Rapids without
+AMX: half the speed), which compute in float32 on the same bf16 values and round to bf16
+(:func:`~sedensenet.models.fast_storage.float32_convolutions`; DenseNet-121 bf16 training 1.20x -> 1.55x
+torchvision's there); ``nn.BatchNorm2d`` is on neither
 of autocast's lists, so on a bf16 input it keeps float32 statistics and parameters, computes in float32 and
 rounds its output to bf16: the paths compute statistics and every per-channel scale, shift and gradient
 coefficient in float32 and keep the buffers (feature buffer, scratch, bottleneck outputs) in bf16. A dense

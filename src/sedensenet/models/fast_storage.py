@@ -127,12 +127,20 @@ def _slow_bf16_units() -> bool:
 def conv2d(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None = None,
            training: bool = False) -> torch.Tensor:  # fmt: skip
     """``conv``'s operation with ``weight`` (and ``bias``) on ``x``; in training computed in float32 when
-    :func:`float32_convolutions` says so (``weight`` already in ``x``'s dtype, as autocast casts it)."""
-    if training and float32_convolutions(x):
-        y = F.conv2d(x.float(), weight.float(), None if bias is None else bias.float(), conv.stride, conv.padding,
-                     conv.dilation, conv.groups)  # fmt: skip
-        return y.to(x.dtype)
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    :func:`float32_convolutions` says so (``weight`` already in ``x``'s dtype, as autocast casts it), a few
+    images at a time (:func:`_batch_parts`)."""
+    args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+    if not (training and float32_convolutions(x)):
+        return F.conv2d(x, weight, bias, *args)
+    weight, bias = weight.float(), None if bias is None else bias.float()
+    out = None
+    for start, part in _batch_parts(x):
+        y = F.conv2d(part.float(), weight, bias, *args)
+        if out is None:
+            out = torch.empty((x.shape[0], *y.shape[1:]), dtype=x.dtype, device=x.device,
+                              memory_format=preferred_format(y))  # fmt: skip
+        out[start : start + part.shape[0]].copy_(y)  # rounded to bf16 (to nearest, as the bf16 kernel rounds)
+    return out
 
 
 def conv2d_backward(
@@ -140,16 +148,37 @@ def conv2d_backward(
     input_grad: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
     """Gradients of a bias-free convolution with respect to its input and (when asked) its weight; in float32
-    when :func:`float32_convolutions` says so (the input gradient then rounded to ``inp``'s dtype, the weight's
-    left in float32)."""
-    low = float32_convolutions(inp)
-    if low:
-        grad, inp, weight = grad.float(), inp.float(), weight.float()
-    gi, gw, _ = aten.convolution_backward(
-        grad, inp, weight, None, list(conv.stride), list(conv.padding), list(conv.dilation), False, [0, 0],
-        conv.groups, [input_grad, weight_grad, False],
-    )  # fmt: skip
-    return (gi.to(torch.bfloat16) if low and gi is not None else gi), gw
+    when :func:`float32_convolutions` says so, a few images at a time (the input gradient rounded to ``inp``'s
+    dtype, the weight's summed over the parts in float32)."""
+    args = (list(conv.stride), list(conv.padding), list(conv.dilation), False, [0, 0], conv.groups)
+    if not float32_convolutions(inp):
+        gi, gw, _ = aten.convolution_backward(grad, inp, weight, None, *args, [input_grad, weight_grad, False])
+        return gi, gw
+    weight = weight.float()
+    d_x = torch.empty_like(inp, memory_format=preferred_format(inp)) if input_grad else None
+    d_w = None
+    for (start, part), (_, g) in zip(_batch_parts(inp), _batch_parts(inp, grad), strict=True):
+        gi, gw, _ = aten.convolution_backward(g.float(), part.float(), weight, None, *args,
+                                              [input_grad, weight_grad, False])  # fmt: skip
+        if d_x is not None:
+            d_x[start : start + part.shape[0]].copy_(gi)
+        if weight_grad:
+            d_w = gw if d_w is None else d_w.add_(gw)
+    return d_x, d_w
+
+
+FLOAT32_PART_BYTES = 8 * 2**20
+"""The float32 copy of a convolution's input is made this many bytes at a time (whole images): the copies and
+the float32 results stay small (a whole DenseNet-BC-100 layer's at batch 64 would take 50 MB more at the peak)."""
+
+
+def _batch_parts(x: torch.Tensor, of: torch.Tensor | None = None) -> list[tuple[int, torch.Tensor]]:
+    """(first image, slice of ``of``, default ``x``) for the batch split so that ``x``'s float32 copy of each part
+    has at most :data:`FLOAT32_PART_BYTES` (one image at least)."""
+    of = x if of is None else of
+    per_image = 4 * x[0].numel() if x.shape[0] else 1
+    step = max(1, FLOAT32_PART_BYTES // per_image)
+    return [(start, of[start : start + step]) for start in range(0, x.shape[0], step)]
 
 
 def convolve(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
