@@ -5,8 +5,9 @@ output and adds into it, then ReLU's backward writes a new tensor), and the clas
 returned an NCHW gradient that the last ReLU's backward read against its channels_last output (a strided path).
 "after": each transition is one BN-ReLU-pool node keeping its activation, whose pooling backward is one broadcast
 copy and whose ReLU backward runs in place, and the classifier's pooling returns its gradient as a broadcast
-view (``fast.global_pool``). The torchvision twin runs beside them. One process, steps interleaved, the order
-reversed every other round; a ratio is the median over rounds.
+view (``fast.global_pool``). Both sides compute the transitions' convolutions alike (in float32 under bf16 where
+``fast_storage.float32_convolutions`` says so). The torchvision twin runs beside them. One process, steps
+interleaved, the order reversed every other round; a ratio is the median over rounds.
 
     python benchmarks/transition_head.py --threads 1 --output benchmarks/results/transition_head-1t-2026-12-07.json
 """
@@ -38,7 +39,8 @@ CASES = (("densenet_bc_100", 32, 64), ("densenet_bc_100", 64, 32), ("densenet121
 def _old_forward_transition(transition: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     if transition.memory_efficient and fast._fused_transition(transition, x):
         return fast.fast_memeff.transition_forward(transition, x)
-    return transition.conv(transition.pool(transition.relu(fast.fast_norm.batch_norm(transition.norm, x))))
+    pooled = transition.pool(transition.relu(fast.fast_norm.batch_norm(transition.norm, x)))
+    return fast.convolve(transition.conv, pooled)  # (in float32 where bf16 convolutions are: as "after" does)
 
 
 def make_step(model: torch.nn.Module, x: torch.Tensor, bf16: bool, before: bool) -> Callable[[], None]:

@@ -32,13 +32,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("kernel", [1, 3])
-def test_float32_route_is_within_one_rounding_of_exact(float32_convs: bool, kernel: int) -> None:
+@pytest.mark.parametrize(("kernel", "out"), [(1, 64), (3, 12)])
+def test_float32_route_is_within_one_rounding_of_exact(float32_convs: bool, kernel: int, out: int) -> None:
     torch.manual_seed(0)
-    conv = nn.Conv2d(20, 12, kernel, padding=kernel // 2, bias=False)
+    conv = nn.Conv2d(20, out, kernel, padding=kernel // 2, bias=False)
     x = torch.randn(4, 20, 9, 9).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     w = conv.weight.detach().to(torch.bfloat16)
-    grad = torch.randn(4, 12, 9, 9).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(4, out, 9, 9).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     y = fast_storage.conv2d(x, conv, w, training=True)
     d_x, d_w = fast_storage.conv2d_backward(grad, x, w, conv, True)
     # What the bf16 values give in float64: the float32 route's result is this, rounded to bf16 once.
@@ -55,9 +55,10 @@ def test_float32_route_is_within_one_rounding_of_exact(float32_convs: bool, kern
             assert err <= (1.01 * U_BF16 if got.dtype == torch.bfloat16 else 1e-4), err
 
 
-def _tiny() -> DenseNet:
-    return DenseNet(growth_rate=4, block_config=(2, 3), num_init_features=8, bn_size=2, stem="imagenet",
-                    num_classes=3)  # fmt: skip
+def _tiny(memory_efficient: bool = False) -> DenseNet:
+    """Wide enough that every convolution takes the float32 route when it is on (:data:`FLOAT32_MIN_OUTPUTS`)."""
+    return DenseNet(growth_rate=8, block_config=(2, 3), num_init_features=16, bn_size=8, stem="imagenet",
+                    num_classes=3, memory_efficient=memory_efficient)  # fmt: skip
 
 
 def _step(model: nn.Module, x: torch.Tensor, bf16: bool) -> dict[str, torch.Tensor]:
@@ -75,8 +76,7 @@ def _step(model: nn.Module, x: torch.Tensor, bf16: bool) -> dict[str, torch.Tens
 def test_network_training_is_as_accurate_as_reference(float32_convs: bool, memory_efficient: bool) -> None:
     """Stem, transitions and blocks under bf16 autocast, against the reference modules' bf16 and float64."""
     torch.manual_seed(0)
-    fast = DenseNet(growth_rate=4, block_config=(2, 3), num_init_features=8, bn_size=2, stem="imagenet",
-                    num_classes=3, memory_efficient=memory_efficient)  # fmt: skip
+    fast = _tiny(memory_efficient)
     ref = set_fast(_tiny(), False)
     ref.load_state_dict(fast.state_dict())
     exact = copy.deepcopy(ref).double()
@@ -115,11 +115,22 @@ def test_stem_and_transition_convolutions_take_the_float32_node_only_when_asked(
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
 
 
-def test_only_float32_and_bf16_cpu_tensors_are_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_bf16_cpu_tensors_and_convolutions_with_enough_outputs_are_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(fast_storage, "BF16_CONVOLUTIONS_IN_FLOAT32", True)
     assert fast_storage.float32_convolutions(torch.zeros(1, dtype=torch.bfloat16))
     assert not fast_storage.float32_convolutions(torch.zeros(1, dtype=torch.float16))
     assert not fast_storage.float32_convolutions(torch.zeros(1))
+    x = torch.zeros(1, dtype=torch.bfloat16)
+    assert fast_storage.float32_convolutions(x, torch.zeros(12, 48, 3, 3))  # BC-100's 3x3: 108 outputs per input
+    assert fast_storage.float32_convolutions(x, torch.zeros(128, 256, 1, 1))  # DenseNet-121's bottleneck
+    assert not fast_storage.float32_convolutions(x, torch.zeros(48, 204, 1, 1))  # BC-100's bottleneck: 48
+    model = create_model("densenet_bc_100", num_classes=10).train()
+    conv1 = model.features.denseblock1.denselayer1.conv1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast_storage.convolve(conv1, torch.randn(2, 24, 4, 4, requires_grad=True))
+    assert "_Float32ConvBackward" not in _graph_nodes(out.grad_fn)
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,8 @@ the same paths as colour ones.
 **Autocast** (bf16 or fp16): the paths do what the reference modules do under autocast. Convolutions run in the
 autocast dtype (their weights cast to it, their gradients returned in float32), except bf16 training
 convolutions on CPUs whose bf16 units are slower than their float32 ones (Sapphire and Emerald Rapids without
-AMX: half the speed), which compute in float32 on the same bf16 values and round to bf16
+AMX: half the speed), which compute in float32 on the same bf16 values and round to bf16 when they have enough
+outputs per input value to repay the conversions
 (:func:`~sedensenet.models.fast_storage.float32_convolutions`; DenseNet-121 bf16 training 1.20x -> 1.55x
 torchvision's there); ``nn.BatchNorm2d`` is on neither
 of autocast's lists, so on a bf16 input it keeps float32 statistics and parameters, computes in float32 and

@@ -96,8 +96,9 @@ BF16_CONVOLUTIONS_IN_FLOAT32: bool | None = None
 where this CPU's bf16 units are slower than its float32 ones (:func:`sedensenet.models.cpu.slow_bf16_units`)."""
 
 
-def float32_convolutions(x: torch.Tensor) -> bool:
-    """Whether a convolution of the bf16 CPU tensor ``x`` computes in float32 (from the same bf16 values).
+def float32_convolutions(x: torch.Tensor, weight: torch.Tensor | None = None) -> bool:
+    """Whether a training convolution of the bf16 CPU tensor ``x`` (by ``weight``, when given) computes in
+    float32 (from the same bf16 values).
 
     On CPUs whose bf16 units are slower than their float32 ones (Sapphire and Emerald Rapids without AMX:
     :data:`~sedensenet.models.cpu.SLOW_AVX512_BF16`), oneDNN's bf16 convolutions run at about half the speed of its
@@ -105,14 +106,25 @@ def float32_convolutions(x: torch.Tensor) -> bool:
     is exact in float32 and oneDNN's bf16 kernels accumulate in float32 as well, so computing on the bf16 values
     in float32 and rounding the result to bf16 gives what the bf16 kernel gives, up to the order of the sums; the
     weight gradient stays in float32 (the bf16 kernel rounds it to bf16 before autocast casts it back). The
-    conversions cost a pass over the input (and over the output gradient in backward), so inference, which has
-    no backward to share them with, keeps bf16 (it measured slower).
+    conversions cost passes over the input (three per step: forward, backward, the input gradient), so a
+    convolution with fewer than :data:`FLOAT32_MIN_OUTPUTS` outputs per input value keeps bf16 (DenseNet-BC's 1x1
+    bottlenecks, 48 channels, ran 0.84-0.98x at 32 and 64 px), and so does inference, which has no backward to
+    share them with (it measured slower).
     """
-    return _in_float32(x.dtype, x.device.type)
+    return _in_float32(x.dtype, x.device.type, weight)
 
 
-def _in_float32(dtype: torch.dtype, device: str) -> bool:
+FLOAT32_MIN_OUTPUTS = 64
+"""Output values per input value (out channels x kernel area) below which a bf16 convolution stays bf16 on the
+slow-bf16 CPUs. Measured there, each convolution with its conversions against bf16 (forward and backward, 1
+thread): 1x1 to 48 channels (DenseNet-BC-100's bottlenecks) 0.84-1.08x at 32-64 px; 3x3 to 12 (108 per input)
+1.36-1.58x; 1x1 to 128 (DenseNet-121's bottlenecks) 1.23-1.81x."""
+
+
+def _in_float32(dtype: torch.dtype, device: str, weight: torch.Tensor | None = None) -> bool:
     if dtype != torch.bfloat16 or device != "cpu":
+        return False
+    if weight is not None and weight.shape[0] * math.prod(weight.shape[2:]) < FLOAT32_MIN_OUTPUTS:
         return False
     if BF16_CONVOLUTIONS_IN_FLOAT32 is not None:
         return BF16_CONVOLUTIONS_IN_FLOAT32
@@ -130,7 +142,7 @@ def conv2d(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.T
     :func:`float32_convolutions` says so (``weight`` already in ``x``'s dtype, as autocast casts it), a few
     images at a time (:func:`_batch_parts`)."""
     args = (conv.stride, conv.padding, conv.dilation, conv.groups)
-    if not (training and float32_convolutions(x)):
+    if not (training and float32_convolutions(x, weight)):
         return F.conv2d(x, weight, bias, *args)
     weight, bias = weight.float(), None if bias is None else bias.float()
     out = None
@@ -151,7 +163,7 @@ def conv2d_backward(
     when :func:`float32_convolutions` says so, a few images at a time (the input gradient rounded to ``inp``'s
     dtype, the weight's summed over the parts in float32)."""
     args = (list(conv.stride), list(conv.padding), list(conv.dilation), False, [0, 0], conv.groups)
-    if not float32_convolutions(inp):
+    if not float32_convolutions(inp, weight):
         gi, gw, _ = aten.convolution_backward(grad, inp, weight, None, *args, [input_grad, weight_grad, False])
         return gi, gw
     weight = weight.float()
@@ -188,7 +200,7 @@ def convolve(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     plain = type(conv) is nn.Conv2d and conv.bias is None and conv.padding_mode == "zeros"
-    if not (plain and torch.is_grad_enabled() and _in_float32(dtype, device)):
+    if not (plain and torch.is_grad_enabled() and _in_float32(dtype, device, conv.weight)):
         return conv(x)
     return _Float32Conv.apply(conv, x, conv.weight)
 
