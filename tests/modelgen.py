@@ -1,4 +1,5 @@
-"""Small checkpoints for tests: a tiny SE-DenseNet whose weights and BatchNorm statistics have moved."""
+"""Small checkpoints for tests: a tiny SE-DenseNet whose weights and BatchNorm statistics have moved; and what an
+autograd graph is made of."""
 
 from __future__ import annotations
 
@@ -25,3 +26,14 @@ def moved_tiny_checkpoint(path: Path, classes: list[str], seed: int | None = Non
     )
     sedensenet.checkpoint.save_checkpoint(path, model, meta)
     return path
+
+
+def graph_nodes(node: object) -> set[str]:
+    """Names of every autograd node behind ``node`` (an output's ``grad_fn``)."""
+    names, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n is not None:
+            names.add(type(n).__name__)
+            todo += [f for f, _ in n.next_functions]
+    return names

@@ -9,10 +9,15 @@ bf16 kernel gives up to the order of the sums. These tests force the route both 
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from modelgen import graph_nodes  # noqa: E402
 
 from sedensenet import create_model
 from sedensenet.models import cpu, fast_storage
@@ -89,21 +94,11 @@ def test_network_training_is_as_accurate_as_reference(float32_convs: bool, memor
     assert got_fast["out"].dtype == got_ref["out"].dtype and got_fast["dx"].dtype == torch.float32
 
 
-def _graph_nodes(node: object) -> set[str]:
-    names, todo = set(), [node]
-    while todo:
-        n = todo.pop()
-        if n is not None:
-            names.add(type(n).__name__)
-            todo += [f for f, _ in n.next_functions]
-    return names
-
-
 def test_stem_and_transition_convolutions_take_the_float32_node_only_when_asked(float32_convs: bool) -> None:
     model = create_model("densenet_bc_100", num_classes=10).train()
     x = torch.randn(2, 3, 16, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        nodes = _graph_nodes(model(x).grad_fn)
+        nodes = graph_nodes(model(x).grad_fn)
         assert ("_Float32ConvBackward" in nodes) == float32_convs
         model.eval()
         with torch.no_grad():
@@ -130,7 +125,7 @@ def test_only_bf16_cpu_tensors_and_convolutions_with_enough_outputs_are_asked(
     conv1 = model.features.denseblock1.denselayer1.conv1
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = fast_storage.convolve(conv1, torch.randn(2, 24, 4, 4, requires_grad=True))
-    assert "_Float32ConvBackward" not in _graph_nodes(out.grad_fn)
+    assert "_Float32ConvBackward" not in graph_nodes(out.grad_fn)
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,15 @@ layout under bf16 autocast where the reference path does not. No timing here: sp
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.profiler import profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from modelgen import graph_nodes  # noqa: E402
 
 from sedensenet import DenseNet, create_model
 from sedensenet.models import fast
@@ -83,17 +89,6 @@ def test_no_stage_changes_dtype_or_layout_under_bf16(name: str, size: int, chans
     assert all(cl for _, _, cl in got), got  # ... or channels_last (no layout flip and back between stages)
 
 
-def _graph_nodes(node: object) -> set[str]:
-    """Names of every autograd node behind ``node``."""
-    names, todo = set(), [node]
-    while todo:
-        n = todo.pop()
-        if n is not None:
-            names.add(type(n).__name__)
-            todo += [f for f, _ in n.next_functions]
-    return names
-
-
 def _se_step(se: SqueezeExcite, x: torch.Tensor, grad: torch.Tensor) -> list[torch.Tensor]:
     """SE's output and every gradient after one backward under bf16 autocast."""
     x.grad = None
@@ -111,10 +106,10 @@ def test_se_squeeze_gradient_is_bit_identical_to_mean() -> None:
     x = torch.randn(4, 40, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
     grad = torch.randn(4, 40, 6, 6)
     got = _se_step(se, x, grad)
-    assert "_SpatialMeanBackward" in _graph_nodes(got[0].grad_fn)  # the fast squeeze ran
+    assert "_SpatialMeanBackward" in graph_nodes(got[0].grad_fn)  # the fast squeeze ran
     se.fast = False
     want = _se_step(se, x, grad)
-    assert "_SpatialMeanBackward" not in _graph_nodes(want[0].grad_fn)  # set_fast(False) gets plain mean
+    assert "_SpatialMeanBackward" not in graph_nodes(want[0].grad_fn)  # set_fast(False) gets plain mean
     for g, w in zip(got, want, strict=True):
         assert torch.equal(g, w)
 
@@ -164,7 +159,7 @@ def test_classifier_pooling_gradient_is_a_broadcast_view_with_the_same_values(dt
     model = create_model("densenet_bc_100", num_classes=10).train()
     fmap = torch.randn(4, 342, size, size).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
     out = model.forward_head(fmap, pre_logits=True)
-    assert "_SpatialMeanBackward" in _graph_nodes(out.grad_fn)
+    assert "_SpatialMeanBackward" in graph_nodes(out.grad_fn)
     grad = torch.randn(out.shape, dtype=out.dtype)
     (got,) = torch.autograd.grad(out, fmap, grad)
     (want,) = torch.autograd.grad(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(fmap, 1), 1), fmap, grad)
@@ -172,7 +167,7 @@ def test_classifier_pooling_gradient_is_a_broadcast_view_with_the_same_values(dt
     assert torch.equal(got, want)
     assert torch.equal(out.detach(), torch.nn.functional.adaptive_avg_pool2d(fmap.detach(), 1).flatten(1))
     set_fast(model, False)
-    assert "_SpatialMeanBackward" not in _graph_nodes(model.forward_head(fmap, pre_logits=True).grad_fn)
+    assert "_SpatialMeanBackward" not in graph_nodes(model.forward_head(fmap, pre_logits=True).grad_fn)
 
 
 def test_default_training_transition_is_one_node_equal_to_its_modules() -> None:
@@ -190,7 +185,7 @@ def test_default_training_transition_is_one_node_equal_to_its_modules() -> None:
     for t in (fast_t.double(), ref_t.double()):
         xi = x.clone().requires_grad_()
         out = t(xi)
-        runs.append((out, _graph_nodes(out.grad_fn), *torch.autograd.grad(out, [xi, *t.parameters()], grad)))
+        runs.append((out, graph_nodes(out.grad_fn), *torch.autograd.grad(out, [xi, *t.parameters()], grad)))
     (out, nodes, *grads), (ref_out, ref_nodes, *ref_grads) = runs
     assert "_BNReLUPoolBackward" in nodes and "_BNReLUPoolBackward" not in ref_nodes
     assert "AvgPool2DBackward0" in ref_nodes and "AvgPool2DBackward0" not in nodes
