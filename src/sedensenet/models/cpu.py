@@ -17,7 +17,8 @@ SLOW_AVX512_BF16 = {("GenuineIntel", 6, 143): "Sapphire Rapids", ("GenuineIntel"
 the process (hidden by a hypervisor, as on the VM of benchmarks/README.md, or disabled). Measured on Emerald
 Rapids (model 207): oneDNN's bf16 convolutions at 86 GFLOP/s against 141 in float32, a 2048-square matmul at 165
 against 350, our DenseNet-121 training at 0.64-0.75x and inference at 0.74x its float32 speed; each of
-DenseNet's convolutions alone, forward and backward, 1.7-2.0x slower in bf16 (``benchmarks/conv_precision.py``).
+DenseNet's convolutions alone, forward and backward, 1.2-2.2x slower in bf16, median 1.7-1.8x
+(``benchmarks/conv_precision.py --work convs``).
 Sapphire Rapids has the same cores' bf16 units. Other CPUs with AVX512-BF16 (AMD's Zen 4 and 5: bf16 1.6-1.8x
 float32 on an EPYC; Cooper Lake) keep bf16. ``python benchmarks/precision.py`` measures a CPU not listed."""
 

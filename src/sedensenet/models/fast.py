@@ -68,7 +68,7 @@ autocast dtype (their weights cast to it, their gradients returned in float32), 
 convolutions on CPUs whose bf16 units are slower than their float32 ones (Sapphire and Emerald Rapids without
 AMX: half the speed), which compute in float32 on the same bf16 values and round to bf16 when they have enough
 outputs per input value to repay the conversions
-(:func:`~sedensenet.models.fast_storage.float32_convolutions`; DenseNet-121 bf16 training 1.20x -> 1.55x
+(:func:`~sedensenet.models.fast_storage.float32_convolutions`; DenseNet-121 bf16 training 1.19x -> 1.56-1.60x
 torchvision's there); ``nn.BatchNorm2d`` is on neither
 of autocast's lists, so on a bf16 input it keeps float32 statistics and parameters, computes in float32 and
 rounds its output to bf16: the paths compute statistics and every per-channel scale, shift and gradient
@@ -284,7 +284,7 @@ def forward_transition(transition: Transition, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and preferred_format(x) == torch.channels_last:
             return fast_memeff.transition_forward(transition, x, keep=True)
     pooled = transition.pool(transition.relu(fast_norm.batch_norm(transition.norm, x)))
-    return convolve(transition.conv, pooled) if transition.training else transition.conv(pooled)
+    return convolve(transition.conv, pooled)
 
 
 def _fused_transition(transition: Transition, x: torch.Tensor) -> bool:
@@ -331,16 +331,17 @@ def _features(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         if in_place and after_block and hasattr(module, "scale_") and getattr(module, "fast", False):
             x = module.scale_(x)
         else:
-            x = fast_norm.batch_norm(module, x) if isinstance(module, nn.BatchNorm2d) else _train_conv(module, x)
+            x = _stage(module, x)
         after_block = getattr(module, "fresh_output", False)
     return x
 
 
-def _train_conv(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``; a stem convolution in training through :func:`~sedensenet.models.fast_storage.convolve`."""
-    if isinstance(module, nn.Conv2d) and module.training:
-        return convolve(module, x)
-    return module(x)
+def _stage(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, a batch norm through :func:`fast_norm.batch_norm`, the stem's convolution through
+    :func:`~sedensenet.models.fast_storage.convolve`."""
+    if isinstance(module, nn.BatchNorm2d):
+        return fast_norm.batch_norm(module, x)
+    return convolve(module, x) if isinstance(module, nn.Conv2d) else module(x)
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:

@@ -108,7 +108,7 @@ def float32_convolutions(x: torch.Tensor, weight: torch.Tensor | None = None) ->
     weight gradient stays in float32 (the bf16 kernel rounds it to bf16 before autocast casts it back). The
     conversions cost passes over the input (three per step: forward, backward, the input gradient), so a
     convolution with fewer than :data:`FLOAT32_MIN_OUTPUTS` outputs per input value keeps bf16 (DenseNet-BC's 1x1
-    bottlenecks, 48 channels, ran 0.84-0.98x at 32 and 64 px), and so does inference, which has no backward to
+    bottlenecks, 48 channels: 0.84-1.08x at 32 and 64 px), and so does inference, which has no backward to
     share them with (it measured slower).
     """
     return _in_float32(x.dtype, x.device.type, weight)
@@ -116,9 +116,10 @@ def float32_convolutions(x: torch.Tensor, weight: torch.Tensor | None = None) ->
 
 FLOAT32_MIN_OUTPUTS = 64
 """Output values per input value (out channels x kernel area) below which a bf16 convolution stays bf16 on the
-slow-bf16 CPUs. Measured there, each convolution with its conversions against bf16 (forward and backward, 1
-thread): 1x1 to 48 channels (DenseNet-BC-100's bottlenecks) 0.84-1.08x at 32-64 px; 3x3 to 12 (108 per input)
-1.36-1.58x; 1x1 to 128 (DenseNet-121's bottlenecks) 1.23-1.81x."""
+slow-bf16 CPUs. Measured there, each convolution with its conversions against bf16 (forward, backward and the
+conversions each timed alone, 1 thread, ``benchmarks/conv_precision.py --work convs``): 1x1 to 48 channels
+(DenseNet-BC-100's bottlenecks) 0.84-1.08x at 32-64 px; 3x3 to 12 (108 per input) 1.36-1.58x; 1x1 to 128
+(DenseNet-121's bottlenecks) 1.23-1.81x."""
 
 
 def _in_float32(dtype: torch.dtype, device: str, weight: torch.Tensor | None = None) -> bool:
@@ -169,11 +170,12 @@ def conv2d_backward(
     weight = weight.float()
     d_x = torch.empty_like(inp, memory_format=preferred_format(inp)) if input_grad else None
     d_w = None
-    for (start, part), (_, g) in zip(_batch_parts(inp), _batch_parts(inp, grad), strict=True):
-        gi, gw, _ = aten.convolution_backward(g.float(), part.float(), weight, None, *args,
+    for start, part in _batch_parts(inp):
+        stop = start + part.shape[0]
+        gi, gw, _ = aten.convolution_backward(grad[start:stop].float(), part.float(), weight, None, *args,
                                               [input_grad, weight_grad, False])  # fmt: skip
         if d_x is not None:
-            d_x[start : start + part.shape[0]].copy_(gi)
+            d_x[start:stop].copy_(gi)
         if weight_grad:
             d_w = gw if d_w is None else d_w.add_(gw)
     return d_x, d_w
@@ -184,13 +186,12 @@ FLOAT32_PART_BYTES = 8 * 2**20
 the float32 results stay small (a whole DenseNet-BC-100 layer's at batch 64 would take 50 MB more at the peak)."""
 
 
-def _batch_parts(x: torch.Tensor, of: torch.Tensor | None = None) -> list[tuple[int, torch.Tensor]]:
-    """(first image, slice of ``of``, default ``x``) for the batch split so that ``x``'s float32 copy of each part
-    has at most :data:`FLOAT32_PART_BYTES` (one image at least)."""
-    of = x if of is None else of
+def _batch_parts(x: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """(first image, slice of ``x``) for the batch split so that each part's float32 copy has at most
+    :data:`FLOAT32_PART_BYTES` (one image at least)."""
     per_image = 4 * x[0].numel() if x.shape[0] else 1
     step = max(1, FLOAT32_PART_BYTES // per_image)
-    return [(start, of[start : start + step]) for start in range(0, x.shape[0], step)]
+    return [(start, x[start : start + step]) for start in range(0, x.shape[0], step)]
 
 
 def convolve(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -200,8 +201,8 @@ def convolve(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     plain = type(conv) is nn.Conv2d and conv.bias is None and conv.padding_mode == "zeros"
-    if not (plain and torch.is_grad_enabled() and _in_float32(dtype, device, conv.weight)):
-        return conv(x)
+    if not (plain and conv.training and torch.is_grad_enabled() and _in_float32(dtype, device, conv.weight)):
+        return conv(x)  # (inference keeps bf16: see float32_convolutions)
     return _Float32Conv.apply(conv, x, conv.weight)
 
 
