@@ -2,10 +2,11 @@
 interleaved step by step against torchvision's bf16 (the issue's baseline), with what ``--amp auto`` picks here.
 
 bf16 matrix units do not make bf16 faster everywhere: on a Xeon with AVX512-BF16 and no AMX oneDNN's bf16
-convolutions run at about half its float32 ones' speed, and ``--amp auto`` keeps float32 on such CPUs
-(:data:`sedensenet.engine.device.SLOW_AVX512_BF16`); this benchmark is the measurement behind that rule, and the way
-to check a CPU it does not list. Rows: each is the median over rounds of
-``torchvision bf16 seconds / row seconds`` in one worker process per row (peak RSS per process).
+convolutions run at about half its float32 ones' speed, and ``--amp auto`` predicts in float32 on such CPUs
+(:data:`sedensenet.models.cpu.SLOW_AVX512_BF16`; it trains in bf16 there, whose convolutions compute in float32);
+this benchmark is the measurement behind that rule, and the way to check a CPU it does not list. Rows: each is
+the median over rounds of ``torchvision bf16 seconds / row seconds`` in one worker process per row (peak RSS per
+process).
 
     python benchmarks/precision.py --threads 1 --clock cpu       # 6 cells (DenseNet-121 and BC-100)
     python benchmarks/precision.py --only '121 224/32'

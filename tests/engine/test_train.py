@@ -269,15 +269,12 @@ def test_cli_user_errors_are_one_line(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.slow
 def test_builtin_digits_reaches_97_percent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The README's main job as a user runs it, in bf16 wherever the CPU has bf16 units (float32 elsewhere), not
-    # the float32 the rest of the suite pins. SEDENSENET_CPU_BF16=1 keeps bf16 also on the CPUs where --amp auto
-    # now picks float32 (Sapphire/Emerald Rapids without AMX): for this small model the two tie on speed there,
-    # but the suite's one thread takes float32 along another rounding path (96.9% after epoch 3, three epochs
-    # more: 130-150 s against 70-85 s). The float32 run is measured in the README (1 min 44 s, 99.2%) and
-    # auto's choice is tested in tests/engine/test_amp.py. It stops (as early stopping does) after the first
-    # epoch at 97%: the verdict is known, and the epochs up to it are those of the full run (the cosine schedule
-    # follows the configured 8 epochs).
-    monkeypatch.setenv("SEDENSENET_CPU_BF16", "1")
+    # The README's main job as a user runs it, in the precision --amp auto picks (bf16 wherever the CPU has bf16
+    # units, float32 elsewhere), not the float32 the rest of the suite pins (tests/conftest.py); auto's choice is
+    # tested in tests/engine/test_amp.py. It stops (as early stopping does) after the first epoch at 97%: the
+    # verdict is known, and the epochs up to it are those of the full run (the cosine schedule follows the
+    # configured 8 epochs).
+    monkeypatch.delenv("SEDENSENET_CPU_BF16")
     real_end = trainer.end_epoch
 
     def stop_once_reached(ctx, epoch, row, train):  # noqa: ANN001, ANN202

@@ -38,14 +38,16 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def cpu_bf16() -> tuple[bool, str]:
-    """Whether ``--amp auto`` runs bf16 on this CPU: it has bf16 matrix units that PyTorch's oneDNN uses, and they
-    are faster than its float32 units; and why (for the log).
+def cpu_bf16(*, training: bool = False) -> tuple[bool, str]:
+    """Whether ``--amp auto`` runs bf16 on this CPU (for ``training``, else for inference): it has bf16 matrix
+    units that PyTorch's oneDNN uses, and bf16 is the faster choice there; and why (for the log).
 
     oneDNN's own query (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) is true on any AVX-512 x86 CPU, where
     bf16 without AVX512-BF16 or AMX is emulated and slower than float32; so on x86 the CPU must also report
-    ``avx512_bf16`` or ``amx_bf16`` (``torch.cpu.get_capabilities``), and not be one whose AVX512-BF16 is slower
-    than its float32 (:func:`slow_avx512_bf16`). On Arm oneDNN's query already asks for the BF16 extension.
+    ``avx512_bf16`` or ``amx_bf16`` (``torch.cpu.get_capabilities``). On a CPU whose AVX512-BF16 is slower than
+    its float32 (:func:`slow_avx512_bf16`) inference keeps float32, and training takes bf16: its convolutions
+    compute in float32 there (:func:`sedensenet.models.fast_storage.float32_convolutions`), and the rest of the
+    step gains from bf16's halved memory traffic. On Arm oneDNN's query already asks for the BF16 extension.
     ``SEDENSENET_CPU_BF16=0`` in the environment answers no, ``=1`` skips the speed rule.
     """
     if os.environ.get("SEDENSENET_CPU_BF16") == "0":  # e.g. runs that must match float32 ones on any CPU
@@ -64,29 +66,30 @@ def cpu_bf16() -> tuple[bool, str]:
     if not units:
         return False, "no AVX512-BF16 or AMX-BF16 on this x86 CPU (oneDNN would emulate bf16, slower than fp32)"
     slow = None if caps.get("amx_bf16") or os.environ.get("SEDENSENET_CPU_BF16") == "1" else slow_avx512_bf16()
-    if slow:
-        return False, slow
-    return True, f"oneDNN uses this CPU's {' and '.join(units)}"
+    if slow is None:
+        return True, f"oneDNN uses this CPU's {' and '.join(units)}"
+    if training:
+        return True, (f"{slow} without AMX: bf16 training computes its convolutions in float32 there, at "
+                      "0.98-1.58x float32 training's speed in two thirds of its memory (README.md)")  # fmt: skip
+    return False, f"{slow} without AMX: its AVX512-BF16 runs DenseNet inference at 0.74-0.84x float32's speed"
 
 
 def slow_avx512_bf16() -> str | None:
-    """Why bf16 would be slower than float32 on this CPU (:data:`SLOW_AVX512_BF16`), or None."""
-    name = SLOW_AVX512_BF16.get(cpu_id() or ("", -1, -1))
-    if name is None:
-        return None
-    return f"{name} without AMX: its AVX512-BF16 runs DenseNet at 0.64-0.75x float32's speed (benchmarks/README.md)"
+    """The name of this CPU when its AVX512-BF16 is slower than its float32 (:data:`SLOW_AVX512_BF16`), or None."""
+    return SLOW_AVX512_BF16.get(cpu_id() or ("", -1, -1))
 
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 """The autocast dtype of each concrete ``--amp`` value (``off``: float32, no autocast)."""
 
 
-def amp_dtype(amp: str, device: torch.device, *, quiet: bool = False) -> torch.dtype | None:
-    """The autocast dtype ``--amp`` asks for on ``device``; ``auto`` picks it and logs which and why (unless
-    ``quiet``: a caller that only plans, such as the memory estimate, leaves the log line to the run).
+def amp_dtype(amp: str, device: torch.device, *, quiet: bool = False, training: bool = False) -> torch.dtype | None:
+    """The autocast dtype ``--amp`` asks for on ``device``, for ``training`` or else inference; ``auto`` picks it
+    and logs which and why (unless ``quiet``: a caller that only plans, such as the memory estimate, leaves the
+    log line to the run).
 
-    ``auto``: bf16 on CUDA GPUs that support it (else fp16), bf16 on CPUs whose bf16 matrix units are faster than
-    their float32 (:func:`cpu_bf16`), float32 elsewhere. ``off`` is float32 everywhere.
+    ``auto``: bf16 on CUDA GPUs that support it (else fp16), bf16 on CPUs with bf16 matrix units where it is the
+    faster choice for the work (:func:`cpu_bf16`), float32 elsewhere. ``off`` is float32 everywhere.
     """
     if amp not in ("auto", "off", "bf16", "fp16"):
         raise ValueError(f"--amp {amp!r}: choose auto, off, bf16 or fp16")
@@ -94,7 +97,7 @@ def amp_dtype(amp: str, device: torch.device, *, quiet: bool = False) -> torch.d
         if device.type == "cuda":
             amp, why = ("bf16", "GPU supports bf16") if torch.cuda.is_bf16_supported() else ("fp16", "no bf16 on GPU")
         elif device.type == "cpu":
-            ok, why = cpu_bf16()
+            ok, why = cpu_bf16(training=training)
             amp = "bf16" if ok else "off"
         else:
             amp, why = "off", f"no mixed precision by default on {device.type}"
@@ -112,7 +115,7 @@ def precision_name(dtype: torch.dtype | None) -> str:
 def step_settings(config: TrainConfig, device: torch.device) -> tuple[StepSettings, torch.amp.GradScaler | None]:
     """Mixed precision (see :func:`amp_dtype`) and memory format for ``device``: channels_last only on GPUs (on CPU
     the model's fast path runs channels_last itself)."""
-    dtype = amp_dtype(config.amp, device)
+    dtype = amp_dtype(config.amp, device, training=True)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     return StepSettings(device, dtype, channels_last=config.channels_last and device.type == "cuda"), scaler
 

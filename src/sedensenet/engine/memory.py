@@ -160,7 +160,7 @@ def low_precision(config: TrainConfig, device: torch.device) -> bool:
     """Whether the run will train under bf16/fp16 autocast, as ``--amp`` resolves on ``device``."""
     from sedensenet.engine.device import amp_dtype
 
-    return amp_dtype(config.amp, device, quiet=True) is not None
+    return amp_dtype(config.amp, device, quiet=True, training=True) is not None
 
 
 def _parameter_count(cfg: DenseNetConfig) -> int:

@@ -194,7 +194,7 @@ def _resolve_amp(config: TrainConfig, device: torch.device) -> TrainConfig:
     if config.amp != "auto":
         return config
     names, dtypes = list(AMP_DTYPES), list(AMP_DTYPES.values())
-    code = dtypes.index(amp_dtype("auto", device)) if dist.is_main() else 0
+    code = dtypes.index(amp_dtype("auto", device, training=True)) if dist.is_main() else 0
     return replace(config, amp=names[dist.rank0_decides(code, device)])
 
 

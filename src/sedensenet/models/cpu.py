@@ -1,6 +1,6 @@
 """What this CPU is and whether its bf16 matrix units are slower than its float32 ones.
 
-Two places ask: ``--amp auto`` (:func:`sedensenet.engine.device.cpu_bf16`: train in float32 there) and the fast
+Two places ask: ``--amp auto`` (:func:`sedensenet.engine.device.cpu_bf16`: predict in float32 there) and the fast
 paths (:func:`sedensenet.models.fast_storage.float32_convolutions`: under bf16 autocast, compute the convolutions
 in float32 there). Both read the one table of CPUs measured slower, :data:`SLOW_AVX512_BF16`.
 """
