@@ -13,8 +13,11 @@ from matplotlib.axes import Axes
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from sedensenet.reports.calibration import ECE_BINS, expected_calibration_error, reliability_bins
-from sedensenet.reports.figures import figure_writer, new_figure, save_figure
+from sedensenet.reports.figures import Margins, figure_writer, new_figure, save_figure
 from sedensenet.reports.metrics import normalize_confusion_matrix
+
+UNIT_SQUARE = Margins()
+"""The ROC, precision-recall and reliability diagrams: a square of two rates from 0 to 1, labelled on both axes."""
 
 
 @figure_writer
@@ -90,7 +93,7 @@ def plot_roc(
     scores = np.asarray(scores_positive, dtype=np.float64).reshape(-1)
     if len(y) != len(scores):
         raise ValueError(f"y_true has {len(y)} labels but scores_positive has {len(scores)} scores")
-    fig = new_figure((5.5, 5))
+    fig = new_figure((5.5, 5), margins=UNIT_SQUARE)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance (AUC = 0.500)")
     if len(np.unique(y)) == 2 and np.all(np.isfinite(scores)):
@@ -121,7 +124,7 @@ def plot_pr(
     scores = np.asarray(scores_positive, dtype=np.float64).reshape(-1)
     if len(y) != len(scores):
         raise ValueError(f"is_positive has {len(y)} labels but scores_positive has {len(scores)} scores")
-    fig = new_figure((5.5, 5))
+    fig = new_figure((5.5, 5), margins=UNIT_SQUARE)
     ax = fig.add_subplot()
     prevalence = float(y.mean()) if len(y) else 0.0
     ax.axhline(prevalence, linestyle="--", color="0.6", linewidth=1, label=f"chance (prevalence {prevalence:.3f})")
@@ -148,9 +151,11 @@ def unit_square(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str,
     ax.set_aspect("equal")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, y=1.0)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc=legend_loc, fontsize=fontsize)
+    if ax.figure.get_layout_engine() is None:
+        UNIT_SQUARE.apply(ax.figure)
 
 
 @figure_writer
@@ -167,7 +172,7 @@ def plot_reliability(
     Returns:
         The path written.
     """
-    fig = new_figure((5.5, 5))
+    fig = new_figure((5.5, 5), margins=UNIT_SQUARE)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfect calibration")
     series = [("before scaling", uncalibrated, "0.55"), ("after scaling", probs, "C0")]
@@ -188,6 +193,7 @@ def plot_reliability(
     ax.set_aspect("equal")
     ax.set_xlabel(f"Confidence of the predicted class ({bins} bins)")
     ax.set_ylabel("Accuracy")
-    ax.set_title("Reliability diagram")
+    ax.set_title("Reliability diagram", y=1.0)
     ax.legend(loc="upper left")
+    UNIT_SQUARE.apply(fig)
     return save_figure(fig, path)

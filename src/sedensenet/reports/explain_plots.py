@@ -12,27 +12,26 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sedensenet.reports.figures import DPI, InlineFigure, figure_writer, new_figure, save_figure
+from sedensenet.reports.figures import InlineFigure, Margins, figure_writer, new_figure, save_figure
+
+IMAGE_GRID = Margins(left=0.1, right=0.1, bottom=0.1, top=0.55, between=0.2, between_rows=0.55)
+"""An image per cell under a title of up to three lines at 9 points (the top losses, the data check's montage)."""
 
 
 def _grid_figure(
-    count: int, ncols: int, cell: tuple[float, float], *, figure: type[Figure] = Figure
+    count: int, ncols: int, cell: tuple[float, float], *, figure: type[Figure] = Figure, margins: Margins | None = None
 ) -> tuple[Figure, int, int]:
     """A figure (of class ``figure``: :class:`InlineFigure` to show inline) sized for ``count`` cells in rows of
-    ``ncols``; with no cells, one saying so (rows = 0)."""
+    ``ncols`` (laid out by ``margins`` once drawn in, else by constrained layout); with no cells, one saying so
+    (rows = 0)."""
     if ncols < 1:
         raise ValueError(f"ncols must be at least 1, got {ncols}")
     cols = min(ncols, max(count, 1))
     rows = math.ceil(count / cols)
     size = (4, 2) if count == 0 else (cell[0] * cols, cell[1] * rows)
-    if figure is Figure:
-        fig = new_figure(size)
-    else:  # the same canvas as new_figure's, on a Figure subclass
-        fig = figure(figsize=size, dpi=DPI, layout="constrained")
-        FigureCanvasAgg(fig)
+    fig = new_figure(size, margins=margins, figure=figure)
     if count == 0:
         fig.text(0.5, 0.5, "No images to show", ha="center", va="center")
     return fig, rows, cols
@@ -58,7 +57,7 @@ def plot_top_losses(
     """
     if len(images) != len(titles):
         raise ValueError(f"got {len(images)} images but {len(titles)} titles")
-    fig, rows, cols = _grid_figure(len(images), ncols, (2.8, 3.2))
+    fig, rows, cols = _grid_figure(len(images), ncols, (2.8, 3.2), margins=IMAGE_GRID)
     if not rows:
         return save_figure(fig, path)
     for index, (image, title) in enumerate(zip(images, titles, strict=True)):
@@ -69,8 +68,9 @@ def plot_top_losses(
             ax.imshow(array, cmap="gray", vmin=0, vmax=vmax)
         else:
             ax.imshow(array)
-        ax.set_title(str(title), fontsize=9)
+        ax.set_title(str(title), fontsize=9, y=1.0)
         ax.axis("off")
+    IMAGE_GRID.apply(fig, rows=rows)
     return save_figure(fig, path)
 
 

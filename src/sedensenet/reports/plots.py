@@ -14,13 +14,12 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.ticker import MaxNLocator
 
 from sedensenet.columns import METRICS, PANELS
 from sedensenet.reports.figures import (
-    DPI,
     InlineFigure,
+    Margins,
     figure_writer,
     missing_glyphs_silenced,
     new_figure,
@@ -55,6 +54,10 @@ def _history_series(history: dict[str, Sequence[float]], key: str) -> Sequence[f
     return history.get(aliases.get(key, key))
 
 
+CURVES_MARGINS = Margins(left=0.55, between=0.6)
+"""The curves' panels have no axis label on the left, only tick labels."""
+
+
 def curves_figure(
     history: dict[str, Sequence[float]], best_epoch: int | None = None, title: str | None = None,
     *, ranking: bool = False,
@@ -69,8 +72,7 @@ def curves_figure(
         title: an optional title above both panels.
     """
     panels = {k: v for k, v in PANELS.items() if ranking or k != "ranking"}
-    fig = InlineFigure(figsize=(6 * len(panels), 4), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure((6 * len(panels), 4), margins=CURVES_MARGINS, figure=InlineFigure)
     for index, (panel, (name, legend_loc)) in enumerate(panels.items(), start=1):
         ax = fig.add_subplot(1, len(panels), index)
         drawn = False
@@ -84,11 +86,12 @@ def curves_figure(
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
         else:
             ax.legend(loc=legend_loc)
-        ax.set_title(f"Validation {name}" if panel == "ranking" else f"Training and Validation {name}")
+        ax.set_title(f"Validation {name}" if panel == "ranking" else f"Training and Validation {name}", y=1.0)
         ax.set_xlabel("Epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
+    CURVES_MARGINS.apply(fig, titled=bool(title))
     return fig
 
 
@@ -152,7 +155,7 @@ def plot_history_comparison(
     Returns:
         The path written.
     """
-    fig = new_figure((8, 5))
+    fig = new_figure((8, 5), margins=Margins())
     ax = fig.add_subplot()
     drawn = [_plot_series(ax, values, str(label)) for label, values in curves.items()]
     if any(drawn):
@@ -161,7 +164,8 @@ def plot_history_comparison(
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
     ax.set_xlabel("Epoch")
     ax.set_ylabel(ylabel)
-    ax.set_title(f"Comparison: {ylabel}")
+    ax.set_title(f"Comparison: {ylabel}", y=1.0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
+    Margins().apply(fig)
     return save_figure(fig, path)
