@@ -1,5 +1,6 @@
-"""The figures written per run take fixed margins instead of constrained layout (:class:`figures.Margins`): every
-text of theirs lies inside the figure, and no tick label, axis label or title overlaps another axes'."""
+"""The figures written per run take fixed (or, for class names, measured) margins instead of constrained layout
+(:class:`figures.Margins`): every text of theirs lies inside the figure, and no tick label, axis label or title
+overlaps another axes'."""
 
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ CASES = {
     "pr": (diagnostic_plots, lambda p: diagnostic_plots.plot_pr(LABELS.astype(bool), SCORES, p, "malignant", 0.5)),
     "reliability": (diagnostic_plots, lambda p: diagnostic_plots.plot_reliability(
         LABELS, np.stack([1 - SCORES, SCORES], 1), p, uncalibrated=np.stack([1 - SCORES**2, SCORES**2], 1))),
+    "confusion matrix": (diagnostic_plots, lambda p: diagnostic_plots.plot_confusion_matrix(
+        [[5, 3], [2, 9]], ["狗", "猫"], p)),
+    "confusion matrix, long names": (diagnostic_plots, lambda p: diagnostic_plots.plot_confusion_matrix(
+        [[1200, 3, 0], [2, 9, 0], [0, 0, 4]], ["basal cell carcinoma", "melanocytic nevus 色素痣", "x"], p)),
+    "confusion matrix, 12 classes": (diagnostic_plots, lambda p: diagnostic_plots.plot_confusion_matrix(
+        np.eye(12, dtype=int) * 7 + 1, [f"finding {i} of the chest X-ray" for i in range(12)], p, normalize=True)),
     "top losses": (explain_plots, lambda p: explain_plots.plot_top_losses(
         [RNG.integers(0, 255, (40, 30, 3), dtype=np.uint8)] * 6, ["true: 狗\npred: 猫 (0.97)\nloss 3.51"] * 6, p)),
 }  # fmt: skip

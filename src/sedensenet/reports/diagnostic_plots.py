@@ -3,17 +3,21 @@ the operating point, and the reliability diagram before/after temperature scalin
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import rcParams
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from sedensenet.reports.calibration import ECE_BINS, expected_calibration_error, reliability_bins
-from sedensenet.reports.figures import Margins, figure_writer, new_figure, save_figure
+from sedensenet.reports.figures import Margins, figure_writer, new_figure, save_figure, text_families
 from sedensenet.reports.metrics import normalize_confusion_matrix
 
 UNIT_SQUARE = Margins()
@@ -44,22 +48,42 @@ def plot_confusion_matrix(
     if len(classes) == 0:
         raise ValueError("cannot plot a confusion matrix without classes")
     values = normalize_confusion_matrix(counts) if normalize else counts.astype(np.float64)
-    n = len(classes)
+    n, names = len(classes), [str(c) for c in classes]
     side = min(4.0 + 0.45 * n, 24.0)
-    fig = new_figure((side + 1.0, side))
+    fig = new_figure((side + 1.0, side), constrained=False)
     ax = fig.add_subplot()
     vmax = 1.0 if normalize else max(float(values.max()), 1.0)
     image = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     if n <= 40:  # beyond that the numbers are unreadable anyway
         _annotate_cells(ax, values, image, normalize, fontsize=max(5.0, 11.0 - 0.15 * n))
-    rotate = n > 6 or max(len(str(c)) for c in classes) > 8
-    ax.set_xticks(range(n), [str(c) for c in classes], rotation=45 if rotate else 0, ha="right" if rotate else "center")
-    ax.set_yticks(range(n), [str(c) for c in classes])
+    rotate = n > 6 or max(len(name) for name in names) > 8
+    ax.set_xticks(range(n), names, rotation=45 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_yticks(range(n), names)
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
-    ax.set_title("Confusion matrix (normalized by true class)" if normalize else "Confusion matrix")
+    ax.set_title("Confusion matrix (normalized by true class)" if normalize else "Confusion matrix", y=1.0)
+    _class_name_margins(fig, names, rotate)
     return save_figure(fig, path)
+
+
+def _class_name_margins(fig: Figure, names: list[str], rotate: bool) -> None:
+    """Margins for the class names as tick labels, measured (two strings, not every tick as constrained layout
+    does): the longest name left of the rows and under the columns (at 45 degrees when ``rotate``), the
+    colorbar's labels on the right."""
+    width, height = fig.get_size_inches()
+    fonts = FontProperties(size=rcParams["xtick.labelsize"], family=text_families())
+    renderer = fig.canvas.get_renderer()
+    sizes = [renderer.get_text_width_height_descent(name, fonts, ismath=False)[:2] for name in names]
+    longest, line = max(w for w, _ in sizes) / fig.dpi, max(h for _, h in sizes) / fig.dpi
+    labelled = 0.1 + line + 0.4  # tick and pad, the names, the axis label with its pad and a margin
+    below = (longest + line) * math.sqrt(0.5) if rotate else line
+    left = longest + labelled
+    if rotate:  # the first column's name reaches left of its column, by up to its length at 45 degrees
+        first = sizes[0][0] / fig.dpi
+        left = max(left, (first + line) * math.sqrt(0.5) - (width - left - 1.2) / len(names) / 2 + 0.15)
+    fig.subplots_adjust(left=left / width, right=1 - 0.7 / width, bottom=(below + labelled) / height,
+                        top=1 - 0.38 / height)  # fmt: skip
 
 
 def _annotate_cells(ax: Axes, values: np.ndarray, image: Any, normalize: bool, fontsize: float) -> None:
@@ -93,7 +117,7 @@ def plot_roc(
     scores = np.asarray(scores_positive, dtype=np.float64).reshape(-1)
     if len(y) != len(scores):
         raise ValueError(f"y_true has {len(y)} labels but scores_positive has {len(scores)} scores")
-    fig = new_figure((5.5, 5), margins=UNIT_SQUARE)
+    fig = new_figure((5.5, 5), constrained=False)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance (AUC = 0.500)")
     if len(np.unique(y)) == 2 and np.all(np.isfinite(scores)):
@@ -124,7 +148,7 @@ def plot_pr(
     scores = np.asarray(scores_positive, dtype=np.float64).reshape(-1)
     if len(y) != len(scores):
         raise ValueError(f"is_positive has {len(y)} labels but scores_positive has {len(scores)} scores")
-    fig = new_figure((5.5, 5), margins=UNIT_SQUARE)
+    fig = new_figure((5.5, 5), constrained=False)
     ax = fig.add_subplot()
     prevalence = float(y.mean()) if len(y) else 0.0
     ax.axhline(prevalence, linestyle="--", color="0.6", linewidth=1, label=f"chance (prevalence {prevalence:.3f})")
@@ -172,7 +196,7 @@ def plot_reliability(
     Returns:
         The path written.
     """
-    fig = new_figure((5.5, 5), margins=UNIT_SQUARE)
+    fig = new_figure((5.5, 5), constrained=False)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfect calibration")
     series = [("before scaling", uncalibrated, "0.55"), ("after scaling", probs, "C0")]

@@ -31,7 +31,7 @@ def _grid_figure(
     cols = min(ncols, max(count, 1))
     rows = math.ceil(count / cols)
     size = (4, 2) if count == 0 else (cell[0] * cols, cell[1] * rows)
-    fig = new_figure(size, margins=margins, figure=figure)
+    fig = new_figure(size, constrained=margins is None, figure=figure)
     if count == 0:
         fig.text(0.5, 0.5, "No images to show", ha="center", va="center")
     return fig, rows, cols

@@ -91,18 +91,16 @@ def figure_writer(func: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-def new_figure(
-    figsize: tuple[float, float], *, margins: Margins | None = None, figure: type[Figure] = Figure
-) -> Figure:
-    """A Figure (of class ``figure``) of ``figsize`` inches at :data:`DPI`, on its own Agg canvas: with ``margins``
-    its axes go where they say (:meth:`Margins.apply`, after they are added), else constrained layout places them.
+def new_figure(figsize: tuple[float, float], *, constrained: bool = True, figure: type[Figure] = Figure) -> Figure:
+    """A Figure (of class ``figure``) of ``figsize`` inches at :data:`DPI`, on its own Agg canvas, laid out by
+    constrained layout or, with ``constrained=False``, by the caller (:class:`Margins`).
 
-    Constrained layout measures every tick label before each draw: 30-40% of drawing a figure, and most of the
-    figures written per run (the curves after every epoch, the ROC, precision-recall and reliability diagrams)
-    have text of known extent around the axes, so they take fixed margins instead, and their titles a fixed
-    height (``set_title(..., y=1.0)``: else each draw measures the axis below the title for overlap).
+    Constrained layout measures every tick label before each draw: 30-40% of drawing a figure. Most of the figures
+    written per run (the curves after every epoch, the ROC, precision-recall and reliability diagrams) have text of
+    known extent around the axes, so they take fixed margins instead, and their titles a fixed height
+    (``set_title(..., y=1.0)``: else each draw measures the axis below the title for overlap).
     """
-    fig = figure(figsize=figsize, dpi=DPI, layout=None if margins else "constrained")
+    fig = figure(figsize=figsize, dpi=DPI, layout="constrained" if constrained else None)
     FigureCanvasAgg(fig)
     return fig
 
@@ -160,6 +158,13 @@ def apply_font_fallback(fig: Figure, family: str) -> None:
                 label.set_fontfamily(families)
     for text in fig.findobj(Text):
         text.set_fontfamily(families)
+
+
+def text_families() -> list[str]:
+    """The font families every text is drawn in: the default ones, then the CJK fallback when one is installed
+    (what :func:`save_figure` gives each text), for measuring text before it is drawn."""
+    family = find_cjk_font()
+    return [*_default_families(), *([family] if family else [])]
 
 
 def _default_families() -> list[str]:

@@ -72,7 +72,7 @@ def curves_figure(
         title: an optional title above both panels.
     """
     panels = {k: v for k, v in PANELS.items() if ranking or k != "ranking"}
-    fig = new_figure((6 * len(panels), 4), margins=CURVES_MARGINS, figure=InlineFigure)
+    fig = new_figure((6 * len(panels), 4), constrained=False, figure=InlineFigure)
     for index, (panel, (name, legend_loc)) in enumerate(panels.items(), start=1):
         ax = fig.add_subplot(1, len(panels), index)
         drawn = False
@@ -155,7 +155,7 @@ def plot_history_comparison(
     Returns:
         The path written.
     """
-    fig = new_figure((8, 5), margins=Margins())
+    fig = new_figure((8, 5), constrained=False)
     ax = fig.add_subplot()
     drawn = [_plot_series(ax, values, str(label)) for label, values in curves.items()]
     if any(drawn):
