@@ -89,7 +89,8 @@ class InferenceSettings:
     (vflip), a zoomed-in view (scale) or all four of flip+scale. Horizontal flips swap left and right: for chest
     X-rays, text or asymmetric anatomy use vflip, scale or none"""
     amp: str = "auto"
-    """auto: bf16 on CPUs with bf16 matrix units (AVX512-BF16/AMX) and on GPUs, else fp32; off: fp32"""
+    """auto: bf16 on CPUs with bf16 matrix units (AVX512-BF16/AMX) that beat their fp32 (not Sapphire/Emerald Rapids
+    without AMX) and on GPUs, else fp32; off: fp32"""
     batch_size: int = 32
     """Images per forward pass."""
     workers: int = -1
