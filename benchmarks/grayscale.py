@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import adam_step, infer_step, interleaved_cpu_seconds, machine, median_ratio, patched  # noqa: E402
-from matrix import bf16_units  # noqa: E402
+from bench import adam_step, infer_step, interleaved_cpu_seconds, median_ratio, patched  # noqa: E402
+from matrix import one_thread_result  # noqa: E402
 
 from sedensenet import create_model  # noqa: E402
 from sedensenet.models import fast  # noqa: E402
@@ -72,11 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    result: dict = {
-        "machine": machine(), "bf16_units": bf16_units(), "threads": 1, "clock": "cpu", "rounds": args.rounds,
-        "command": " ".join(["python", "benchmarks/grayscale.py", *(argv if argv is not None else sys.argv[1:])]),
-        "cases": [],
-    }  # fmt: skip
+    result = one_thread_result("grayscale.py", argv, args.rounds)
     for name, size, batch, work in CASES:
         for precision in ("float32", "bf16"):
             case = measure(name, size, batch, work, precision, args.rounds)

@@ -121,6 +121,14 @@ def bf16_units() -> str:
     return ", ".join(found) + (" (no AMX)" if "amx_tile" not in flags else "") if found else "no bf16 units"
 
 
+def one_thread_result(script: str, argv: list[str] | None, rounds: int) -> dict:
+    """The header of a one-process A/B script's raw results (one thread, timed by CPU time): the machine, its bf16
+    units, the rounds and the command that made them; its cases follow under ``cases``."""
+    command = ["python", f"benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])]
+    return {"machine": machine(), "bf16_units": bf16_units(), "threads": 1, "clock": "cpu", "rounds": rounds,
+            "command": " ".join(command), "cases": []}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 cells (BC-100 and DenseNet-121 bf16), 3 rounds")

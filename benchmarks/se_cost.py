@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import adam_step, infer_step, interleaved_cpu_seconds, machine, median_ratio  # noqa: E402
-from matrix import NUM_CLASSES, bf16_units, cells  # noqa: E402
+from bench import adam_step, infer_step, interleaved_cpu_seconds, median_ratio  # noqa: E402
+from matrix import NUM_CLASSES, cells, one_thread_result  # noqa: E402
 
 from sedensenet import create_model  # noqa: E402
 from sedensenet.inference import tune_malloc  # noqa: E402
@@ -55,12 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    result: dict = {
-        "machine": machine(), "bf16_units": bf16_units(), "threads": 1, "clock": "cpu", "rounds": args.rounds,
-        "malloc": tune_malloc(),
-        "command": " ".join(["python", "benchmarks/se_cost.py", *(argv if argv is not None else sys.argv[1:])]),
-        "cases": [],
-    }  # fmt: skip
+    result = one_thread_result("se_cost.py", argv, args.rounds)
+    result["malloc"] = tune_malloc()
     for cid, fam, size, batch, precision, work in cells(quick=False, only=args.only):
         case = {"cell": cid, **measure(fam.plain, fam.se, size, batch, precision, work, args.rounds)}
         result["cases"].append(case)
