@@ -68,9 +68,9 @@ def plot_confusion_matrix(
 
 
 def _class_name_margins(fig: Figure, names: list[str], rotate: bool) -> None:
-    """Margins for the class names as tick labels, measured (two strings, not every tick as constrained layout
-    does): the longest name left of the rows and under the columns (at 45 degrees when ``rotate``), the
-    colorbar's labels on the right."""
+    """Margins for the class names as tick labels, each name measured once (constrained layout lays out every
+    tick on each draw): the longest name left of the rows and under the columns (at 45 degrees when ``rotate``),
+    the colorbar's labels on the right."""
     width, height = fig.get_size_inches()
     fonts = FontProperties(size=rcParams["xtick.labelsize"], family=text_families())
     renderer = fig.canvas.get_renderer()

@@ -21,17 +21,17 @@ IMAGE_GRID = Margins(left=0.1, right=0.1, bottom=0.1, top=0.55, between=0.2, bet
 
 
 def _grid_figure(
-    count: int, ncols: int, cell: tuple[float, float], *, figure: type[Figure] = Figure, margins: Margins | None = None
+    count: int, ncols: int, cell: tuple[float, float], *, figure: type[Figure] = Figure, constrained: bool = True
 ) -> tuple[Figure, int, int]:
     """A figure (of class ``figure``: :class:`InlineFigure` to show inline) sized for ``count`` cells in rows of
-    ``ncols`` (laid out by ``margins`` once drawn in, else by constrained layout); with no cells, one saying so
-    (rows = 0)."""
+    ``ncols``, laid out by constrained layout or by the caller (see :func:`new_figure`); with no cells, one saying
+    so (rows = 0)."""
     if ncols < 1:
         raise ValueError(f"ncols must be at least 1, got {ncols}")
     cols = min(ncols, max(count, 1))
     rows = math.ceil(count / cols)
     size = (4, 2) if count == 0 else (cell[0] * cols, cell[1] * rows)
-    fig = new_figure(size, constrained=margins is None, figure=figure)
+    fig = new_figure(size, constrained=constrained, figure=figure)
     if count == 0:
         fig.text(0.5, 0.5, "No images to show", ha="center", va="center")
     return fig, rows, cols
@@ -57,7 +57,7 @@ def plot_top_losses(
     """
     if len(images) != len(titles):
         raise ValueError(f"got {len(images)} images but {len(titles)} titles")
-    fig, rows, cols = _grid_figure(len(images), ncols, (2.8, 3.2), margins=IMAGE_GRID)
+    fig, rows, cols = _grid_figure(len(images), ncols, (2.8, 3.2), constrained=False)
     if not rows:
         return save_figure(fig, path)
     for index, (image, title) in enumerate(zip(images, titles, strict=True)):
