@@ -127,6 +127,7 @@ def plot_roc(
     else:
         ax.text(0.5, 0.3, "ROC undefined: both classes are needed", ha="center", transform=ax.transAxes)
     unit_square(ax, "False positive rate", "True positive rate", f"ROC: {pos_label_name} vs rest", "lower right")
+    UNIT_SQUARE.apply(fig)
     return save_figure(fig, path)
 
 
@@ -164,6 +165,7 @@ def plot_pr(
     else:
         ax.text(0.5, 0.5, "PR curve undefined: no positive sample", ha="center", transform=ax.transAxes)
     unit_square(ax, "Recall (sensitivity)", "Precision (PPV)", f"Precision-recall: {pos_label_name}", "lower left")
+    UNIT_SQUARE.apply(fig)
     return save_figure(fig, path)
 
 
@@ -178,8 +180,6 @@ def unit_square(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str,
     ax.set_title(title, y=1.0)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc=legend_loc, fontsize=fontsize)
-    if ax.figure.get_layout_engine() is None:
-        UNIT_SQUARE.apply(ax.figure)
 
 
 @figure_writer
