@@ -23,6 +23,7 @@ from sedensenet.config import resolve_config  # noqa: E402
 optuna = pytest.importorskip("optuna")
 from optuna import storages  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
+from sqlalchemy.exc import OperationalError  # noqa: E402
 
 from sedensenet.tune import storage_url, tune  # noqa: E402
 
@@ -46,12 +47,13 @@ def _study(url: str, name: str = "tune") -> optuna.Study:
 
 
 def _trials_so_far(url: str) -> list[optuna.trial.FrozenTrial]:
-    """The study's trials, none while the tune process has not created it yet."""
+    """The study's trials, none while the tune process has not created it yet (no file; or the file without the
+    study, or with its tables half made: opening the storage then would create them beside the tune process)."""
     if not Path(url.removeprefix("sqlite:///")).is_file():
         return []
     try:
         return _study(url).get_trials(deepcopy=False)
-    except KeyError:
+    except (KeyError, OperationalError):
         return []
 
 
